@@ -1,0 +1,42 @@
+# fleetpin: every target installs what it needs (venv, npm packages) by itself, idempotently.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP_STAMP := $(VENV)/.fleetpin-installed
+NPM_STAMP := node_modules/.fleetpin-installed
+
+.PHONY: setup demo test test-cpython test-micropython check-device bench clean
+
+setup: $(PIP_STAMP) $(NPM_STAMP)
+
+$(PIP_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: setup
+	$(PY) -m fleetpin.demo
+
+# The device-core suite on CPython and on the MicroPython VM, the host tests, and the
+# device code's type check and cross-compilation.
+test: setup check-device test-micropython test-cpython
+
+test-cpython: setup
+	$(PY) -m pytest
+
+test-micropython: setup
+	$(PY) tools/run_device_tests_vm.py
+
+check-device: setup
+	$(PY) tools/check_device.py
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) node_modules build .pytest_cache .mypy_cache
