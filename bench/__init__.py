@@ -1,0 +1,1 @@
+"""fleetpin benchmarks: each bench_*.py module has a `run()` that prints ratios measured in one run."""

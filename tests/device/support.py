@@ -1,0 +1,30 @@
+# Helpers for the device-core tests. These tests run unchanged under CPython (pytest) and on
+# the MicroPython VM, so they use plain asserts and these few helpers instead of pytest.
+
+
+def raises(exc_type, fn, *args, **kwargs):
+    """Calls fn and returns the exception it raised; fails unless it is an exc_type."""
+    try:
+        fn(*args, **kwargs)
+    except exc_type as e:
+        return e
+    except Exception as e:  # the wrong error is a failure too, with its name in the message
+        raise AssertionError("expected %s, got %s: %s" % (exc_type.__name__, type(e).__name__, e))
+    raise AssertionError("expected %s, nothing was raised" % exc_type.__name__)
+
+
+def _vectors_dir():
+    here = __file__.replace("\\", "/")
+    return here[: here.rfind("/")] + "/../vectors/"
+
+
+def read_vector(name):
+    """The bytes of tests/vectors/<name> (the same layout is mounted in the VM)."""
+    with open(_vectors_dir() + name, "rb") as f:
+        return f.read()
+
+
+def vector_json(name):
+    import json
+
+    return json.loads(read_vector(name))
