@@ -43,7 +43,8 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="fleetpin", standalone_mode=False)
+        # Without standalone mode click returns ctx.exit(n)'s code instead of raising.
+        rv = cli.main(args=argv, prog_name="fleetpin", standalone_mode=False)
     except FleetpinError as e:
         click.secho(f"error: {e}", fg="red", err=True)
         if e.hint:
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except click.exceptions.Exit as e:
         return e.exit_code
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

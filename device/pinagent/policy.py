@@ -1,0 +1,439 @@
+"""Pin policy: which server keys each host may present, and the decision for one connection.
+
+Policy JSON (what the device reads; the signed bundle wraps it):
+
+    {"domains": [<domain>, ...],          required, may be empty
+     "unpinned": "ca" | "block"}          optional, default "ca": hosts without a rule get plain
+                                          CA validation ("ca") or are refused ("block")
+
+    <domain> = {
+      "host": "api.example.com"           exact host (lowercased, one trailing dot removed)
+            | "*.example.com"             exactly one label before example.com
+            | "**.example.com"            one or more labels before example.com
+            | "10.0.0.5" | "fd00::1",     IP literal: exact only (no wildcard, no include_subdomains);
+                                          IPv6 is compared as text, write it as the app passes it
+      "include_subdomains": false,        optional; true = the host itself and every name below it
+      "pins": [{"pin": "<base64 SHA-256 of the SPKI, optional sha256/ prefix>",
+                "label": "primary"}, ...],  required, at least one, no duplicates; label optional
+      "enforce": true,                    optional; false = report-only (mismatches do not block)
+      "expires": 1767225600,              required, POSIX seconds UTC (the device converts its
+                                          2000-epoch clock before calling decide)
+      "on_expiry": "fallback" | "enforce" optional, default "fallback": after `expires`, either
+                                          plain CA validation (as Android does) or keep enforcing
+    }
+
+Unknown keys are refused everywhere, so a newer policy never silently loses a field on an older
+agent. Wildcards only as a whole leading label ("*." or "**."), never on a single-label base
+(that would cover a whole top-level domain). Two rules covering the same names are refused:
+the same host twice, or "**.x" together with "x" + include_subdomains.
+
+decide() picks the most specific rule: exact host, then "*.", then the longest base domain among
+"**." and include_subdomains rules. Matching is on label boundaries only.
+
+Decision (see decide): leaf pins (depth 0) are sound in any mode, so a leaf match allows even
+when the chain was not CA-verified; intermediate and root pins only count when it was
+(DESIGN.md: the verify callback never sees mbedTLS's verdict). Wherever the policy falls back
+to CA validation (no rule with unpinned "ca", expired pins with on_expiry "fallback", a
+report-only mismatch) an unverified chain is blocked with reason UNVERIFIED: falling back to
+CA validation must never mean no validation at all.
+"""
+
+from . import pins as _pins
+
+# Why a connection was allowed or blocked (Verdict.reason).
+MATCHED = "matched"  # a pin matched
+MISMATCH = "mismatch"  # enforced rule, no pin matched
+CLOCK_UNTRUSTED = "clock_untrusted"  # mismatch, and the clock could not tell if the pins expired
+REPORT_ONLY_MISMATCH = "report_only_mismatch"  # no pin matched, rule not enforced: allowed
+EXPIRED_FALLBACK = "expired_fallback"  # pins expired, on_expiry fallback: CA validation decided
+NO_POLICY = "no_policy"  # no rule for the host, unpinned "ca": CA validation decided
+NO_POLICY_BLOCKED = "no_policy_blocked"  # no rule for the host, unpinned "block"
+UNVERIFIED = "unverified"  # a fallback to CA validation, but the chain was not verified
+INVALID_HOST = "invalid_host"  # empty host name or empty label: refused before any lookup
+
+UNPINNED_CA = "ca"
+UNPINNED_BLOCK = "block"
+ON_EXPIRY_FALLBACK = "fallback"
+ON_EXPIRY_ENFORCE = "enforce"
+
+# Rule kinds
+EXACT = 0  # "a.example.com" (also matches below it with include_subdomains)
+ONE_LABEL = 1  # "*.example.com"
+ANY_LABELS = 2  # "**.example.com"
+
+_MAX_EXPIRES = 253402300799  # 9999-12-31T23:59:59Z; larger values are milliseconds by mistake
+_MAX_LABEL = 64
+_HOST_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_"
+_IPV6_CHARS = "0123456789abcdef:."
+
+_POLICY_KEYS = ("domains", "unpinned")
+_DOMAIN_KEYS = ("host", "include_subdomains", "pins", "enforce", "expires", "on_expiry")
+_PIN_KEYS = ("pin", "label")
+
+
+class PolicyError(ValueError):
+    """An invalid policy. `field` names the offending field ("domains[2].pins[0].pin"),
+    `reason` says what is wrong with it; str(e) is "field: reason"."""
+
+    def __init__(self, field, reason):
+        super().__init__(field + ": " + reason)
+        self.field = field
+        self.reason = reason
+
+
+class Rule:
+    """One validated domain entry. `host` is the normalised pattern as written ("*.x.com"),
+    `base` the domain it hangs off ("x.com"), `pins` raw 32-byte digests."""
+
+    __slots__ = (
+        "index", "host", "base", "kind", "include_subdomains", "pins", "labels",
+        "enforce", "expires", "on_expiry",
+    )
+
+    def to_obj(self):
+        pins = []
+        for i in range(len(self.pins)):
+            entry = {"pin": _pins.pin_to_text(self.pins[i])}
+            if self.labels[i] is not None:
+                entry["label"] = self.labels[i]
+            pins.append(entry)
+        return {
+            "host": self.host,
+            "include_subdomains": self.include_subdomains,
+            "pins": pins,
+            "enforce": self.enforce,
+            "expires": self.expires,
+            "on_expiry": self.on_expiry,
+        }
+
+    def label_of(self, digest):
+        for i in range(len(self.pins)):
+            if self.pins[i] == digest:
+                return self.labels[i]
+        return None
+
+
+class Policy:
+    __slots__ = ("rules", "unpinned", "_exact", "_one", "_suffix")
+
+    @classmethod
+    def from_obj(cls, obj):
+        """Validates a decoded policy JSON object; raises PolicyError naming the field."""
+        if not isinstance(obj, dict):
+            raise PolicyError("policy", "not an object")
+        _refuse_unknown(obj, _POLICY_KEYS, "")
+        self = cls()
+        self.unpinned = _choice(obj, "unpinned", (UNPINNED_CA, UNPINNED_BLOCK), UNPINNED_CA, "unpinned")
+        if "domains" not in obj:
+            raise PolicyError("domains", "missing")
+        domains = obj["domains"]
+        if not isinstance(domains, list):
+            raise PolicyError("domains", "not a list")
+        self.rules = []
+        self._exact = {}  # host -> rule (exact rules, with or without include_subdomains)
+        self._one = {}  # base -> "*." rule
+        self._suffix = {}  # base -> "**." or include_subdomains rule
+        for i in range(len(domains)):
+            rule = _parse_domain(domains[i], i)
+            if rule.kind == EXACT:
+                self._add(self._exact, rule.host, rule)
+                if rule.include_subdomains:
+                    self._add(self._suffix, rule.base, rule)
+            elif rule.kind == ONE_LABEL:
+                self._add(self._one, rule.base, rule)
+            else:
+                self._add(self._suffix, rule.base, rule)
+            self.rules.append(rule)
+        return self
+
+    def _add(self, table, key, rule):
+        other = table.get(key)
+        if other is not None:
+            raise PolicyError(
+                "domains[%d].host" % rule.index,
+                "covers the same names as domains[%d] (%s)" % (other.index, other.host),
+            )
+        table[key] = rule
+
+    def rule_for(self, host):
+        """The most specific rule for a normalised host name, or None."""
+        rule = self._exact.get(host)
+        if rule is not None:
+            return rule
+        dot = host.find(".")
+        if dot < 0:
+            return None
+        if self._one:
+            rule = self._one.get(host[dot + 1 :])
+            if rule is not None:
+                return rule
+        suffix = self._suffix
+        if not suffix:
+            return None
+        # Proper suffixes on label boundaries, longest first: the first hit is the most specific.
+        while dot >= 0:
+            rule = suffix.get(host[dot + 1 :])
+            if rule is not None:
+                return rule
+            dot = host.find(".", dot + 1)
+        return None
+
+
+class Verdict:
+    """The decision for one connection, with everything a failure report needs."""
+
+    __slots__ = (
+        "allowed", "reason", "host", "rule", "matched_pin", "matched_depth",
+        "clock_trusted", "expired", "verified", "chain",
+    )
+
+    def to_obj(self):
+        """JSON-able dict; pins as base64 text. Not for the hot path (base64)."""
+        rule = self.rule
+        chain = []
+        for depth, digest in self.chain:
+            chain.append({"depth": depth, "pin": _pins.pin_to_text(digest)})
+        return {
+            "allowed": self.allowed,
+            "reason": self.reason,
+            "host": self.host,
+            "rule": None if rule is None else rule.to_obj(),
+            "matched_pin": None if self.matched_pin is None else _pins.pin_to_text(self.matched_pin),
+            "matched_label": None if rule is None or self.matched_pin is None
+            else rule.label_of(self.matched_pin),
+            "matched_depth": self.matched_depth,
+            "clock_trusted": self.clock_trusted,
+            "expired": self.expired,
+            "verified": self.verified,
+            "chain": chain,
+        }
+
+
+def normalise_host(host):
+    """Lowercase, one trailing dot removed ("FOO.com." == "foo.com")."""
+    host = host.lower()
+    if host and host[-1] == ".":
+        host = host[:-1]
+    return host
+
+
+def decide(policy, host, chain, now, verified, time_floor=0):
+    """The verdict for a connection to `host` that presented `chain`.
+
+    chain: list of (depth, 32-byte digest), depth 0 = leaf, as given by pins.chain_digests.
+    now: POSIX seconds, or None when the clock is unknown; a clock below time_floor (the newest
+    trusted time seen) is not believed either. verified: the chain passed CA validation
+    (CERT_REQUIRED). Compares raw digests only: no base64, a few small strings per call.
+    """
+    v = Verdict()
+    v.host = host = normalise_host(host)
+    v.chain = chain
+    v.verified = verified = bool(verified)
+    v.rule = None
+    v.matched_pin = None
+    v.matched_depth = -1
+    v.clock_trusted = trusted = now is not None and now >= time_floor
+    v.expired = False
+    if not host or host[0] == "." or host[-1] == "." or ".." in host:
+        v.allowed = False
+        v.reason = INVALID_HOST
+        return v
+
+    rule = policy.rule_for(host)
+    if rule is None:
+        if policy.unpinned == UNPINNED_BLOCK:
+            return _done(v, False, NO_POLICY_BLOCKED)
+        return _fallback(v, NO_POLICY)
+    v.rule = rule
+
+    if trusted and now >= rule.expires:
+        v.expired = True
+        if rule.on_expiry == ON_EXPIRY_FALLBACK:
+            return _fallback(v, EXPIRED_FALLBACK)
+
+    # Lowest-depth match wins; above the leaf only a CA-verified chain counts.
+    best = -1
+    pins = rule.pins
+    for depth, digest in chain:
+        if (depth == 0 or verified) and (best < 0 or depth < best) and digest in pins:
+            best = depth
+            v.matched_pin = digest
+    if best >= 0:
+        v.matched_depth = best
+        return _done(v, True, MATCHED)
+
+    if not rule.enforce:
+        return _fallback(v, REPORT_ONLY_MISMATCH)
+    if not trusted and rule.on_expiry == ON_EXPIRY_FALLBACK:
+        # The pins may have expired, in which case CA validation would have decided.
+        return _done(v, False, CLOCK_UNTRUSTED)
+    return _done(v, False, MISMATCH)
+
+
+def _done(v, allowed, reason):
+    v.allowed = allowed
+    v.reason = reason
+    return v
+
+
+def _fallback(v, reason):
+    # Plain CA validation decides; without it there is no validation at all, so block.
+    if v.verified:
+        return _done(v, True, reason)
+    return _done(v, False, UNVERIFIED)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def _refuse_unknown(obj, allowed, prefix):
+    for key in obj:
+        if key not in allowed:
+            raise PolicyError(prefix + str(key), "unknown field")
+
+
+def _choice(obj, key, choices, default, field):
+    if key not in obj:
+        return default
+    value = obj[key]
+    if not isinstance(value, str) or value not in choices:
+        raise PolicyError(field, "must be one of " + ", ".join(choices))
+    return value
+
+
+def _bool(obj, key, default, field):
+    if key not in obj:
+        return default
+    value = obj[key]
+    if value is not True and value is not False:
+        raise PolicyError(field, "not a boolean")
+    return value
+
+
+def _parse_domain(obj, i):
+    where = "domains[%d]" % i
+    if not isinstance(obj, dict):
+        raise PolicyError(where, "not an object")
+    _refuse_unknown(obj, _DOMAIN_KEYS, where + ".")
+    rule = Rule()
+    rule.index = i
+    rule.include_subdomains = _bool(obj, "include_subdomains", False, where + ".include_subdomains")
+    rule.enforce = _bool(obj, "enforce", True, where + ".enforce")
+    rule.on_expiry = _choice(
+        obj, "on_expiry", (ON_EXPIRY_FALLBACK, ON_EXPIRY_ENFORCE), ON_EXPIRY_FALLBACK, where + ".on_expiry"
+    )
+    _parse_host(obj, rule, where + ".host")
+
+    field = where + ".expires"
+    if "expires" not in obj:
+        raise PolicyError(field, "missing")
+    expires = obj["expires"]
+    if type(expires) is not int:  # bool is an int subclass: refuse it too
+        raise PolicyError(field, "not an integer (POSIX seconds)")
+    if expires < 0 or expires > _MAX_EXPIRES:
+        raise PolicyError(field, "out of range (POSIX seconds, not milliseconds)")
+    rule.expires = expires
+
+    _parse_pins(obj, rule, where + ".pins")
+    return rule
+
+
+def _parse_host(obj, rule, field):
+    if "host" not in obj:
+        raise PolicyError(field, "missing")
+    host = obj["host"]
+    if not isinstance(host, str):
+        raise PolicyError(field, "not a string")
+    host = normalise_host(host)
+    if host.startswith("**."):
+        kind, base = ANY_LABELS, host[3:]
+    elif host.startswith("*."):
+        kind, base = ONE_LABEL, host[2:]
+    else:
+        kind, base = EXACT, host
+    if not base:
+        raise PolicyError(field, "empty")
+    if len(base) > 253:
+        raise PolicyError(field, "longer than 253 characters")
+    if "*" in base:
+        raise PolicyError(field, "wildcards only as a whole leading label: '*.' or '**.'")
+    wide = kind != EXACT or rule.include_subdomains
+    if ":" in base or _last_label_numeric(base):
+        _check_ip(base, field)
+        if wide:
+            raise PolicyError(field, "IP literals match exactly: no wildcard, no include_subdomains")
+    else:
+        _check_labels(base, field)
+        if wide and "." not in base:
+            raise PolicyError(field, "a wildcard or include_subdomains would cover a whole top-level domain")
+    if kind != EXACT and rule.include_subdomains:
+        raise PolicyError(field, "use either a wildcard or include_subdomains, not both")
+    rule.host = host
+    rule.base = base
+    rule.kind = kind
+
+
+def _last_label_numeric(host):
+    label = host[host.rfind(".") + 1 :]
+    return label.isdigit()
+
+
+def _check_labels(host, field):
+    for label in host.split("."):
+        if not label:
+            raise PolicyError(field, "empty label")
+        if len(label) > 63:
+            raise PolicyError(field, "label longer than 63 characters")
+        for c in label:
+            if c not in _HOST_CHARS:
+                raise PolicyError(field, "invalid character %r" % c)
+
+
+def _check_ip(host, field):
+    if ":" in host:
+        if host.count(":") < 2:
+            raise PolicyError(field, "not a valid IPv6 literal (no brackets, no port)")
+        for c in host:
+            if c not in _IPV6_CHARS:
+                raise PolicyError(field, "not a valid IPv6 literal (no brackets, no port)")
+        return
+    parts = host.split(".")
+    if len(parts) != 4:
+        raise PolicyError(field, "not a valid IPv4 literal")
+    for p in parts:
+        if not p or not p.isdigit() or len(p) > 3 or (len(p) > 1 and p[0] == "0") or int(p) > 255:
+            raise PolicyError(field, "not a valid IPv4 literal")
+
+
+def _parse_pins(obj, rule, field):
+    if "pins" not in obj:
+        raise PolicyError(field, "missing")
+    entries = obj["pins"]
+    if not isinstance(entries, list):
+        raise PolicyError(field, "not a list")
+    if not entries:
+        raise PolicyError(field, "empty: at least one pin")
+    rule.pins = []
+    rule.labels = []
+    for j in range(len(entries)):
+        where = "%s[%d]" % (field, j)
+        entry = entries[j]
+        if not isinstance(entry, dict):
+            raise PolicyError(where, "not an object")
+        _refuse_unknown(entry, _PIN_KEYS, where + ".")
+        if "pin" not in entry:
+            raise PolicyError(where + ".pin", "missing")
+        text = entry["pin"]
+        if not isinstance(text, str):
+            raise PolicyError(where + ".pin", "not a string")
+        try:
+            digest = _pins.parse_pin(text)
+        except _pins.PinError as e:
+            raise PolicyError(where + ".pin", str(e))
+        if digest in rule.pins:
+            raise PolicyError(where + ".pin", "duplicate of pins[%d]" % rule.pins.index(digest))
+        label = entry.get("label")
+        if label is not None and (not isinstance(label, str) or not label or len(label) > _MAX_LABEL):
+            raise PolicyError(where + ".label", "not a string of 1 to %d characters" % _MAX_LABEL)
+        rule.pins.append(digest)
+        rule.labels.append(label)
