@@ -1,0 +1,381 @@
+# The update service: message codecs, dispatch to a handler, and the host Client with its
+# chunked upload, end to end over a simulated lossy line. Runs under CPython and the VM.
+
+import binascii
+import hashlib
+
+from support import raises
+
+from pinagent import link, service
+from pinagent.link import OP_ERROR, DeviceLink, FrameDecoder, encode_frame
+from pinagent.service import (
+    E_BAD_REQUEST,
+    E_CHANGED,
+    E_CONNECT,
+    E_INTERNAL,
+    E_NO_SPACE,
+    E_NO_WRITE,
+    E_RANGE,
+    E_UNKNOWN_OP,
+    E_UNSUPPORTED,
+    Client,
+    Handler,
+    LinkFailure,
+    RemoteError,
+    Service,
+    ServiceError,
+)
+
+
+class Lcg:
+    def __init__(self, seed):
+        self.s = seed
+
+    def next(self, n):
+        self.s = (self.s * 1103515245 + 12345) & 0x7FFFFFFF
+        return (self.s >> 8) % n
+
+
+def all_set(buf):
+    for x in buf:
+        if x == 0:
+            return False
+    return True
+
+
+class FakeHandler(Handler):
+    """Enough of the agent to exercise every message: bundles must start with b"SIGNED"."""
+
+    def __init__(self, capacity=16384):
+        self.capacity = capacity
+        self.bundle = b""
+        self.version = 0
+        self.incoming = None  # [size, sha256, bytearray, have-bitmap]
+        self.committed_sha = None
+        self.chunk_calls = 0
+        self.reports = bytearray(b'{"host":"a.example","reason":"mismatch"}\n' * 30)
+        self.reboots = 0
+        self.broken = False
+
+    def identify(self):
+        if self.broken:
+            raise ValueError("flash read failed")
+        return {"device_id": "a0b1c2d3e4f5", "bundle_version": self.version, "free": self.capacity}
+
+    def read_bundle(self, offset, length):
+        if offset > len(self.bundle):
+            raise ServiceError(E_RANGE, "offset %d past %d" % (offset, len(self.bundle)))
+        return len(self.bundle), self.bundle[offset : offset + length]
+
+    def write_begin(self, size, sha256):
+        if size > self.capacity:
+            raise ServiceError(E_NO_SPACE, "%d bytes, %d free" % (size, self.capacity))
+        if self.incoming and self.incoming[0] == size and self.incoming[1] == sha256:
+            return  # the same upload again: keep what arrived
+        self.incoming = [size, bytes(sha256), bytearray(size), bytearray(size)]
+
+    def write_chunk(self, offset, data):
+        self.chunk_calls += 1
+        if self.incoming is None:
+            raise ServiceError(E_NO_WRITE, "WRITE_BEGIN first")
+        size, _, buf, have = self.incoming
+        if offset + len(data) > size:
+            raise ServiceError(E_RANGE, "chunk past the end")
+        buf[offset : offset + len(data)] = data
+        for i in range(offset, offset + len(data)):
+            have[i] = 1
+
+    def write_commit(self):
+        if self.incoming is None:
+            if self.committed_sha is not None:
+                return {"version": self.version}  # committed already: same answer
+            raise ServiceError(E_NO_WRITE, "nothing received")
+        size, sha, buf, have = self.incoming
+        if not all_set(have):
+            raise ServiceError(service.E_INCOMPLETE, "missing bytes")
+        if hashlib.sha256(buf).digest() != sha:
+            raise ServiceError(service.E_DIGEST, "sha256 differs")
+        if bytes(buf[:6]) != b"SIGNED":
+            raise ServiceError(service.E_SIGNATURE, "not signed by a fleet key")
+        self.bundle = bytes(buf)
+        self.version += 1
+        self.committed_sha = sha
+        self.incoming = None
+        return {"version": self.version}
+
+    def read_reports(self, offset, length):
+        return len(self.reports), bytes(self.reports[offset : offset + length])
+
+    def clear_reports(self, size):
+        if len(self.reports) not in (0, size):
+            raise ServiceError(E_CHANGED, "%d bytes now, %d read" % (len(self.reports), size))
+        self.reports = bytearray()
+
+    def test_connect(self, host, port):
+        if host == "down.example":
+            raise ServiceError(E_CONNECT, "ECONNREFUSED")
+        return {"host": host, "port": port, "verdict": "matched"}
+
+    def reboot(self):
+        self.reboots += 1
+
+
+class Bench:
+    """Client and device joined by two pipes with optional faults; 1 ms per step."""
+
+    def __init__(self, handler=None, fault=None, client=None):
+        self.handler = handler or FakeHandler()
+        self.svc = Service(self.handler)
+        self.dev = DeviceLink(self.svc.dispatch)
+        self.client = client or Client(rto_ms=60)
+        self.fault = fault
+        self.now = 0
+        self.down = []
+        self.up = []
+        self.max_inflight = 0
+
+    def _send(self, q, direction, data):
+        for p in [data] if self.fault is None else self.fault(direction, data):
+            q.append((self.now + 2, p))
+
+    def run(self, until_ms=600000, stop=None):
+        c = self.client
+        while self.now < until_ms:
+            if stop is not None and stop():
+                break
+            if stop is None and c.idle and not self.down and not self.up:
+                break
+            out = c.data_to_send(self.now)
+            self.max_inflight = max(self.max_inflight, c.link.in_flight)
+            if out:
+                self._send(self.down, "down", out)
+            while self.down and self.down[0][0] <= self.now:
+                r = self.dev.receive_data(self.down.pop(0)[1])
+                if r:
+                    self._send(self.up, "up", bytes(r))
+            while self.up and self.up[0][0] <= self.now:
+                c.receive_data(self.up.pop(0)[1], self.now)
+            c.tick(self.now)
+            self.now += 1
+
+
+def signed_bundle(n, seed=1):
+    lcg = Lcg(seed)
+    return b"SIGNED" + bytes(lcg.next(256) for _ in range(n - 6))
+
+
+# ---- dispatch ----------------------------------------------------------------------------
+
+
+def dispatch(handler, op, body=b""):
+    return Service(handler).dispatch(op, memoryview(body))
+
+
+def error_of(answer):
+    op, body = answer
+    assert op == OP_ERROR, answer
+    return body[0], str(body[1:], "utf-8")
+
+
+def test_malformed_bodies_are_bad_requests_not_crashes():
+    h = FakeHandler()
+    assert error_of(dispatch(h, service.OP_WRITE_BEGIN, bytes(10)))[0] == E_BAD_REQUEST
+    assert error_of(dispatch(h, service.OP_WRITE_CHUNK, bytes(4)))[0] == E_BAD_REQUEST
+    assert error_of(dispatch(h, service.OP_READ_BUNDLE, bytes(5)))[0] == E_BAD_REQUEST
+    assert error_of(dispatch(h, service.OP_IDENTIFY, b"x"))[0] == E_BAD_REQUEST
+    assert error_of(dispatch(h, service.OP_CLEAR_REPORTS, b""))[0] == E_BAD_REQUEST
+    assert error_of(dispatch(h, service.OP_TEST_CONNECT, b"\x01\xbb"))[0] == E_BAD_REQUEST
+    code, msg = error_of(dispatch(h, service.OP_TEST_CONNECT, b"\x01\xbb\xff\xfe"))
+    assert (code, msg) == (E_BAD_REQUEST, "TEST_CONNECT: host is not utf-8")
+    code, msg = error_of(dispatch(h, 0x1C, b""))
+    assert (code, msg) == (E_UNKNOWN_OP, "unknown op 0x1c")
+
+
+def test_handler_exceptions_become_internal_errors():
+    h = FakeHandler()
+    h.broken = True
+    code, msg = error_of(dispatch(h, service.OP_IDENTIFY))
+    assert (code, msg) == (E_INTERNAL, "ValueError: flash read failed")
+
+
+def test_base_handler_answers_unsupported_for_everything():
+    code, msg = error_of(dispatch(Handler(), service.OP_REBOOT))
+    assert (code, msg) == (E_UNSUPPORTED, "reboot")
+    assert error_of(dispatch(Handler(), service.OP_IDENTIFY))[0] == E_UNSUPPORTED
+
+
+def test_reboot_is_only_requested_after_the_handler_agrees():
+    h = FakeHandler()
+    svc = Service(h)
+    assert svc.dispatch(service.OP_REBOOT, memoryview(b"")) == (service.OP_REBOOT, b"")
+    assert svc.reboot_requested and h.reboots == 1
+    svc2 = Service(Handler())
+    svc2.dispatch(service.OP_REBOOT, memoryview(b""))
+    assert not svc2.reboot_requested
+
+
+# ---- client over the line ----------------------------------------------------------------
+
+
+def test_identify_ping_and_test_connect():
+    b = Bench()
+    ident = b.client.identify()
+    ping = b.client.ping(b"\x00\x7e\x7d\x03")
+    ok = b.client.test_connect("api.example.com", 443)
+    down = b.client.test_connect("down.example", 443)
+    b.run()
+    assert ident.result == {"device_id": "a0b1c2d3e4f5", "bundle_version": 0, "free": 16384, "proto": 1}
+    assert ping.result == b"\x00\x7e\x7d\x03"
+    assert ok.result == {"host": "api.example.com", "port": 443, "verdict": "matched"}
+    assert isinstance(down.error, RemoteError)
+    assert (down.error.code, down.error.name, down.error.message) == (E_CONNECT, "connect", "ECONNREFUSED")
+    assert b.client.device.window == 256
+
+
+def test_client_refuses_bad_arguments_before_sending():
+    c = Client()
+    raises(ValueError, c.test_connect, "", 443)
+    raises(ValueError, c.test_connect, "a.example", 0)
+    raises(ValueError, c.write_begin, 10, b"short")
+    raises(link.OversizeFrame, c.write_chunk, 0, bytes(300))
+
+
+def test_upload_then_read_back_identical():
+    b = Bench()
+    bundle = signed_bundle(1500)
+    up = b.client.upload(bundle)
+    b.run()
+    assert up.done and up.error is None and up.result == {"version": 1}
+    assert b.handler.bundle == bundle and up.acked == 1500
+    assert b.handler.chunk_calls == up.chunks
+    # read it back in pipelined chunks
+    reads = [b.client.read_bundle(off, 200) for off in range(0, 1500, 200)]
+    b.run()
+    assert b"".join(r.result[1] for r in reads) == bundle
+    assert all(r.result[0] == 1500 for r in reads)
+
+
+def test_upload_of_4k_through_a_lossy_noisy_line_completes_identical():
+    lcg = Lcg(2024)
+    stats = {"drop": 0, "dup": 0, "flip": 0, "junk": 0}
+
+    def fault(direction, data):
+        r = lcg.next(100)
+        if r < 8:
+            stats["drop"] += 1
+            return []
+        if r < 13:
+            stats["dup"] += 1
+            return [data, data]
+        if r < 21:
+            stats["flip"] += 1
+            b = bytearray(data)
+            b[lcg.next(len(b))] ^= 1 << lcg.next(8)
+            return [bytes(b)]
+        if r < 26:
+            stats["junk"] += 1
+            return [b"I (1234) wifi: connected\r\n~>>> ", data]
+        return [data]
+
+    b = Bench(fault=fault)
+    bundle = signed_bundle(4096, seed=7)
+    up = b.client.upload(bundle)
+    b.run(stop=lambda: up.done)
+    print("faults:", stats, "retransmissions:", b.client.link.retransmissions)
+    assert up.done and up.error is None, up.error
+    assert up.result == {"version": 1} and b.handler.bundle == bundle
+    # every fault kind happened, each chunk ran exactly once, and the window held
+    assert stats["drop"] >= 3 and stats["dup"] >= 3 and stats["flip"] >= 3 and stats["junk"] >= 3
+    assert b.handler.chunk_calls == up.chunks
+    assert b.client.link.retransmissions > 0 and b.dev.duplicates > 0
+    assert b.max_inflight <= 256
+
+
+def test_upload_refused_by_the_device_reports_the_named_error():
+    b = Bench()
+    up = b.client.upload(b"UNSIGNED" + bytes(500))
+    b.run()
+    assert up.done and isinstance(up.error, RemoteError)
+    assert (up.error.name, up.error.message) == ("signature", "not signed by a fleet key")
+    assert b.handler.bundle == b""
+
+
+def test_upload_too_big_stops_at_begin():
+    b = Bench(handler=FakeHandler(capacity=1000))
+    up = b.client.upload(signed_bundle(2000))
+    b.run()
+    assert up.error.name == "no_space" and up.chunks == 0 and b.handler.chunk_calls == 0
+
+
+def test_commit_twice_is_harmless():
+    b = Bench()
+    up = b.client.upload(signed_bundle(300))
+    b.run()
+    again = b.client.write_commit()
+    b.run()
+    assert up.result == again.result == {"version": 1} and b.handler.version == 1
+
+
+def test_upload_to_a_silent_device_fails_with_timeout():
+    b = Bench(fault=lambda d, data: [], client=Client(rto_ms=50, max_attempts=3))
+    up = b.client.upload(signed_bundle(300))
+    b.run(stop=lambda: up.done, until_ms=10000)
+    assert up.done and isinstance(up.error, LinkFailure) and up.error.reason == "timeout"
+
+
+def test_reports_read_and_compare_and_clear():
+    b = Bench()
+    first = b.client.read_reports(0)
+    b.run()
+    total, data = first.result
+    assert total == len(b.handler.reports) and data == bytes(b.handler.reports[:512])
+    b.handler.reports.extend(b"new\n")  # recorded after the read: must not be lost
+    stale = b.client.clear_reports(total)
+    b.run()
+    assert stale.error.name == "changed" and len(b.handler.reports) == total + 4
+    ok = b.client.clear_reports(total + 4)
+    b.run()
+    assert ok.ok and ok.result is None and len(b.handler.reports) == 0
+
+
+def test_requests_before_hello_answer_wait_and_errors_never_block_the_session():
+    b = Bench()
+    calls = [b.client.read_bundle(5), b.client.identify(), b.client.ping(b"p")]
+    b.run()
+    assert calls[0].error.name == "range" and calls[1].ok and calls[2].result == b"p"
+
+
+def test_device_restart_fails_pending_calls_with_restarted():
+    b = Bench()
+    b.run()
+    c = b.client.ping(b"x")
+    b.client.data_to_send(b.now)
+    done = b.client.receive_data(DeviceLink(lambda op, body: (op, b"")).announce(), b.now)
+    assert done == [c] and isinstance(c.error, LinkFailure) and c.error.reason == "restarted"
+    assert b.client.restarted == 1
+
+
+def test_chunk_plan_covers_the_bundle_within_frame_limits():
+    data = bytes(range(256)) * 16
+    plan = service.plan_chunks(data, 200, 256)
+    assert plan[0][0] == 0 and sum(n for _, n in plan) == len(data)
+    for (o1, n1), (o2, _) in zip(plan, plan[1:]):
+        assert o1 + n1 == o2
+    for off, n in plan:
+        body = bytes((off & 0xFF, (off >> 8) & 0xFF, off >> 16 & 0xFF, 0)) + data[off : off + n]
+        wire = encode_frame(0x10, 5, body, None)
+        assert len(wire) <= 200 + 6 and 6 + len(body) <= 256
+    assert len(plan) == 23
+
+
+def test_hex_example_of_protocol_md():
+    # WRITE_CHUNK seq 0x11, offset 0x100, data 01 02 'A', masked with the best key (8), as
+    # PROTOCOL.md shows it
+    body = b"\x00\x01\x00\x00\x01\x02A"
+    assert link.best_key(body) == 8
+    wire = encode_frame(0x11, service.OP_WRITE_CHUNK, body, None)
+    assert binascii.hexlify(wire) == b"7e117d250808090808090a49447d5eef437e"
+    dec = FrameDecoder()
+    dec.feed(wire)
+    f = dec.next_frame()
+    assert bytes(f) == b"\x11\x05\x08" + body
