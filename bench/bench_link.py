@@ -20,8 +20,9 @@ import os
 import time
 from collections import deque
 
+from pinagent.client import Client
 from pinagent.link import DeviceLink
-from pinagent.service import Client, Handler
+from pinagent.service import Handler
 
 BAUD = 115200
 BYTE_S = 10 / BAUD

@@ -5,7 +5,7 @@ import binascii
 
 from support import raises
 
-from pinagent import link
+from pinagent import link, link_host
 from pinagent.link import (
     CTL_RESPONSE,
     ESC,
@@ -17,11 +17,11 @@ from pinagent.link import (
     EscapeError,
     FrameDecoder,
     FrameError,
-    HostLink,
     OversizeFrame,
     ShortFrame,
     encode_frame,
 )
+from pinagent.link_host import HostLink
 
 OP_ECHO = 1
 
@@ -302,14 +302,14 @@ class Sim:
         return self.events
 
     def responses(self):
-        return [(e.seq, e.body) for e in self.events if isinstance(e, link.Response)]
+        return [(e.seq, e.body) for e in self.events if isinstance(e, link_host.Response)]
 
 
 def test_hello_sets_window_and_limits():
     host = HostLink()
     sim = Sim(host, DeviceLink(Echo(), window=200, max_frame=128, cache=4))
     ev = sim.run()
-    assert len(ev) == 1 and isinstance(ev[0], link.Connected)
+    assert len(ev) == 1 and isinstance(ev[0], link_host.Connected)
     assert (ev[0].version, ev[0].window, ev[0].max_frame, ev[0].cache) == (1, 200, 128, 4)
     assert host.connected and host.window == 200 and host.max_outstanding == 4
 
@@ -370,7 +370,7 @@ def test_unanswered_request_fails_after_max_attempts():
         h2.data_to_send(now)
         events.extend(h2.tick(now))
         now += 1
-    assert len(events) == 1 and isinstance(events[0], link.Failed)
+    assert len(events) == 1 and isinstance(events[0], link_host.Failed)
     assert (events[0].seq, events[0].op, events[0].reason) == (seq, OP_ECHO, "timeout")
 
 
@@ -491,12 +491,12 @@ def test_device_restart_fails_outstanding_requests_and_rehellos():
     seq = host.request(OP_ECHO, b"x")
     host.data_to_send(sim.now)
     ev = host.receive_data(DeviceLink(Echo()).announce(), sim.now)
-    assert isinstance(ev[0], link.Restarted)
-    assert isinstance(ev[1], link.Failed) and (ev[1].seq, ev[1].reason) == (seq, "restarted")
+    assert isinstance(ev[0], link_host.Restarted)
+    assert isinstance(ev[1], link_host.Failed) and (ev[1].seq, ev[1].reason) == (seq, "restarted")
     assert not host.connected
     sim.events = []
     sim.run()
-    assert isinstance(sim.events[0], link.Connected) and host.connected
+    assert isinstance(sim.events[0], link_host.Connected) and host.connected
 
 
 def test_version_mismatch_stops_the_host():
@@ -507,8 +507,8 @@ def test_version_mismatch_stops_the_host():
     reply = decode_all(FrameDecoder(), dev.receive_data(wire))[0]
     body = bytes((7,)) + reply[3][1:]
     ev = host.receive_data(encode_frame(reply[1], reply[2], body), 1)
-    assert isinstance(ev[0], link.VersionMismatch) and ev[0].version == 7
-    assert isinstance(ev[1], link.Failed) and ev[1].reason == "version"
+    assert isinstance(ev[0], link_host.VersionMismatch) and ev[0].version == 7
+    assert isinstance(ev[1], link_host.Failed) and ev[1].reason == "version"
     assert host.refused and host.data_to_send(2) == b""
 
 

@@ -6,7 +6,7 @@ import hashlib
 
 from support import raises
 
-from pinagent import link, service
+from pinagent import client, link, service
 from pinagent.link import OP_ERROR, DeviceLink, FrameDecoder, encode_frame
 from pinagent.service import (
     E_BAD_REQUEST,
@@ -18,13 +18,11 @@ from pinagent.service import (
     E_RANGE,
     E_UNKNOWN_OP,
     E_UNSUPPORTED,
-    Client,
     Handler,
-    LinkFailure,
-    RemoteError,
     Service,
     ServiceError,
 )
+from pinagent.client import Client, LinkFailure, RemoteError
 
 
 class Lcg:
@@ -357,7 +355,7 @@ def test_device_restart_fails_pending_calls_with_restarted():
 
 def test_chunk_plan_covers_the_bundle_within_frame_limits():
     data = bytes(range(256)) * 16
-    plan = service.plan_chunks(data, 200, 256)
+    plan = client.plan_chunks(data, 200, 256)
     assert plan[0][0] == 0 and sum(n for _, n in plan) == len(data)
     for (o1, n1), (o2, _) in zip(plan, plan[1:]):
         assert o1 + n1 == o2
@@ -379,3 +377,13 @@ def test_hex_example_of_protocol_md():
     dec.feed(wire)
     f = dec.next_frame()
     assert bytes(f) == b"\x11\x05\x08" + body
+
+
+def test_device_modules_carry_no_host_code():
+    # link.py and service.py are installed on the device; the host ends live in link_host.py
+    # and client.py, which are not (they cost the device ~11 KB of heap)
+    for name in ("HostLink", "Response", "Failed", "Connected", "Restarted", "VersionMismatch", "link_host"):
+        assert not hasattr(link, name), name
+    for name in ("Client", "Upload", "Call", "plan_chunks", "RemoteError", "LinkFailure", "BadResponse", "client"):
+        assert not hasattr(service, name), name
+    assert client.ERROR_NAMES is service.ERROR_NAMES and client.OP_WRITE_CHUNK == service.OP_WRITE_CHUNK

@@ -9,8 +9,9 @@ import binascii
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pinagent import link
-from pinagent.link import DeviceLink, FrameDecoder, FrameError, HostLink, encode_frame
+from pinagent import link, link_host
+from pinagent.link import DeviceLink, FrameDecoder, FrameError, encode_frame
+from pinagent.link_host import HostLink
 
 MAX = 64
 
@@ -94,5 +95,7 @@ def test_both_link_ends_survive_any_input(data: bytes) -> None:
     host = HostLink()
     host.data_to_send(0)
     for ev in host.receive_data(data, 1):
-        assert isinstance(ev, (link.Response, link.Failed, link.Connected, link.Restarted, link.VersionMismatch))
+        assert isinstance(ev, (
+            link_host.Response, link_host.Failed, link_host.Connected, link_host.Restarted, link_host.VersionMismatch
+        ))
     assert 0 <= host.in_flight <= host.window

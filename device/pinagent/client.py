@@ -1,0 +1,312 @@
+# host side: not installed on the device
+"""The host side of the update service (see service.py and device/PROTOCOL.md): the Client
+session, sans-I/O, its Calls, the chunked Upload plan and the errors a request ends with.
+Op codes, error codes and names, and the message layouts are service.py's; only the device
+side (service.Service) ships to the board.
+
+    c = Client(); up = c.upload(bundle)
+    loop { write(c.data_to_send(now)); c.receive_data(read(), now); c.tick(now) } until up.done
+"""
+
+import json
+import struct
+
+from . import link as _link
+from . import link_host as _host
+from .service import (
+    ERROR_NAMES,
+    MAX_READ,
+    OP_CLEAR_REPORTS,
+    OP_IDENTIFY,
+    OP_PING,
+    OP_READ_BUNDLE,
+    OP_READ_REPORTS,
+    OP_REBOOT,
+    OP_TEST_CONNECT,
+    OP_WRITE_BEGIN,
+    OP_WRITE_CHUNK,
+    OP_WRITE_COMMIT,
+    SHA256_LEN,
+    _u32,
+)
+
+
+class RemoteError(Exception):
+    """The device refused a request: code, name (ERROR_NAMES) and its message."""
+
+    def __init__(self, code, message):
+        self.code = code
+        self.name = ERROR_NAMES.get(code, "code_%d" % code)
+        self.message = message
+        super().__init__("%s: %s" % (self.name, message))
+
+
+class LinkFailure(Exception):
+    """A request never got an answer: reason "timeout", "restarted" or "version"."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BadResponse(Exception):
+    """The device's answer did not parse (a device bug or a version mismatch)."""
+
+
+class Call:
+    """One request's fate: done, then either result or error (RemoteError / LinkFailure /
+    BadResponse)."""
+
+    def __init__(self, op, seq, decode):
+        self.op = op
+        self.seq = seq
+        self.decode = decode
+        self.done = False
+        self.result = None
+        self.error = None
+
+    @property
+    def ok(self):
+        return self.done and self.error is None
+
+    def __repr__(self):
+        return "Call(op=%d, seq=%d, done=%s, result=%r, error=%r)" % (
+            self.op,
+            self.seq,
+            self.done,
+            self.result,
+            self.error,
+        )
+
+
+def _dec_empty(b):
+    if b:
+        raise BadResponse("expected an empty answer, got %d bytes" % len(b))
+    return None
+
+
+def _dec_json(b):
+    try:
+        obj = json.loads(b)
+    except Exception:
+        raise BadResponse("answer is not JSON")
+    if not isinstance(obj, dict):
+        raise BadResponse("answer is not a JSON object")
+    return obj
+
+
+def _dec_read(b):
+    if len(b) < 4:
+        raise BadResponse("read answer shorter than its size field")
+    return _u32(b, 0), bytes(b[4:])
+
+
+def _dec_bytes(b):
+    return bytes(b)
+
+
+# Per-frame wire bytes besides the chunk data: flags 2, seq+ctl+key 3, offset 4, crc 4.
+_CHUNK_OVERHEAD = 13
+DEFAULT_FRAME_TARGET = 200
+
+
+def plan_chunks(data, frame_target, max_frame):
+    """(offset, length) pairs covering data, each WRITE_CHUNK frame at most frame_target wire
+    bytes (its offset and data masked and escaped as they will be; seq, ctl and CRC assumed
+    unescaped: up to 6 more) and within the device's max_frame decoded bytes."""
+    out = []
+    off = 0
+    total = len(data)
+    max_data = max_frame - _link.MIN_FRAME - 4
+    while off < total:
+        n = min(max_data, total - off, frame_target - _CHUNK_OVERHEAD)
+        while n > 1:
+            body = struct.pack("<I", off) + data[off : off + n]
+            est = _CHUNK_OVERHEAD - 4 + _link.masked_stuffed_len(body, _link.best_key(body))
+            if est <= frame_target:
+                break
+            n -= est - frame_target
+        n = max(n, 1)
+        out.append((off, n))
+        off += n
+    return out
+
+
+class Upload:
+    """The plan for one bundle: WRITE_BEGIN, then every WRITE_CHUNK pipelined within the
+    window, then WRITE_COMMIT. Advanced by the Client; watch done / error / result / acked."""
+
+    def __init__(self, client, bundle, frame_target):
+        import hashlib
+
+        self.client = client
+        self.bundle = bytes(bundle)
+        self.sha256 = hashlib.sha256(self.bundle).digest()
+        self.frame_target = frame_target
+        self.done = False
+        self.error = None
+        self.result = None
+        self.acked = 0  # bundle bytes the device confirmed
+        self.chunks = 0
+        self._begin = client.write_begin(len(self.bundle), self.sha256)
+        self._pending = None  # chunk Calls not yet answered
+        self._commit = None
+
+    def _advance(self):
+        if self.done:
+            return
+        if self._pending is None:
+            if not self._begin.done:
+                return
+            if self._fail(self._begin):
+                return
+            link = self.client.link
+            target = min(self.frame_target, link.window - 7)  # worst case still fits the window
+            self._pending = []
+            for off, n in plan_chunks(self.bundle, target, link.device_max_frame):
+                self._pending.append(self.client.write_chunk(off, self.bundle[off : off + n]))
+            self.chunks = len(self._pending)
+        if self._commit is None:
+            still = []
+            for c in self._pending:
+                if not c.done:
+                    still.append(c)
+                elif self._fail(c):
+                    return
+                else:
+                    self.acked += c.length
+            self._pending = still
+            if still:
+                return
+            self._commit = self.client.write_commit()
+        if self._commit.done and not self._fail(self._commit):
+            self.result = self._commit.result
+            self.done = True
+
+    def _fail(self, call):
+        if call.error is None:
+            return False
+        self.error = call.error
+        self.done = True
+        return True
+
+
+class Client:
+    """Host side session: builds requests, lets the link pipeline and retransmit them, and
+    turns answers into finished Calls. Sans-I/O: feed bytes and time, write what it returns.
+
+    rto_ms is the retransmission timeout for quick requests; slow_rto_ms for those the device
+    may take seconds over (commit: signature check in pure Python; test_connect: a TLS
+    handshake; reboot)."""
+
+    def __init__(self, rto_ms=1000, slow_rto_ms=30000, max_attempts=8, frame_target=DEFAULT_FRAME_TARGET):
+        self.link = _host.HostLink(rto_ms=rto_ms, max_attempts=max_attempts)
+        self.slow_rto_ms = slow_rto_ms
+        self.frame_target = frame_target
+        self.device = None  # the link_host.Connected event once the device answered HELLO
+        self.restarted = 0
+        self._calls = {}
+        self._plans = []
+
+    # -- requests --------------------------------------------------------------------------
+    def ping(self, data=b""):
+        return self._call(OP_PING, data, _dec_bytes)
+
+    def identify(self):
+        return self._call(OP_IDENTIFY, b"", _dec_json)
+
+    def read_bundle(self, offset, length=MAX_READ):
+        return self._call(OP_READ_BUNDLE, struct.pack("<IH", offset, length), _dec_read)
+
+    def read_reports(self, offset, length=MAX_READ):
+        return self._call(OP_READ_REPORTS, struct.pack("<IH", offset, length), _dec_read)
+
+    def write_begin(self, size, sha256):
+        if len(sha256) != SHA256_LEN:
+            raise ValueError("sha256 must be 32 bytes")
+        return self._call(OP_WRITE_BEGIN, struct.pack("<I", size) + bytes(sha256), _dec_empty, exclusive=True)
+
+    def write_chunk(self, offset, data):
+        c = self._call(OP_WRITE_CHUNK, struct.pack("<I", offset) + bytes(data), _dec_empty)
+        c.length = len(data)
+        return c
+
+    def write_commit(self):
+        return self._call(OP_WRITE_COMMIT, b"", _dec_json, exclusive=True, rto_ms=self.slow_rto_ms)
+
+    def clear_reports(self, size):
+        return self._call(OP_CLEAR_REPORTS, struct.pack("<I", size), _dec_empty, exclusive=True)
+
+    def test_connect(self, host, port):
+        h = host.encode()
+        if not 1 <= len(h) <= 253 or not 0 < port < 65536:
+            raise ValueError("host of 1 to 253 bytes and port 1-65535")
+        body = struct.pack("<H", port) + h
+        return self._call(OP_TEST_CONNECT, body, _dec_json, exclusive=True, rto_ms=self.slow_rto_ms)
+
+    def reboot(self):
+        return self._call(OP_REBOOT, b"", _dec_empty, exclusive=True, rto_ms=self.slow_rto_ms)
+
+    def upload(self, bundle):
+        """Starts uploading and committing a bundle; returns its Upload (watch .done)."""
+        plan = Upload(self, bundle, self.frame_target)
+        self._plans.append(plan)
+        return plan
+
+    # -- I/O -------------------------------------------------------------------------------
+    def data_to_send(self, now_ms):
+        return self.link.data_to_send(now_ms)
+
+    def receive_data(self, data, now_ms):
+        """Feeds bytes read from the device; returns the Calls that finished."""
+        return self._handle(self.link.receive_data(data, now_ms))
+
+    def tick(self, now_ms):
+        """Runs timers; returns the Calls that finished (failed)."""
+        return self._handle(self.link.tick(now_ms))
+
+    def next_deadline(self):
+        return self.link.next_deadline()
+
+    @property
+    def idle(self):
+        return self.link.idle
+
+    # -- internals -------------------------------------------------------------------------
+    def _call(self, op, body, decode, exclusive=False, rto_ms=None):
+        seq = self.link.request(op, body, exclusive, rto_ms)
+        c = Call(op, seq, decode)
+        self._calls[seq] = c
+        return c
+
+    def _handle(self, events):
+        done = []
+        for ev in events:
+            if isinstance(ev, _host.Response):
+                c = self._calls.pop(ev.seq, None)
+                if c is None:
+                    continue
+                if ev.error:
+                    code = ev.body[0] if ev.body else 0
+                    c.error = RemoteError(code, str(ev.body[1:], "utf-8", "replace"))
+                else:
+                    try:
+                        c.result = c.decode(ev.body)
+                    except BadResponse as e:
+                        c.error = e
+                c.done = True
+                done.append(c)
+            elif isinstance(ev, _host.Failed):
+                c = self._calls.pop(ev.seq, None)
+                if c is not None:
+                    c.error = LinkFailure(ev.reason)
+                    c.done = True
+                    done.append(c)
+            elif isinstance(ev, _host.Connected):
+                self.device = ev
+            elif isinstance(ev, _host.Restarted):
+                self.restarted += 1
+        for plan in self._plans:
+            plan._advance()
+        self._plans = [p for p in self._plans if not p.done]
+        return done
