@@ -1,0 +1,67 @@
+"""Shared pytest fixtures for the host tests (the device-core tests use none: they must also run
+on the MicroPython VM). The PKI helpers live in tests/pki.py, the TLS servers in tests/tlsserver.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click.testing
+import pytest
+
+from pki import Pki, PkiFiles, make_pki
+from tlsserver import TlsServer
+
+
+@pytest.fixture(scope="session")
+def pki() -> Pki:
+    """The default PKI (host device.test, EC P-256), shared by the whole session."""
+    return make_pki("device.test")
+
+
+@pytest.fixture(scope="session")
+def pki_files(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> PkiFiles:
+    """The default PKI written as PEM files: pki_files.cert("root"), .chain("leaf"), .key("leaf")."""
+    return pki.write(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def tls_server(pki: Pki) -> Iterator[Callable[..., TlsServer]]:
+    """Starts TLS servers on 127.0.0.1 and stops them after the test:
+    tls_server("leaf") serves pki.chain("leaf"); tls_server("rogue_leaf", other_pki, reply=b"X\\n")."""
+    servers: list[TlsServer] = []
+
+    def start(name: str = "leaf", of: Pki | None = None, **options: Any) -> TlsServer:
+        source = of or pki
+        server = TlsServer(source.chain_pem(name), source.issued[name].key_pem, **options)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def fleetpin() -> Callable[..., CliResult]:
+    """Runs `fleetpin ARGS...` in-process through cli.main (so exit codes are the real mapping):
+    fleetpin("pin", "x.pem", input="passphrase\\n", env={"FLEETPIN_KEY_PASSWORD": "pw"})."""
+    from fleetpin.cli import main
+
+    def run(*args: str | Path, input: str | None = None, env: dict[str, str | None] | None = None) -> CliResult:
+        runner = click.testing.CliRunner()
+        with runner.isolation(input=input, env=env) as (out, err, _):
+            code = main([str(a) for a in args])
+        return CliResult(code, out.getvalue().decode(), err.getvalue().decode())
+
+    return run
