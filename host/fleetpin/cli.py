@@ -16,6 +16,8 @@ from .errors import FleetpinError
 COMMANDS: dict[str, str] = {
     "pin": "fleetpin.cmd_pin:pin",
     "check": "fleetpin.cmd_check:check",
+    "key": "fleetpin.cmd_key:key",
+    "bundle": "fleetpin.cmd_bundle:bundle",
 }
 
 

@@ -1,0 +1,193 @@
+"""Building a signed bundle from a policy TOML file (the format: pinagent.bundle).
+
+The policy file is the one `fleetpin check` reads ([defaults], [[domain]]: fleetpin.policy_toml)
+plus two optional tables that only bundles need:
+
+    [bundle]
+    ca_certs = ["ca/root.pem", "ca/intermediate.der"]   # the CAs the domains chain to; paths
+                                                        # relative to the TOML file; PEM (one
+                                                        # or more certificates) or DER
+    [report]                                            # failure-report settings on the device
+    enabled = true
+    max_entries = 32                                    # 1..256
+    max_bytes = 4096                                    # 512..16384
+
+The policy part is validated by fleetpin.policy_toml (through its public parse_policy_toml:
+the two tables are blanked out of the text first, keeping line numbers), the whole bundle by
+pinagent.bundle.decode_unverified before anything is written, and each signature by the
+signer against its public key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from pinagent import bundle as dev_bundle
+from pinagent import signers as dev_signers
+
+from .errors import FleetpinError, UsageError
+from .policy_toml import parse_policy_toml
+from .signing import Signer
+
+BUNDLE_TABLES = ("bundle", "report")
+BUNDLE_KEYS = ("ca_certs",)
+REPORT_KEYS = ("enabled", "max_entries", "max_bytes")
+_FLEET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_TABLE_RE = re.compile(r"^\s*\[\s*(\[)?\s*([A-Za-z0-9_.\"' -]+?)\s*\]")
+
+
+@dataclass
+class BundleSource:
+    policy: dict[str, Any]
+    ca_certs: list[bytes] = field(default_factory=list)  # DER, in file order, no duplicates
+    report: dict[str, Any] | None = None
+
+
+def canonical_json(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _blank_bundle_tables(text: str) -> str:
+    """The text with the [bundle] and [report] tables replaced by empty lines."""
+    out = []
+    skipping = False
+    for line in text.splitlines():
+        m = _TABLE_RE.match(line)
+        if m is not None:
+            skipping = m.group(1) is None and m.group(2).strip() in BUNDLE_TABLES
+        out.append("" if skipping else line)
+    return "\n".join(out) + "\n"
+
+
+def load_bundle_source(path: Path) -> BundleSource:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read policy: {e.strerror or e}", hint="check the POLICY.toml path") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text", hint="a policy is a TOML text file") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path.name}: not valid TOML: {e}", hint="fix the syntax at the line shown") from None
+    policy_text = _blank_bundle_tables(text)
+    rest = {k: v for k, v in doc.items() if k not in BUNDLE_TABLES}
+    if tomllib.loads(policy_text) != rest:  # e.g. `bundle.ca_certs = ...` as a dotted key
+        raise UsageError(
+            f"{path.name}: write [bundle] and [report] as tables of their own",
+            hint="a line `[bundle]` followed by its keys, not dotted keys elsewhere",
+        )
+    source = BundleSource(parse_policy_toml(policy_text, path.name))
+    bundle_table = _table(doc, "bundle", BUNDLE_KEYS, path.name)
+    certs = bundle_table.get("ca_certs", [])
+    if not isinstance(certs, list) or not all(isinstance(c, str) for c in certs):
+        raise UsageError(f"{path.name}: bundle.ca_certs: must be a list of file paths")
+    for name in certs:
+        for der in load_ca_certificates(path.parent / name, f"{path.name}: bundle.ca_certs"):
+            if der not in source.ca_certs:
+                source.ca_certs.append(der)
+    if "report" in doc:
+        source.report = _table(doc, "report", REPORT_KEYS, path.name)
+    return source
+
+
+def _table(doc: dict[str, Any], name: str, keys: tuple[str, ...], file: str) -> dict[str, Any]:
+    table = doc.get(name, {})
+    if not isinstance(table, dict):
+        raise UsageError(f"{file}: {name}: must be a table: [{name}]")
+    for key in table:
+        if key not in keys:
+            raise UsageError(f"{file}: {name}.{key}: unknown field", hint="allowed here: " + ", ".join(keys))
+    return table
+
+
+def load_ca_certificates(path: Path, what: str) -> list[bytes]:
+    """DER of each CA certificate in a PEM (one or more) or DER file; refuses non-CA certs."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{what}: {path}: cannot read: {e.strerror or e}") from None
+    try:
+        certs = x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data else [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise UsageError(f"{what}: {path}: not a PEM or DER certificate") from None
+    out = []
+    for cert in certs:
+        try:
+            ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            ca = False
+        if not ca:
+            raise UsageError(
+                f"{what}: {path}: {cert.subject.rfc4514_string()} is not a CA certificate",
+                hint="list the root or intermediate CAs the domains chain to, not server certificates",
+            )
+        out.append(cert.public_bytes(serialization.Encoding.DER))
+    return out
+
+
+def build_bundle(
+    source: BundleSource,
+    *,
+    fleet: str,
+    version: int,
+    issued: int,
+    development: bool,
+    signers: Sequence[Signer],
+    new_signers: dict[str, Any] | None = None,
+) -> bytes:
+    """The signed bundle bytes. Refuses a production key on a development bundle (and the
+    reverse: devices would refuse it), a key twice, and anything the device would refuse."""
+    channel = dev_signers.DEVELOPMENT if development else dev_signers.PRODUCTION
+    if not _FLEET_RE.fullmatch(fleet):
+        raise UsageError(f"--fleet {fleet!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    if not 1 <= version <= dev_bundle.MAX_VERSION:
+        raise UsageError(f"--version {version}: must be 1..{dev_bundle.MAX_VERSION}")
+    if not signers:
+        raise UsageError("no signing key", hint="pass --key NAME.key.pem (or NAME.pub.json with --sign-command)")
+    if len(signers) > dev_bundle.MAX_SIGS:
+        raise UsageError(f"at most {dev_bundle.MAX_SIGS} signing keys")
+    ids = [s.info.key_id for s in signers]
+    if len(set(ids)) != len(ids):
+        raise UsageError("the same signing key was given twice")
+    for s in signers:
+        if s.info.role != channel:
+            if development:
+                raise FleetpinError(
+                    f"key {s.info.name} is a production key: a development bundle can never be signed with it",
+                    hint="sign development bundles with a development key (fleetpin key new --role development)",
+                )
+            raise FleetpinError(
+                f"key {s.info.name} is a development key: production devices would refuse this bundle",
+                hint="sign with a production key, or build with --development",
+            )
+    if new_signers is not None and new_signers.get("channel") != channel:
+        raise UsageError(f"--new-signers is a {new_signers.get('channel')} signer set, the bundle is {channel}")
+
+    payload: dict[str, Any] = {"policy": source.policy}
+    if source.report is not None:
+        payload["report"] = source.report
+    if new_signers is not None:
+        payload["signers"] = new_signers
+    header = {"format": dev_bundle.FORMAT, "fleet": fleet, "version": version, "issued": issued, "channel": channel, "key_ids": ids}
+    try:
+        signed = dev_bundle.encode_signed(canonical_json(header), canonical_json(payload), source.ca_certs)
+    except dev_bundle.BundleTooLarge as e:
+        raise FleetpinError(f"bundle too large: {e.reason}", hint="fewer domains or CA certificates") from None
+    digest = hashlib.sha256(signed).digest()
+    sigs = [(s.info.key_id_bytes, s.sign_digest(digest)) for s in signers]
+    try:
+        data: bytes = dev_bundle.encode_bundle(signed, sigs)
+        dev_bundle.decode_unverified(data)  # the device's own checks of everything but trust
+    except dev_bundle.BundleError as e:
+        raise FleetpinError(f"the device would refuse this bundle: {e.reason}", hint="fix the policy file") from None
+    return data

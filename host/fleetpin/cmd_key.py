@@ -1,0 +1,101 @@
+"""`fleetpin key`: signing keys, backup TLS keys and the signer set devices trust."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from . import keys
+from .bundle_build import canonical_json
+from .errors import UsageError
+
+_PASSPHRASE_HELP = f"file holding the passphrase (else ${keys.PASSPHRASE_ENV}, else a prompt)"
+
+
+@click.group()
+def key() -> None:
+    """Bundle signing keys, backup TLS keys, and the signer set devices trust.
+
+    \b
+    Typical setup, once per channel:
+      fleetpin key new --signing --id everyday -o keys/
+      fleetpin key new --signing --id backup -o offline/      (store offline)
+      fleetpin key signers keys/everyday.pub.json offline/backup.pub.json -o signers.json
+    """
+
+
+@key.command("new")
+@click.option("--signing", "kind", flag_value="signing", help="a bundle signing key (ECDSA P-256)")
+@click.option("--backup-pin", "kind", flag_value="backup-pin", help="a backup TLS key pair: prints the pin for the policy")
+@click.option("--id", "name", help="key name: file names and the signer set use it (signing: required)")
+@click.option("--role", type=click.Choice(keys.ROLES), default="production", show_default=True,
+              help="production keys sign production bundles only; development keys development bundles only")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="directory to write the key files to (never overwrites)")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), help=_PASSPHRASE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def new(kind: str | None, name: str | None, role: str, out_dir: Path, passphrase_file: Path | None, as_json: bool) -> None:
+    """Generate a signing key (--signing) or a backup TLS key pair (--backup-pin).
+
+    \b
+    --signing writes NAME.key.pem (P-256 private key, encrypted with the passphrase) and
+    NAME.pub.json (key id, role, public key: public, put it in the signer set). The key id is
+    the first 8 bytes of SHA-256 of the SubjectPublicKeyInfo, in hex.
+    --backup-pin writes NAME.key.pem (encrypted) and NAME.pub.pem, and prints the pin to add to
+    the policy (label it "backup"). Take the private key offline: it is what a server
+    switches to if its current key is lost or compromised.
+    """
+    if kind is None:
+        raise UsageError("say which key: --signing or --backup-pin", hint="fleetpin key new --help")
+    if kind == "signing":
+        if not name:
+            raise UsageError("--id is required for a signing key", hint="e.g. --id everyday-2025")
+        info, key_path, pub_path = keys.new_signing_key(name, role, out_dir, keys.read_passphrase(passphrase_file, confirm=True))
+        if as_json:
+            click.echo(json.dumps({**info.to_obj(), "private_key": str(key_path), "public_info": str(pub_path)}))
+        else:
+            click.echo(f"signing key {info.name}: id {info.key_id}, role {info.role}")
+            click.echo(f"  private: {key_path}  (encrypted; keep it safe)")
+            click.echo(f"  public:  {pub_path}  (add it to the signer set: fleetpin key signers)")
+        return
+    pin, key_path, pub_path = keys.new_backup_tls_key(name or "backup-tls", out_dir, keys.read_passphrase(passphrase_file, confirm=True))
+    if as_json:
+        click.echo(json.dumps({"pin": "sha256/" + pin, "private_key": str(key_path), "public_key": str(pub_path)}))
+    else:
+        click.echo(f"sha256/{pin}")
+        click.echo(f"  add to the policy: {{ pin = \"sha256/{pin}\", label = \"backup\" }}", err=True)
+        click.echo(f"  private key {key_path}: take it offline now", err=True)
+
+
+@key.command("import")
+@click.argument("public_key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--id", "name", required=True, help="key name")
+@click.option("--role", type=click.Choice(keys.ROLES), required=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+def import_(public_key: Path, name: str, role: str, out_dir: Path) -> None:
+    """Write NAME.pub.json for a key held in an HSM or KMS, from its public key (PEM or DER).
+
+    Then sign with: fleetpin bundle build ... --key NAME.pub.json --sign-command CMD
+    """
+    info, path = keys.import_public_key(public_key.read_bytes(), name, role, out_dir)
+    click.echo(f"key {info.name}: id {info.key_id}, role {info.role} -> {path}")
+
+
+@key.command("signers")
+@click.argument("public_infos", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="signer set file (JSON) to flash into devices / pass to bundle build --new-signers")
+def signers(public_infos: tuple[Path, ...], out_file: Path) -> None:
+    """Write the signer set devices trust from NAME.pub.json files (at least two keys).
+
+    All keys must have one role: a production device trusts production keys only.
+    """
+    infos = [keys.load_public_info(p) for p in public_infos]
+    obj = keys.signer_set_obj(infos)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_bytes(canonical_json(obj))
+    click.echo(f"{obj['channel']} signer set, {len(infos)} keys -> {out_file}")
+    for i in infos:
+        click.echo(f"  {i.key_id}  {i.name}")
