@@ -1,0 +1,661 @@
+"""Device storage that survives power loss: installed bundle, last good bundle, trusted signer
+set, time floor and counters, on the board's LittleFS through an injected file system.
+
+Files (root /fleetpin):
+    bundle.bin    the installed bundle, as a slot (below)
+    bundle.new    temp slot while an update is written; used only if bundle.bin is gone or bad
+    bundle.prev   the bundle installed before bundle.bin (last good), as a slot
+    signers.bin   the factory trust anchor (signer set bytes, written at provisioning, never
+                  rewritten by the agent)
+    state.bin     time floor and counters (fixed binary record with a digest); state.new is its temp
+    reports.bin   failure reports (pinagent.reports)
+
+Slot format (one file = one atomic rename commits both the bundle AND the signer set it was
+accepted under, so a rotation can never be half applied):
+    b"FPS1" | u16 signers_len | u32 bundle_len | signers | bundle | SHA-256 of everything before
+The signer set stored with a bundle is the one that verified it at install time. The set trusted
+for the NEXT update is the bundle's own replacement set if it carries one (rotation), else that
+same set; `verify` (injected) says which. So a rotation takes effect exactly when its bundle is
+installed, and is undone exactly when its bundle is (recovery to bundle.prev). The factory
+signers.bin is only the anchor for a board that has never had a readable slot.
+
+Threat model: authenticity is established once, by the signature check at install time. At boot
+the store re-checks each slot's digest and re-runs `verify` against corruption, torn or stale
+files; it does not defend against someone who can write the flash (they could replace the agent).
+
+Injected verification (the agent wires pinagent.bundle and pinagent.signers into it):
+    verify(bundle_bytes, signers_bytes, installed_version) -> Verified(bundle, version, issued,
+        next_signers)   or raise any Exception to refuse.
+    installed_version is None at boot (loading what is installed: no rollback or same-version
+    check, and no from-the-future check against a clock that may read 2000), else the version
+    an update must exceed. Its exceptions reach the caller of install() unchanged.
+
+Update (install), in this order; each step is one atomic LittleFS commit:
+    1. verify against the trusted signer set and installed version (nothing written if refused)
+    2. remove a stale bundle.new; write bundle.new, close (its contents commit at close)
+    3. read bundle.new back, compare its digest with what was written
+    4. if bundle.bin is the good bundle in use: rename bundle.bin -> bundle.prev
+    5. rename bundle.new -> bundle.bin                        (the commit point)
+       (if 4 or 5 fails, bundle.prev is renamed back; if even that fails, boot finishes step 5)
+    6. write state.new, rename -> state.bin (max version, time floor, update count); a cut here
+       only loses counters, which nothing depends on for safety
+Boot (never raises; repairs are best effort and each is atomic):
+    - bundle.bin whose slot digest is good and that verifies -> mode "ok"; a bundle.new beside
+      it is an update cut before step 5: removed.
+    - else bundle.new that checks and verifies -> mode "ok": an update cut between steps 4 and
+      5 (or bundle.bin rotted meanwhile); finished by renaming it to bundle.bin.
+    - else bundle.prev that checks and verifies -> mode "recovered-previous"; bundle.bin is
+      left as it is (the next update replaces it, and bundle.prev is then kept).
+    - else mode "safe-no-bundle".
+    So after a power cut at any point of an update, boot yields the old or the new bundle.
+    Missing, empty, truncated, oversized, corrupt or junk files are each a problem string in
+    BootState.problems, never an exception.
+Trusted signers for the next update: the loaded bundle's next_signers; else the signer set of
+the first slot whose digest is good even if its bundle no longer verifies (so a fleet that rotated
+away from the factory keys stays updatable); else signers.bin; else none (updates refused with
+NoTrustAnchor: the board needs reprovisioning).
+Time floor: the larger of state.bin's and the loaded bundle's issue time (so losing state.bin
+never lowers it below what the bundle proves).
+Rollback: verify gets the loaded bundle's version (0 in safe mode) as installed_version, and the
+store also refuses (Rollback) any version below the highest ever installed (state.bin), so after a
+recovery the lost newest bundle can be sent again, but nothing older.
+
+Safe state ("safe-no-bundle"): no pins and no CA certificates are known (the ESP32 port has no
+built-in CA store, the CAs come in the bundle), so the agent refuses every TLS connection
+(fail-closed) while the serial update service keeps running. Why fail-closed rather than CA-only:
+CA-only would need CA certificates the board does not have, and a board that quietly dropped to
+weaker checking whenever its flash was damaged would turn a storage fault (or a forced one) into a
+downgrade. Safe state is loud instead: IDENTIFY reports the mode and problems, and one signed
+bundle over serial brings the board back to "ok" without reflashing.
+
+What LittleFS leaves after a power cut (littlefs is copy-on-write with atomic metadata commits;
+checked against the real littlefs, via littlefs-python, by cutting power at every block program
+and erase): open(path, "wb") of a new file commits an empty file at once; of an existing file it
+keeps the old contents until close; written bytes become visible only at close; rename (over an
+existing target too), remove and mkdir are atomic. There is no os.sync: close is the durability
+point. tests/device/faultfs.py models exactly this; the tests also run on a write-through model
+(torn files durable), which the temp-then-rename scheme survives as well.
+
+File system interface (FS): a wrapper over an os-like module and an open function, the subset
+MicroPython gives on the ESP32: open(path, "rb"/"wb") with read/write/close, os.rename, os.remove,
+os.stat, os.listdir, os.mkdir, os.statvfs. The device passes FS(os, open); tests pass a
+fault-injecting in-memory file system (tests/device/faultfs.py).
+"""
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+import hashlib
+import struct
+
+ROOT = "/fleetpin"
+BUNDLE = "bundle.bin"
+BUNDLE_NEW = "bundle.new"
+BUNDLE_PREV = "bundle.prev"
+SIGNERS = "signers.bin"
+STATE = "state.bin"
+STATE_NEW = "state.new"
+
+MODE_OK = "ok"
+MODE_RECOVERED = "recovered-previous"
+MODE_SAFE = "safe-no-bundle"
+
+SLOT_MAGIC = b"FPS1"
+_SLOT_HEAD = "<4sHI"
+SLOT_HEAD_LEN = const(10)
+DIGEST_LEN = const(32)
+SLOT_OVERHEAD = const(42)  # head + digest
+MAX_BUNDLE = const(32768)  # pinagent.bundle's size limit
+MAX_SIGNERS = const(4096)
+MAX_SLOT = const(36906)  # SLOT_OVERHEAD + MAX_SIGNERS + MAX_BUNDLE
+
+STATE_MAGIC = b"FPST"
+_STATE_FMT = "<4sBxxxQqII"  # magic, format 1, time floor, max version (-1: none), updates, failed
+_STATE_LEN = const(32)
+_STATE_FORMAT = const(1)
+
+_CHUNK = const(512)  # read-back chunk
+
+ENOENT = const(2)
+ENOSPC = const(28)
+
+
+class StoreError(Exception):
+    """A storage operation failed; `reason` says what."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SlotCorrupt(StoreError):
+    """A slot file is missing its magic, has wrong lengths, or its digest does not match."""
+
+
+class TooLarge(StoreError):
+    """A bundle or signer set over the slot limits (MAX_BUNDLE, MAX_SIGNERS)."""
+
+
+class Rollback(StoreError):
+    """An update older than a bundle the board installed before (state.bin's max version):
+    refused even when the newer bundle was lost, so retired pins never come back."""
+
+
+class NoSpace(StoreError):
+    """Not enough free flash for the update (nothing was changed)."""
+
+
+class StorageFailed(StoreError):
+    """The file system refused a write, rename or read-back (nothing was changed)."""
+
+
+class NoTrustAnchor(StoreError):
+    """No signer set is readable, so no update can be verified: reprovision the board."""
+
+
+class Verified:
+    """What `verify` returns: the decoded bundle (opaque to the store), its version and issue
+    time (POSIX seconds), and the signer set bytes trusted for the next update."""
+
+    __slots__ = ("bundle", "version", "issued", "next_signers")
+
+    def __init__(self, bundle, version, issued, next_signers):
+        self.bundle = bundle
+        self.version = version
+        self.issued = issued
+        self.next_signers = next_signers
+
+
+class FS:
+    """The file operations the store needs, over an os-like module and an open function."""
+
+    def __init__(self, os_mod, open_fn):
+        self.os = os_mod
+        self.open = open_fn
+
+    def size(self, path):
+        """Size in bytes, or -1 if there is no such file (any stat error: the errno for "no such
+        file" is 2 on the ESP32 but the host's own on the VM's VfsPosix, 44 under Emscripten)."""
+        try:
+            st = self.os.stat(path)
+        except OSError:
+            return -1
+        if st[0] & 0x4000:  # a directory where a file should be: treat as junk
+            raise OSError(21)
+        return st[6]
+
+    def read(self, path, limit):
+        """The whole file; StoreError if it is larger than limit (checked before reading, so junk
+        cannot exhaust the heap)."""
+        n = self.size(path)
+        if n < 0:
+            raise OSError(ENOENT)
+        if n > limit:
+            raise SlotCorrupt("%s: %d bytes, over the %d limit" % (path, n, limit))
+        f = self.open(path, "rb")
+        try:
+            return _read_exact(f, n)
+        finally:
+            f.close()
+
+    def write_atomic(self, path, tmp, chunks):
+        """Writes chunks to tmp, closes it, renames it over path (atomic on LittleFS)."""
+        self.remove_quiet(tmp)
+        f = self.open(tmp, "wb")
+        try:
+            for c in chunks:
+                _write_all(f, c)
+        finally:
+            f.close()
+        self.os.rename(tmp, path)
+
+    def rename(self, src, dst):
+        self.os.rename(src, dst)
+
+    def remove_quiet(self, path):
+        """Removes path if it exists (checked with stat, not by errno); errors propagate."""
+        try:
+            self.os.stat(path)
+        except OSError:
+            return
+        self.os.remove(path)
+
+    def listdir(self, path):
+        return self.os.listdir(path)
+
+    def ensure_dir(self, path):
+        try:
+            st = self.os.stat(path)
+        except OSError:
+            st = None
+        if st is not None:
+            if st[0] & 0x4000:
+                return
+            self.os.remove(path)  # a file squatting on the directory's name
+        self.os.mkdir(path)
+
+    def free(self, path):
+        """Bytes available to a new file (statvfs f_bavail * f_bsize), and the block size."""
+        st = self.os.statvfs(path)
+        return st[4] * st[0], st[0]
+
+
+def _errno(e):
+    return e.args[0] if e.args else None
+
+
+def _read_exact(f, n):
+    data = f.read(n)
+    if data is None:
+        data = b""
+    if len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = f.read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _write_all(f, data):
+    mv = memoryview(data)
+    while len(mv):
+        n = f.write(mv)
+        if n is None:  # some streams return None for "all written"
+            return
+        if n <= 0:
+            raise OSError(ENOSPC)
+        mv = mv[n:]
+
+
+# ---- slots
+
+
+def slot_head(signers, bundle):
+    return struct.pack(_SLOT_HEAD, SLOT_MAGIC, len(signers), len(bundle))
+
+
+def slot_digest(signers, bundle):
+    h = hashlib.sha256(slot_head(signers, bundle))
+    h.update(signers)
+    h.update(bundle)
+    return h.digest()
+
+
+def encode_slot(signers, bundle):
+    """The bytes of a slot file (for the host's provisioning image; the device writes the
+    parts without joining them)."""
+    _check_slot_sizes(signers, bundle)
+    return slot_head(signers, bundle) + bytes(signers) + bytes(bundle) + slot_digest(signers, bundle)
+
+
+def _check_slot_sizes(signers, bundle):
+    if len(signers) > MAX_SIGNERS:
+        raise TooLarge("signer set of %d bytes, over %d" % (len(signers), MAX_SIGNERS))
+    if len(bundle) > MAX_BUNDLE:
+        raise TooLarge("bundle of %d bytes, over %d" % (len(bundle), MAX_BUNDLE))
+
+
+def _slot_lengths(head, total):
+    magic, sl, bl = struct.unpack(_SLOT_HEAD, head)
+    if magic != SLOT_MAGIC:
+        raise SlotCorrupt("bad magic")
+    if sl > MAX_SIGNERS or bl > MAX_BUNDLE or total != SLOT_OVERHEAD + sl + bl:
+        raise SlotCorrupt("lengths %d+%d do not match %d bytes" % (sl, bl, total))
+    return sl, bl
+
+
+def decode_slot(data):
+    """(signers, bundle, digest) of a slot's bytes; SlotCorrupt if anything is off."""
+    n = len(data)
+    if n < SLOT_OVERHEAD:
+        raise SlotCorrupt("%d bytes, shorter than a slot" % n)
+    sl, bl = _slot_lengths(bytes(data[:SLOT_HEAD_LEN]), n)
+    mv = memoryview(data)
+    signers = bytes(mv[SLOT_HEAD_LEN:SLOT_HEAD_LEN + sl])
+    bundle = bytes(mv[SLOT_HEAD_LEN + sl:n - DIGEST_LEN])
+    digest = slot_digest(signers, bundle)
+    if digest != bytes(mv[n - DIGEST_LEN:]):
+        raise SlotCorrupt("digest mismatch")
+    return signers, bundle, digest
+
+
+def read_slot(fs, path):
+    """(signers, bundle, digest) of a slot file, read part by part so the bundle is one bytes
+    object of its own (no second copy of it on the heap); SlotCorrupt if anything is off."""
+    n = fs.size(path)
+    if n < 0:
+        raise OSError(ENOENT)
+    if n < SLOT_OVERHEAD or n > MAX_SLOT:
+        raise SlotCorrupt("%d bytes, not a slot" % n)
+    f = fs.open(path, "rb")
+    try:
+        head = _read_exact(f, SLOT_HEAD_LEN)
+        if len(head) != SLOT_HEAD_LEN:
+            raise SlotCorrupt("truncated")
+        sl, bl = _slot_lengths(head, n)
+        signers = _read_exact(f, sl)
+        bundle = _read_exact(f, bl)
+        stored = _read_exact(f, DIGEST_LEN)
+    finally:
+        f.close()
+    if len(signers) != sl or len(bundle) != bl or len(stored) != DIGEST_LEN:
+        raise SlotCorrupt("truncated")
+    digest = slot_digest(signers, bundle)
+    if digest != stored:
+        raise SlotCorrupt("digest mismatch")
+    return signers, bundle, digest
+
+
+def _written_ok(fs, path, size, digest):
+    """Reads a slot file back in small chunks (no second copy of the bundle on the heap):
+    True if it has `size` bytes, hashes to `digest` and ends with it."""
+    if fs.size(path) != size:
+        return False
+    body = size - DIGEST_LEN
+    h = hashlib.sha256()
+    tail = b""
+    f = fs.open(path, "rb")
+    try:
+        done = 0
+        while done < size:
+            chunk = f.read(min(_CHUNK, size - done))
+            if not chunk:
+                return False
+            if done < body:
+                h.update(chunk[: body - done])
+            if done + len(chunk) > body:
+                tail += chunk[max(0, body - done):]
+            done += len(chunk)
+    finally:
+        f.close()
+    return tail == digest and h.digest() == digest
+
+
+# ---- state record
+
+
+def encode_state(time_floor, max_version, updates, failed):
+    body = struct.pack(_STATE_FMT, STATE_MAGIC, _STATE_FORMAT, time_floor, max_version, updates, failed)
+    return body + hashlib.sha256(body).digest()[:8]
+
+
+def decode_state(data):
+    """(time_floor, max_version, updates, failed); SlotCorrupt if the record is damaged."""
+    if len(data) != _STATE_LEN + 8:
+        raise SlotCorrupt("state: %d bytes" % len(data))
+    body = data[:_STATE_LEN]
+    if hashlib.sha256(body).digest()[:8] != data[_STATE_LEN:]:
+        raise SlotCorrupt("state: digest mismatch")
+    magic, fmt, floor, maxv, updates, failed = struct.unpack(_STATE_FMT, body)
+    if magic != STATE_MAGIC or fmt != _STATE_FORMAT:
+        raise SlotCorrupt("state: bad magic or format")
+    return floor, maxv, updates, failed
+
+
+class BootState:
+    """What boot found. mode: MODE_OK / MODE_RECOVERED / MODE_SAFE. bundle: the installed bundle
+    bytes (None in safe mode); decoded: verify's decoded bundle; version, issued; source: the
+    file it came from; signers: the signer set bytes trusted for the next update (None: no
+    anchor); time_floor: never believe a clock below it; max_version, updates, failed_updates:
+    counters; problems: one short string per thing found wrong."""
+
+    def __init__(self):
+        self.mode = MODE_SAFE
+        self.bundle = None
+        self.decoded = None
+        self.version = None
+        self.issued = 0
+        self.source = None
+        self.signers = None
+        self.time_floor = 0
+        self.max_version = -1
+        self.updates = 0
+        self.failed_updates = 0
+        self.problems = []
+
+    def to_obj(self):
+        return {
+            "mode": self.mode,
+            "source": self.source,
+            "version": self.version,
+            "time_floor": self.time_floor,
+            "max_version": self.max_version,
+            "updates": self.updates,
+            "failed_updates": self.failed_updates,
+            "trust": self.signers is not None,
+            "problems": list(self.problems),
+        }
+
+
+class Store:
+    """Store(fs, verify).boot() -> BootState, then install(data) for updates."""
+
+    def __init__(self, fs, verify, root=ROOT):
+        self.fs = fs
+        self.verify = verify
+        self.root = root
+        self.state = None
+
+    def path(self, name):
+        return self.root + "/" + name
+
+    # ---- boot
+
+    def boot(self):
+        """Loads what is installed, repairing an interrupted update. Never raises for anything in
+        storage (a PowerCut in tests, a BaseException, does pass through)."""
+        st = BootState()
+        self.state = st
+        try:
+            self._boot(st)
+        except Exception as e:  # a bug or an unexpected error: keep what was loaded, stay up
+            st.problems.append("boot: %s: %s" % (type(e).__name__, e))
+        return st
+
+    def _boot(self, st):
+        try:
+            names = self.fs.listdir(self.root)
+        except Exception as e:
+            st.problems.append("%s: unreadable (%s)" % (self.root, _why(e)))
+            names = ()
+        self._load_state(st, names)
+        spare_signers = None
+        for name in (BUNDLE, BUNDLE_NEW, BUNDLE_PREV):
+            if name not in names:
+                continue
+            try:
+                signers, bundle, _ = read_slot(self.fs, self.path(name))
+            except Exception as e:
+                st.problems.append("%s: %s" % (name, _why(e)))
+                continue
+            if spare_signers is None:
+                spare_signers = signers
+            try:
+                v = self.verify(bundle, signers, None)
+            except Exception as e:
+                st.problems.append("%s: refused: %s" % (name, _why(e)))
+                continue
+            self._take(st, name, bundle, v)
+            break
+        if st.bundle is not None:
+            st.mode = MODE_RECOVERED if st.source == BUNDLE_PREV else MODE_OK
+        if st.signers is None:
+            st.signers = spare_signers
+        if st.signers is None:
+            try:
+                st.signers = self.fs.read(self.path(SIGNERS), MAX_SIGNERS)
+            except Exception as e:
+                st.problems.append("%s: %s" % (SIGNERS, _why(e)))
+        self._repair(st, names)
+
+    def _take(self, st, name, bundle, v):
+        st.bundle = bundle
+        st.decoded = v.bundle
+        st.version = v.version
+        st.issued = v.issued
+        st.signers = v.next_signers
+        st.source = name
+        if v.issued > st.time_floor:
+            st.time_floor = v.issued
+        if v.version > st.max_version:
+            st.max_version = v.version
+
+    def _load_state(self, st, names):
+        if STATE not in names:
+            return
+        try:
+            st.time_floor, st.max_version, st.updates, st.failed_updates = decode_state(
+                self.fs.read(self.path(STATE), _STATE_LEN + 8)
+            )
+        except Exception as e:
+            st.problems.append("%s: %s" % (STATE, _why(e)))
+
+    def _repair(self, st, names):
+        # Best effort: a failure (or a cut) here leaves files that the next boot sorts out the same way.
+        try:
+            if st.source == BUNDLE_NEW:
+                self.fs.rename(self.path(BUNDLE_NEW), self.path(BUNDLE))
+                st.source = BUNDLE
+            elif BUNDLE_NEW in names:
+                self.fs.remove_quiet(self.path(BUNDLE_NEW))
+            if STATE_NEW in names:
+                self.fs.remove_quiet(self.path(STATE_NEW))
+        except Exception as e:
+            st.problems.append("repair: %s" % _why(e))
+
+    # ---- update
+
+    def install(self, data):
+        """Verifies and installs a bundle atomically; returns the Verified result. Refusals
+        from verify propagate unchanged; the store's own refusals and storage failures raise
+        Rollback / TooLarge / NoSpace / StorageFailed / NoTrustAnchor, and leave the installed
+        bundle as it was."""
+        st = self.state
+        if st is None:
+            st = self.boot()
+        if st.signers is None:
+            raise NoTrustAnchor("no trusted signer set on the board")
+        v = self.verify(data, st.signers, st.version if st.version is not None else 0)
+        if v.version < st.max_version:  # older than a bundle this board has already installed
+            raise Rollback("version %d, but %d was installed before" % (v.version, st.max_version))
+        _check_slot_sizes(st.signers, data)
+        try:
+            self._commit(st, data)
+        except Exception as e:
+            st.failed_updates += 1
+            if isinstance(e, StoreError):
+                raise
+            if isinstance(e, OSError) and _errno(e) == ENOSPC:
+                raise NoSpace("flash full while writing the bundle")
+            raise StorageFailed(_why(e))
+        self._take(st, BUNDLE, data, v)
+        st.mode = MODE_OK
+        st.updates += 1
+        self._save_state(st)
+        return v
+
+    def _commit(self, st, data):
+        fs = self.fs
+        fs.ensure_dir(self.root)
+        if st.source == BUNDLE_NEW:  # boot could not finish the previous commit: finish it first
+            fs.rename(self.path(BUNDLE_NEW), self.path(BUNDLE))
+            st.source = BUNDLE
+        signers = st.signers
+        new = self.path(BUNDLE_NEW)
+        fs.remove_quiet(new)
+        self._make_room(st, SLOT_OVERHEAD + len(signers) + len(data))
+        digest = slot_digest(signers, data)
+        try:
+            f = fs.open(new, "wb")
+            try:
+                _write_all(f, slot_head(signers, data))
+                _write_all(f, signers)
+                _write_all(f, data)
+                _write_all(f, digest)
+            finally:
+                f.close()
+            if not _written_ok(fs, new, SLOT_OVERHEAD + len(signers) + len(data), digest):
+                raise StorageFailed("read-back of %s differs from what was written" % BUNDLE_NEW)
+        except Exception:
+            self._remove_new()
+            raise
+        moved = False
+        try:
+            if st.source == BUNDLE:
+                fs.rename(self.path(BUNDLE), self.path(BUNDLE_PREV))
+                moved = True
+            fs.rename(new, self.path(BUNDLE))  # the commit point
+        except Exception:
+            self._undo(st, moved)
+            raise
+
+    def _undo(self, st, moved):
+        # The commit rename failed. Put the old bundle back; if even that fails, leave bundle.new
+        # (boot installs it, since bundle.bin is gone) and remember the old one is in bundle.prev.
+        try:
+            if moved:
+                self.fs.rename(self.path(BUNDLE_PREV), self.path(BUNDLE))
+            self._remove_new()
+        except Exception:
+            st.source = BUNDLE_PREV
+
+    def _remove_new(self):
+        try:
+            self.fs.remove_quiet(self.path(BUNDLE_NEW))
+        except Exception:  # boot removes a stale temp anyway
+            pass
+
+    def _make_room(self, st, size):
+        free, block = self.fs.free(self.root)
+        need = ((size + block - 1) // block + 1) * block  # the file, plus a block of metadata slack
+        if free >= need:
+            return
+        # bundle.prev is only a spare: drop it, unless it is the bundle in use
+        if st.source != BUNDLE_PREV and self.fs.size(self.path(BUNDLE_PREV)) >= 0:
+            self.fs.remove_quiet(self.path(BUNDLE_PREV))
+            free, block = self.fs.free(self.root)
+        if free < need:
+            raise NoSpace("%d bytes free, %d needed" % (free, need))
+
+    # ---- state record
+
+    def raise_time_floor(self, t):
+        """Records a newer trusted time (POSIX seconds). Writes flash: call it rarely (e.g.
+        after a trusted time sync, at most hourly). Returns True if the floor moved."""
+        st = self.state
+        if st is None or t <= st.time_floor:
+            return False
+        st.time_floor = t
+        return self._save_state(st)
+
+    def _save_state(self, st):
+        try:
+            self.fs.ensure_dir(self.root)
+            self.fs.write_atomic(
+                self.path(STATE),
+                self.path(STATE_NEW),
+                (encode_state(st.time_floor, st.max_version, st.updates, st.failed_updates),),
+            )
+            return True
+        except Exception as e:
+            st.problems.append("%s: not saved (%s)" % (STATE, _why(e)))
+            return False
+
+
+def _why(e):
+    reason = getattr(e, "reason", None)
+    if reason is not None:
+        return "%s: %s" % (type(e).__name__, reason)
+    if isinstance(e, OSError):
+        return "OSError %s" % (_errno(e),)
+    return "%s: %s" % (type(e).__name__, e)

@@ -1,0 +1,497 @@
+# pinagent.store: installed bundle, last good bundle, signer rotation, time floor, boot recovery.
+# Runs unchanged under CPython and on the MicroPython VM, over tests/device/faultfs.py.
+
+from faultfs import EIO, ENOSPC, FakeRefused, FaultFS, fake_bundle, fake_verify
+from support import raises
+
+from pinagent import store as S
+
+S1 = b"signers:factory-k1,k2"
+S2 = b"signers:rotated-k3,k4"
+S3 = b"signers:rotated-k5,k6"
+R = "/fleetpin/"
+
+
+def _board(bundles=(), signers=S1, **kw):
+    """A FaultFS with the factory anchor, and the given bundles installed in order."""
+    ffs = FaultFS(dirs=["/fleetpin"], **kw)
+    ffs.files[R + "signers.bin"] = signers
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    for b in bundles:
+        store.install(b)
+    return ffs
+
+
+def _boot(ffs):
+    ffs = ffs.reboot()
+    return ffs, S.Store(S.FS(ffs, ffs.open), fake_verify).boot()
+
+
+def _flip(data, i):
+    b = bytearray(data)
+    b[i] ^= 0x01
+    return bytes(b)
+
+
+V1 = fake_bundle(1, S1)
+V2 = fake_bundle(2, S1)
+V3 = fake_bundle(3, S1)
+
+
+# ---- boot on boards in every state
+
+
+def test_empty_flash_boots_safe_without_raising():
+    ffs = FaultFS()
+    st = S.Store(S.FS(ffs, ffs.open), fake_verify).boot()
+    assert st.mode == S.MODE_SAFE
+    assert st.bundle is None and st.signers is None
+    assert any("/fleetpin" in p for p in st.problems)
+    assert "write" not in ffs.counts and "rename" not in ffs.counts
+
+
+def test_factory_board_is_safe_and_trusts_the_anchor():
+    ffs, st = _boot(_board())
+    assert st.mode == S.MODE_SAFE
+    assert st.signers == S1
+    assert st.version is None and st.max_version == -1
+    assert st.problems == []
+
+
+def test_install_then_boot_loads_it_verified():
+    ffs, st = _boot(_board([V1]))
+    assert st.mode == S.MODE_OK and st.source == S.BUNDLE
+    assert st.bundle == V1 and st.version == 1 and st.decoded == {"version": 1}
+    assert R + "bundle.prev" not in ffs.files and R + "bundle.new" not in ffs.files
+    assert st.updates == 1 and st.max_version == 1
+    assert st.problems == []
+
+
+def test_normal_boot_writes_nothing():
+    ffs, st = _boot(_board([V1, V2]))
+    assert st.mode == S.MODE_OK
+    for op in ("write", "rename", "remove", "mkdir"):
+        assert op not in ffs.counts, op
+
+
+def test_second_install_keeps_the_first_as_previous():
+    ffs = _board([V1, V2])
+    assert S.decode_slot(ffs.files[R + "bundle.prev"])[1] == V1
+    assert S.decode_slot(ffs.files[R + "bundle.bin"])[1] == V2
+    ffs, st = _boot(ffs)
+    assert st.version == 2 and st.updates == 2
+
+
+def test_device_written_slot_is_what_encode_slot_makes():
+    ffs = _board([V1])
+    assert ffs.files[R + "bundle.bin"] == S.encode_slot(S1, V1)
+    signers, bundle, digest = S.decode_slot(S.encode_slot(S1, V1))
+    assert (signers, bundle, digest) == (S1, V1, S.slot_digest(S1, V1))
+
+
+def test_decode_slot_refuses_damage_with_slot_corrupt():
+    good = S.encode_slot(S1, V1)
+    for bad in (b"", good[:41], good[:-1], good + b"\0", b"FPS2" + good[4:], _flip(good, 20), _flip(good, len(good) - 1)):
+        raises(S.SlotCorrupt, S.decode_slot, bad)
+    raises(S.TooLarge, S.encode_slot, S1, b"x" * (S.MAX_BUNDLE + 1))
+    raises(S.TooLarge, S.encode_slot, b"s" * (S.MAX_SIGNERS + 1), V1)
+
+
+def _damaged_variants(good):
+    return [
+        ("empty", b""),
+        ("one byte short", good[:-1]),
+        ("half", good[: len(good) // 2]),
+        ("one byte more", good + b"\0"),
+        ("bit flip in bundle", _flip(good, 60)),
+        ("bit flip in digest", _flip(good, len(good) - 3)),
+        ("bit flip in header", _flip(good, 5)),
+        ("junk text", b"hello, world\n" * 20),
+        ("lying lengths", good[:4] + b"\xff\xff\xff\xff\xff\xff" + good[10:]),
+        ("oversized", b"\0" * (S.MAX_SLOT + 1)),
+    ]
+
+
+def test_damaged_installed_bundle_recovers_the_previous_one():
+    base = _board([V1, V2])
+    for what, bad in _damaged_variants(base.files[R + "bundle.bin"]):
+        ffs = base.reboot()
+        ffs.files[R + "bundle.bin"] = bad
+        ffs, st = _boot(ffs)
+        assert st.mode == S.MODE_RECOVERED, what
+        assert st.bundle == V1 and st.version == 1, what
+        assert st.problems and st.problems[0].startswith("bundle.bin"), (what, st.problems)
+
+
+def test_damaged_installed_bundle_without_previous_is_safe():
+    base = _board([V1])
+    for what, bad in _damaged_variants(base.files[R + "bundle.bin"]):
+        ffs = base.reboot()
+        ffs.files[R + "bundle.bin"] = bad
+        ffs, st = _boot(ffs)
+        assert st.mode == S.MODE_SAFE and st.bundle is None, what
+        assert st.signers == S1, what
+
+
+def test_oversized_junk_is_not_read_into_the_heap():
+    ffs = _board([V1])
+    ffs.files[R + "bundle.bin"] = b"\0" * (S.MAX_SLOT + 1)
+    ffs = ffs.reboot()
+    ffs.fail("open", R + "bundle.bin")  # opening it would show as an I/O error instead
+    st = S.Store(S.FS(ffs, ffs.open), fake_verify).boot()
+    assert "not a slot" in st.problems[0], st.problems
+
+
+def test_bundle_that_no_longer_verifies_is_refused_at_boot():
+    ffs = _board([V1, V2])
+    # an intact slot (digest recomputed) whose stored signer set does not verify its bundle
+    ffs.files[R + "bundle.bin"] = S.encode_slot(S2, V2)
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_RECOVERED and st.version == 1
+    assert "refused" in st.problems[0] and "signature" in st.problems[0]
+
+
+def test_both_slots_damaged_is_safe_and_keeps_the_rotated_trust():
+    ffs = _board([fake_bundle(1, S1, rotate=S2), fake_bundle(2, S2)])
+    ffs.files[R + "bundle.bin"] = b"junk"
+    ffs.files[R + "bundle.prev"] = S.encode_slot(S2, fake_bundle(1, S1))  # intact, fails verify
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_SAFE and st.bundle is None
+    # the intact slot's signer set (the fleet's current keys), not the retired factory keys
+    assert st.signers == S2
+
+
+def test_missing_or_damaged_anchor_on_a_board_without_bundle():
+    ffs = _board()
+    del ffs.files[R + "signers.bin"]
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_SAFE and st.signers is None
+    assert any(p.startswith("signers.bin") for p in st.problems)
+    e = raises(S.NoTrustAnchor, S.Store(S.FS(ffs, ffs.open), fake_verify).install, V1)
+    assert e.reason
+    ffs.files[R + "signers.bin"] = b"x" * (S.MAX_SIGNERS + 1)
+    ffs, st = _boot(ffs)
+    assert st.signers is None
+
+
+def test_stale_temps_are_removed_at_boot():
+    ffs = _board([V1])
+    ffs.files[R + "bundle.new"] = b"half a bundle"
+    ffs.files[R + "state.new"] = b"half a state"
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_OK and st.version == 1
+    assert R + "bundle.new" not in ffs.files and R + "state.new" not in ffs.files
+
+
+def test_valid_temp_beside_a_good_bundle_is_discarded_not_installed():
+    # power cut after the new slot was closed, before the commit: the old bundle stays
+    ffs = _board([V1])
+    ffs.files[R + "bundle.new"] = S.encode_slot(S1, V2)
+    ffs, st = _boot(ffs)
+    assert st.version == 1 and R + "bundle.new" not in ffs.files
+
+
+def test_commit_interrupted_between_the_renames_is_finished_at_boot():
+    ffs = _board([V1])
+    ffs.files[R + "bundle.prev"] = ffs.files.pop(R + "bundle.bin")
+    ffs.files[R + "bundle.new"] = S.encode_slot(S1, V2)
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_OK and st.version == 2 and st.source == S.BUNDLE
+    assert S.decode_slot(ffs.files[R + "bundle.bin"])[1] == V2
+    assert R + "bundle.new" not in ffs.files
+    ffs, st = _boot(ffs)
+    assert st.version == 2 and st.problems == []
+
+
+def test_junk_files_and_directories_are_ignored():
+    ffs = _board([V1, V2])
+    ffs.files[R + "notes.txt"] = b"hello"
+    ffs.files[R + "bundle.bin.bak"] = b"\xff" * 100
+    ffs.dirs.add(R + "subdir")
+    del ffs.files[R + "bundle.prev"]
+    ffs.dirs.add(R + "bundle.prev")  # a directory where the last good bundle should be
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_OK and st.version == 2
+    ffs.files[R + "bundle.bin"] = b"bad"
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_SAFE
+    assert any(p.startswith("bundle.prev") for p in st.problems)
+
+
+def test_root_squatted_by_a_file_boots_safe_and_an_update_repairs_it():
+    ffs = FaultFS()
+    ffs.files["/fleetpin"] = b"not a directory"
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    st = store.boot()
+    assert st.mode == S.MODE_SAFE and st.signers is None
+    st.signers = S1  # as if provisioned over serial
+    store.install(V1)
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_OK and st.version == 1
+
+
+def test_an_io_error_at_any_step_of_boot_never_raises():
+    base = _board([V1, V2])
+    base.files[R + "bundle.new"] = b"stale"
+    ffs = base.reboot()
+    S.Store(S.FS(ffs, ffs.open), fake_verify).boot()
+    total = ffs.ticks
+    assert total > 5
+    for k in range(total):
+        for errno in (EIO, 2):
+            ffs = base.reboot()
+            _fail_kth(ffs, k, errno)
+            st = S.Store(S.FS(ffs, ffs.open), fake_verify).boot()
+            assert st.mode in (S.MODE_OK, S.MODE_RECOVERED, S.MODE_SAFE)
+            assert st.version in (None, 1, 2), (k, st.version)
+            if st.bundle is not None:
+                assert st.bundle == (V2 if st.version == 2 else V1)
+            ffs, again = _boot(ffs)
+            assert again.version == 2, (k, again.problems)  # nothing was lost for good
+
+
+def _fail_kth(ffs, k, errno):
+    """Makes the k-th operation (0-based, any kind) raise OSError(errno)."""
+    orig = ffs._tick
+
+    def tick(op, path):
+        n = ffs.ticks
+        orig(op, path)
+        if n == k:
+            raise OSError(errno)
+
+    ffs._tick = tick
+
+
+# ---- updates
+
+
+def test_refused_update_changes_nothing():
+    ffs = _board([V1])
+    before = dict(ffs.files)
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    for bad, reason in (
+        (_flip(V2, 20), "signature"),
+        (fake_bundle(2, S2), "signature"),
+        (V1, "same_version"),
+        (fake_bundle(0, S1), "rollback"),
+        (b"xx", "malformed"),
+    ):
+        e = raises(FakeRefused, store.install, bad)
+        assert e.reason == reason
+    assert ffs.files == before
+    assert store.state.version == 1
+
+
+def test_update_after_recovery_accepts_the_lost_version_but_nothing_older():
+    ffs = _board([V1, V2, V3])
+    ffs.files[R + "bundle.bin"] = b"rotten"
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    st = store.boot()
+    assert st.mode == S.MODE_RECOVERED and st.version == 2 and st.max_version == 3
+    assert raises(FakeRefused, store.install, V2).reason == "same_version"
+    store.install(V3)
+    assert S.decode_slot(ffs.files[R + "bundle.prev"])[1] == V2  # not replaced by the rotten one
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_OK and st.version == 3
+
+
+def test_safe_board_still_refuses_retired_versions():
+    ffs = _board([V1, V2, V3])
+    ffs.files[R + "bundle.bin"] = b"rotten"
+    ffs.files[R + "bundle.prev"] = b"rotten too"
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    st = store.boot()
+    assert st.mode == S.MODE_SAFE and st.max_version == 3
+    raises(S.Rollback, store.install, V2)
+    store.install(V3)  # the lost newest one can be sent again
+    assert store.state.mode == S.MODE_OK and store.state.version == 3
+
+
+def test_rotation_is_committed_with_its_bundle():
+    r1 = fake_bundle(1, S1, rotate=S2)
+    ffs = _board([r1])
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    st = store.boot()
+    assert st.signers == S2
+    assert raises(FakeRefused, store.install, fake_bundle(2, S1)).reason == "signature"
+    store.install(fake_bundle(2, S2, rotate=S3))
+    store.install(fake_bundle(3, S3))
+    ffs, st = _boot(ffs)
+    assert st.version == 3 and st.signers == S3
+    assert ffs.files[R + "signers.bin"] == S1  # the factory anchor is never rewritten
+    # losing the newest slot goes back to the previous bundle AND the signer set it came with
+    ffs.files[R + "bundle.bin"] = b"rotten"
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_RECOVERED and st.version == 2 and st.signers == S3
+
+
+def test_no_space_is_refused_before_writing_and_changes_nothing():
+    big = fake_bundle(2, S1, size=9000)
+    ffs = _board([fake_bundle(1, S1, size=2000)], blocks=5)  # metadata 2 + bin 1: 2 free, 4 needed
+    before = dict(ffs.files)
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    ffs.counts = {}
+    e = raises(S.NoSpace, store.install, big)
+    assert "needed" in e.reason
+    assert ffs.files == before and "write" not in ffs.counts
+
+
+def test_previous_bundle_is_dropped_when_it_is_the_only_way_to_fit():
+    sized = [fake_bundle(v, S1, size=2000) for v in (1, 2, 3)]
+    ffs = _board(sized[:2], blocks=5)  # metadata 2 + bin 1 + prev 1: 1 free, 2 needed
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    store.install(sized[2])
+    ffs, st = _boot(ffs)
+    assert st.version == 3
+    assert S.decode_slot(ffs.files[R + "bundle.prev"])[1] == sized[1]
+
+
+def test_flash_full_while_writing_is_no_space_and_keeps_the_old_bundle():
+    ffs = _board([V1])
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    ffs.fail("write", errno=ENOSPC)
+    raises(S.NoSpace, store.install, V2)
+    assert R + "bundle.new" not in ffs.files
+    assert store.state.version == 1 and store.state.failed_updates == 1
+    store.install(V2)  # and the next try works
+    ffs, st = _boot(ffs)
+    assert st.version == 2
+
+
+def test_an_io_error_at_any_step_of_an_update_leaves_old_or_new():
+    base = _board([V1])
+    probe = base.reboot()
+    store = S.Store(S.FS(probe, probe.open), fake_verify)
+    store.boot()
+    start = probe.ticks
+    store.install(V2)
+    total = probe.ticks
+    for k in range(start, total):
+        ffs = base.reboot()
+        store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+        store.boot()
+        _fail_kth(ffs, k, EIO)
+        try:
+            store.install(V2)
+            ok = True
+        except S.StoreError as e:
+            ok = False
+            assert isinstance(e, S.StorageFailed), (k, e)
+            assert store.state.version == 1
+        ffs, st = _boot(ffs)
+        assert st.version == (2 if ok else 1), (k, ok, st.version, st.problems)
+        assert st.mode == S.MODE_OK
+
+
+class _Flipper(FaultFS):
+    """Flash that corrupts the first byte written to bundle.new: caught by the read-back."""
+
+    def open(self, path, mode="r"):
+        f = FaultFS.open(self, path, mode)
+        if path.endswith("bundle.new") and mode == "wb":
+            write = f.write
+            state = {"first": True}
+
+            def flipped(data):
+                if state["first"]:
+                    state["first"] = False
+                    data = bytes([data[0] ^ 1]) + bytes(data[1:])
+                return write(data)
+
+            f.write = flipped
+        return f
+
+
+def test_read_back_mismatch_is_storage_failed_and_nothing_installed():
+    ffs = _Flipper(dirs=["/fleetpin"])
+    ffs.files[R + "signers.bin"] = S1
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    e = raises(S.StorageFailed, store.install, V1)
+    assert "read-back" in e.reason
+    assert R + "bundle.bin" not in ffs.files and R + "bundle.new" not in ffs.files
+
+
+# ---- time floor and counters
+
+
+def test_time_floor_persists_and_only_rises():
+    ffs = _board([fake_bundle(1, S1, issued=1700000000)])
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    st = store.boot()
+    assert st.time_floor == 1700000000
+    assert store.raise_time_floor(1700000500) is True
+    assert store.raise_time_floor(1600000000) is False
+    ffs, st = _boot(ffs)
+    assert st.time_floor == 1700000500
+
+
+def test_damaged_state_falls_back_to_the_bundle_issue_time():
+    ffs = _board([fake_bundle(1, S1, issued=1700000000)])
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    store.raise_time_floor(1800000000)
+    for bad in (b"", b"x" * 40, _flip(ffs.files[R + "state.bin"], 12), b"y" * 5000):
+        ffs.files[R + "state.bin"] = bad
+        ffs, st = _boot(ffs)
+        assert st.mode == S.MODE_OK
+        assert st.time_floor == 1700000000
+        assert st.problems and st.problems[0].startswith("state.bin")
+
+
+def test_state_record_round_trip_and_damage():
+    rec = S.encode_state(1700000000, 7, 3, 1)
+    assert S.decode_state(rec) == (1700000000, 7, 3, 1)
+    assert S.decode_state(S.encode_state(0, -1, 0, 0)) == (0, -1, 0, 0)
+    for bad in (rec[:-1], _flip(rec, 0), _flip(rec, 10), _flip(rec, 39)):
+        raises(S.SlotCorrupt, S.decode_state, bad)
+
+
+def test_boot_state_to_obj_is_json_able():
+    import json
+
+    ffs, st = _boot(_board([V1]))
+    obj = json.loads(json.dumps(st.to_obj()))
+    assert obj["mode"] == "ok" and obj["version"] == 1 and obj["trust"] is True
+
+
+# ---- the FS wrapper over a real os module (CPython: a temp dir; the VM: its in-memory fs)
+
+
+def test_fs_over_the_real_os_module():
+    import os
+    import sys
+
+    if sys.implementation.name == "micropython":
+        root = "/fp-store-test"
+    else:
+        import tempfile
+
+        root = tempfile.mkdtemp() + "/fleetpin"
+    fs = S.FS(os, open)
+    fs.ensure_dir(root)
+    with open(root + "/signers.bin", "wb") as f:
+        f.write(S1)
+    store = S.Store(fs, fake_verify, root=root)
+    assert store.boot().mode == S.MODE_SAFE
+    store.install(V1)
+    store.install(V2)
+    st = S.Store(fs, fake_verify, root=root).boot()
+    assert st.mode == S.MODE_OK and st.version == 2
+    assert fs.free(root)[0] > 0
+    with open(root + "/bundle.bin", "wb") as f:
+        f.write(b"rotten")
+    st = S.Store(fs, fake_verify, root=root).boot()
+    assert st.mode == S.MODE_RECOVERED and st.version == 1
+    assert fs.size(root + "/nothing-here") == -1
+    for name in os.listdir(root):
+        os.remove(root + "/" + name)
+    os.rmdir(root)
+    if sys.implementation.name != "micropython":
+        os.rmdir(root[: root.rfind("/")])
