@@ -227,15 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     passed = sum(r.passed for r in results)
     failures = compile_errors + [f for r in results for f in r.failures]
     for r in results:
-        for note in r.heap_notes:
-            print("heap? " + note)
         if args.verbose:
+            for note in r.heap_notes:
+                print("heap? " + note)
             print(f"{r.name}: {r.passed} passed, {len(r.failures)} failed, "
                   f"VM {r.vm_ms:.0f} ms, wall {r.wall_ms:.0f} ms")
     notes = [n for r in results for n in r.heap_notes]
     if notes:
         print(f"heap? {len(notes)} tests allocated more than the {args.heap_kb} KB heap within one call; this VM "
-              "cannot collect garbage mid-call, so their peak live use is unproven (--strict-heap fails them)")
+              "cannot collect garbage mid-call, so their peak live use is unproven (-v lists them, --strict-heap fails them)")
     for f in failures:
         print("FAIL " + f)
     if args.verbose:
