@@ -18,6 +18,10 @@ COMMANDS: dict[str, str] = {
     "check": "fleetpin.cmd_check:check",
     "key": "fleetpin.cmd_key:key",
     "bundle": "fleetpin.cmd_bundle:bundle",
+    "boards": "fleetpin.cmd_boards:boards",
+    "image": "fleetpin.cmd_image:image",
+    "provision": "fleetpin.cmd_provision:provision_cmd",
+    "registry": "fleetpin.cmd_registry:registry",
 }
 
 

@@ -1,0 +1,80 @@
+"""Provisioning: fleetpin's time for 1 and for 4 stations at once, and for one station as a
+ratio to plain esptool writing the same regions (target <= 1.1), all in one run.
+
+Boards are esp32-mock-bootloader processes on ptys (tests/fakefirmware.MockBoard), each fresh
+so every run writes a blank flash; the image is a fake but well-formed MicroPython firmware
+plus the real agent filesystem (4 MB flash: 124 KB firmware + 2 MB LittleFS). fleetpin's
+session includes what plain esptool's does not: the MD5 comparison that recognises an already
+provisioned board (--skip-flashed), output parsing, and the registry row. No agent check
+(--no-confirm): there is no agent behind a mock. Medians of REPS runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from fakefirmware import MockBoard, make_firmware  # noqa: E402
+
+from fleetpin.boards import MIB, get_board  # noqa: E402
+from fleetpin.image import build_image, verify_image  # noqa: E402
+from fleetpin.provision import ProvisionOptions, Station, esptool_command, provision  # noqa: E402
+from fleetpin.registry import Registry  # noqa: E402
+
+REPS = 5
+
+
+def run() -> None:
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        dev = tmp / "device"
+        dev.mkdir()
+        (dev / "pinagent").symlink_to(REPO / "device" / "pinagent")
+        main = REPO / "device" / "main.py"
+        (dev / "main.py").write_bytes(main.read_bytes() if main.exists() else b"import pinagent\n")
+        board = get_board("esp32")
+        bundle = (REPO / "tests/vectors/bundle/good.bin").read_bytes()
+        signers = (REPO / "tests/vectors/bundle/signers_prod.json").read_bytes()
+        build_image(board, make_firmware(), bundle, signers, 4 * MIB, tmp / "img", dev)
+        image = verify_image(tmp / "img")
+        reg = Registry(tmp / "reg.sqlite")
+        opts = ProvisionOptions(operator="bench", retries=0)
+
+        def fleetpin(n: int) -> float:
+            mocks = [MockBoard("esp32").start() for _ in range(n)]
+            try:
+                t0 = time.perf_counter()
+                results = provision([Station(f"s{i}", m.port) for i, m in enumerate(mocks)], image, opts, reg)
+                dt = time.perf_counter() - t0
+            finally:
+                for m in mocks:
+                    m.stop()
+            bad = [r.error for r in results if not r.ok]
+            if bad:
+                raise RuntimeError(f"provisioning failed: {bad}")
+            return dt
+
+        def plain() -> float:
+            with MockBoard("esp32") as m:
+                cmd = esptool_command(ProvisionOptions(force=True), image, m.port)  # same session, no --skip-flashed
+                t0 = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True)
+                return time.perf_counter() - t0
+
+        one, four, base = [], [], []
+        for _ in range(REPS):  # interleaved so drift hits all three alike
+            base.append(plain())
+            one.append(fleetpin(1))
+            four.append(fleetpin(4))
+        b, o, f = statistics.median(base), statistics.median(one), statistics.median(four)
+        print(f"   plain esptool, 1 board:      {b:6.2f} s  (write-flash of the same 2 regions, MD5-verified)")
+        print(f"   fleetpin provision, 1 board: {o:6.2f} s  ratio to plain esptool {o / b:.2f} (target <= 1.1)")
+        print(f"   fleetpin provision, 4 boards:{f:6.2f} s  = {f / o:.2f} x one board ({4 * o / f:.1f} boards' work per board-time)")
+        print(f"   medians of {REPS}; boards are esp32-mock-bootloader on ptys (no baud-rate limit, its flash writes are Python loops)")

@@ -1,0 +1,86 @@
+"""`fleetpin image build|verify`: the firmware and filesystem a production line flashes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .boards import MIB, default_boards_dir, flash_size_label, get_board, parse_flash_size
+from .errors import UsageError
+from .image import build_image, verify_image
+
+REPO_DEVICE_DIR = Path(__file__).resolve().parents[2] / "device"
+_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+_boards_dir = click.option(
+    "--boards-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of board TOML files (default: $FLEETPIN_BOARDS or the repo's boards/).",
+)
+
+
+@click.group()
+def image() -> None:
+    """Build and verify production images (firmware + LittleFS filesystem + manifest)."""
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e}", hint="check the path") from None
+
+
+@image.command()
+@click.option("--board", required=True, help="Board name (see fleetpin boards).")
+@click.option("--firmware", required=True, type=_file, help="MicroPython's combined firmware.bin for the board.")
+@click.option("--bundle", required=True, type=_file, help="The signed pin bundle to install.")
+@click.option("--signers", required=True, type=_file, help="The signer set file the devices trust (factory anchor).")
+@click.option("--flash-size", default=None, help="Flash size of the boards, e.g. 4MB (default: the board's smallest).")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+@click.option("--device-dir", type=click.Path(file_okay=False, path_type=Path), default=REPO_DEVICE_DIR, show_default=True, help="The agent's device/ directory (main.py, pinagent/).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@_boards_dir
+def build(
+    board: str,
+    firmware: Path,
+    bundle: Path,
+    signers: Path,
+    flash_size: str | None,
+    out_dir: Path,
+    device_dir: Path,
+    as_json: bool,
+    boards_dir: Path | None,
+) -> None:
+    """Compile the agent to .mpy and put it, main.py, the bundle, the signer set and the device
+    configuration into a LittleFS image placed where this firmware mounts its filesystem.
+
+    \b
+    The filesystem's start is read from the firmware's own partition table; a firmware for
+    another chip, an app that does not fit, or a table that does not fit the flash size is
+    refused. Writes OUT/firmware.bin, OUT/fs.bin and OUT/manifest.json.
+    """
+    b = get_board(board, boards_dir or default_boards_dir())
+    size = parse_flash_size(flash_size) if flash_size else b.flash_sizes[0] * MIB
+    m = build_image(b, _read(firmware), _read(bundle), _read(signers), size, out_dir, device_dir)
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        return
+    click.echo(f"image {m['image_id'][:16]}  board {b.name}  flash {flash_size_label(size)}  fleet {m['content']['fleet']}")
+    for r in m["regions"]:
+        click.echo(f"  {r['file']:<13} at 0x{r['offset']:06x}  {r['size']:>8} bytes  sha256 {r['sha256'][:16]}")
+    click.echo(f"  {len(m['content']['files'])} files in the filesystem; written to {out_dir}")
+
+
+@image.command()
+@click.argument("image_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@_boards_dir
+def verify(image_dir: Path, as_json: bool, boards_dir: Path | None) -> None:
+    """Check an image directory: hashes, firmware against the board, filesystem remounted."""
+    img = verify_image(image_dir, boards_dir)
+    if as_json:
+        click.echo(json.dumps({"ok": True, "image_id": img.image_id, "board": img.board.name, "regions": img.regions}, indent=2))
+    else:
+        click.echo(f"ok: image {img.image_id[:16]} for {img.board.name}: regions match, filesystem mounts, files match")

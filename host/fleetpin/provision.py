@@ -1,0 +1,398 @@
+"""Provisioning stations: flash a verified image onto many boards at once and record every
+attempt.
+
+Per station (a thread each), one esptool PROCESS (`python -m esptool`: esptool is GPL-2.0+, so
+it stays a separate program, and its process-wide logger stays per board) does everything
+that touches the ROM bootloader in a single session:
+  - `--chip <board's chip>`: esptool refuses another chip right after connecting;
+  - `write-flash --flash-size keep`: esptool detects the real flash size and refuses, before
+    writing anything, a region that does not fit (flash smaller than the image was built for).
+    `keep` also leaves the bootloader header as `image build` set it, so the bytes on flash are
+    exactly the manifest's (a larger chip is fine: ESP-IDF uses the header's size, which is
+    also where the filesystem ends);
+  - `--skip-flashed` (unless force): esptool compares each region's MD5 on the chip first;
+    a board that already holds this image is recognised and not rewritten;
+  - each written region is verified by MD5 (esptool 5 always does), the base MAC printed at
+    connect is the device's identity; `--after hard-reset` boots the new firmware.
+Then `confirm(port, expected_bundle_digest)` checks the agent booted with the right bundle.
+
+Transient serial errors (port busy or gone, lost packets) are retried with exponential
+backoff; refusals (wrong chip, flash too small) are not. Every attempt, whatever the outcome,
+goes to the registry.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import FleetpinError
+from .image import LoadedImage
+from .registry import Attempt, Registry
+
+RESULT_OK = "provisioned"
+RESULT_SAME = "already-provisioned"
+RESULT_FAILED = "failed"
+
+_MAC = re.compile(r"^MAC:\s+([0-9a-f]{2}(?::[0-9a-f]{2}){5})", re.I)
+_CHIP = re.compile(r"^(?:Chip type|Chip is):?\s+(.+)$")
+_REGION = re.compile(r"^Writing '(.+)' at (0x[0-9a-f]+)\.\.\.", re.I)
+_PROGRESS = re.compile(r"^Writing at (0x[0-9a-f]+).*?(\d+(?:\.\d+)?)%")
+_SKIPPED = re.compile(r"^'(.+)' at (0x[0-9a-f]+) already in flash, skipping write\.")
+_VERIFIED = "Hash of data verified."
+_FATAL = re.compile(r"^(?:ERROR: )?A (?:fatal|serial exception) error occurred: (.*)$")
+
+# esptool messages after which trying again may work (cable, port, line noise)
+TRANSIENT = (
+    "could not open port",
+    "serial exception",
+    "failed to connect",
+    "timed out waiting for packet",
+    "no serial data received",
+    "packet content transfer stopped",
+    "invalid head of packet",
+    "device disconnected",
+    "device reports readiness to read but returned no data",
+    "input/output error",
+    "md5 of file does not match",
+    "corrupt data",
+    "port is busy",
+    "resource busy",
+)
+
+
+class ConfirmFailed(FleetpinError):
+    """The board was flashed but its agent did not confirm the expected bundle."""
+
+
+Confirm = Callable[[str, str], None]
+
+
+class StationEvents(Protocol):
+    def __call__(self, station: Station, event: str, detail: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Station:
+    """One fixture slot: a name the operator knows it by, and its serial port."""
+
+    name: str
+    port: str
+    # live state, for the progress display
+    phase: str = "waiting"
+    percent: float = 0.0
+    attempt: int = 0
+    mac: str | None = None
+
+    @staticmethod
+    def parse(spec: str) -> Station:
+        """'PORT' or 'NAME=PORT' (e.g. slot3=/dev/ttyUSB2)."""
+        name, sep, port = spec.partition("=")
+        return Station(name, port) if sep and port else Station(spec, spec)
+
+
+@dataclass
+class StationResult:
+    station: str
+    port: str
+    result: str
+    mac: str | None
+    chip: str | None
+    error: str | None
+    attempts: int
+    started: float
+    ended: float
+    regions: dict[str, str] = field(default_factory=dict)  # file -> written / skipped
+
+    @property
+    def ok(self) -> bool:
+        return self.result != RESULT_FAILED
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self) | {"seconds": round(self.ended - self.started, 3)}
+
+
+@dataclass
+class EsptoolRun:
+    """What one esptool session said: identity, per-region outcome, the fatal error if any."""
+
+    returncode: int = 0
+    mac: str | None = None
+    chip: str | None = None
+    regions: dict[str, str] = field(default_factory=dict)
+    current: str | None = None  # region being written when it stopped
+    current_percent: float = 0.0
+    error: str | None = None
+    tail: list[str] = field(default_factory=list)
+
+    @property
+    def transient(self) -> bool:
+        e = (self.error or "").lower()
+        return any(t in e for t in TRANSIENT)
+
+
+@dataclass
+class ProvisionOptions:
+    force: bool = False
+    confirm: Confirm | None = None  # None: skip (--no-confirm)
+    retries: int = 3  # extra attempts after a transient error
+    backoff: float = 0.5  # seconds before the first retry, doubled each time
+    baud: int | None = None  # None: the board's max_baud
+    esptool: Sequence[str] = (sys.executable, "-m", "esptool")
+    operator: str = "unknown"
+    session_timeout: float = 600.0
+
+
+def esptool_command(opts: ProvisionOptions, image: LoadedImage, port: str) -> list[str]:
+    board = image.board
+    cmd = [
+        *opts.esptool,
+        "--chip",
+        board.chip,
+        "--port",
+        port,
+        "--baud",
+        str(opts.baud or board.max_baud),
+        "--after",
+        "hard-reset",
+        "write-flash",
+        "--flash-size",
+        "keep",
+    ]
+    if not opts.force:
+        cmd.append("--skip-flashed")
+    for r in image.regions:
+        cmd += [f"0x{int(r['offset']):x}", str(image.directory / str(r["file"]))]
+    return cmd
+
+
+def _lines(stream: Any) -> Any:
+    """Lines of a byte stream split on CR or LF (progress bars redraw with CR)."""
+    buf = b""
+    while True:
+        chunk = stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096)
+        if not chunk:
+            break
+        buf += chunk
+        parts = re.split(rb"[\r\n]", buf)
+        buf = parts.pop()
+        for p in parts:
+            if p.strip():
+                yield p.decode("utf-8", "replace").strip()
+    if buf.strip():
+        yield buf.decode("utf-8", "replace").strip()
+
+
+def run_esptool(cmd: list[str], on_line: Callable[[EsptoolRun, str], None], timeout: float) -> EsptoolRun:
+    run = EsptoolRun()
+    env = {"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8", "NO_COLOR": "1", "TERM": "dumb"}
+    import os
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ | env)
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    try:
+        assert proc.stdout is not None
+        for line in _lines(proc.stdout):
+            run.tail = (run.tail + [line])[-8:]
+            if m := _MAC.match(line):
+                run.mac = m.group(1).lower()
+            elif (m := _CHIP.match(line)) and run.chip is None:
+                run.chip = m.group(1).strip()
+            elif m := _REGION.match(line):
+                run.current, run.current_percent = Path(m.group(1)).name, 0.0
+            elif m := _PROGRESS.match(line):
+                run.current_percent = float(m.group(2))
+            elif m := _SKIPPED.match(line):
+                run.regions[Path(m.group(1)).name] = "skipped"
+                run.current = None
+            elif line == _VERIFIED and run.current:
+                run.regions[run.current] = "written"
+                run.current = None
+            elif m := _FATAL.match(line):
+                run.error = m.group(1).strip()
+            on_line(run, line)
+        run.returncode = proc.wait()
+    finally:
+        killer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if run.returncode != 0 and run.error is None:
+        run.error = f"esptool exited with {run.returncode}: " + (run.tail[-1] if run.tail else "no output")
+    return run
+
+
+def _reason(run: EsptoolRun, image: LoadedImage) -> str:
+    """An operator-readable reason for a failed session."""
+    e = run.error or "unknown error"
+    if m := re.search(r"This chip is ([^,\s]+), not ([^.,\s]+)", e):
+        return f"wrong chip: the board is an {m.group(1)}, the image is for {m.group(2)} ({image.board.name})"
+    if m := re.search(r"will not fit in (\d+) bytes of flash", e):
+        have = int(m.group(1)) // (1024 * 1024)
+        return f"flash too small: the board has {have}MB, the image needs {image.manifest['flash_size_label']}"
+    if run.current is not None:
+        return f"serial link lost while writing {run.current} ({run.current_percent:.0f}%): {e}"
+    return e
+
+
+def provision_station(
+    station: Station,
+    image: LoadedImage,
+    opts: ProvisionOptions,
+    registry: Registry | None,
+    events: StationEvents | None = None,
+) -> StationResult:
+    def emit(event: str, **detail: Any) -> None:
+        if events is not None:
+            events(station, event, detail)
+
+    started = time.time()
+    regions = {str(r["file"]): int(r["size"]) for r in image.regions}
+    total = sum(regions.values())
+    result = RESULT_FAILED
+    error: str | None = None
+    first_error: str | None = None
+    run = EsptoolRun()
+
+    def on_line(r: EsptoolRun, line: str) -> None:
+        station.mac = station.mac or r.mac
+        if r.current:
+            done = sum(regions.get(f, 0) for f in r.regions)
+            station.phase = f"writing {r.current}"
+            station.percent = 100.0 * (done + regions.get(r.current, 0) * r.current_percent / 100) / total
+            emit("progress", region=r.current, region_percent=r.current_percent, percent=station.percent, line=line)
+        elif line.startswith(("Connecting", "Connected")):
+            station.phase = "connecting"
+            emit("connect", line=line)
+        elif line.startswith("Comparing flash contents"):
+            station.phase = "comparing"
+            emit("compare", line=line)
+
+    cmd = esptool_command(opts, image, station.port)
+    for attempt in range(1, opts.retries + 2):
+        station.attempt = attempt
+        station.phase, station.percent = "connecting", 0.0
+        emit("attempt", attempt=attempt)
+        run = run_esptool(cmd, on_line, opts.session_timeout)
+        station.mac = station.mac or run.mac
+        if run.error is None:
+            break
+        reason = _reason(run, image)
+        first_error = first_error or reason
+        emit("error", reason=reason, transient=run.transient, attempt=attempt)
+        if not run.transient or attempt > opts.retries:
+            error = reason if first_error == reason else f"{first_error}; then after {attempt} attempts: {reason}"
+            break
+        station.phase = f"retrying ({run.error[:40]})"
+        time.sleep(opts.backoff * 2 ** (attempt - 1))
+    if run.error is None:
+        written = [f for f, how in run.regions.items() if how == "written"]
+        missing = [f for f in regions if f not in run.regions]
+        if missing:
+            error = f"esptool finished without confirming {', '.join(missing)}"
+        else:
+            result = RESULT_OK if written else RESULT_SAME
+            if opts.confirm is not None:
+                station.phase = "confirming agent"
+                emit("confirm")
+                try:
+                    opts.confirm(station.port, image.bundle_sha256)
+                except Exception as e:  # a broken confirm step is a failed station, not a crash
+                    result, error = RESULT_FAILED, f"agent check failed: {e}"
+    station.phase = result if error is None else "failed"
+    station.percent = 100.0 if error is None else station.percent
+    ended = time.time()
+    if registry is not None:
+        registry.record(
+            Attempt(
+                mac=station.mac,
+                board=image.board.name,
+                image_id=image.image_id,
+                bundle_sha256=image.bundle_sha256,
+                station=station.name,
+                port=station.port,
+                operator=opts.operator,
+                started=started,
+                ended=ended,
+                result=result,
+                error=error,
+            )
+        )
+    res = StationResult(station.name, station.port, result, station.mac, run.chip, error, station.attempt, started, ended, dict(run.regions))
+    emit("done", result=res)
+    return res
+
+
+def provision(
+    stations: Sequence[Station],
+    image: LoadedImage,
+    opts: ProvisionOptions,
+    registry: Registry | None,
+    jobs: int | None = None,
+    events: StationEvents | None = None,
+) -> list[StationResult]:
+    """Provisions every station, `jobs` at a time (default: all at once); results in order."""
+    ports = [s.port for s in stations]
+    if len(set(ports)) != len(ports):
+        raise FleetpinError("the same port is given twice", hint="one --port per fixture slot")
+    with ThreadPoolExecutor(max_workers=max(1, jobs or len(stations))) as pool:
+        futures = [pool.submit(provision_station, s, image, opts, registry, events) for s in stations]
+        return [f.result() for f in futures]
+
+
+# ---- the agent check -----------------------------------------------------------------------
+
+
+def agent_confirm(port: str, expected_digest: str, *, baud: int = 115200, timeout: float = 15.0) -> None:
+    """Default confirm step: opens the port with pyserial and asks the agent IDENTIFY over
+    pinagent's protocol (device/PROTOCOL.md); the bundle it runs must be `expected_digest`.
+    Raises ConfirmFailed with the reason."""
+    import serial
+
+    try:
+        from pinagent.client import Client, LinkFailure, RemoteError  # after the client split
+    except ImportError:  # pragma: no cover - before it
+        from pinagent.service import Client, LinkFailure, RemoteError
+
+    try:
+        ser = serial.serial_for_url(port, baudrate=baud, timeout=0.05)
+    except (serial.SerialException, OSError) as e:
+        raise ConfirmFailed(f"cannot open {port}: {e}", hint="check the cable") from None
+    try:
+        client = Client(rto_ms=500, max_attempts=max(2, int(timeout / 0.5)))
+        call = client.identify()
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        while not call.done:
+            now_ms = int((time.monotonic() - t0) * 1000)
+            out = client.data_to_send(now_ms)
+            if out:
+                ser.write(out)
+            data = ser.read(4096)
+            now_ms = int((time.monotonic() - t0) * 1000)
+            if data:
+                client.receive_data(data, now_ms)
+            client.tick(now_ms)
+            if time.monotonic() > deadline and not call.done:
+                raise ConfirmFailed(f"agent not answering on {port} after {timeout:.0f} s", hint="is main.py running? check the console output")
+    except (serial.SerialException, OSError) as e:
+        raise ConfirmFailed(f"serial error talking to the agent: {e}", hint="check the cable") from None
+    finally:
+        ser.close()
+    if isinstance(call.error, LinkFailure):
+        raise ConfirmFailed(f"agent not answering on {port} ({call.error.reason})", hint="is main.py running? check the console output")
+    if isinstance(call.error, RemoteError) or call.error is not None:
+        raise ConfirmFailed(f"agent refused IDENTIFY: {call.error}", hint="check the agent version")
+    info = call.result or {}
+    got = str(info.get("bundle_sha256", ""))
+    if got != expected_digest:
+        raise ConfirmFailed(f"agent runs bundle {got[:16] or 'none'}, expected {expected_digest[:16]}", hint="reflash with --force")

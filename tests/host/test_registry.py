@@ -1,0 +1,58 @@
+"""The device registry: every attempt kept, concurrent writers, list and export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from fleetpin import cli
+from fleetpin.registry import Attempt, Registry
+
+
+@pytest.fixture(autouse=True)
+def _commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(cli.COMMANDS, "registry", "fleetpin.cmd_registry:registry")
+
+
+def attempt(i: int, result: str = "provisioned", error: str | None = None) -> Attempt:
+    return Attempt(f"24:0a:c4:00:00:{i:02x}", "esp32", "i" * 64, "b" * 64, f"slot{i}", f"/dev/ttyUSB{i}", "ana", 1000.0 + i, 1010.0 + i, result, error)
+
+
+def test_attempts_from_many_threads_are_all_kept(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "r.sqlite")
+    threads = [threading.Thread(target=reg.record, args=(attempt(i),)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = Registry(tmp_path / "r.sqlite").attempts()  # reopened: it is on disk
+    assert sorted(a.station for a in rows) == sorted(f"slot{i}" for i in range(16))
+    assert reg.attempts(mac="24:0a:c4:00:00:03")[0].port == "/dev/ttyUSB3"
+
+
+def test_unknown_result_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Registry(tmp_path / "r.sqlite").record(attempt(1, result="maybe"))
+
+
+def test_list_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "r.sqlite"
+    reg = Registry(path)
+    reg.record(attempt(1))
+    reg.record(attempt(2, "failed", "wrong chip: the board is an ESP32-C3"))
+    assert cli.main(["registry", "export", "--registry", str(path), "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["station"], r["result"], r["error"]) for r in rows] == [("slot1", "provisioned", ""), ("slot2", "failed", "wrong chip: the board is an ESP32-C3")]
+    assert set(rows[0]) == {"id", "mac", "board", "image_id", "bundle_sha256", "station", "port", "operator", "started", "ended", "result", "error"}
+    assert cli.main(["registry", "export", "--registry", str(path), "--json", "-o", str(tmp_path / "x.json")]) == 0
+    assert [r["mac"] for r in json.loads((tmp_path / "x.json").read_text())] == ["24:0a:c4:00:00:01", "24:0a:c4:00:00:02"]
+    assert cli.main(["registry", "list", "--registry", str(path), "--mac", "24:0A:C4:00:00:02", "--json"]) == 0
+    assert [r["station"] for r in json.loads(capsys.readouterr().out)] == ["slot2"]
+    assert cli.main(["registry", "list", "--registry", str(path)]) == 0
+    assert "slot1" in capsys.readouterr().out
+    assert cli.main(["registry", "list", "--registry", str(tmp_path / "none.sqlite")]) == 2
