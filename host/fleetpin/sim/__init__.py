@@ -1,0 +1,1 @@
+"""The simulation: generated PKIs, loopback TLS servers, virtual boards and fleets (no hardware)."""
