@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from .errors import FleetpinError, UsageError
-from .policy_toml import load_policy_toml
+from .bundle_build import load_bundle_source
 
 RUNTIMES = ("device", "micropython")
 
@@ -66,7 +66,8 @@ def check(policy_path: Path, host: str, chain_path: Path, now_text: str | None, 
     Whether the chain counts as CA-verified (pins above the leaf count only if it is):
       --ca FILE      verified against the certificates in FILE (host name, validity
                      period, signatures and extensions, at --now);
-      otherwise      verified against the chain's last certificate if it is a
+      otherwise      against the policy's [bundle] ca_certs, as the device does;
+      without them   against the chain's last certificate if it is a
                      self-signed root, else not verified;
       --unverified   never verified.
     Leaf pins count either way.
@@ -74,13 +75,14 @@ def check(policy_path: Path, host: str, chain_path: Path, now_text: str | None, 
     \b
     Exit codes: 0 the device would connect, 1 it would refuse, 2 usage error.
     """
-    obj = load_policy_toml(policy_path)
+    source = load_bundle_source(policy_path)  # a policy file may carry the bundle's CA certs too
+    obj = source.policy
     ders = load_chain(chain_path)
     now = parse_now(now_text)
     verification = (
         Verification(False, None, "--unverified")
         if unverified
-        else verify_chain(ders, host, now, ca_path)
+        else verify_chain(ders, host, now, ca_path, source.ca_certs)
     )
     if runtime == "micropython":
         verdict = verdict_on_vm(obj, host, ders, now, verification.verified)
@@ -198,7 +200,8 @@ def parse_now(text: str | None) -> int | None:
 # --- CA validation (host side, with cryptography) -------------------------------------------
 
 
-def verify_chain(ders: list[bytes], host: str, now: int | None, ca_path: Path | None) -> Verification:
+def verify_chain(ders: list[bytes], host: str, now: int | None, ca_path: Path | None,
+                 bundle_cas: list[bytes] | None = None) -> Verification:
     from cryptography import x509
     from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -213,6 +216,9 @@ def verify_chain(ders: list[bytes], host: str, now: int | None, ca_path: Path | 
         except ValueError as e:
             raise UsageError(f"{ca_path}: cannot parse a CA certificate: {e}") from None
         anchor = f"--ca {ca_path.name}"
+    elif bundle_cas:  # what the device itself trusts: the CA certificates its bundle ships
+        anchors = [x509.load_der_x509_certificate(d) for d in bundle_cas]
+        anchor = "the CA certificates in the policy file (bundle.ca_certs)"
     elif len(certs) > 1 and _self_signed(certs[-1]):
         anchors, rest = [certs[-1]], rest[:-1]
         anchor = "the chain's own root: " + certs[-1].subject.rfc4514_string()
