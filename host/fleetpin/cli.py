@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "image": "fleetpin.cmd_image:image",
     "provision": "fleetpin.cmd_provision:provision_cmd",
     "registry": "fleetpin.cmd_registry:registry",
+    "export": "fleetpin.cmd_export:export",
+    "import": "fleetpin.cmd_import:import_",
 }
 
 

@@ -1,0 +1,69 @@
+"""`fleetpin export android|trustkit|okhttp BUNDLE|POLICY.toml`: the fleet's pins for mobile apps
+(formats and their limits: fleetpin.export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .errors import FleetpinError, UsageError
+from . import export as exporting
+from .export import FORMATS, TRUSTKIT_FORMATS, ExportWarning
+
+
+def print_warnings(warnings: list[ExportWarning]) -> None:
+    for w in warnings:
+        click.secho(f"warning: {w}", fg="yellow", err=True)
+
+
+def refuse_if_strict(strict: bool, warnings: list[ExportWarning], what: str) -> None:
+    if strict and warnings:
+        raise FleetpinError(
+            f"--strict: {len(warnings)} warning{'s' if len(warnings) != 1 else ''}: {what}",
+            hint="change the policy so the format can express it, or drop --strict")
+
+
+@click.command("export", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("fmt", metavar="FORMAT", type=click.Choice(FORMATS))
+@click.argument("source", metavar="BUNDLE|POLICY.toml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="write here instead of standard output")
+@click.option("--format", "trustkit_format", type=click.Choice(TRUSTKIT_FORMATS), default=None,
+              help="trustkit only: plist (Info.plist TSKConfiguration, default) or json (the same dictionary)")
+@click.option("--report-uri", "report_uris", multiple=True, metavar="URL",
+              help="trustkit only: TSKReportUris for every domain (repeatable)")
+@click.option("--strict", is_flag=True, help="exit 1, writing nothing, if the format cannot express the policy exactly")
+def export(fmt: str, source: Path, out_file: Path | None, trustkit_format: str | None,
+               report_uris: tuple[str, ...], strict: bool) -> None:
+    """Export the pins of a bundle or policy file for the mobile apps that talk to the same
+    servers: FORMAT is android (network-security-config XML), trustkit (iOS/macOS) or okhttp
+    (Kotlin CertificatePinner). A bundle's signature is not checked: this only reads it.
+
+    \b
+    Where a format cannot say what the policy says (report-only rules, expiry, wildcards,
+    overlapping rules), the export does the closest safe thing and prints a warning on stderr
+    naming the domain; --strict turns warnings into exit code 1.
+
+    \b
+    Examples:
+      fleetpin export android policy.toml -o app/src/main/res/xml/network_security_config.xml
+      fleetpin export trustkit bundle-7.fpb --report-uri https://reports.example.com/pins
+      fleetpin export okhttp policy.toml --strict
+    """
+    if fmt != "trustkit" and (trustkit_format is not None or report_uris):
+        raise UsageError("--format and --report-uri apply to trustkit only")
+    obj = exporting.load_policy_source(source)
+    result = exporting.export(fmt, obj, source.name, trustkit_format=trustkit_format or "plist", report_uris=report_uris)
+    print_warnings(result.warnings)
+    refuse_if_strict(strict, result.warnings, f"the {fmt} export does not express the policy exactly")
+    if out_file is None:
+        click.echo(result.text, nl=False)
+        return
+    try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(result.text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{out_file}: cannot write: {e.strerror or e}") from None
+    click.echo(f"{out_file}: {fmt} export, {len(result.warnings)} warning(s)", err=True)
+

@@ -1,0 +1,527 @@
+"""A fleet's pin policy in the formats mobile apps ship: Android network-security-config XML,
+TrustKit (iOS/macOS) configuration, OkHttp `CertificatePinner` code.
+
+The apps talk to the same servers as the devices, so they should pin the same keys. Each
+format has its own semantics, checked in its sources; where one cannot say what the policy
+says, the export does the safest close thing and returns a warning naming the domain:
+
+Android (android.security.net.config, XmlConfigSource / ApplicationConfig)
+  - <domain includeSubdomains> = the name and every name below it; the exact name wins, else
+    the longest includeSubdomains match: fleetpin's exact hosts and include_subdomains, 1:1.
+  - no wildcards: "*.x" and "**.x" become x with includeSubdomains, which also covers x itself
+    (and, for "*.x", names two or more labels down); a name may appear only once in the file
+    ("x has already been specified"), so a wildcard whose base has its own rule is left out.
+  - <pin-set expiration="yyyy-MM-dd">: parsed with SimpleDateFormat in the DEVICE'S time zone;
+    from 00:00 that day the pins are not checked and CA validation alone decides = on_expiry
+    "fallback". The date is rounded down to a UTC day (warning unless expires is 00:00 UTC).
+    on_expiry "enforce" = no expiration attribute: Android then enforces the pins forever,
+    which is what a device does after `expires` with "enforce" (no warning; the date is lost).
+  - no report-only mode: a report-only domain is exported WITHOUT a pin-set, i.e. plain CA
+    validation for its names (what the device does, minus the report), so that no broader
+    pinned rule catches them.
+  - <domain> is documented for host names; Android compares the text, so an IP literal only
+    pins connections made to that exact literal: warning.
+TrustKit (TSKTrustKitConfig.h, parse_configuration.m, configuration_utils.m)
+  - TSKPinnedDomains: {name: {TSKPublicKeyHashes, TSKIncludeSubdomains, TSKEnforcePinning,
+    TSKExpirationDate "yyyy-MM-dd" (UTC), TSKDisableDefaultReportUri, TSKReportUris}}.
+    Same name mapping and wildcard handling as Android. TrustKit refuses (throws at start-up)
+    an enforced domain with fewer than 2 pins, an IP address, a name whose TLD is not on the
+    public suffix list (e.g. ".test", ".internal": not checked here) and an empty domain list.
+  - TSKEnforcePinning NO = report-only (reports go to TSKReportUris: --report-uri).
+  - TSKDisableDefaultReportUri is always YES: otherwise TrustKit also sends every pin failure
+    report (hostname, certificate chain) to Data Theorem's server.
+  - includeSubdomains lookup takes the FIRST matching parent it finds, not the most specific:
+    nested includeSubdomains domains with different pins get a warning. (Its subdomain test is
+    also a plain text suffix test: "example.com" covers "myexample.com" too.)
+  - TSKSwizzleNetworkDelegates is NO: the app calls TSKPinningValidator in its delegates.
+  Output: a plist whose root dict holds TSKConfiguration (copy that key into Info.plist), or
+  `--format json`: the same TSKConfiguration dictionary as JSON, for an app that builds the
+  configuration in code.
+OkHttp (okhttp3.CertificatePinner, 4.x/5.x)
+  - patterns: "x" exactly; "*.x" exactly one label below x; "**.x" any number of labels INCLUDING
+    x itself. So include_subdomains x -> "**.x" (exact), "*.x" -> "*.x" (exact), "**.x" ->
+    "**.x" (widened to x itself: warning).
+  - every matching pattern applies and any of their pins is accepted, where fleetpin uses the
+    most specific rule only: overlapping rules with different pins get a warning.
+  - no expiry: with on_expiry "fallback" the app keeps enforcing after `expires` (warning: ship
+    an update before then); no report-only mode: report-only domains are left out (warning).
+All formats: `unpinned = "block"` (refuse hosts without a rule) is not expressible (warning).
+
+The cross-rule effects (widening, overlaps, names taken) are found by comparing, for every
+rule's name and for names one and two labels below it, the rule fleetpin would apply with what
+the exported configuration would apply (`_compare`), so the warnings follow from the formats'
+matching rules rather than from a list of special cases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import plistlib
+import re
+import tomllib
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from pinagent import bundle as dev_bundle
+from pinagent import pins as dev_pins
+from pinagent import policy as dev_policy
+
+from .errors import FleetpinError, UsageError
+from .policy_toml import policy_from_doc
+
+FORMATS = ("android", "trustkit", "okhttp")
+TRUSTKIT_FORMATS = ("plist", "json")
+UNPINNED_DOMAIN = "(hosts without a rule)"
+_DAY = 86400
+_WITNESS = "~"  # a label no real host has: stands for "any other name at this depth"
+
+
+@dataclass(frozen=True)
+class ExportWarning:
+    """Something the target format cannot say as the policy does; `domain` is the policy host
+    it concerns (as written in the policy, e.g. "*.ota.example.org")."""
+
+    domain: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.domain}: {self.message}"
+
+
+@dataclass
+class ExportResult:
+    text: str
+    warnings: list[ExportWarning] = field(default_factory=list)
+
+
+# --- input ----------------------------------------------------------------------------------
+
+
+def load_policy_source(path: Path) -> dict[str, Any]:
+    """The device policy JSON object of a bundle (signature NOT checked: this only reads it) or
+    of a policy TOML file (its [bundle] and [report] tables, if any, are ignored)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror or e}", hint="pass a bundle or a policy TOML file") from None
+    if data[:4] == dev_bundle.MAGIC:
+        try:
+            b = dev_bundle.decode_unverified(data)
+        except dev_bundle.BundleError as e:
+            raise UsageError(f"{path}: not a valid bundle: {e.reason}") from None
+        return {"domains": [rule.to_obj() for rule in b.policy.rules], "unpinned": b.policy.unpinned}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: neither a fleetpin bundle nor UTF-8 text",
+                         hint="pass a bundle (.fpb) or a policy TOML file") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path.name}: not valid TOML: {e}", hint="fix the syntax at the line shown") from None
+    # The [bundle] and [report] tables only matter to bundles (fleetpin.bundle_build).
+    return policy_from_doc({k: v for k, v in doc.items() if k not in ("bundle", "report")}, path.name)
+
+
+def _policy(obj: dict[str, Any]) -> Any:
+    try:
+        return dev_policy.Policy.from_obj(obj)
+    except dev_policy.PolicyError as e:
+        raise UsageError(f"invalid policy: {e}") from None
+
+
+def export(fmt: str, obj: dict[str, Any], source: str, *, trustkit_format: str = "plist",
+           report_uris: Sequence[str] = ()) -> ExportResult:
+    if fmt == "android":
+        return export_android(obj, source)
+    if fmt == "trustkit":
+        return export_trustkit(obj, source, trustkit_format=trustkit_format, report_uris=report_uris)
+    if fmt == "okhttp":
+        return export_okhttp(obj, source)
+    raise UsageError(f"unknown export format {fmt!r}", hint="one of " + ", ".join(FORMATS))
+
+
+# --- shared helpers -------------------------------------------------------------------------
+
+
+def _is_ip(rule: Any) -> bool:
+    return ":" in rule.base or rule.base[rule.base.rfind(".") + 1:].isdigit()
+
+
+def _day(expires: int) -> str:
+    return dt.datetime.fromtimestamp(expires, dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+def _iso(expires: int) -> str:
+    return dt.datetime.fromtimestamp(expires, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _expiry_date(rule: Any, fmt: str, warnings: list[ExportWarning]) -> str | None:
+    """The yyyy-MM-dd after which the format stops checking the pins, or None (never)."""
+    if rule.on_expiry == dev_policy.ON_EXPIRY_ENFORCE:
+        return None  # the device keeps enforcing after `expires`; so does a pin set without expiry
+    if rule.expires % _DAY:
+        warnings.append(ExportWarning(rule.host, (
+            f"expires {_iso(rule.expires)} is not 00:00 UTC and {fmt} takes a date: exported as "
+            f"{_day(rule.expires)}, so the app falls back to CA validation up to a day earlier")))
+    return _day(rule.expires)
+
+
+def _pin_texts(rule: Any) -> list[str]:
+    return [dev_pins.pin_to_text(d) for d in rule.pins]
+
+
+def _comment(text: str) -> str:
+    """Text safe inside an XML or a // comment: one line, no "--"."""
+    text = re.sub(r"[\x00-\x1f\x7f]", " ", text)
+    while "--" in text:
+        text = text.replace("--", "- -")
+    return text
+
+
+def _unpinned_warning(policy: Any, fmt: str, warnings: list[ExportWarning]) -> None:
+    if policy.unpinned == dev_policy.UNPINNED_BLOCK:
+        warnings.append(ExportWarning(UNPINNED_DOMAIN, (
+            f'unpinned = "block" refuses hosts without a rule; {fmt} cannot say that: '
+            "the app uses plain CA validation for them")))
+
+
+def _names_by_priority(rules: list[Any]) -> list[Any]:
+    """Who gets a name when two rules map to the same <domain> name: exact hosts first (they
+    are expressed exactly), then "**." (loses only the base itself), then "*."."""
+    order = {dev_policy.EXACT: 0, dev_policy.ANY_LABELS: 1, dev_policy.ONE_LABEL: 2}
+    return sorted(rules, key=lambda r: (order[r.kind], r.index))
+
+
+def _domain_name(rule: Any) -> tuple[str, bool]:
+    """The (name, includeSubdomains) of a rule in a format without wildcards."""
+    if rule.kind == dev_policy.EXACT:
+        return rule.host, bool(rule.include_subdomains)
+    return rule.base, True
+
+
+@dataclass
+class _Entry:
+    """One exported domain entry: its name or pattern, the rule it came from, and the key that
+    says what it enforces (equal keys = the same behaviour for a connection)."""
+
+    name: str
+    include: bool
+    rule: Any
+    key: Hashable
+
+
+# Outcome of a name in the exported configuration: (key, what to call it in a warning).
+Outcome = tuple[Hashable, str]
+
+
+def _witnesses(rules: list[Any]) -> list[tuple[str, str]]:
+    """Names that stand for every class of host name the rules treat differently: each rule's
+    name, and "other" names one and two-or-more labels below it."""
+    out: dict[str, str] = {}
+    for rule in rules:
+        out.setdefault(rule.base, rule.base)
+    for rule in rules:
+        if _is_ip(rule):
+            continue
+        out.setdefault(f"{_WITNESS}.{rule.base}", f"other names one label below {rule.base}")
+        out.setdefault(f"{_WITNESS}.{_WITNESS}.{rule.base}", f"other names two or more labels below {rule.base}")
+    return list(out.items())
+
+
+def _compare(policy: Any, fmt: str, fleet: Callable[[Any], Outcome], target: Callable[[str], tuple[Outcome, Any]],
+             skipped: set[int], warnings: list[ExportWarning]) -> None:
+    """Warns wherever the exported configuration would treat a name differently from fleetpin.
+    `fleet(rule)` is what the format would say for a rule; `target(name)` what the export says
+    for a name, with the rule it came from (for the warning's domain when fleetpin has none)."""
+    found: dict[tuple[str, str, str], list[str]] = {}  # (domain, got, want) -> names it applies to
+    for name, desc in _witnesses(policy.rules):
+        rule = policy.rule_for(name)
+        want: Outcome = (None, "no pins (CA validation only)") if rule is None else fleet(rule)
+        got, source = target(name)
+        if got[0] == want[0]:
+            continue
+        if rule is not None and rule.index in skipped and got[0] is None:
+            continue  # already warned: the rule was left out
+        concern = rule.host if rule is not None else source.host
+        found.setdefault((concern, got[1], want[1]), []).append(desc)
+    for (concern, got_text, want_text), descs in found.items():
+        warnings.append(ExportWarning(concern, f"{'; '.join(descs)}: {fmt} would apply {got_text}, fleetpin {want_text}"))
+
+
+def _below(name: str, base: str) -> bool:
+    return name.endswith("." + base)
+
+
+def _dedupe(warnings: list[ExportWarning]) -> list[ExportWarning]:
+    seen: set[ExportWarning] = set()
+    out = []
+    for w in warnings:
+        if w not in seen:
+            seen.add(w)
+            out.append(w)
+    return out
+
+
+# --- Android ------------------------------------------------------------------------------
+
+
+def export_android(obj: dict[str, Any], source: str) -> ExportResult:
+    policy = _policy(obj)
+    warnings: list[ExportWarning] = []
+    _unpinned_warning(policy, "Android", warnings)
+    expiry: dict[int, str | None] = {}
+    for rule in policy.rules:
+        if rule.enforce:
+            expiry[rule.index] = _expiry_date(rule, "Android", warnings)
+        else:
+            warnings.append(ExportWarning(rule.host, (
+                "report-only: Android has no report-only mode; exported without a pin-set "
+                "(CA validation only, nothing reported)")))
+        if _is_ip(rule):
+            warnings.append(ExportWarning(rule.host, (
+                "IP literal: Android documents <domain> for host names; it compares the text, so this "
+                "pins only connections made to this exact literal (test it on a device)")))
+
+    def key(rule: Any) -> Hashable:
+        return (frozenset(rule.pins), expiry[rule.index]) if rule.enforce else None
+
+    entries: dict[str, _Entry] = {}
+    skipped: set[int] = set()
+    for rule in _names_by_priority(policy.rules):
+        name, include = _domain_name(rule)
+        other = entries.get(name)
+        if other is not None:
+            skipped.add(rule.index)
+            warnings.append(ExportWarning(rule.host, (
+                f"not exported: Android allows each name once, and {name} is taken by the rule for {other.rule.host}")))
+            continue
+        entries[name] = _Entry(name, include, rule, key(rule))
+
+    def fleet(rule: Any) -> Outcome:
+        if not rule.enforce:
+            return None, f"no pins ({rule.host} is report-only)"
+        return key(rule), f"the pins of {rule.host}"
+
+    def target(name: str) -> tuple[Outcome, Any]:
+        entry = entries.get(name)
+        if entry is None:
+            matches = [e for e in entries.values() if e.include and _below(name, e.name)]
+            entry = max(matches, key=lambda e: len(e.name), default=None)
+        if entry is None:
+            return (None, "no pins (CA validation only)"), None
+        return fleet(entry.rule), entry.rule
+
+    _compare(policy, "Android", fleet, target, skipped, warnings)
+
+    out = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        f"<!-- Generated by `fleetpin export android` from {_comment(source)}: res/xml/network_security_config.xml,",
+        '     referenced by android:networkSecurityConfig="@xml/network_security_config" in the manifest.',
+        "     Pins are checked on top of CA validation. From 00:00 (device time zone) of a pin-set's",
+        "     expiration date Android stops checking its pins and CA validation alone decides. -->",
+        "<network-security-config>",
+    ]
+    for rule in policy.rules:
+        entry = entries.get(_domain_name(rule)[0])
+        if entry is None or entry.rule is not rule:
+            continue
+        out.append(f"    <!-- {_comment(rule.host)} (domain[{rule.index}]) -->")
+        out.append("    <domain-config>")
+        out.append(f'        <domain includeSubdomains="{"true" if entry.include else "false"}">'
+                   f"{escape(entry.name)}</domain>")
+        if not rule.enforce:
+            out.append("        <!-- report-only in fleetpin: no pin-set (CA validation only) -->")
+        else:
+            date = expiry[rule.index]
+            if date is None:
+                out.append(f'        <!-- on_expiry "enforce": no expiration, as the devices keep enforcing '
+                           f"after {_iso(rule.expires)} -->")
+                out.append("        <pin-set>")
+            else:
+                out.append(f"        <pin-set expiration={quoteattr(date)}>")
+            for text, label in zip(_pin_texts(rule), rule.labels):
+                line = f'            <pin digest="SHA-256">{text}</pin>'
+                if label is not None:
+                    line += f" <!-- {_comment(label)} -->"
+                out.append(line)
+            out.append("        </pin-set>")
+        out.append("    </domain-config>")
+    out.append("</network-security-config>")
+    return ExportResult("\n".join(out) + "\n", _dedupe(warnings))
+
+
+# --- TrustKit -----------------------------------------------------------------------------
+
+
+def export_trustkit(obj: dict[str, Any], source: str, *, trustkit_format: str = "plist",
+                    report_uris: Sequence[str] = ()) -> ExportResult:
+    if trustkit_format not in TRUSTKIT_FORMATS:
+        raise UsageError(f"unknown TrustKit format {trustkit_format!r}", hint="plist or json")
+    policy = _policy(obj)
+    warnings: list[ExportWarning] = []
+    _unpinned_warning(policy, "TrustKit", warnings)
+    skipped: set[int] = set()
+    expiry: dict[int, str | None] = {}
+    for rule in policy.rules:
+        if _is_ip(rule):
+            skipped.add(rule.index)
+            warnings.append(ExportWarning(rule.host, (
+                "not exported: TrustKit refuses IP addresses as pinned domains (it would throw at start-up)")))
+            continue
+        if rule.enforce and len(rule.pins) < 2:
+            skipped.add(rule.index)
+            warnings.append(ExportWarning(rule.host, (
+                "not exported: TrustKit refuses an enforced domain with fewer than 2 pins "
+                "(it would throw at start-up); add a backup pin")))
+            continue
+        if not rule.enforce and not report_uris:
+            warnings.append(ExportWarning(rule.host, (
+                "report-only (TSKEnforcePinning NO): without --report-uri TrustKit reports pin failures "
+                "nowhere (only to the app's validation callback)")))
+        expiry[rule.index] = _expiry_date(rule, "TrustKit", warnings)
+
+    def key(rule: Any) -> Hashable:
+        return frozenset(rule.pins), bool(rule.enforce), expiry.get(rule.index)
+
+    entries: dict[str, _Entry] = {}
+    for rule in _names_by_priority(policy.rules):
+        if rule.index in skipped:
+            continue
+        name, include = _domain_name(rule)
+        other = entries.get(name)
+        if other is not None:
+            skipped.add(rule.index)
+            warnings.append(ExportWarning(rule.host, (
+                f"not exported: TrustKit allows each name once, and {name} is taken by the rule for {other.rule.host}")))
+            continue
+        entries[name] = _Entry(name, include, rule, key(rule))
+
+    def fleet(rule: Any) -> Outcome:
+        what = "the pins of" if rule.enforce else "report-only"
+        return key(rule), f"{what} {rule.host}"
+
+    def target(name: str) -> tuple[Outcome, Any]:
+        entry = entries.get(name)
+        if entry is not None:
+            return fleet(entry.rule), entry.rule
+        # TrustKit takes the first includeSubdomains parent it iterates over, not the closest.
+        parents = [e for e in entries.values() if e.include and _below(name, e.name)]
+        if not parents:
+            return (None, "no pins (CA validation only)"), None
+        keys = {e.key for e in parents}
+        if len(keys) == 1:
+            return fleet(parents[0].rule), parents[0].rule
+        hosts = " or ".join(sorted(e.rule.host for e in parents))
+        return (frozenset(keys), f"the pins of {hosts}, whichever it finds first"), parents[0].rule
+
+    _compare(policy, "TrustKit", fleet, target, skipped, warnings)
+
+    domains: dict[str, Any] = {}
+    for rule in policy.rules:
+        if rule.index in skipped:
+            continue
+        name, include = _domain_name(rule)
+        conf: dict[str, Any] = {
+            "TSKPublicKeyHashes": _pin_texts(rule),
+            "TSKIncludeSubdomains": include,
+            "TSKEnforcePinning": bool(rule.enforce),
+            "TSKDisableDefaultReportUri": True,
+        }
+        if expiry[rule.index] is not None:
+            conf["TSKExpirationDate"] = expiry[rule.index]
+        if report_uris:
+            conf["TSKReportUris"] = list(report_uris)
+        domains[name] = conf
+    if not domains:
+        raise FleetpinError(
+            "nothing to export: TrustKit refuses a configuration without pinned domains",
+            hint="see the warnings above: " + "; ".join(str(w) for w in warnings) if warnings else None)
+    config = {"TSKSwizzleNetworkDelegates": False, "TSKPinnedDomains": domains}
+    if trustkit_format == "json":
+        return ExportResult(json.dumps(config, indent=2) + "\n", _dedupe(warnings))
+    text = plistlib.dumps({"TSKConfiguration": config}, sort_keys=False).decode("utf-8")
+    note = (f"<!-- Generated by `fleetpin export trustkit` from {_comment(source)}: copy the TSKConfiguration key\n"
+            "     into the app's Info.plist (or pass its dictionary to TrustKit.initSharedInstance).\n"
+            "     TSKSwizzleNetworkDelegates is NO: call TSKPinningValidator from the app's delegates. -->\n")
+    text = text.replace("<plist ", note + "<plist ", 1)
+    return ExportResult(text, _dedupe(warnings))
+
+
+# --- OkHttp -------------------------------------------------------------------------------
+
+
+def okhttp_pattern(rule: Any) -> str:
+    host = str(rule.host)
+    if rule.kind == dev_policy.EXACT and rule.include_subdomains:
+        return "**." + host  # OkHttp's "**." includes the name itself
+    return host  # an exact name, or "*.x" / "**.x": OkHttp's own syntax
+
+
+def okhttp_matches(pattern: str, name: str) -> bool:
+    """okhttp3.CertificatePinner.Pin.matchesHostname."""
+    if pattern.startswith("**."):
+        base = pattern[3:]
+        return name == base or _below(name, base)
+    if pattern.startswith("*."):
+        base = pattern[2:]
+        return _below(name, base) and "." not in name[: -len(base) - 1]
+    return name == pattern
+
+
+def export_okhttp(obj: dict[str, Any], source: str) -> ExportResult:
+    policy = _policy(obj)
+    warnings: list[ExportWarning] = []
+    _unpinned_warning(policy, "OkHttp", warnings)
+    entries: list[_Entry] = []
+    skipped: set[int] = set()
+    for rule in policy.rules:
+        if not rule.enforce:
+            skipped.add(rule.index)
+            warnings.append(ExportWarning(rule.host, (
+                "not exported: report-only, and OkHttp has no report-only mode (CA validation only)")))
+            continue
+        if rule.on_expiry == dev_policy.ON_EXPIRY_FALLBACK:
+            warnings.append(ExportWarning(rule.host, (
+                f"OkHttp pins never expire: after {_iso(rule.expires)} the app keeps enforcing them where "
+                "the devices fall back to CA validation; ship an app update with new pins before then")))
+        entries.append(_Entry(okhttp_pattern(rule), False, rule, frozenset(rule.pins)))
+
+    def fleet(rule: Any) -> Outcome:
+        if not rule.enforce:
+            return None, f"no pins ({rule.host} is report-only)"
+        return frozenset(rule.pins), f"the pins of {rule.host}"
+
+    def target(name: str) -> tuple[Outcome, Any]:
+        matched = [e for e in entries if okhttp_matches(e.name, name)]
+        if not matched:
+            return (None, "no pins (CA validation only)"), None
+        pins: frozenset[bytes] = frozenset().union(*(e.key for e in matched))  # type: ignore[arg-type]
+        if len(matched) == 1:
+            return (pins, f"the pins of {matched[0].rule.host}"), matched[0].rule
+        hosts = " and ".join(e.rule.host for e in matched)
+        return (pins, f"the pins of {hosts} (any of them)"), matched[0].rule
+
+    _compare(policy, "OkHttp", fleet, target, skipped, warnings)
+
+    out = [
+        f"// Generated by `fleetpin export okhttp` from {_comment(source)}.",
+        "// Pins are checked after CA validation; they never expire: ship new pins before they change.",
+        "import okhttp3.CertificatePinner",
+        "",
+        "val certificatePinner: CertificatePinner = CertificatePinner.Builder()",
+    ]
+    for entry in entries:
+        rule = entry.rule
+        out.append(f"    // {_comment(rule.host)} (domain[{rule.index}]), fleetpin expiry {_iso(rule.expires)}")
+        for text, label in zip(_pin_texts(rule), rule.labels):
+            line = f'    .add("{entry.name}", "sha256/{text}")'
+            if label is not None:
+                line += f" // {_comment(label)}"
+            out.append(line)
+    out.append("    .build()")
+    return ExportResult("\n".join(out) + "\n", _dedupe(warnings))
