@@ -12,10 +12,9 @@ plus two optional tables that only bundles need:
     max_entries = 32                                    # 1..256
     max_bytes = 4096                                    # 512..16384
 
-The policy part is validated by fleetpin.policy_toml (through its public parse_policy_toml:
-the two tables are blanked out of the text first, keeping line numbers), the whole bundle by
-pinagent.bundle.decode_unverified before anything is written, and each signature by the
-signer against its public key.
+The file is parsed once; the policy part (the document without these two tables) is validated
+by fleetpin.policy_toml.policy_from_doc, the whole bundle by pinagent.bundle.decode_unverified
+before anything is written, and each signature by the signer against its public key.
 """
 
 from __future__ import annotations
@@ -35,14 +34,13 @@ from pinagent import bundle as dev_bundle
 from pinagent import signers as dev_signers
 
 from .errors import FleetpinError, UsageError
-from .policy_toml import parse_policy_toml
+from .policy_toml import policy_from_doc
 from .signing import Signer
 
 BUNDLE_TABLES = ("bundle", "report")
 BUNDLE_KEYS = ("ca_certs",)
 REPORT_KEYS = ("enabled", "max_entries", "max_bytes")
 _FLEET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_TABLE_RE = re.compile(r"^\s*\[\s*(\[)?\s*([A-Za-z0-9_.\"' -]+?)\s*\]")
 
 
 @dataclass
@@ -56,19 +54,8 @@ def canonical_json(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _blank_bundle_tables(text: str) -> str:
-    """The text with the [bundle] and [report] tables replaced by empty lines."""
-    out = []
-    skipping = False
-    for line in text.splitlines():
-        m = _TABLE_RE.match(line)
-        if m is not None:
-            skipping = m.group(1) is None and m.group(2).strip() in BUNDLE_TABLES
-        out.append("" if skipping else line)
-    return "\n".join(out) + "\n"
-
-
-def load_bundle_source(path: Path) -> BundleSource:
+def read_policy_document(path: Path) -> dict[str, Any]:
+    """The parsed TOML document of a policy file (UsageError naming the file otherwise)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -76,27 +63,29 @@ def load_bundle_source(path: Path) -> BundleSource:
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not UTF-8 text", hint="a policy is a TOML text file") from None
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path.name}: not valid TOML: {e}", hint="fix the syntax at the line shown") from None
-    policy_text = _blank_bundle_tables(text)
-    rest = {k: v for k, v in doc.items() if k not in BUNDLE_TABLES}
-    if tomllib.loads(policy_text) != rest:  # e.g. `bundle.ca_certs = ...` as a dotted key
-        raise UsageError(
-            f"{path.name}: write [bundle] and [report] as tables of their own",
-            hint="a line `[bundle]` followed by its keys, not dotted keys elsewhere",
-        )
-    source = BundleSource(parse_policy_toml(policy_text, path.name))
-    bundle_table = _table(doc, "bundle", BUNDLE_KEYS, path.name)
+
+
+def load_bundle_source(path: Path) -> BundleSource:
+    return source_from_document(read_policy_document(path), path.parent, path.name)
+
+
+def source_from_document(doc: dict[str, Any], base_dir: Path, name: str) -> BundleSource:
+    """The bundle contents of a parsed policy document; CA certificate paths are relative to
+    base_dir (the policy file's directory), errors start with `name`."""
+    source = BundleSource(policy_from_doc({k: v for k, v in doc.items() if k not in BUNDLE_TABLES}, name))
+    bundle_table = _table(doc, "bundle", BUNDLE_KEYS, name)
     certs = bundle_table.get("ca_certs", [])
     if not isinstance(certs, list) or not all(isinstance(c, str) for c in certs):
-        raise UsageError(f"{path.name}: bundle.ca_certs: must be a list of file paths")
-    for name in certs:
-        for der in load_ca_certificates(path.parent / name, f"{path.name}: bundle.ca_certs"):
+        raise UsageError(f"{name}: bundle.ca_certs: must be a list of file paths")
+    for cert_name in certs:
+        for der in load_ca_certificates(base_dir / cert_name, f"{name}: bundle.ca_certs"):
             if der not in source.ca_certs:
                 source.ca_certs.append(der)
     if "report" in doc:
-        source.report = _table(doc, "report", REPORT_KEYS, path.name)
+        source.report = _table(doc, "report", REPORT_KEYS, name)
     return source
 
 

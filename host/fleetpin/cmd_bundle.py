@@ -1,7 +1,8 @@
 """`fleetpin bundle build` and `fleetpin bundle verify`: signed pin bundles (pinagent.bundle).
 
-Other bundle subcommands (inspect, diff, lint) live in their own module and are added to this
-group by the command table.
+The subcommands that only look at bundles (inspect, diff, lint) live in cmd_bundle_tools and
+are added to this group at the end of this module. `build` runs the lint rules first and
+refuses to sign a bundle with lint errors unless --allow-lint-errors is given.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from pinagent import signers as dev_signers
 
 from . import keys
 from .bundle_build import build_bundle, load_bundle_source
+from .bundle_view import view_of_source
+from .cmd_bundle_tools import diff, inspect, lint_cmd, lint_gate
 from .errors import FleetpinError, UsageError
+from .lint import has_errors
 from .signing import CommandSigner, LocalKeySigner, Signer
 
 
@@ -68,10 +72,13 @@ def _load_trust(path: Path) -> dev_signers.SignerSet:
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
               help=f"file holding the key passphrase (else ${keys.PASSPHRASE_ENV}, else a prompt)")
 @click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--allow-lint-errors", is_flag=True,
+              help="sign even if `fleetpin bundle lint` finds errors (printed loudly): for emergencies only")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def build(
     policy: Path, fleet: str, version: int, key_args: tuple[Path, ...], sign_command: str | None, development: bool,
-    new_signers: Path | None, issued: int | None, passphrase_file: Path | None, out_file: Path, as_json: bool,
+    new_signers: Path | None, issued: int | None, passphrase_file: Path | None, out_file: Path,
+    allow_lint_errors: bool, as_json: bool,
 ) -> None:
     """Build and sign a bundle from POLICY.toml ([defaults], [[domain]], [bundle], [report]).
 
@@ -81,6 +88,8 @@ def build(
           --key keys/everyday.key.pem -o bundle-7.fpb
     """
     source = load_bundle_source(policy)
+    # Before any passphrase prompt: a bundle that would lock devices out is not signed.
+    findings = lint_gate(view_of_source(policy, source), allow_lint_errors)
     new_set = None
     if new_signers is not None:
         new_set = _load_trust(new_signers).to_obj()
@@ -94,7 +103,8 @@ def build(
     b = dev_bundle.decode_unverified(data)
     summary = _summary(b)
     if as_json:
-        click.echo(json.dumps({"file": str(out_file), **summary}))
+        click.echo(json.dumps({"file": str(out_file), **summary, "lint": [f.to_obj() for f in findings],
+                               "lint_errors_allowed": allow_lint_errors and has_errors(findings)}))
         return
     click.echo(f"{out_file}: {b.channel} bundle v{b.version} for fleet {b.fleet}, {b.size} bytes")
     click.echo(f"  {summary['domains']} domains, {summary['ca_certs']} CA certificates, signed by "
@@ -220,3 +230,8 @@ _HINTS = {
     "BundleFromFuture": "check the signing computer's clock, or --now",
     "BundleSchemaError": "this agent cannot read the bundle's contents: rebuild it with this fleetpin version",
 }
+
+
+bundle.add_command(inspect)
+bundle.add_command(diff)
+bundle.add_command(lint_cmd)

@@ -63,6 +63,13 @@ def parse_policy_toml(text: str, name: str = "policy.toml") -> dict[str, Any]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{name}: not valid TOML: {e}", hint="fix the syntax at the line shown") from None
+    return policy_from_doc(doc, name)
+
+
+def policy_from_doc(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    """The device policy JSON object of an already parsed TOML document ([defaults] and
+    [[domain]] only: a caller with tables of its own, like bundle_build, removes them first).
+    `name` is the file name errors start with."""
     return _PolicyFile(name).convert(doc)
 
 

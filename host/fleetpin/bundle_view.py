@@ -1,0 +1,285 @@
+"""One in-memory view of a pin policy, whether it comes from a policy TOML file or a bundle file,
+for the commands that look at one without installing it (`bundle inspect`, `diff`, `lint`);
+and how a device holding that view sees a server's chain.
+
+A bundle is decoded by the device's own decoder (pinagent.bundle.decode_unverified: every
+check but trust); a policy file by the same code `bundle build` uses
+(fleetpin.bundle_build.source_from_document), so the view is what a bundle built from it
+would hold. `lenient=True` (for lint) first takes malformed and duplicate pins out of a
+policy file and records them as `pin_problems`, so lint can report them with the rest
+instead of stopping at the first.
+
+Served chains: a device validates every chain against its bundle's CA certificates only
+(CERT_REQUIRED; the ESP32 has no CA store of its own), and mbedTLS hands the verify callback
+the chain it built, anchor included. `device_chain` reproduces that with cryptography's
+verifier, so intermediate and root pins are matched at the depths the device sees.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from pinagent import bundle as dev_bundle
+from pinagent import pins as dev_pins
+from pinagent.policy import Policy, Rule, normalise_host
+
+from .bundle_build import BundleSource, read_policy_document, source_from_document
+from .certs import raw_spki_of_tbs
+from .errors import UsageError
+
+BUNDLE = "bundle"
+POLICY = "policy"
+
+
+@dataclass(frozen=True)
+class CaCert:
+    der: bytes
+    subject: str
+    digest: bytes  # SHA-256 of the raw SPKI: what a pin of this CA's key is
+    not_after: int  # POSIX seconds
+    cert: x509.Certificate = field(repr=False, compare=False)
+
+    @property
+    def pin(self) -> str:
+        return base64.b64encode(self.digest).decode()
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.der).hexdigest()
+
+
+@dataclass(frozen=True)
+class PinProblem:
+    """A pin lenient loading took out of a policy file: malformed, or a duplicate."""
+
+    domain_index: int
+    host: str
+    pin_index: int
+    text: str
+    kind: str  # "malformed" | "duplicate"
+    reason: str
+    domain_dropped: bool  # no valid pin was left: the domain is not in the view
+
+
+@dataclass
+class View:
+    path: Path
+    kind: str  # BUNDLE or POLICY
+    policy_obj: dict[str, Any]
+    policy: Policy
+    ca_certs: list[CaCert]
+    report: dict[str, Any] | None  # the settings given; None = the device's defaults
+    header: dict[str, Any] | None = None  # bundles: format, fleet, version, issued, channel, key_ids
+    digest: bytes | None = None  # bundles: SHA-256 of the signed bytes
+    size: int | None = None
+    signers: dict[str, Any] | None = None  # a signer set the bundle installs (key rotation)
+    data: bytes | None = None  # bundles: the file
+    pin_problems: list[PinProblem] = field(default_factory=list)
+
+    @property
+    def rules(self) -> list[Rule]:
+        rules: list[Rule] = self.policy.rules
+        return rules
+
+    @property
+    def effective_report(self) -> dict[str, Any]:
+        return {**dev_bundle.REPORT_DEFAULTS, **(self.report or {})}
+
+    def ca_for_digest(self, digest: bytes) -> CaCert | None:
+        for ca in self.ca_certs:
+            if ca.digest == digest:
+                return ca
+        return None
+
+
+def ca_cert(der: bytes) -> CaCert:
+    cert = x509.load_der_x509_certificate(der)
+    spki = raw_spki_of_tbs(cert.tbs_certificate_bytes)
+    return CaCert(der, cert.subject.rfc4514_string() or "(empty subject)", hashlib.sha256(spki).digest(),
+                  int(cert.not_valid_after_utc.timestamp()), cert)
+
+
+def load_view(path: Path, lenient: bool = False) -> View:
+    """The view of a bundle (by its FPB1 magic) or a policy TOML file; UsageError (exit 2) if
+    it is neither, or is refused by the device's checks."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file", hint="pass a policy .toml or a bundle file") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+    if data[:4] == dev_bundle.MAGIC:
+        return _bundle_view(path, data)
+    return _policy_view(path, lenient)
+
+
+def _bundle_view(path: Path, data: bytes) -> View:
+    try:
+        b = dev_bundle.decode_unverified(data)
+    except dev_bundle.BundleError as e:
+        raise UsageError(f"{path}: not a bundle a device would read: {type(e).__name__}: {e.reason}",
+                         hint="rebuild it with `fleetpin bundle build`") from None
+    header = {"format": b.format, "fleet": b.fleet, "version": b.version, "issued": b.issued,
+              "channel": b.channel, "key_ids": [k.hex() for k in b.key_ids]}
+    return View(
+        path=path, kind=BUNDLE, policy_obj={"domains": [r.to_obj() for r in b.policy.rules], "unpinned": b.policy.unpinned},
+        policy=b.policy, ca_certs=[ca_cert(bytes(c)) for c in b.ca_certs], report=dict(b.report), header=header,
+        digest=b.digest, size=b.size, signers=None if b.signers is None else b.signers.to_obj(), data=data,
+    )
+
+
+def _policy_view(path: Path, lenient: bool) -> View:
+    doc = read_policy_document(path)
+    problems: list[PinProblem] = []
+    if lenient:
+        doc, problems = _take_out_bad_pins(doc)
+    return view_of_source(path, source_from_document(doc, path.parent, path.name), problems)
+
+
+def view_of_source(path: Path, source: BundleSource, pin_problems: list[PinProblem] | None = None) -> View:
+    """The view of what `bundle build` would put in a bundle from a policy file."""
+    return View(path=path, kind=POLICY, policy_obj=source.policy, policy=Policy.from_obj(source.policy),
+                ca_certs=[ca_cert(d) for d in source.ca_certs], report=source.report,
+                pin_problems=pin_problems or [])
+
+
+def _take_out_bad_pins(doc: dict[str, Any]) -> tuple[dict[str, Any], list[PinProblem]]:
+    """The document without malformed or duplicate pins (and without domains left with none)."""
+    domains = doc.get("domain")
+    if not isinstance(domains, list):
+        return doc, []
+    problems: list[PinProblem] = []
+    kept_domains: list[Any] = []
+    for i, domain in enumerate(domains):
+        if not isinstance(domain, dict) or not isinstance(domain.get("pins"), list):
+            kept_domains.append(domain)
+            continue
+        host = str(domain.get("host", f"domain[{i}]"))
+        found: list[PinProblem] = []
+        kept: list[Any] = []
+        seen: dict[bytes, int] = {}
+        for j, entry in enumerate(domain["pins"]):
+            text = entry.get("pin") if isinstance(entry, dict) else entry
+            if not isinstance(text, str):
+                kept.append(entry)  # not a pin at all: the schema check names it
+                continue
+            try:
+                digest = dev_pins.parse_pin(text)
+            except dev_pins.PinError as e:
+                found.append(PinProblem(i, host, j, text, "malformed", e.reason, False))
+                continue
+            if digest in seen:
+                found.append(PinProblem(i, host, j, text, "duplicate", f"same key as pins[{seen[digest]}]", False))
+                continue
+            seen[digest] = j
+            kept.append(entry)
+        if found and not kept:
+            found = [PinProblem(p.domain_index, p.host, p.pin_index, p.text, p.kind, p.reason, True) for p in found]
+        problems += found
+        if kept:
+            kept_domains.append({**domain, "pins": kept})
+    return {**doc, "domain": kept_domains}, problems
+
+
+# --- served chains, as a device holding the view sees them ----------------------------------
+
+
+@dataclass
+class ServedChain:
+    """A chain a server presents: from a file (`--chain FILE`, `--chain HOST=FILE`) or a live
+    server (`--host`). `host` is the name the device connects to, when known."""
+
+    source: str
+    ders: list[bytes]
+    host: str | None = None
+
+    def names(self) -> list[str]:
+        """Host names to look rules up for: the given host, else the leaf's SAN (or its CN)."""
+        if self.host:
+            return [normalise_host(self.host)]
+        leaf = x509.load_der_x509_certificate(self.ders[0])
+        names: list[str] = []
+        try:
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names += [str(n) for n in san.get_values_for_type(x509.DNSName)]
+            names += [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+        except x509.ExtensionNotFound:
+            pass
+        if not names:
+            names += [str(a.value) for a in leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+        return [normalise_host(n) for n in names]
+
+
+def probe_name(name: str) -> str:
+    """A concrete host name for a certificate name: "*.x.com" -> "wildcard-probe.x.com"."""
+    return "wildcard-probe" + name[1:] if name.startswith("*.") else name
+
+
+def rules_for_chain(policy: Policy, chain: ServedChain) -> list[tuple[str, Rule]]:
+    """(host name, rule) for each distinct rule the chain's names fall under."""
+    out: list[tuple[str, Rule]] = []
+    for name in chain.names():
+        host = probe_name(name)
+        rule = policy.rule_for(host)
+        if rule is not None and all(r is not rule for _, r in out):
+            out.append((host, rule))
+    return out
+
+
+@dataclass
+class DeviceChain:
+    """What the agent's verify callback would see: (depth, SPKI digest) leaf first, and whether
+    the chain validated against the bundle's CA certificates (only then do pins above the leaf
+    count). `anchor` is the bundle CA it validated to; `error` why it did not."""
+
+    digests: list[tuple[int, bytes]]
+    verified: bool
+    anchor: CaCert | None
+    error: str | None
+
+
+def device_chain(chain: ServedChain, host: str, ca_certs: list[CaCert], now: int) -> DeviceChain:
+    from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+    presented = [_spki_digest(d) for d in chain.ders]
+    unverified = DeviceChain(list(enumerate(presented)), False, None, None)
+    if not ca_certs:
+        unverified.error = "the bundle carries no CA certificates"
+        return unverified
+    certs = [x509.load_der_x509_certificate(d) for d in chain.ders]
+    try:
+        subject: x509.DNSName | x509.IPAddress = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        subject = x509.DNSName(host)
+    when = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+    try:
+        verifier = PolicyBuilder().store(Store([c.cert for c in ca_certs])).time(when).build_server_verifier(subject)
+        built = verifier.verify(certs[0], certs[1:])
+    except (VerificationError, ValueError) as e:
+        unverified.error = str(e)
+        return unverified
+    ders = [c.public_bytes(serialization.Encoding.DER) for c in built]
+    anchor = next((ca for ca in ca_certs if ca.der == ders[-1]), None)
+    return DeviceChain([(i, _spki_digest(d)) for i, d in enumerate(ders)], True, anchor, None)
+
+
+def _spki_digest(der: bytes) -> bytes:
+    return hashlib.sha256(raw_spki_of_tbs(x509.load_der_x509_certificate(der).tbs_certificate_bytes)).digest()
+
+
+def iso_date(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def days_left(ts: int, now: int) -> int:
+    """Whole days from now to ts (negative once past)."""
+    return (ts - now) // 86400

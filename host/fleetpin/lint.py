@@ -1,0 +1,204 @@
+"""Lint rules for pin policies and bundles: the mistakes that lock a fleet out of its servers.
+
+Each rule has an id, a severity and a fix hint (RULES). `lint(view, chains, ...)` returns the
+findings for a fleetpin.bundle_view.View; chains (what servers present now) enable the rules
+that need them (FP002, FP003, FP011, FP012, FP015). Severities: error = a likely outage or a
+bundle that cannot work (`bundle lint` exits 1, `bundle build` refuses to sign); warning =
+a risk to look at; info = worth knowing.
+
+The public-suffix check (FP009) uses a small built-in subset of the Public Suffix List (the
+TLDs and second-level registries in common use, and popular shared-hosting suffixes), not the
+PSL itself, which is not bundled: a suffix missing from PUBLIC_SUFFIXES is not flagged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pinagent import pins as dev_pins
+from pinagent.policy import EXACT, Rule
+
+from .bundle_view import ServedChain, View, days_left, device_chain, iso_date, rules_for_chain
+
+ERROR = "error"
+WARNING = "warning"
+INFO = "info"
+SEVERITIES = (ERROR, WARNING, INFO)
+
+MAX_HORIZON_DAYS = 400
+WARN_DAYS = 30
+
+
+@dataclass(frozen=True)
+class LintRule:
+    id: str
+    severity: str  # the usual severity; FP002 and FP003 are warnings on report-only domains
+    title: str
+    hint: str
+
+
+RULES: dict[str, LintRule] = {r.id: r for r in (
+    LintRule("FP001", ERROR, "an enforced domain has fewer than two pins",
+             "pin a backup key kept offline too (fleetpin key new --backup-pin): with one pin, a lost or "
+             "replaced key locks devices out until an update reaches them"),
+    LintRule("FP002", ERROR, "no backup pin outside the served chain",
+             "add the pin of a key that is NOT in the chain the server presents now (an offline backup "
+             "key), so the server can move to it without an update"),
+    LintRule("FP003", ERROR, "the served chain matches no pin: devices will be locked out",
+             "add the pin of a key in the served chain (fleetpin pin CHAIN), or check --chain/--host"),
+    LintRule("FP004", ERROR, "the pins have expired already",
+             "set expires to a future date (and renew it in every bundle)"),
+    LintRule("FP005", WARNING, "the expiry is beyond the maximum horizon",
+             "expire pins within the horizon (--max-horizon days): expiry is what frees devices "
+             "(on_expiry = fallback) if every pinned key is lost"),
+    LintRule("FP006", WARNING, "the pins expire soon",
+             "ship a bundle with a later expiry before then"),
+    LintRule("FP007", ERROR, "a pin is malformed",
+             "a pin is base64(SHA-256(SubjectPublicKeyInfo)), 44 characters: recompute it with fleetpin pin"),
+    LintRule("FP008", ERROR, "a pin is listed twice in one domain",
+             "remove the duplicate; if it was meant to be the backup, pin the backup key instead"),
+    LintRule("FP009", ERROR, "a wildcard or include_subdomains covers a public suffix",
+             "pin your own domain (api.example.co.uk), not a suffix shared with other owners"),
+    LintRule("FP010", ERROR, "the bundle carries no CA certificates",
+             "list the CAs your servers chain to in [bundle] ca_certs: devices validate every chain "
+             "against the bundle's CAs only (the ESP32 has no CA store)"),
+    LintRule("FP011", ERROR, "the served chain does not validate against the bundle's CA certificates",
+             "add the CA the chain ends at to [bundle] ca_certs (and check the host name and dates)"),
+    LintRule("FP012", ERROR, "a CA pin without the CA certificate that makes it count",
+             "add the CA the chain ends at to [bundle] ca_certs: pins above the leaf count only for a "
+             "chain validated against the bundle's CAs"),
+    LintRule("FP013", WARNING, "a pin labelled as a CA matches none of the bundle's CA certificates",
+             "check the pin, and add that CA's certificate to [bundle] ca_certs if it is one"),
+    LintRule("FP014", INFO, "a domain is report-only",
+             "switch it to enforce = true once the reports show no mismatches"),
+    LintRule("FP015", WARNING, "a served chain falls under no domain of the policy",
+             "check the host name (--chain HOST=FILE) or add a [[domain]] for it"),
+    LintRule("FP016", WARNING, "a CA certificate has expired or expires soon",
+             "ship the CA's successor in [bundle] ca_certs before it expires"),
+)}
+
+# A subset of the Public Suffix List (https://publicsuffix.org), NOT the list itself.
+PUBLIC_SUFFIXES = frozenset("""
+com net org edu gov mil int info biz name pro io co me tv cc ws app dev cloud xyz online site tech
+uk co.uk org.uk me.uk ltd.uk plc.uk net.uk ac.uk gov.uk nhs.uk sch.uk
+de fr it es nl be ch at se no dk fi pl cz pt ie eu ru ua gr hu ro sk tr com.tr
+us ca mx com.mx br com.br ar com.ar cl co.co
+jp co.jp ne.jp or.jp ac.jp go.jp cn com.cn net.cn org.cn hk com.hk tw com.tw kr co.kr sg com.sg
+in co.in net.in org.in au com.au net.au org.au edu.au gov.au nz co.nz org.nz za co.za
+github.io gitlab.io herokuapp.com appspot.com firebaseapp.com web.app netlify.app vercel.app
+pages.dev workers.dev azurewebsites.net cloudapp.net cloudfront.net amazonaws.com s3.amazonaws.com
+blogspot.com fly.dev onrender.com ngrok.io ngrok-free.app duckdns.org dyndns.org no-ip.org
+""".split())
+
+_CA_WORDS = ("ca", "root", "intermediate", "issuing", "issuer")
+
+
+@dataclass
+class Finding:
+    rule: str
+    severity: str
+    message: str
+    domain: str | None = None  # the host pattern, for domain findings
+
+    @property
+    def hint(self) -> str:
+        return RULES[self.rule].hint
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"rule": self.rule, "severity": self.severity, "title": RULES[self.rule].title,
+                "domain": self.domain, "message": self.message, "hint": self.hint}
+
+
+def has_errors(findings: Sequence[Finding]) -> bool:
+    return any(f.severity == ERROR for f in findings)
+
+
+def lint(view: View, chains: Sequence[ServedChain] = (), *, now: int, max_horizon_days: int = MAX_HORIZON_DAYS,
+         warn_days: int = WARN_DAYS) -> list[Finding]:
+    """Every finding for the view, errors first, then by rule id (stable otherwise)."""
+    out: list[Finding] = []
+    for p in view.pin_problems:
+        dropped = " (the domain has no valid pin left: the other checks skip it)" if p.domain_dropped else ""
+        rule = "FP007" if p.kind == "malformed" else "FP008"
+        out.append(Finding(rule, ERROR, f"domain[{p.domain_index}] pins[{p.pin_index}] {p.text!r}: {p.reason}{dropped}",
+                           p.host))
+    for r in view.rules:
+        out += _domain_findings(view, r, now, max_horizon_days, warn_days)
+    if view.rules and not view.ca_certs:
+        out.append(Finding("FP010", ERROR, f"{len(view.rules)} domains and no CA certificate: devices cannot "
+                                           "validate any chain (CERT_REQUIRED)"))
+    for ca in view.ca_certs:
+        left = days_left(ca.not_after, now)
+        if ca.not_after <= now:
+            out.append(Finding("FP016", WARNING, f"CA {ca.subject} expired on {iso_date(ca.not_after)}"))
+        elif left < warn_days:
+            out.append(Finding("FP016", WARNING, f"CA {ca.subject} expires on {iso_date(ca.not_after)}, "
+                                                 f"in {left} days"))
+    for chain in chains:
+        out += _chain_findings(view, chain, now)
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    return sorted(out, key=lambda f: (order[f.severity], f.rule))
+
+
+def _domain_findings(view: View, r: Rule, now: int, horizon: int, warn_days: int) -> list[Finding]:
+    out: list[Finding] = []
+    host = r.host
+    if r.enforce and len(r.pins) < 2:
+        out.append(Finding("FP001", ERROR, f"{host}: {len(r.pins)} pin, enforced", host))
+    left = days_left(r.expires, now)
+    if r.expires <= now:
+        effect = ("devices no longer check these pins (on_expiry = fallback)" if r.on_expiry == "fallback"
+                  else "devices keep enforcing pins nobody renews (on_expiry = enforce)")
+        out.append(Finding("FP004", ERROR, f"{host}: expired on {iso_date(r.expires)}: {effect}", host))
+    elif left > horizon:
+        out.append(Finding("FP005", WARNING, f"{host}: expires on {iso_date(r.expires)}, in {left} days "
+                                             f"(horizon {horizon} days)", host))
+    elif left < warn_days:
+        out.append(Finding("FP006", WARNING, f"{host}: expires on {iso_date(r.expires)}, in {left} days", host))
+    if (r.kind != EXACT or r.include_subdomains) and r.base in PUBLIC_SUFFIXES:
+        wide = "include_subdomains" if r.kind == EXACT else f"the wildcard {host!r}"
+        out.append(Finding("FP009", ERROR, f"{host}: {wide} covers every name under the public suffix "
+                                           f"{r.base!r}", host))
+    for digest, label in zip(r.pins, r.labels):
+        if label and _looks_like_ca(label) and view.ca_for_digest(digest) is None:
+            out.append(Finding("FP013", WARNING, f"{host}: pin {dev_pins.pin_to_text(digest)} ({label!r}) is the key "
+                                                 "of none of the bundle's CA certificates", host))
+    if not r.enforce:
+        out.append(Finding("FP014", INFO, f"{host}: report-only: mismatches are reported, not blocked", host))
+    return out
+
+
+def _looks_like_ca(label: str) -> bool:
+    words = label.lower().replace("-", " ").replace("_", " ").split()
+    return any(w in _CA_WORDS for w in words)
+
+
+def _chain_findings(view: View, chain: ServedChain, now: int) -> list[Finding]:
+    matches = rules_for_chain(view.policy, chain)
+    if not matches:
+        names = ", ".join(chain.names()) or "(no name)"
+        return [Finding("FP015", WARNING, f"{chain.source}: {names}: no domain of the policy covers it")]
+    out: list[Finding] = []
+    for host, r in matches:
+        dc = device_chain(chain, host, view.ca_certs, now)
+        where = f"{r.host}: {chain.source}"
+        soft = ERROR if r.enforce else WARNING
+        if not dc.verified and view.ca_certs:
+            out.append(Finding("FP011", ERROR, f"{where}: {dc.error}", r.host))
+        leaf = any(depth == 0 and d in r.pins for depth, d in dc.digests)
+        above = [depth for depth, d in dc.digests if depth > 0 and d in r.pins]
+        if not (leaf or (dc.verified and above)):
+            if above:
+                out.append(Finding("FP012", ERROR, f"{where}: pins the key at depth {above[0]}, which counts only "
+                                                   "when the chain validates against the bundle's CAs", r.host))
+            else:
+                effect = "devices will refuse it" if r.enforce else "every connection will be reported"
+                out.append(Finding("FP003", soft, f"{where}: none of the {len(dc.digests)} keys of the chain is "
+                                                  f"pinned: {effect}", r.host))
+        served = {d for _, d in dc.digests}
+        if all(p in served for p in r.pins):
+            out.append(Finding("FP002", soft, f"{where}: all {len(r.pins)} pins are keys of the served chain: "
+                                              "no backup", r.host))
+    return out

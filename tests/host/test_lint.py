@@ -1,0 +1,263 @@
+"""fleetpin.lint and `fleetpin bundle lint`: one minimal policy per rule, asserting the exact rule
+ids it triggers; served chains from files and from a live TLS server on 127.0.0.1; and
+`bundle build` refusing to sign a bundle with lint errors unless --allow-lint-errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetpin.bundle_view import ServedChain, load_view
+from fleetpin.lint import RULES, lint
+from pki import Pki, PkiFiles, make_pki
+
+NOW = int(time.time())
+DAY = 86400
+HOST = "device.test"
+PASS = "correct horse battery"
+
+
+def _date(days: int, now: int = NOW) -> str:
+    return dt.datetime.fromtimestamp(now + days * DAY, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def domain(pins: list[tuple[str, str]], host: str = HOST, extra: str = "") -> str:
+    entries = ", ".join(f'{{ pin = "{p}", label = "{label}" }}' for p, label in pins)
+    return f'[[domain]]\nhost = "{host}"\n{extra}\npins = [{entries}]\n'
+
+
+class Policies:
+    """Writes minimal policy files: CA certificates = the test PKI's root unless told otherwise."""
+
+    def __init__(self, root: Path, pki: Pki, files: PkiFiles) -> None:
+        self.root, self.pki, self.files = root, pki, files
+        self.count = 0
+
+    @property
+    def good_pins(self) -> list[tuple[str, str]]:
+        return [(self.pki.pins["leaf"], "primary"), (self.pki.pins["backup"], "backup")]
+
+    def write(self, *domains: str, cas: tuple[Path, ...] | None = None, expires_days: int = 200) -> Path:
+        cas = (self.files.cert("root"),) if cas is None else cas
+        text = f"[defaults]\nexpires = {_date(expires_days)}\n\n" + "\n".join(domains)
+        if cas:
+            text += "\n[bundle]\nca_certs = [" + ", ".join(f'"{c}"' for c in cas) + "]\n"
+        self.count += 1
+        path = self.root / f"policy{self.count}.toml"
+        path.write_text(text)
+        return path
+
+
+@pytest.fixture
+def policies(tmp_path: Path, pki: Pki, pki_files: PkiFiles) -> Policies:
+    return Policies(tmp_path, pki, pki_files)
+
+
+def ids(path: Path, chains: tuple[ServedChain, ...] = (), now: int = NOW, **options: Any) -> list[str]:
+    return [f.rule for f in lint(load_view(path, lenient=True), chains, now=now, **options)]
+
+
+def served(pki: Pki, name: str = "leaf", host: str | None = None) -> ServedChain:
+    return ServedChain(name, pki.chain_der(name), host)
+
+
+# --- one rule at a time -----------------------------------------------------------------------
+
+
+def test_clean_policy_has_no_findings(policies: Policies, pki: Pki) -> None:
+    path = policies.write(domain(policies.good_pins))
+    assert ids(path) == []
+    assert ids(path, (served(pki),)) == []  # the chain validates, the leaf is pinned, the backup is not in it
+
+
+def test_fp001_enforced_domain_with_one_pin(policies: Policies) -> None:
+    assert ids(policies.write(domain(policies.good_pins[:1]))) == ["FP001"]
+    # a report-only domain may start with one pin: only the report-only note
+    assert ids(policies.write(domain(policies.good_pins[:1], extra="enforce = false"))) == ["FP014"]
+
+
+def test_fp002_no_backup_outside_the_served_chain(policies: Policies, pki: Pki) -> None:
+    path = policies.write(domain([(pki.pins["leaf"], "primary"), (pki.pins["intermediate"], "second")]))
+    assert ids(path) == []  # without a chain, nothing says both keys are in use
+    assert ids(path, (served(pki),)) == ["FP002"]
+
+
+def test_fp003_served_chain_matches_no_pin(policies: Policies, pki: Pki) -> None:
+    pins = [(pki.pins["rogue_leaf"], "primary"), (pki.pins["backup"], "backup")]
+    assert ids(policies.write(domain(pins)), (served(pki),)) == ["FP003"]
+    findings = lint(load_view(policies.write(domain(pins, extra="enforce = false"))), (served(pki),), now=NOW)
+    assert [(f.rule, f.severity) for f in findings] == [("FP003", "warning"), ("FP014", "info")]
+
+
+def test_fp004_expired(policies: Policies) -> None:
+    assert ids(policies.write(domain(policies.good_pins), expires_days=-1)) == ["FP004"]
+
+
+def test_fp005_beyond_the_horizon(policies: Policies) -> None:
+    path = policies.write(domain(policies.good_pins), expires_days=500)
+    assert ids(path) == ["FP005"]
+    assert ids(path, max_horizon_days=600) == []
+
+
+def test_fp006_expiring_soon(policies: Policies) -> None:
+    path = policies.write(domain(policies.good_pins), expires_days=10)
+    assert ids(path) == ["FP006"]
+    assert ids(path, warn_days=5) == []
+
+
+def test_fp007_malformed_pin_is_reported_not_fatal(policies: Policies) -> None:
+    path = policies.write(domain(policies.good_pins + [("sha256/abc=", "typo")]))
+    findings = lint(load_view(path, lenient=True), now=NOW)
+    assert [f.rule for f in findings] == ["FP007"] and "pins[2]" in findings[0].message
+    # a domain left without any valid pin is reported and skipped by the other rules
+    assert ids(policies.write(domain([("nope", "x")]), domain(policies.good_pins, host="b.test"))) == ["FP007"]
+
+
+def test_fp008_duplicate_pin(policies: Policies, pki: Pki) -> None:
+    leaf = pki.pins["leaf"]
+    assert ids(policies.write(domain(policies.good_pins + [("sha256/" + leaf, "again")]))) == ["FP008"]
+
+
+@pytest.mark.parametrize("host, extra", [("*.co.uk", ""), ("**.github.io", ""), ("github.io", "include_subdomains = true")])
+def test_fp009_wildcard_on_a_public_suffix(policies: Policies, host: str, extra: str) -> None:
+    assert ids(policies.write(domain(policies.good_pins, host=host, extra=extra))) == ["FP009"]
+
+
+def test_fp009_not_for_a_registered_domain(policies: Policies) -> None:
+    assert ids(policies.write(domain(policies.good_pins, host="**.example.co.uk"))) == []
+
+
+def test_fp010_no_ca_certificates(policies: Policies) -> None:
+    assert ids(policies.write(domain(policies.good_pins), cas=())) == ["FP010"]
+
+
+def test_fp011_chain_does_not_validate_against_the_bundle_cas(policies: Policies, tmp_path: Path) -> None:
+    other = make_pki(HOST, namespace="lint-other-ca")
+    pins = [(other.pins["leaf"], "primary"), (other.pins["backup"], "backup")]
+    path = policies.write(domain(pins))  # the bundle carries the default PKI's root, not other's
+    assert ids(path, (served(other),)) == ["FP011"]
+    # a chain for another host name than the one it is used for does not validate either
+    assert ids(policies.write(domain(policies.good_pins, host="api.test")),
+               (served(policies.pki, host="api.test"),)) == ["FP011"]
+
+
+def test_fp012_ca_pin_without_the_ca_certificate(policies: Policies, pki: Pki, tmp_path: Path) -> None:
+    pins = [(pki.pins["intermediate"], "issuing CA"), (pki.pins["backup"], "backup")]
+    other = make_pki(HOST, namespace="lint-other-ca").write(tmp_path / "other")
+    path = policies.write(domain(pins), cas=(other.cert("root"),))
+    assert ids(path, (served(pki),)) == ["FP011", "FP012", "FP013"]
+    # with the right root the intermediate pin counts (depth 1 of a validated chain)
+    assert ids(policies.write(domain(pins), cas=(policies.files.cert("root"), policies.files.cert("intermediate"))),
+               (served(pki),)) == []
+
+
+def test_fp013_ca_label_matching_no_bundle_ca(policies: Policies, pki: Pki) -> None:
+    pins = [(pki.pins["leaf"], "primary"), (pki.pins["backup"], "backup CA")]
+    assert ids(policies.write(domain(pins))) == ["FP013"]
+    pins = [(pki.pins["leaf"], "primary"), (pki.pins["root"], "root CA")]
+    assert ids(policies.write(domain(pins))) == []  # the root's certificate is in the bundle
+
+
+def test_fp014_report_only(policies: Policies) -> None:
+    assert ids(policies.write(domain(policies.good_pins, extra="enforce = false"))) == ["FP014"]
+
+
+def test_fp015_chain_under_no_domain(policies: Policies, pki: Pki) -> None:
+    path = policies.write(domain(policies.good_pins, host="other.test"))
+    assert ids(path, (served(pki),)) == ["FP015"]
+
+
+def test_fp016_ca_certificate_expiring(policies: Policies, pki: Pki) -> None:
+    later = int(pki.root.cert.not_valid_after_utc.timestamp()) - 5 * DAY
+    path = policies.root / "late.toml"
+    path.write_text(f"[defaults]\nexpires = {_date(100, later)}\n\n{domain(policies.good_pins)}"
+                    f'\n[bundle]\nca_certs = ["{policies.files.cert("root")}"]\n')
+    assert ids(path, now=later) == ["FP016"]
+
+
+def test_every_rule_has_a_severity_and_a_hint() -> None:
+    assert sorted(RULES) == [f"FP{i:03d}" for i in range(1, 17)]
+    assert all(r.severity in ("error", "warning", "info") and r.hint and r.title for r in RULES.values())
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def test_cli_exit_codes_and_json(policies: Policies, fleetpin: Callable[..., Any], pki_files: PkiFiles) -> None:
+    clean = policies.write(domain(policies.good_pins))
+    result = fleetpin("bundle", "lint", clean, "--chain", pki_files.chain("leaf"))
+    assert result.exit_code == 0 and "0 errors, 0 warnings, 0 infos" in result.stdout
+    bad = policies.write(domain(policies.good_pins[:1]), expires_days=10)
+    result = fleetpin("bundle", "lint", bad, "--json")
+    assert result.exit_code == 1
+    out = json.loads(result.stdout)
+    assert out["ok"] is False and [f["rule"] for f in out["findings"]] == ["FP001", "FP006"]
+    assert set(out["findings"][0]) == {"rule", "severity", "title", "domain", "message", "hint"}
+    warn_only = policies.write(domain(policies.good_pins), expires_days=10)
+    assert fleetpin("bundle", "lint", warn_only).exit_code == 0
+    assert fleetpin("bundle", "lint", policies.root / "missing.toml").exit_code == 2
+    assert fleetpin("bundle", "lint", clean, "--now", "yesterday").exit_code == 2
+
+
+def test_cli_chain_host_equals_file(policies: Policies, fleetpin: Callable[..., Any], pki_files: PkiFiles) -> None:
+    pins = [(policies.pki.pins["rogue_leaf"], "primary"), (policies.pki.pins["backup"], "backup")]
+    path = policies.write(domain(pins))
+    result = fleetpin("bundle", "lint", path, "--chain", f"{HOST}={pki_files.chain('leaf')}", "--json")
+    assert result.exit_code == 1
+    assert [f["rule"] for f in json.loads(result.stdout)["findings"]] == ["FP003"]
+
+
+def test_cli_lint_live_host(policies: Policies, fleetpin: Callable[..., Any], pki_files: PkiFiles,
+                            tls_server: Callable[..., Any]) -> None:
+    server = tls_server("leaf")
+    target = f"{HOST}:{server.port}@127.0.0.1"
+    clean = policies.write(domain(policies.good_pins))
+    result = fleetpin("bundle", "lint", clean, "--host", target, "--json")  # validated with the bundle's CAs
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["findings"] == []
+    locked = policies.write(domain([(policies.pki.pins["rogue_leaf"], "a"), (policies.pki.pins["backup"], "b")]))
+    result = fleetpin("bundle", "lint", locked, "--host", target, "--ca", pki_files.cert("root"))
+    assert result.exit_code == 1 and "FP003 ERROR" in result.stdout and "devices will refuse it" in result.stdout
+
+
+def test_lint_a_built_bundle(policies: Policies, fleetpin: Callable[..., Any], tmp_path: Path) -> None:
+    keys = _keys(fleetpin, tmp_path)
+    path = policies.write(domain(policies.good_pins, extra="enforce = false"))
+    out = tmp_path / "b.fpb"
+    assert fleetpin("bundle", "build", path, "--fleet", "f", "--version", "1", "--key", keys, "-o", out,
+                    env={"FLEETPIN_KEY_PASSPHRASE": PASS}).exit_code == 0
+    result = fleetpin("bundle", "lint", out, "--json")
+    assert result.exit_code == 0 and [f["rule"] for f in json.loads(result.stdout)["findings"]] == ["FP014"]
+
+
+# --- bundle build's gate -------------------------------------------------------------------------
+
+
+def _keys(fleetpin: Callable[..., Any], tmp_path: Path) -> Path:
+    result = fleetpin("key", "new", "--signing", "--id", "everyday", "-o", tmp_path / "keys",
+                      env={"FLEETPIN_KEY_PASSPHRASE": PASS})
+    assert result.exit_code == 0, result.stderr
+    return tmp_path / "keys" / "everyday.key.pem"
+
+
+def test_build_refuses_lint_errors_unless_allowed(policies: Policies, fleetpin: Callable[..., Any],
+                                                  tmp_path: Path) -> None:
+    key = _keys(fleetpin, tmp_path)
+    path = policies.write(domain(policies.good_pins[:1]))
+    out = tmp_path / "b.fpb"
+    args = ("bundle", "build", path, "--fleet", "f", "--version", "1", "--key", key, "-o", out)
+    env = {"FLEETPIN_KEY_PASSPHRASE": PASS}
+    result = fleetpin(*args, env=env)
+    assert result.exit_code == 1 and "FP001" in result.stderr and "--allow-lint-errors" in result.stderr
+    assert not out.exists()
+    result = fleetpin(*args, "--allow-lint-errors", "--json", env=env)
+    assert result.exit_code == 0, result.stderr
+    assert "WARNING: signing a bundle with 1 lint error(s)" in result.stderr and out.exists()
+    summary = json.loads(result.stdout)
+    assert summary["lint_errors_allowed"] is True and [f["rule"] for f in summary["lint"]] == ["FP001"]
