@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "image": "fleetpin.cmd_image:image",
     "provision": "fleetpin.cmd_provision:provision_cmd",
     "registry": "fleetpin.cmd_registry:registry",
+    "preflight": "fleetpin.cmd_preflight:preflight",
     "export": "fleetpin.cmd_export:export",
     "import": "fleetpin.cmd_import:import_",
 }

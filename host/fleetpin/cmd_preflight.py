@@ -1,0 +1,180 @@
+"""`fleetpin preflight BUNDLE`: would devices holding this bundle still connect to the servers
+as they are now (or on --now)? The checks live in fleetpin.preflight; this module is the
+command line and the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from . import preflight as checks
+from .bundle_view import iso_date, load_view
+from .certs import HostTarget, parse_host
+from .errors import FleetpinError, UsageError
+from .preflight import Report, ServerResult
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source", metavar="BUNDLE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--host", "host_args", multiple=True, metavar="HOST[:PORT][@ADDRESS]",
+              help="A server to check (repeatable). Replaces the default HOST:443 of an exact domain with the "
+                   "same name; required for wildcard domains. @ADDRESS connects there while HOST is still the "
+                   "name sent (SNI) and checked.")
+@click.option("--trust", "trust_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Verify the bundle's signatures against this signer set first (fleetpin key signers).")
+@click.option("--now", "now_text", metavar="ISO8601",
+              help="Evaluate at this time instead of now, e.g. 2027-03-01 (will devices still connect then?).")
+@click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Seconds to wait for each server's TLS handshake.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def preflight(source: Path, host_args: tuple[str, ...], trust_path: Path | None, now_text: str | None,
+                  timeout: float, as_json: bool) -> None:
+    """Connect to every domain's live server(s) and report what devices holding BUNDLE (a
+    bundle file, or the POLICY.toml it is built from) would conclude: CA validation against
+    the bundle's CA certificates only (as on the device), the pin verdict from the agent's own
+    code, which pin matched at which depth, whether the backup pins are really outside the
+    served chain, and how many days the pins and certificates have left.
+
+    Run it before pushing a bundle and before rotating a server key.
+
+    \b
+    Examples:
+      fleetpin preflight bundle-7.fpb
+      fleetpin preflight policy.toml --host 'x.example.com' --now 2027-03-01
+      fleetpin preflight bundle-7.fpb --host api.example.com:8443@10.0.0.5
+    Exit codes: 0 devices would connect to every server checked (warnings allowed),
+    1 a device would be locked out, a server could not be reached, or the bundle has an
+    error (pins expired with on_expiry = enforce), 2 usage error.
+    """
+    from .cmd_bundle_tools import check_signatures
+    from .cmd_check import parse_now
+
+    now = parse_now(now_text)
+    if now is None:
+        raise UsageError("--now unknown: preflight needs a time to validate certificates at",
+                         hint="e.g. --now 2027-03-01T00:00:00Z")
+    targets: list[HostTarget] = [parse_host(h) for h in host_args]
+    view = load_view(source)
+    signatures = check_signatures(view, trust_path)
+    if not view.rules and not targets:
+        raise UsageError(f"{source}: no domains, and no --host: nothing to check")
+
+    console = _console()
+    status_console = _console(stderr=True)
+    if status_console.is_terminal and not as_json:
+        with status_console.status("connecting to the servers...") as status:
+            done: list[ServerResult] = []
+
+            def tick(result: ServerResult) -> None:
+                done.append(result)
+                status.update(f"checked {len(done)} servers (last: {result.server.target})")
+
+            report = checks.run(view, targets, now, timeout, progress=tick)
+    else:
+        report = checks.run(view, targets, now, timeout)
+
+    if as_json:
+        click.echo(json.dumps({**report.to_obj(), "signatures": signatures}, indent=2))
+    else:
+        if trust_path is not None:
+            console.print(signatures["status"])
+        print_report(report, console)
+    if report.failed:
+        raise FleetpinError(report.summary(), hint=report.hint())
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True, stderr=stderr)
+    if not console.is_terminal:  # piped or captured: rich would assume 80 columns and cut pins
+        console.width = max(console.width, 140)
+    return console
+
+
+_STATUS = {
+    checks.OK: "[bold green]devices connect[/bold green]",
+    checks.WARN: "[bold green]devices connect[/bold green] [yellow](with warnings)[/yellow]",
+    checks.FAILED: "[bold green]devices connect[/bold green] [red](bundle error)[/red]",
+    checks.LOCKOUT: "[bold red]WOULD LOCK DEVICES OUT[/bold red]",
+    checks.UNREACHABLE: "[bold red]NOT CHECKED: unreachable[/bold red]",
+}
+
+
+def print_report(report: Report, console: Console) -> None:
+    console.print(f"preflight of {report.source} at {iso_date(report.now)}")
+    for result in report.results:
+        console.print()
+        _print_server(result, console)
+    for n in report.not_checked:
+        console.print(f"\n[yellow]{n.domain}[/yellow]: {n.reason}")
+    console.print()
+    colour = "red" if report.failed else "green"
+    console.print(f"[{colour}]{report.summary()}[/{colour}]")
+
+
+def _print_server(r: ServerResult, console: Console) -> None:
+    from rich.table import Table
+
+    t = r.server.target
+    rule = r.server.rule
+    where = f"{t}" + (f" @ {t.connect}" if t.connect != t.host else "")
+    domain = rule.host if rule is not None else "(no domain covers it)"
+    title = f"{domain} — {where}" + ("" if r.server.given else " (default port)")
+    if r.fetch_error is not None:
+        console.print(f"[bold]{title}[/bold]")
+        console.print(f"  verdict:  {_STATUS[r.status]}: {r.fetch_error}")
+        return
+    obj = r.to_obj()
+    labels = {p["pin"]: p for p in obj["pins"]}
+    table = Table(title=title, title_justify="left", title_style="bold")
+    table.add_column("depth", justify="right")
+    table.add_column("pin (sha256 of SPKI)", no_wrap=True, min_width=51)  # a cut pin is useless
+    table.add_column("certificate", overflow="fold")
+    table.add_column("expires", no_wrap=True)
+    table.add_column("pinned as", overflow="fold", min_width=12)
+    for c in obj["chain"]:
+        p = labels.get(c["pin"])
+        mark = ""
+        if p is not None:
+            mark = p["label"] or "(no label)"
+            if p["role"] == "matched":
+                mark = f"[green]✓ {mark} (matched)[/green]"
+        subject = c["subject"] + ("" if c["sent"] else " [dim](the bundle's CA; not sent)[/dim]")
+        table.add_row(str(c["depth"]), c["pin"], subject, c["expires"][:10], mark)
+    for p in obj["pins"]:
+        if p["role"] == "backup":
+            table.add_row("-", p["pin"], "[dim](not in the served chain)[/dim]", "", f"{p['label'] or '(no label)'}"
+                          " [cyan](backup)[/cyan]")
+    console.print(table)
+    ca = obj["ca_validation"]
+    if ca["verified"]:
+        console.print(f"  CA validation: ok, to {ca['anchor'] or 'a bundle CA'}")
+    else:
+        console.print(f"  CA validation: [red]FAILED[/red]: {ca['error']}")
+    if rule is not None:
+        left = obj["rule"]["days_left"]
+        mode = "enforced" if rule.enforce else "report-only"
+        when = f"{left} days left" if left >= 0 else f"expired {-left} days ago"
+        console.print(f"  pins:     {mode}, expire {obj['rule']['expires'][:10]} ({when}), on expiry "
+                      f"{rule.on_expiry}")
+    v = obj["verdict"]
+    matched = ""
+    if v["matched_depth"] >= 0:
+        matched = f"; matched {v['matched_label'] or 'a pin'} at depth {v['matched_depth']}"
+    console.print(f"  pin verdict: {v['reason']} ({v['explain']}){matched}")
+    reason = f": {r.lockout_reason}" if r.lockout_reason else ""
+    console.print(f"  verdict:  {_STATUS[r.status]}{reason}")
+    for p in r.problems:
+        colour = "red" if p.severity == checks.ERROR else "yellow"
+        console.print(f"  [{colour}]{p.severity}[/{colour}]: {p.message}")
+
