@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "provision": "fleetpin.cmd_provision:provision_cmd",
     "registry": "fleetpin.cmd_registry:registry",
     "preflight": "fleetpin.cmd_preflight:preflight",
+    "drill": "fleetpin.cmd_drill:drill",
     "export": "fleetpin.cmd_export:export",
     "import": "fleetpin.cmd_import:import_",
 }

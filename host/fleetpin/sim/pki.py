@@ -37,7 +37,7 @@ KEY_TYPES = ("ec", "ec384", "rsa", "ed25519")
 
 # Roles of the certificates in a PKI, in the order they are built (issuers first).
 CA_NAMES = ("root", "intermediate", "rogue_root")
-LEAF_NAMES = ("leaf", "backup_leaf", "rogue_leaf", "expired_leaf", "wrong_host_leaf")
+LEAF_NAMES = ("leaf", "backup_leaf", "renewed_leaf", "rogue_leaf", "expired_leaf", "wrong_host_leaf")
 
 
 @functools.lru_cache(maxsize=None)
@@ -257,6 +257,7 @@ def make_pki(
     add("rogue_root", "fleetpin Rogue Root CA", "rogue_root", None, ca_window, ca=True)
     add("leaf", host, "leaf", "intermediate", valid, leaf_host=host)
     add("backup_leaf", host, "backup", "intermediate", valid, leaf_host=host)
+    add("renewed_leaf", host, "renewed", "intermediate", valid, leaf_host=host)  # a renewal with a fresh key
     add("rogue_leaf", host, "rogue_leaf", "rogue_root", valid, leaf_host=host)
     add("expired_leaf", host, "leaf", "intermediate", (now - 60 * day, now - day), leaf_host=host)
     wrong = "wrong." + host if not _is_ip(host) else "wrong.test"

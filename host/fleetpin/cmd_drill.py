@@ -1,0 +1,75 @@
+"""`fleetpin drill SCENARIO`: rehearse a pinning incident on a virtual fleet."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .drill import DRILLS, DrillResult, run_drill
+from .errors import FleetpinError, UsageError
+
+STATUS_STYLE = {"connected": "green", "updated": "cyan", "blocked": "yellow", "UNREACHABLE": "bold red"}
+
+
+def _scenario_help() -> str:
+    return "\n".join(f"  {d.name:<20} {d.story}" for d in DRILLS.values())
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="\b\nScenarios:\n" + _scenario_help())
+@click.argument("scenario", metavar="SCENARIO|all")
+@click.option("--devices", type=click.IntRange(1, 16), default=3, show_default=True, help="virtual boards in the fleet")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def drill(scenario: str, devices: int, as_json: bool) -> None:
+    """Rehearse a pinning incident on a virtual fleet before production lives through it.
+
+    Each scenario boots virtual boards (the real agent behind real serial ports) with a
+    signed bundle, serves TLS on 127.0.0.1, plays the incident (a lost or compromised key, a
+    distrusted CA, a wrong pin, expired pins, a rogue CA, a report-only rollout), asks every
+    device for its own verdict over serial, pushes the field updates that rescue it, and
+    accounts for every device: connected, updated, blocked, or UNREACHABLE (bricked).
+
+    The agents run under CPython: their TLS goes through the simulation's adapter over
+    Python's ssl module. (The MicroPython VM has no tls or socket module; the agent's
+    protocol and storage code is tested on it by `make test` and `fleetpin sim board`.)
+
+    \b
+    Exit codes: 0 every expectation held and no device ended unreachable, 1 otherwise.
+    """
+    names = list(DRILLS) if scenario == "all" else [scenario]
+    for n in names:
+        if n not in DRILLS:
+            raise UsageError(f"unknown scenario {n!r}", hint="one of: " + ", ".join(DRILLS) + ", or all")
+    console = Console()
+    results: list[DrillResult] = []
+    for n in names:
+        d = DRILLS[n]
+        if not as_json:
+            console.rule(f"[bold]drill: {d.title}[/bold] ({n})")
+            console.print(d.story)
+        echo = (lambda line: None) if as_json else (lambda line: console.print(line, markup=False, highlight=False))
+        r = run_drill(n, devices=devices, echo=echo)
+        results.append(r)
+        if not as_json:
+            print_result(console, r)
+    if as_json:
+        click.echo(json.dumps([r.to_obj() for r in results], indent=2))
+    failed = [r.name for r in results if not r.passed]
+    if failed:
+        raise FleetpinError(f"drill failed: {', '.join(failed)}", hint="read the timeline above: the first EXPECTATION FAILED line says what broke")
+
+
+def print_result(console: Console, r: DrillResult) -> None:
+    table = Table(title=f"{r.name}: every device accounted for", title_justify="left")
+    for col in ("device", "bundle", "status", "last verdict"):
+        table.add_column(col)
+    for o in r.outcomes:
+        style = STATUS_STYLE.get(o.status, "")
+        table.add_row(o.device, o.bundle, f"[{style}]{o.status}[/{style}]" if style else o.status, o.detail)
+    console.print(table)
+    for f in r.failures:
+        console.print(f"[red]FAILED:[/red] {f}")
+    verdict = "[green]PASSED[/green]" if r.passed else "[red]FAILED[/red]"
+    console.print(f"{verdict} in {r.seconds:.1f} s\n")

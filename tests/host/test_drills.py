@@ -1,0 +1,48 @@
+"""Every drill scenario is a test: it must pass, and a drill that bricks a device must fail."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleetpin import drill as drills
+from fleetpin.drill import DRILLS, World, run_drill
+
+
+@pytest.mark.parametrize("name", sorted(DRILLS))
+def test_scenario_passes_and_accounts_for_every_device(name: str) -> None:
+    lines: list[str] = []
+    result = run_drill(name, devices=3, echo=lines.append)
+    assert result.failures == [], "\n".join(lines)
+    assert result.passed
+    assert len(result.outcomes) == 3
+    assert all(o.status in ("connected", "updated") for o in result.outcomes), result.outcomes
+    assert lines and lines == result.timeline
+
+
+def test_ca_distrusted_rescues_exactly_the_stranded_devices() -> None:
+    result = run_drill("ca-distrusted", devices=4)
+    by_status = {o.device: o.status for o in result.outcomes}
+    assert by_status == {"dev-00": "updated", "dev-01": "updated", "dev-02": "connected", "dev-03": "connected"}
+
+
+def test_a_drill_that_bricks_a_device_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scenario whose rescue never arrives: the stranded devices end UNREACHABLE and the drill fails."""
+
+    def no_rescue(w: World) -> None:
+        p = w.pki
+        only_primary = w.bundle(1, [("primary", p.leaf.pin), ("typo", p.rogue_leaf.pin)], [p.root.der])
+        w.serve("api", p, "leaf")
+        w.boot(only_primary, "v1-no-backup", 2)
+        w.serve("api", p, "backup_leaf")  # the primary key is lost, no backup was pinned
+        w.account("api")
+
+    monkeypatch.setitem(DRILLS, "no-rescue", drills.Drill("no-rescue", "t", "t", no_rescue))
+    result = run_drill("no-rescue", devices=2)
+    assert not result.passed
+    assert [o.status for o in result.outcomes] == ["UNREACHABLE", "UNREACHABLE"]
+    assert any("ended unreachable (mismatch)" in f for f in result.failures)
+
+
+def test_drill_cli_exit_codes(fleetpin) -> None:  # type: ignore[no-untyped-def]
+    assert fleetpin("drill", "wrong-pin", "--devices", "1").exit_code == 0
+    assert fleetpin("drill", "no-such-scenario").exit_code == 2
