@@ -1,0 +1,50 @@
+"""The ROM bootloader of a virtual board: esp32-mock-bootloader on a pty, with its SPI flash
+kept in a file (the same flash image a VirtualBoard boots the agent from).
+
+esp32-mock-bootloader keeps its 4 MiB flash in process memory; this entry point swaps in a
+flash backed by a memory-mapped file before the mock starts, so what esptool writes survives
+the "reset" into the agent:
+
+    python -m fleetpin.sim.rom --flash dev.img --chip esp32 --port-file p.txt
+
+It runs until killed (unplugging the board). The mock is Apache-2.0 and runs in its own
+process, like esptool itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import sys
+from pathlib import Path
+
+from esp32_mock_bootloader import protocol, server
+from esp32_mock_bootloader.cli import main as mock_main
+
+FLASH_SIZE = protocol.FLASH_MOCK_SIZE
+
+
+class FileFlash(server.FlashImage):
+    """The mock's flash, but every byte lives in a shared memory map of `path`."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        if not path.exists() or path.stat().st_size < FLASH_SIZE:
+            with open(path, "ab") as f:  # a new board's flash is erased: all 0xFF
+                f.write(b"\xff" * (FLASH_SIZE - f.tell()))
+        self._file = open(path, "r+b")
+        self.data = mmap.mmap(self._file.fileno(), FLASH_SIZE)  # type: ignore[assignment]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fleetpin.sim.rom", description=__doc__.splitlines()[0])
+    parser.add_argument("--flash", required=True, type=Path, help="flash image file (created erased if missing)")
+    parser.add_argument("--chip", default="esp32")
+    parser.add_argument("--port-file", required=True, help="where to write the pty path")
+    args = parser.parse_args(argv)
+    server._persistent_flash = FileFlash(args.flash)
+    return mock_main(["run", "--pty", "--chip", args.chip, "--port-file", args.port_file])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
