@@ -1,0 +1,224 @@
+"""device/main.py and pinagent.io.console, run under CPython: fake `micropython`, `machine` and
+`tls` modules in sys.modules, the board's flash as tests/device/faultfs.py, the console as a
+scripted host (pinagent.client.Client) on a fake clock.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pinagent import store as S
+from pinagent.client import Client
+
+ROOT = Path(__file__).resolve().parents[2]
+VECTORS = ROOT / "tests" / "vectors"
+sys.path.insert(0, str(ROOT / "tests" / "device"))
+from faultfs import FaultFS  # noqa: E402
+
+FLEET = "acme-sensors"
+R = "/fleetpin/"
+
+
+class Stop(BaseException):
+    """Ends the test's board: main.py serves forever, and catches only Exception."""
+
+
+class Board:
+    """Fake modules, flash, clock and a host on the console."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[Any] = []
+        self.now = 0
+        self.stop_at = 120_000
+        self.ffs = FaultFS(dirs=["/fleetpin"])
+        self.client = Client(rto_ms=200)
+        self.actions: list[tuple[int, Callable[[], Any]]] = []
+        self.writes = 0
+        board = self
+
+        micropython = types.ModuleType("micropython")
+        micropython.kbd_intr = lambda c: board.events.append(("kbd_intr", c))  # type: ignore[attr-defined]
+        machine = types.ModuleType("machine")
+        machine.reset = lambda: board.events.append(("reset", board.now))  # type: ignore[attr-defined]
+        machine.unique_id = lambda: bytes.fromhex("a0b1c2d3e4f5")  # type: ignore[attr-defined]
+        tls = types.ModuleType("tls")  # present, as on the board; no test here connects
+        for name, mod in (("micropython", micropython), ("machine", machine), ("tls", tls)):
+            monkeypatch.setitem(sys.modules, name, mod)
+        monkeypatch.delitem(sys.modules, "app", raising=False)
+
+        from pinagent.io import console, flash
+
+        monkeypatch.setattr(flash, "filesystem", lambda: S.FS(self.ffs, self.ffs.open))
+        monkeypatch.setattr(console, "StdioPort", lambda: self)
+        monkeypatch.setattr(console, "ticks_ms", lambda: self.now)
+        monkeypatch.setattr(console, "sleep_ms", lambda ms: None)
+        self.console = console
+
+    def provision(self, bundle: str | None = "v1.bin", config: Any = None) -> None:
+        signers = (VECTORS / "bundle" / "signers_prod.json").read_bytes()
+        self.ffs.files[R + "signers.bin"] = signers
+        if bundle:
+            self.ffs.files[R + "bundle.bin"] = S.encode_slot(signers, (VECTORS / "agent" / bundle).read_bytes())
+        cfg = {"fleet": FLEET, "board": "esp32", "image_id": "x"} if config is None else config
+        self.ffs.files[R + "config.json"] = cfg if isinstance(cfg, bytes) else json.dumps(cfg).encode()
+
+    def at(self, t: int, fn: Callable[[], Any]) -> None:
+        self.actions.append((t, fn))
+
+    # the console port
+    def read(self, timeout_ms: int) -> bytes:
+        self.now += timeout_ms
+        if self.now > self.stop_at:
+            raise Stop()
+        for item in [a for a in self.actions if a[0] <= self.now]:
+            self.actions.remove(item)
+            item[1]()
+        self.client.tick(self.now)
+        return bytes(self.client.data_to_send(self.now))
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.client.receive_data(bytes(data), self.now)
+
+    def run_main(self) -> Any:
+        g = runpy.run_path(str(ROOT / "device" / "main.py"), run_name="fleetpin_main")
+        self.events.append(("loaded", None))
+        try:
+            return g["main"]()
+        except Stop:
+            return "stopped"
+
+
+@pytest.fixture
+def board(monkeypatch: pytest.MonkeyPatch) -> Iterator[Board]:
+    yield Board(monkeypatch)
+
+
+def install_app(monkeypatch: pytest.MonkeyPatch, board: Board, fail: bool = False) -> list[Any]:
+    ran: list[Any] = []
+    app = types.ModuleType("app")
+
+    def main(agent: Any) -> None:
+        ran.append((board.now, agent))
+        if fail:
+            raise RuntimeError("app crashed")
+
+    app.main = main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "app", app)
+    return ran
+
+
+def test_main_serves_a_window_then_runs_the_app(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    board.provision()
+    ran = install_app(monkeypatch, board)
+    calls: list[Any] = []
+    board.at(100, lambda: calls.append(board.client.identify()))
+    assert board.run_main() == "stopped"
+    assert board.events[0] == ("kbd_intr", -1)  # before anything else, at import
+    info = calls[0].result
+    assert info["mode"] == S.MODE_OK and info["fleet"] == FLEET and info["bundle_version"] == 1
+    assert info["device_id"] == "a0b1c2d3e4f5" and info["clock"] in ("trusted", "floor", "unset")
+    # the session went idle for 30 s, then the app ran with the agent
+    assert len(ran) == 1 and 30_000 <= ran[0][0] < 32_000 and ran[0][1].state.mode == S.MODE_OK
+
+
+def test_no_hello_closes_the_window_after_3_s(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    board.provision()
+    ran = install_app(monkeypatch, board)
+    board.stop_at = 10_000
+    board.client = Client(rto_ms=200)  # a host that never says anything: nothing is sent
+    board.client.data_to_send = lambda now: b""
+    board.run_main()
+    assert len(ran) == 1 and 3_000 <= ran[0][0] < 3_100
+    assert ("kbd_intr", 3) in board.events  # Ctrl-C back on while the app runs
+
+
+def test_without_an_app_it_keeps_serving(board: Board) -> None:
+    board.provision()
+    calls: list[Any] = []
+    board.at(50_000, lambda: calls.append(board.client.identify()))  # long after the window
+    board.run_main()
+    assert calls[0].result["bundle_version"] == 1
+
+
+def test_junk_in_storage_still_boots_into_the_agent(board: Board) -> None:
+    board.provision(config=b"\xff\xfe not json")
+    board.ffs.files[R + "bundle.bin"] = b"\x00" * 700
+    board.ffs.files[R + "state.bin"] = b"junk"
+    board.ffs.files[R + "reports.bin"] = b"\xff" * 100
+    calls: list[Any] = []
+    board.at(100, lambda: calls.append(board.client.identify()))
+    board.at(200, lambda: calls.append(board.client.read_reports(0)))
+    board.stop_at = 10_000
+    board.run_main()
+    info = calls[0].result
+    assert info["mode"] == S.MODE_SAFE and info["fleet"] is None and info["problems"]
+    assert calls[1].ok
+
+
+def test_an_agent_that_cannot_be_built_still_answers(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> None:
+        raise MemoryError("no heap")
+
+    monkeypatch.setattr(board.console, "board_agent", broken)
+    calls: list[Any] = []
+    board.at(100, lambda: calls.append(board.client.identify()))
+    board.at(150, lambda: calls.append(board.client.read_bundle(0)))
+    board.stop_at = 10_000
+    board.run_main()
+    assert calls[0].result == {"mode": "broken", "error": "MemoryError: no heap", "proto": 1}
+    assert calls[1].error.name == "unsupported"
+
+
+def test_reboot_resets_after_the_answer_is_written(board: Board) -> None:
+    board.provision()
+    calls: list[Any] = []
+    board.at(100, lambda: calls.append(board.client.reboot()))
+    board.stop_at = 10_000
+    board.run_main()
+    resets = [e for e in board.events if e[0] == "reset"]
+    assert len(resets) >= 1 and calls[0].ok
+
+
+def test_an_app_that_fails_falls_back_to_serving(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    board.provision()
+    ran = install_app(monkeypatch, board, fail=True)
+    calls: list[Any] = []
+    board.at(40_000, lambda: calls.append(board.client.identify()))
+    board.run_main()
+    assert len(ran) == 1 and calls[0].result["mode"] == S.MODE_OK
+
+
+def test_development_boards_get_the_repl_back(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    board.provision(config={"fleet": FLEET, "repl": True})
+    board.stop_at = 10_000
+    board.client.data_to_send = lambda now: b""
+    agent = board.run_main()
+    assert agent.state.mode == S.MODE_OK and board.events[-1] == ("kbd_intr", 3)
+
+
+def test_an_agent_that_is_not_installed_gives_the_repl_back(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pinagent.io
+
+    monkeypatch.setitem(sys.modules, "pinagent.io.console", None)  # the import fails
+    monkeypatch.delattr(pinagent.io, "console")
+    assert board.run_main() is None
+    assert board.events[0] == ("kbd_intr", -1) and ("kbd_intr", 3) in board.events
+
+
+def test_posix_clock_converts_the_2000_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pinagent.io import console
+
+    monkeypatch.setattr(console.time, "gmtime", lambda t=0: (2000, 1, 1, 0, 0, 0, 5, 1))
+    monkeypatch.setattr(console.time, "time", lambda: 820454400)  # 2025-12-31 on the ESP32 clock
+    assert console.posix_clock() == 1767139200
+    monkeypatch.setattr(console.time, "time", lambda: 5)  # never set: 2000-01-01 00:00:05
+    assert console.posix_clock() is None
