@@ -28,6 +28,10 @@ from typing import Any
 
 import littlefs
 
+from pinagent import bundle as _bundle
+from pinagent import signers as _signers
+from pinagent import store as _store
+
 from .boards import MIB, Board, flash_size_label, get_board
 from .errors import FleetpinError, UsageError
 
@@ -335,12 +339,24 @@ def mount_littlefs(data: bytes, geom: FsGeometry) -> dict[str, bytes]:
 
 
 def _fleet_of(bundle: bytes) -> str:
-    from pinagent import bundle as _bundle
-
     try:
         return str(_bundle.decode_unverified(bundle).fleet)
     except _bundle.BundleError as e:
         raise UsageError(f"the bundle does not parse: {e}", hint="build it with fleetpin bundle build") from None
+
+
+def _check_trusted(bundle: bytes, signers: bytes, fleet: str) -> None:
+    """The board verifies its bundle at every boot: refuse an image whose bundle the signer set
+    does not verify (it would boot into safe mode and refuse every pinned connection)."""
+    try:
+        trusted = _signers.load_signers(signers)
+    except _signers.SignerSetError as e:
+        raise UsageError(f"the signer set does not parse: {e}", hint="make it with fleetpin key signers") from None
+    try:
+        _bundle.decode_bundle(bundle, trusted, fleet, None, None, 0)
+    except _bundle.BundleError as e:
+        raise FleetpinError(f"the signer set does not verify the bundle: {type(e).__name__}: {e}",
+                            hint="sign the bundle with a key of this signer set (fleetpin bundle verify --trust)") from None
 
 
 def build_image(
@@ -356,10 +372,12 @@ def build_image(
     if not signers:
         raise UsageError("the signer set file is empty", hint="pass the signer set the devices must trust")
     fleet = _fleet_of(bundle)
+    _check_trusted(bundle, signers, fleet)
     fw = set_header_flash_size(firmware, flash_size)
     layout = check_firmware(fw, board, flash_size)
     files = device_files(board, device_dir)
-    files[FS_BUNDLE] = bundle
+    # The installed-bundle slot: the signer set that verifies it, the bundle, a digest (pinagent.store).
+    files[FS_BUNDLE] = _store.encode_slot(signers, bundle)
     files[FS_SIGNERS] = signers
     content: dict[str, Any] = {
         "format": MANIFEST_FORMAT,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import littlefs
 import pytest
+from pinagent import store
 
 from fakefirmware import MICROPYTHON_PARTITIONS, make_firmware
 from fleetpin import cli
@@ -68,7 +69,8 @@ def test_image_mounts_where_and_how_the_firmware_expects(tmp_path: Path, device_
     fs = mount((out / "fs.bin").read_bytes())
     assert fs.block_count == fs_region["size"] // 4096
     assert json.loads(fs.open("/fleetpin/config.json", "rb").read()) == {"fleet": "acme-sensors", "board": board, "image_id": m["image_id"]}
-    assert fs.open("/fleetpin/bundle.bin", "rb").read() == BUNDLE
+    # the installed-bundle slot the agent boots from: the verifying signer set, the bundle, a digest
+    assert store.decode_slot(fs.open("/fleetpin/bundle.bin", "rb").read())[:2] == (SIGNERS, BUNDLE)
     assert fs.open("/fleetpin/signers.bin", "rb").read() == SIGNERS
     assert fs.open("/main.py", "rb").read().startswith(b"import pinagent")
     mods = set(fs.listdir("/lib/pinagent"))
@@ -226,3 +228,12 @@ def test_cli_build_and_verify(tmp_path: Path, device_dir: Path, capsys: pytest.C
     assert "does not come with 32MB" in capsys.readouterr().err
     (out / "fs.bin").write_bytes(b"")
     assert cli.main(["image", "verify", str(out)]) == 1
+
+
+def test_image_with_a_bundle_its_signers_do_not_verify_is_refused(tmp_path: Path) -> None:
+    device_dir = tmp_path / "device"
+    (device_dir / "pinagent").mkdir(parents=True)
+    (device_dir / "main.py").write_text("pass\n")
+    other = REPO / "tests/vectors/bundle/signers_new.json"  # a valid signer set of other keys
+    with pytest.raises(FleetpinError, match="does not verify the bundle"):
+        build_image(get_board("esp32"), make_firmware(), BUNDLE, other.read_bytes(), 4 * MIB, tmp_path / "o", device_dir)
