@@ -24,6 +24,11 @@ PART_MAGIC = b"\xaa\x50"
 MD5_MAGIC = b"\xeb\xeb"
 PARTITION_TABLE_OFFSET = 0x8000
 
+# What an image carries besides the firmware: the test vectors' signed bundle and signer set.
+_VECTORS = Path(__file__).resolve().parent / "vectors" / "bundle"
+BUNDLE = (_VECTORS / "good.bin").read_bytes()
+SIGNERS = (_VECTORS / "signers_prod.json").read_bytes()
+
 # MicroPython's partitions-4MiBplus.csv (ESP32_GENERIC and friends since 1.26)
 MICROPYTHON_PARTITIONS: list[tuple[str, int, int, int, int]] = [
     # label, type, subtype, offset, size

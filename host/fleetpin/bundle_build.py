@@ -22,19 +22,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from pinagent import bundle as dev_bundle
 from pinagent import signers as dev_signers
 
+from .certs import load_certificates
 from .errors import FleetpinError, UsageError
-from .policy_toml import policy_from_doc
+from .policy_toml import policy_from_doc, read_toml
 from .signing import Signer
 
 BUNDLE_TABLES = ("bundle", "report")
@@ -54,22 +53,8 @@ def canonical_json(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def read_policy_document(path: Path) -> dict[str, Any]:
-    """The parsed TOML document of a policy file (UsageError naming the file otherwise)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read policy: {e.strerror or e}", hint="check the POLICY.toml path") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not UTF-8 text", hint="a policy is a TOML text file") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{path.name}: not valid TOML: {e}", hint="fix the syntax at the line shown") from None
-
-
 def load_bundle_source(path: Path) -> BundleSource:
-    return source_from_document(read_policy_document(path), path.parent, path.name)
+    return source_from_document(read_toml(path), path.parent, path.name)
 
 
 def source_from_document(doc: dict[str, Any], base_dir: Path, name: str) -> BundleSource:
@@ -81,7 +66,7 @@ def source_from_document(doc: dict[str, Any], base_dir: Path, name: str) -> Bund
     if not isinstance(certs, list) or not all(isinstance(c, str) for c in certs):
         raise UsageError(f"{name}: bundle.ca_certs: must be a list of file paths")
     for cert_name in certs:
-        for der in load_ca_certificates(base_dir / cert_name, f"{name}: bundle.ca_certs"):
+        for der in load_ca_certificates(base_dir / cert_name, f"bundle.ca_certs of {name}"):
             if der not in source.ca_certs:
                 source.ca_certs.append(der)
     if "report" in doc:
@@ -100,27 +85,24 @@ def _table(doc: dict[str, Any], name: str, keys: tuple[str, ...], file: str) -> 
 
 
 def load_ca_certificates(path: Path, what: str) -> list[bytes]:
-    """DER of each CA certificate in a PEM (one or more) or DER file; refuses non-CA certs."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"{what}: {path}: cannot read: {e.strerror or e}") from None
-    try:
-        certs = x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data else [x509.load_der_x509_certificate(data)]
-    except ValueError:
-        raise UsageError(f"{what}: {path}: not a PEM or DER certificate") from None
+    """DER of each CA certificate in a PEM (one or more) or DER file (fleetpin.certs
+    .load_certificates); refuses what is not a CA certificate."""
     out = []
-    for cert in certs:
+    for der in load_certificates(path, what):
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise UsageError(f"{path}: not a PEM or DER certificate ({what})") from None
         try:
             ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
         except x509.ExtensionNotFound:
             ca = False
         if not ca:
             raise UsageError(
-                f"{what}: {path}: {cert.subject.rfc4514_string()} is not a CA certificate",
+                f"{path}: {cert.subject.rfc4514_string()} is not a CA certificate ({what})",
                 hint="list the root or intermediate CAs the domains chain to, not server certificates",
             )
-        out.append(cert.public_bytes(serialization.Encoding.DER))
+        out.append(der)
     return out
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,10 @@ from pinagent import bundle as dev_bundle
 from pinagent import pins as dev_pins
 from pinagent.policy import Policy, Rule, normalise_host
 
-from .bundle_build import BundleSource, read_policy_document, source_from_document
-from .certs import raw_spki_of_tbs
+from .bundle_build import BundleSource, source_from_document
+from .certs import host_name, raw_spki_of_tbs, read_input
 from .errors import UsageError
+from .policy_toml import read_toml
 
 BUNDLE = "bundle"
 POLICY = "policy"
@@ -111,12 +111,7 @@ def ca_cert(der: bytes) -> CaCert:
 def load_view(path: Path, lenient: bool = False) -> View:
     """The view of a bundle (by its FPB1 magic) or a policy TOML file; UsageError (exit 2) if
     it is neither, or is refused by the device's checks."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file", hint="pass a policy .toml or a bundle file") from None
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+    data = read_input(path, hint="pass a policy .toml or a bundle file")
     if data[:4] == dev_bundle.MAGIC:
         return _bundle_view(path, data)
     return _policy_view(path, lenient)
@@ -138,7 +133,7 @@ def _bundle_view(path: Path, data: bytes) -> View:
 
 
 def _policy_view(path: Path, lenient: bool) -> View:
-    doc = read_policy_document(path)
+    doc = read_toml(path)
     problems: list[PinProblem] = []
     if lenient:
         doc, problems = _take_out_bad_pins(doc)
@@ -256,13 +251,10 @@ def device_chain(chain: ServedChain, host: str, ca_certs: list[CaCert], now: int
         unverified.error = "the bundle carries no CA certificates"
         return unverified
     certs = [x509.load_der_x509_certificate(d) for d in chain.ders]
-    try:
-        subject: x509.DNSName | x509.IPAddress = x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        subject = x509.DNSName(host)
     when = dt.datetime.fromtimestamp(now, dt.timezone.utc)
     try:
-        verifier = PolicyBuilder().store(Store([c.cert for c in ca_certs])).time(when).build_server_verifier(subject)
+        verifier = (PolicyBuilder().store(Store([c.cert for c in ca_certs])).time(when)
+                    .build_server_verifier(host_name(host)))
         built = verifier.verify(certs[0], certs[1:])
     except (VerificationError, ValueError) as e:
         unverified.error = str(e)
@@ -283,3 +275,11 @@ def iso_date(ts: int) -> str:
 def days_left(ts: int, now: int) -> int:
     """Whole days from now to ts (negative once past)."""
     return (ts - now) // 86400
+
+
+def label_says(label: str | None, words: tuple[str, ...]) -> bool:
+    """Whether a pin's label contains one of `words` as a word ("backup-key" says "backup"):
+    what people meant a pin to be, to check against what it is."""
+    if not label:
+        return False
+    return any(w in words for w in label.lower().replace("-", " ").replace("_", " ").split())

@@ -16,6 +16,7 @@ ENCRYPTED RSA-PSS key still gets the plain-RSA pin: pin its certificate or CSR i
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import ipaddress
 import re
@@ -351,10 +352,7 @@ class _Loader:
 
     def pem_block(self, label: bytes, block: bytes, body: bytes) -> None:
         if label in _CERT_LABELS:
-            der = _b64(body)
-            if label == b"TRUSTED CERTIFICATE":  # OpenSSL's: the certificate, then trust settings
-                der = der[: _tlv(der, 0)[2]]
-            self.add_certificate(der)
+            self.add_certificate(_pem_certificate(label, body))
         elif label == b"PUBLIC KEY":
             der = _b64(body)
             self.records.append(_public_record(self.path, len(self.records), serialization.load_der_public_key(der), der))
@@ -388,12 +386,7 @@ class _Loader:
                                      "PKCS#7 or PKCS#12")
 
     def _der_certificates(self, data: bytes) -> bool:
-        # One or more DER certificates back to back (a chain).
-        ders, pos = [], 0
-        while pos < len(data):
-            end = _tlv(data, pos)[2]
-            ders.append(data[pos:end])
-            pos = end
+        ders = _der_sequences(data)  # one or more DER certificates back to back (a chain)
         if not ders:
             return False
         for der in ders:
@@ -467,6 +460,26 @@ def _looks_like_pfx(data: bytes) -> bool:
         return False
 
 
+def _pem_certificate(label: bytes, body: bytes) -> bytes:
+    """The DER of a certificate PEM block (label in _CERT_LABELS)."""
+    der = _b64(body)
+    if label == b"TRUSTED CERTIFICATE":  # OpenSSL's: the certificate, then trust settings
+        der = der[: _tlv(der, 0)[2]]
+    return der
+
+
+def _der_sequences(data: bytes) -> list[bytes]:
+    """DER SEQUENCEs back to back (a chain of DER certificates), split, not parsed."""
+    ders, pos = [], 0
+    while pos < len(data):
+        tag, _, end = _tlv(data, pos)
+        if tag != 0x30:
+            raise _BadDer(f"no SEQUENCE at byte {pos}")
+        ders.append(data[pos:end])
+        pos = end
+    return ders
+
+
 def _b64(body: bytes) -> bytes:
     lines = [line for line in body.splitlines() if line.strip() and b":" not in line]  # drop PEM headers
     return base64.b64decode(b"".join(lines), validate=True)
@@ -477,22 +490,58 @@ def _reason(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def read_input(path: Path, hint: str = "check the path") -> bytes:
+    """The bytes of an input file; UsageError naming it when it is missing (with `hint`, e.g.
+    what the file should be) or unreadable."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file", hint=hint) from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
 def load_file(path: Path, password: PasswordSource | None = None) -> list[KeyRecord]:
     """Every pinnable object in a file, in file order. Raises UsageError naming the file when it
     is missing, unreadable, of an unknown format, or its passphrase is wrong."""
-    name = str(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{name}: no such file", hint="check the path") from None
-    except OSError as e:
-        raise UsageError(f"{name}: cannot read it ({e.strerror})") from None
-    loader = _Loader(name, password)
+    data = read_input(path)
+    loader = _Loader(str(path), password)
     if b"-----BEGIN " in data:
         loader.pem(data)
     else:
         loader.der(data)
     return loader.records
+
+
+def load_certificates(path: Path, what: str) -> list[bytes]:
+    """DER of every certificate in a file, in file order: the CERTIFICATE blocks of a PEM file,
+    or one or more DER certificates back to back. Split and decoded, not parsed: each caller
+    checks them with the parser that matters to it (the device's DER walker, cryptography).
+    `what` says what the file was given as ("chain", "--ca file"); UsageError names the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read {what}: {e.strerror or e}", hint="check the path") from None
+    if b"-----BEGIN " in data:
+        ders = []
+        for m in _PEM_BLOCK.finditer(data):
+            if m.group(1) not in _CERT_LABELS:
+                continue
+            try:
+                ders.append(_pem_certificate(m.group(1), m.group(2)))
+            except (binascii.Error, ValueError):  # _BadDer is a ValueError
+                raise UsageError(f"{path}: certificate {len(ders)}: bad PEM base64") from None
+        if not ders:
+            raise UsageError(f"{path}: no CERTIFICATE in this PEM file",
+                             hint=f"the {what} must hold certificates (-----BEGIN CERTIFICATE-----)")
+        return ders
+    if not data:
+        raise UsageError(f"{path}: empty file", hint=f"the {what} must hold PEM or DER certificates")
+    try:
+        return _der_sequences(data)
+    except _BadDer as e:
+        raise UsageError(f"{path}: neither PEM nor DER certificates ({e})",
+                         hint="pass a PEM or DER certificate file") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,12 +576,21 @@ def parse_host(text: str) -> HostTarget:
     return HostTarget(host, port, connect.strip("[]") or host)
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """An IPv4 or IPv6 literal (which gets no SNI, RFC 6066, and an IP-address name check)."""
     try:
         ipaddress.ip_address(host)
         return True
     except ValueError:
         return False
+
+
+def host_name(host: str) -> x509.IPAddress | x509.DNSName:
+    """The name a certificate for `host` must carry: an IP address entry for a literal."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def _bracket(address: str) -> str:
@@ -542,45 +600,59 @@ def _bracket(address: str) -> str:
 _VERIFY_ERROR = re.compile(r"verify error:num=\d+:(.+)")
 
 
-def fetch_chain(target: HostTarget, ca_file: Path | None = None, timeout: float = 20.0) -> list[bytes]:
-    """The DER certificates `target` presents, leaf first, after validating them against the
-    system trust store, or only against `ca_file` when given."""
+class FetchError(FleetpinError):
+    """No chain from a live server. The message names the target; `reason` is the same without
+    it, for reports that already show the target."""
+
+    def __init__(self, target: HostTarget, reason: str, hint: str | None = None) -> None:
+        super().__init__(f"{target}: {reason}", hint=hint)
+        self.reason = reason
+
+
+def fetch_chain(target: HostTarget, ca_file: Path | None = None, timeout: float = 20.0,
+                verify: bool = True) -> list[bytes]:
+    """The DER certificates `target` presents, leaf first. With verify (the default) only after
+    validating them and the host name against the system trust store, or only against `ca_file`
+    when given (FetchError if they fail). verify=False returns the chain as served, unvalidated,
+    so that a chain that fails validation can still be looked at (and validated by the caller,
+    e.g. against a bundle's CAs); ca_file is then unused."""
     openssl = shutil.which("openssl")
     if openssl is None:
         raise FleetpinError("--host needs the `openssl` command, which is not on PATH",
                             hint="install OpenSSL 3, or pin the server's certificate file instead")
-    if ca_file is not None and not ca_file.is_file():
+    if verify and ca_file is not None and not ca_file.is_file():
         raise UsageError(f"{ca_file}: no such file (--ca)")
-    cmd = [openssl, "s_client", "-connect", f"{_bracket(target.connect)}:{target.port}",
-           "-showcerts", "-verify_return_error"]
-    if _is_ip(target.host):
-        cmd += ["-noservername", "-verify_ip", target.host]  # no SNI for addresses (RFC 6066)
-    else:
-        cmd += ["-servername", target.host, "-verify_hostname", target.host]
-    if ca_file is not None:
-        # Only the given CAs, as on the device, which trusts only its bundle's CAs.
-        cmd += ["-CAfile", str(ca_file), "-no-CApath", "-no-CAstore"]
+    cmd = [openssl, "s_client", "-connect", f"{_bracket(target.connect)}:{target.port}", "-showcerts"]
+    # No SNI for addresses (RFC 6066).
+    cmd += ["-noservername"] if is_ip(target.host) else ["-servername", target.host]
+    if verify:
+        cmd += ["-verify_return_error", "-verify_ip" if is_ip(target.host) else "-verify_hostname", target.host]
+        if ca_file is not None:
+            # Only the given CAs, as on the device, which trusts only its bundle's CAs.
+            cmd += ["-CAfile", str(ca_file), "-no-CApath", "-no-CAstore"]
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise FleetpinError(f"{target}: no TLS handshake within {timeout:g} s",
-                            hint="check the host and port, and that the server speaks TLS") from None
+        raise FetchError(target, f"no TLS handshake within {timeout:g} s",
+                         hint="check the host and port, and that the server speaks TLS") from None
     out = proc.stdout.decode("utf-8", "replace")
     err = proc.stderr.decode("utf-8", "replace")
-    verify = _VERIFY_ERROR.search(out + err)
-    if verify:
-        reason = verify.group(1).strip()
-        hint = ("pass --ca FILE with the CA certificate(s) the server chains to"
-                if "issuer" in reason or "self-signed" in reason or "self signed" in reason
-                else "check the server's certificate (host name, dates) or pass --ca FILE")
-        raise FleetpinError(f"{target}: TLS validation failed: {reason}", hint=hint)
-    if proc.returncode != 0 or "Verify return code: 0 (ok)" not in out:
-        reason = _connect_failure(err) or "TLS handshake failed"
-        raise FleetpinError(f"{target}: {reason}",
-                            hint="check the host and port, that the server is up and speaks TLS")
     ders = [_b64(m.group(2)) for m in _PEM_BLOCK.finditer(proc.stdout) if m.group(1) == b"CERTIFICATE"]
+    if verify:
+        failed = _VERIFY_ERROR.search(out + err)
+        if failed:
+            reason = failed.group(1).strip()
+            hint = ("pass --ca FILE with the CA certificate(s) the server chains to"
+                    if "issuer" in reason or "self-signed" in reason or "self signed" in reason
+                    else "check the server's certificate (host name, dates) or pass --ca FILE")
+            raise FetchError(target, f"TLS validation failed: {reason}", hint=hint)
+    # Unverified, any chain printed means a handshake; verified, only openssl's "ok" does.
+    handshake = (proc.returncode == 0 and "Verify return code: 0 (ok)" in out) if verify else bool(ders)
+    if not handshake:
+        raise FetchError(target, _connect_failure(err) or "TLS handshake failed",
+                         hint="check the host and port, that the server is up and speaks TLS")
     if not ders:
-        raise FleetpinError(f"{target}: the server sent no certificate")
+        raise FetchError(target, "the server sent no certificate")
     return ders
 
 
@@ -617,13 +689,15 @@ def _anchor_for(last: bytes, ca_file: Path) -> bytes | None:
     return None
 
 
-def load_host(target: HostTarget, ca_file: Path | None = None, timeout: float = 20.0) -> list[KeyRecord]:
-    """Records for the chain `target` presents, depth 0 = leaf. With --ca, the trust anchor
-    the chain ends at is added as the last depth (the device sees it there too, since mbedTLS
-    includes the anchor it built the chain to), marked as not sent by the server."""
-    ders = fetch_chain(target, ca_file, timeout)
+def load_host(target: HostTarget, ca_file: Path | None = None, timeout: float = 20.0,
+              verify: bool = True) -> list[KeyRecord]:
+    """Records for the chain `target` presents, depth 0 = leaf (see fetch_chain for verify).
+    With --ca, the trust anchor the chain ends at is added as the last depth (the device sees
+    it there too, since mbedTLS includes the anchor it built the chain to), marked as not sent
+    by the server."""
+    ders = fetch_chain(target, ca_file, timeout, verify)
     records = [certificate_record(str(target), i, der, i, from_host=True) for i, der in enumerate(ders)]
-    if ca_file is not None:
+    if verify and ca_file is not None:
         anchor = _anchor_for(ders[-1], ca_file)
         if anchor is not None:
             records.append(certificate_record(str(target), len(ders), anchor, len(ders),

@@ -20,7 +20,7 @@ from pinagent import signers as dev_signers
 from . import keys
 from .bundle_build import build_bundle, load_bundle_source
 from .bundle_view import view_of_source
-from .cmd_bundle_tools import diff, inspect, lint_cmd, lint_gate
+from .cmd_bundle_tools import diff, inspect, lint_cmd, lint_gate, load_trust
 from .errors import FleetpinError, UsageError
 from .lint import has_errors
 from .signing import CommandSigner, LocalKeySigner, Signer
@@ -44,18 +44,6 @@ def _signers_for(key_args: tuple[Path, ...], sign_command: str | None, passphras
         passphrase = keys.read_passphrase(passphrase_file, confirm=False, prompt=f"passphrase for key {info.name}")
         result.append(LocalKeySigner(keys.load_private_key(key_path, passphrase), info))
     return result
-
-
-def _load_trust(path: Path) -> dev_signers.SignerSet:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"--trust {path}: cannot read: {e.strerror or e}") from None
-    try:
-        trust: dev_signers.SignerSet = dev_signers.load_signers(data)
-        return trust
-    except dev_signers.SignerSetError as e:
-        raise UsageError(f"--trust {path}: {e.reason}", hint="pass a signer set made by `fleetpin key signers`") from None
 
 
 @bundle.command("build")
@@ -92,7 +80,7 @@ def build(
     findings = lint_gate(view_of_source(policy, source), allow_lint_errors)
     new_set = None
     if new_signers is not None:
-        new_set = _load_trust(new_signers).to_obj()
+        new_set = load_trust(new_signers).to_obj()
     signers = _signers_for(key_args, sign_command, passphrase_file)
     data = build_bundle(
         source, fleet=fleet, version=version, issued=int(time.time()) if issued is None else issued,
@@ -190,7 +178,7 @@ def verify(
     issue time, schema. Exit 0 if a device would install it (or already has this version),
     1 if it would refuse it."""
     data = bundle_file.read_bytes()
-    trust = _load_trust(trust_file)
+    trust = load_trust(trust_file)
     fleet_checked = fleet is not None
     if fleet is None:
         try:

@@ -8,7 +8,6 @@ lint and diff what servers present today, so they can say which devices would be
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,7 +81,8 @@ def _domain_obj(r: dev_policy.Rule, now: int) -> dict[str, Any]:
     }
 
 
-def _load_trust(path: Path) -> dev_signers.SignerSet:
+def load_trust(path: Path) -> dev_signers.SignerSet:
+    """The signer set in `path` (fleetpin key signers), for --trust and --new-signers."""
     try:
         trust: dev_signers.SignerSet = dev_signers.load_signers(path.read_bytes())
     except OSError as e:
@@ -99,7 +99,7 @@ def check_signatures(view: View, trust_path: Path | None) -> dict[str, Any]:
                 "signed_by": []}
     if view.kind != BUNDLE or view.data is None:
         raise UsageError(f"--trust: {view.path} is a policy file, not a signed bundle")
-    trust = _load_trust(trust_path)
+    trust = load_trust(trust_path)
     env = dev_bundle.parse_envelope(view.data)
     try:
         dev_bundle.check_signatures(env, trust, env.digest())
@@ -164,9 +164,11 @@ def inspect(source: Path, trust_path: Path | None, now_text: str | None, as_json
 
 def load_chains(chain_args: Sequence[str], host_args: Sequence[str], ca_path: Path | None,
                 views: Sequence[View], timeout: float = 20.0) -> list[ServedChain]:
-    """--chain FILE | HOST=FILE and --host HOST:PORT as served chains. A live server is
-    validated against --ca, else the views' CA certificates (what devices trust), else the
-    system store."""
+    """--chain FILE | HOST=FILE and --host HOST:PORT as served chains. A live server's chain is
+    taken as served when the views carry CA certificates: lint and diff validate it against
+    them, as devices do and as for --chain (FP011 for one that fails, instead of stopping here).
+    With --ca it is validated against those CAs here, without CAs anywhere against the system
+    store."""
     from .cmd_check import load_chain
 
     out: list[ServedChain] = []
@@ -176,27 +178,12 @@ def load_chains(chain_args: Sequence[str], host_args: Sequence[str], ca_path: Pa
             out.append(ServedChain(file, load_chain(Path(file)), host))
         else:
             out.append(ServedChain(arg, load_chain(Path(arg))))
-    if not host_args:
-        return out
-    with tempfile.TemporaryDirectory(prefix="fleetpin-lint-") as tmp:
-        ca_file = ca_path
-        cas = {ca.der: ca for v in views for ca in v.ca_certs}
-        if ca_file is None and cas:
-            ca_file = Path(tmp, "bundle-cas.pem")
-            ca_file.write_bytes(b"".join(_pem(der) for der in cas))
-        for arg in host_args:
-            target = certs.parse_host(arg)
-            records = certs.load_host(target, ca_file, timeout)
-            out.append(ServedChain(str(target), [r.der for r in records if r.der is not None], target.host))
+    verify = ca_path is not None or not any(v.ca_certs for v in views)
+    for arg in host_args:
+        target = certs.parse_host(arg)
+        records = certs.load_host(target, ca_path, timeout, verify=verify)
+        out.append(ServedChain(str(target), [r.der for r in records if r.der is not None], target.host))
     return out
-
-
-def _pem(der: bytes) -> bytes:
-    import base64
-
-    body = base64.encodebytes(der).replace(b"\n", b"")
-    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
-    return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
 
 
 _chain_options = [

@@ -7,33 +7,19 @@ CPython or on the MicroPython VM, so what this command says is what the agent de
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .errors import FleetpinError, UsageError
 from .bundle_build import load_bundle_source
+from .certs import host_name, load_certificates
+from .errors import FleetpinError, UsageError
+from .verdicts import hint_for, reason_text
 
 RUNTIMES = ("device", "micropython")
-
-_EXPLAIN = {
-    "matched": "a pinned key is in the chain",
-    "mismatch": "no pinned key in the chain, and the rule is enforced",
-    "clock_untrusted": "no pinned key in the chain; the clock is unknown or below the time floor, "
-    "so the device cannot tell whether the pins expired (and CA validation would decide)",
-    "report_only_mismatch": "no pinned key in the chain, but the rule is report-only: CA validation decided",
-    "expired_fallback": "the pins expired and on_expiry is fallback: CA validation decided",
-    "no_policy": "no rule for this host: CA validation decided",
-    "no_policy_blocked": "no rule for this host, and unpinned = \"block\"",
-    "unverified": "CA validation decides here, and the chain was not verified",
-    "invalid_host": "the host name is empty or has an empty label",
-}
-
 
 @dataclass
 class Verification:
@@ -104,68 +90,11 @@ def check(policy_path: Path, host: str, chain_path: Path, now_text: str | None, 
     if not verdict["allowed"]:
         raise FleetpinError(
             f"{verdict['host']}: the device would refuse this chain ({verdict['reason']})",
-            hint=_hint_for(verdict["reason"]),
+            hint=hint_for(verdict["reason"]),
         )
 
 
 # --- inputs -----------------------------------------------------------------------------
-
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.*?)-----END CERTIFICATE-----", re.S)
-
-
-def load_certificates(path: Path, what: str) -> list[bytes]:
-    """DER of every certificate in a PEM file (in order) or a DER file (one or concatenated)."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read {what}: {e.strerror or e}") from None
-    if b"-----BEGIN" in data:
-        import base64
-        import binascii
-
-        ders = []
-        for m in _PEM_CERT.finditer(data):
-            try:
-                ders.append(base64.b64decode(b"".join(m.group(1).split()), validate=True))
-            except binascii.Error:
-                raise UsageError(f"{path}: certificate {len(ders)}: bad PEM base64") from None
-        if not ders:
-            raise UsageError(f"{path}: no CERTIFICATE in this PEM file",
-                             hint=f"the {what} must hold certificates (-----BEGIN CERTIFICATE-----)")
-        return ders
-    return _split_der(data, path)
-
-
-def _split_der(data: bytes, path: Path) -> list[bytes]:
-    ders = []
-    pos = 0
-    while pos < len(data):
-        end = _der_end(data, pos)
-        if end is None:
-            raise UsageError(f"{path}: neither PEM nor DER certificates (at byte {pos})",
-                             hint="pass a PEM or DER certificate file")
-        ders.append(data[pos:end])
-        pos = end
-    if not ders:
-        raise UsageError(f"{path}: empty file")
-    return ders
-
-
-def _der_end(data: bytes, pos: int) -> int | None:
-    """End of the DER SEQUENCE starting at pos, or None if it is not one that fits."""
-    if pos + 2 > len(data) or data[pos] != 0x30:
-        return None
-    first = data[pos + 1]
-    if first < 0x80:
-        length, head = first, 2
-    else:
-        n = first & 0x7F
-        if n == 0 or n > 4 or pos + 2 + n > len(data):
-            return None
-        length, head = int.from_bytes(data[pos + 2 : pos + 2 + n], "big"), 2 + n
-    end = pos + head + length
-    return end if end <= len(data) else None
-
 
 def load_chain(path: Path) -> list[bytes]:
     """The chain's DER certificates, leaf first, each checked by the device's DER walker."""
@@ -226,13 +155,9 @@ def verify_chain(ders: list[bytes], host: str, now: int | None, ca_path: Path | 
         return Verification(False, None, "no trust anchor (pass --ca with the CA certificates your bundle ships)")
 
     when = dt.datetime.now(dt.timezone.utc) if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc)
-    name = host.lower().rstrip(".")
     try:
-        subject: x509.DNSName | x509.IPAddress = x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        subject = x509.DNSName(name)
-    try:
-        verifier = PolicyBuilder().store(Store(anchors)).time(when).build_server_verifier(subject)
+        verifier = PolicyBuilder().store(Store(anchors)).time(when).build_server_verifier(
+            host_name(host.lower().rstrip(".")))
         verifier.verify(leaf, rest)
     except (VerificationError, ValueError) as e:
         return Verification(False, anchor, str(e))
@@ -362,14 +287,5 @@ def print_report(verdict: dict[str, Any], certificates: list[dict[str, Any]], ve
     clock = _iso(now) + ("" if verdict["clock_trusted"] else " (untrusted)")
     console.print(f"clock:     {clock}" + (", pins expired" if verdict["expired"] else ""))
     word = "[bold green]ALLOWED[/bold green]" if verdict["allowed"] else "[bold red]BLOCKED[/bold red]"
-    console.print(f"verdict:   {word} ({verdict['reason']}): {_EXPLAIN.get(verdict['reason'], '')}")
+    console.print(f"verdict:   {word} ({verdict['reason']}): {reason_text(verdict['reason'])}")
 
-
-def _hint_for(reason: str) -> str:
-    if reason in ("mismatch", "clock_untrusted"):
-        return "if the server's key changed on purpose, add its pin to the policy before deploying the key"
-    if reason == "unverified":
-        return "pass --ca with the CA certificates your bundle ships, or pin the leaf key"
-    if reason == "no_policy_blocked":
-        return "add a [[domain]] for this host, or set unpinned = \"ca\" in [defaults]"
-    return "see the verdict above"

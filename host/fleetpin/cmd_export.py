@@ -24,6 +24,20 @@ def refuse_if_strict(strict: bool, warnings: list[ExportWarning], what: str) -> 
             hint="change the policy so the format can express it, or drop --strict")
 
 
+def write_output(out_file: Path | None, text: str, done: str) -> None:
+    """`text` on standard output, or written to out_file (its folder created) and then
+    "OUT_FILE: done" on stderr. Shared with `fleetpin import`."""
+    if out_file is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{out_file}: cannot write: {e.strerror or e}") from None
+    click.echo(f"{out_file}: {done}", err=True)
+
+
 @click.command("export", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("fmt", metavar="FORMAT", type=click.Choice(FORMATS))
 @click.argument("source", metavar="BUNDLE|POLICY.toml", type=click.Path(dir_okay=False, path_type=Path))
@@ -57,13 +71,5 @@ def export(fmt: str, source: Path, out_file: Path | None, trustkit_format: str |
     result = exporting.export(fmt, obj, source.name, trustkit_format=trustkit_format or "plist", report_uris=report_uris)
     print_warnings(result.warnings)
     refuse_if_strict(strict, result.warnings, f"the {fmt} export does not express the policy exactly")
-    if out_file is None:
-        click.echo(result.text, nl=False)
-        return
-    try:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(result.text, encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"{out_file}: cannot write: {e.strerror or e}") from None
-    click.echo(f"{out_file}: {fmt} export, {len(result.warnings)} warning(s)", err=True)
+    write_output(out_file, result.text, f"{fmt} export, {len(result.warnings)} warning(s)")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .android_import import NEVER, import_android
+from .cmd_export import write_output
 from .errors import FleetpinError, UsageError
 
 FORMATS = ("android",)
@@ -57,14 +58,6 @@ def import_(fmt: str, source: Path, out_file: Path | None, expires_text: str | N
     if strict and result.warnings:
         raise FleetpinError(f"--strict: {len(result.warnings)} warning(s): the policy would not do what the app does",
                             hint="review the warnings, or drop --strict and edit the policy by hand")
-    if out_file is None:
-        click.echo(result.toml, nl=False)
-        return
-    if out_file.exists() and not force:
+    if out_file is not None and out_file.exists() and not force:
         raise UsageError(f"{out_file} exists", hint="pass --force to overwrite it, or choose another -o")
-    try:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(result.toml, encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"{out_file}: cannot write: {e.strerror or e}") from None
-    click.echo(f"{out_file}: policy written", err=True)
+    write_output(out_file, result.toml, "policy written")

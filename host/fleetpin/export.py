@@ -59,7 +59,6 @@ import datetime as dt
 import json
 import plistlib
 import re
-import tomllib
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +70,7 @@ from pinagent import pins as dev_pins
 from pinagent import policy as dev_policy
 
 from .errors import FleetpinError, UsageError
-from .policy_toml import policy_from_doc
+from .policy_toml import parse_toml, policy_from_doc
 
 FORMATS = ("android", "trustkit", "okhttp")
 TRUSTKIT_FORMATS = ("plist", "json")
@@ -119,10 +118,7 @@ def load_policy_source(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise UsageError(f"{path}: neither a fleetpin bundle nor UTF-8 text",
                          hint="pass a bundle (.fpb) or a policy TOML file") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{path.name}: not valid TOML: {e}", hint="fix the syntax at the line shown") from None
+    doc = parse_toml(text, path.name)
     # The [bundle] and [report] tables only matter to bundles (fleetpin.bundle_build).
     return policy_from_doc({k: v for k, v in doc.items() if k not in ("bundle", "report")}, path.name)
 
@@ -175,6 +171,12 @@ def _pin_texts(rule: Any) -> list[str]:
     return [dev_pins.pin_to_text(d) for d in rule.pins]
 
 
+def _pin_lines(rule: Any, line: Callable[[str], str], note: Callable[[str], str]) -> list[str]:
+    """A line per pin of the rule, its label (if any) appended as a comment."""
+    return [line(text) + ("" if label is None else note(_comment(label)))
+            for text, label in zip(_pin_texts(rule), rule.labels)]
+
+
 def _comment(text: str) -> str:
     """Text safe inside an XML or a // comment: one line, no "--"."""
     text = re.sub(r"[\x00-\x1f\x7f]", " ", text)
@@ -213,6 +215,25 @@ class _Entry:
     include: bool
     rule: Any
     key: Hashable
+
+
+def _claim_names(rules: list[Any], fmt: str, key: Callable[[Any], Hashable], skipped: set[int],
+                 warnings: list[ExportWarning]) -> dict[str, _Entry]:
+    """The entries of a format that allows each domain name once: the rules not in `skipped`, by
+    priority; a rule whose name is taken is left out (added to `skipped`) with a warning."""
+    entries: dict[str, _Entry] = {}
+    for rule in _names_by_priority(rules):
+        if rule.index in skipped:
+            continue
+        name, include = _domain_name(rule)
+        other = entries.get(name)
+        if other is not None:
+            skipped.add(rule.index)
+            warnings.append(ExportWarning(rule.host, (
+                f"not exported: {fmt} allows each name once, and {name} is taken by the rule for {other.rule.host}")))
+            continue
+        entries[name] = _Entry(name, include, rule, key(rule))
+    return entries
 
 
 # Outcome of a name in the exported configuration: (key, what to call it in a warning).
@@ -290,17 +311,8 @@ def export_android(obj: dict[str, Any], source: str) -> ExportResult:
     def key(rule: Any) -> Hashable:
         return (frozenset(rule.pins), expiry[rule.index]) if rule.enforce else None
 
-    entries: dict[str, _Entry] = {}
     skipped: set[int] = set()
-    for rule in _names_by_priority(policy.rules):
-        name, include = _domain_name(rule)
-        other = entries.get(name)
-        if other is not None:
-            skipped.add(rule.index)
-            warnings.append(ExportWarning(rule.host, (
-                f"not exported: Android allows each name once, and {name} is taken by the rule for {other.rule.host}")))
-            continue
-        entries[name] = _Entry(name, include, rule, key(rule))
+    entries = _claim_names(policy.rules, "Android", key, skipped, warnings)
 
     def fleet(rule: Any) -> Outcome:
         if not rule.enforce:
@@ -344,11 +356,8 @@ def export_android(obj: dict[str, Any], source: str) -> ExportResult:
                 out.append("        <pin-set>")
             else:
                 out.append(f"        <pin-set expiration={quoteattr(date)}>")
-            for text, label in zip(_pin_texts(rule), rule.labels):
-                line = f'            <pin digest="SHA-256">{text}</pin>'
-                if label is not None:
-                    line += f" <!-- {_comment(label)} -->"
-                out.append(line)
+            out += _pin_lines(rule, lambda pin: f'            <pin digest="SHA-256">{pin}</pin>',
+                              lambda label: f" <!-- {label} -->")
             out.append("        </pin-set>")
         out.append("    </domain-config>")
     out.append("</network-security-config>")
@@ -388,18 +397,7 @@ def export_trustkit(obj: dict[str, Any], source: str, *, trustkit_format: str = 
     def key(rule: Any) -> Hashable:
         return frozenset(rule.pins), bool(rule.enforce), expiry.get(rule.index)
 
-    entries: dict[str, _Entry] = {}
-    for rule in _names_by_priority(policy.rules):
-        if rule.index in skipped:
-            continue
-        name, include = _domain_name(rule)
-        other = entries.get(name)
-        if other is not None:
-            skipped.add(rule.index)
-            warnings.append(ExportWarning(rule.host, (
-                f"not exported: TrustKit allows each name once, and {name} is taken by the rule for {other.rule.host}")))
-            continue
-        entries[name] = _Entry(name, include, rule, key(rule))
+    entries = _claim_names(policy.rules, "TrustKit", key, skipped, warnings)
 
     def fleet(rule: Any) -> Outcome:
         what = "the pins of" if rule.enforce else "report-only"
@@ -518,10 +516,6 @@ def export_okhttp(obj: dict[str, Any], source: str) -> ExportResult:
     for entry in entries:
         rule = entry.rule
         out.append(f"    // {_comment(rule.host)} (domain[{rule.index}]), fleetpin expiry {_iso(rule.expires)}")
-        for text, label in zip(_pin_texts(rule), rule.labels):
-            line = f'    .add("{entry.name}", "sha256/{text}")'
-            if label is not None:
-                line += f" // {_comment(label)}"
-            out.append(line)
+        out += _pin_lines(rule, lambda pin: f'    .add("{entry.name}", "sha256/{pin}")', lambda label: f" // {label}")
     out.append("    .build()")
     return ExportResult("\n".join(out) + "\n", _dedupe(warnings))

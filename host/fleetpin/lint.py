@@ -20,7 +20,7 @@ from typing import Any
 from pinagent import pins as dev_pins
 from pinagent.policy import EXACT, Rule
 
-from .bundle_view import ServedChain, View, days_left, device_chain, iso_date, rules_for_chain
+from .bundle_view import ServedChain, View, days_left, device_chain, iso_date, label_says, rules_for_chain
 
 ERROR = "error"
 WARNING = "warning"
@@ -162,17 +162,12 @@ def _domain_findings(view: View, r: Rule, now: int, horizon: int, warn_days: int
         out.append(Finding("FP009", ERROR, f"{host}: {wide} covers every name under the public suffix "
                                            f"{r.base!r}", host))
     for digest, label in zip(r.pins, r.labels):
-        if label and _looks_like_ca(label) and view.ca_for_digest(digest) is None:
+        if label_says(label, _CA_WORDS) and view.ca_for_digest(digest) is None:
             out.append(Finding("FP013", WARNING, f"{host}: pin {dev_pins.pin_to_text(digest)} ({label!r}) is the key "
                                                  "of none of the bundle's CA certificates", host))
     if not r.enforce:
         out.append(Finding("FP014", INFO, f"{host}: report-only: mismatches are reported, not blocked", host))
     return out
-
-
-def _looks_like_ca(label: str) -> bool:
-    words = label.lower().replace("-", " ").replace("_", " ").split()
-    return any(w in _CA_WORDS for w in words)
 
 
 def _chain_findings(view: View, chain: ServedChain, now: int) -> list[Finding]:

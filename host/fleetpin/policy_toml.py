@@ -49,21 +49,29 @@ def load_policy_toml(path: str | Path) -> dict[str, Any]:
     Raises UsageError naming the file and field, e.g. "policy.toml: domain[1].pins[0].pin: ...".
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read policy: {e.strerror or e}", hint="check the --policy path") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not UTF-8 text", hint="a policy is a TOML text file") from None
-    return parse_policy_toml(text, path.name)
+    return policy_from_doc(read_toml(path), path.name)
 
 
 def parse_policy_toml(text: str, name: str = "policy.toml") -> dict[str, Any]:
+    return policy_from_doc(parse_toml(text, name), name)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The parsed TOML document of a policy file, not yet validated (UsageError naming the file)."""
     try:
-        doc = tomllib.loads(text)
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read policy: {e.strerror or e}", hint="check the POLICY.toml path") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text", hint="a policy is a TOML text file") from None
+    return parse_toml(text, path.name)
+
+
+def parse_toml(text: str, name: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{name}: not valid TOML: {e}", hint="fix the syntax at the line shown") from None
-    return policy_from_doc(doc, name)
 
 
 def policy_from_doc(doc: dict[str, Any], name: str) -> dict[str, Any]:

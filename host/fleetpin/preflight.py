@@ -25,8 +25,6 @@ replaces that default. Wildcard domains have no name to connect to: they need a 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,9 +37,10 @@ from pinagent import policy as dev_policy
 from pinagent.policy import Rule, normalise_host
 
 from . import certs
-from .bundle_view import BUNDLE, CaCert, ServedChain, View, days_left, device_chain, iso_date
+from .bundle_view import BUNDLE, CaCert, ServedChain, View, days_left, device_chain, iso_date, label_says
 from .certs import HostTarget
 from .errors import FleetpinError
+from .verdicts import reason_text
 
 WARN_DAYS = 30
 ERROR = "error"
@@ -56,19 +55,6 @@ OK = "ok"
 FAILING_STATUSES = (LOCKOUT, UNREACHABLE, FAILED)
 
 _BACKUP_WORDS = ("backup", "spare", "standby", "next", "offline")
-
-REASONS = {  # pinagent.policy reasons, in words
-    dev_policy.MATCHED: "a pinned key is in the chain",
-    dev_policy.MISMATCH: "no pinned key in the chain, and the rule is enforced",
-    dev_policy.CLOCK_UNTRUSTED: "no pinned key in the chain, and the clock is below the time floor",
-    dev_policy.REPORT_ONLY_MISMATCH: "no pinned key in the chain; report-only, so CA validation decided",
-    dev_policy.EXPIRED_FALLBACK: "the pins expired and on_expiry is fallback: CA validation decided",
-    dev_policy.NO_POLICY: "no rule for this host: CA validation decided",
-    dev_policy.NO_POLICY_BLOCKED: "no rule for this host, and unpinned = \"block\"",
-    dev_policy.UNVERIFIED: "CA validation decides here, and the chain does not validate",
-    dev_policy.INVALID_HOST: "the host name is empty or has an empty label",
-}
-
 
 @dataclass(frozen=True)
 class Server:
@@ -148,7 +134,7 @@ class ServerResult:
             return None
         if not self.verified:
             return f"the chain does not validate against the bundle's CA certificates: {self.ca_error}"
-        return f"{self.verdict.reason}: {REASONS.get(self.verdict.reason, '')}"
+        return f"{self.verdict.reason}: {reason_text(self.verdict.reason)}"
 
     def to_obj(self) -> dict[str, Any]:
         rule = self.server.rule
@@ -172,7 +158,7 @@ class ServerResult:
         obj["ca_validation"] = {"verified": self.verified, "error": self.ca_error,
                                 "anchor": _name(self.anchor.cert) if self.anchor else None}
         obj["verdict"] = {
-            "allowed": bool(v.allowed), "reason": v.reason, "explain": REASONS.get(v.reason, ""),
+            "allowed": bool(v.allowed), "reason": v.reason, "explain": reason_text(v.reason),
             "matched_pin": _text(v.matched_pin) if v.matched_pin is not None else None,
             "matched_label": rule.label_of(v.matched_pin) if rule is not None and v.matched_pin is not None else None,
             "matched_depth": v.matched_depth, "expired": v.expired, "clock_trusted": v.clock_trusted,
@@ -275,42 +261,11 @@ def plan(view: View, targets: Sequence[HostTarget]) -> tuple[list[Server], list[
 
 Fetcher = Callable[[HostTarget, float], list[bytes]]
 
-_CERT_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n(.*?)-----END CERTIFICATE-----", re.S)
-
 
 def fetch_served_chain(target: HostTarget, timeout: float) -> list[bytes]:
-    """The DER certificates `target` presents, as sent (leaf first), NOT validated: a chain
-    that fails validation still has to be looked at. FleetpinError if no handshake."""
-    import base64
-
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise FleetpinError("preflight needs the `openssl` command, which is not on PATH",
-                            hint="install OpenSSL 3")
-    address = f"[{target.connect}]" if ":" in target.connect else target.connect
-    cmd = [openssl, "s_client", "-connect", f"{address}:{target.port}", "-showcerts"]
-    # No SNI for IP literals (RFC 6066).
-    cmd += ["-noservername"] if _is_ip(target.host) else ["-servername", target.host]
-    try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise FleetpinError(f"no TLS handshake within {timeout:g} s") from None
-    ders = [base64.b64decode(b"".join(m.group(1).split())) for m in _CERT_BLOCK.finditer(proc.stdout)]
-    if not ders:
-        # certs' reading of s_client's errors: "connection refused", "unknown host name", ...
-        reason = certs._connect_failure(proc.stderr.decode("utf-8", "replace")) or "TLS handshake failed"
-        raise FleetpinError(reason)
-    return ders
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
+    """The chain `target` presents, as sent, NOT validated: a chain that fails validation
+    still has to be looked at. certs.FetchError if there is no handshake."""
+    return certs.fetch_chain(target, timeout=timeout, verify=False)
 
 
 # --- checking one server ----------------------------------------------------------------------
@@ -366,19 +321,12 @@ def _validation_error(error: str | None) -> str | None:
     return None if error is None else str(re.sub(r"\s*\(encountered processing <Certificate.*$", "", error, flags=re.S))
 
 
-def _looks_like_backup(label: str | None) -> bool:
-    if not label:
-        return False
-    words = label.lower().replace("-", " ").replace("_", " ").split()
-    return any(w in _BACKUP_WORDS for w in words)
-
-
 def _rule_problems(result: ServerResult, rule: Rule, now: int) -> list[Problem]:
     out: list[Problem] = []
     v = result.verdict
     where = rule.host
     for p in result.pins:
-        if p.depths and _looks_like_backup(p.label):
+        if p.depths and label_says(p.label, _BACKUP_WORDS):
             out.append(Problem(WARNING, f"{where}: pin {p.label!r} is in the served chain (depth "
                                         f"{', '.join(map(str, p.depths))}): it is not a backup"))
     if result.pins and all(p.depths for p in result.pins):
@@ -430,6 +378,8 @@ def run(view: View, targets: Sequence[HostTarget], now: int, timeout: float = 10
     def one(server: Server) -> ServerResult:
         try:
             ders = fetch(server.target, timeout)
+        except certs.FetchError as e:  # the report names the server already
+            result = ServerResult(server, now, fetch_error=e.reason)
         except FleetpinError as e:
             result = ServerResult(server, now, fetch_error=str(e))
         else:

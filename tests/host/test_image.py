@@ -12,7 +12,7 @@ import littlefs
 import pytest
 from pinagent import store
 
-from fakefirmware import MICROPYTHON_PARTITIONS, make_firmware
+from fakefirmware import BUNDLE, MICROPYTHON_PARTITIONS, SIGNERS, make_firmware
 from fleetpin import cli
 from fleetpin.boards import MIB, get_board
 from fleetpin.errors import FleetpinError, UsageError
@@ -27,22 +27,11 @@ from fleetpin.image import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLE = (REPO / "tests/vectors/bundle/good.bin").read_bytes()
-SIGNERS = (REPO / "tests/vectors/bundle/signers_prod.json").read_bytes()
 
 
 @pytest.fixture(autouse=True)
 def _commands(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(cli.COMMANDS, "image", "fleetpin.cmd_image:image")
-
-
-@pytest.fixture(scope="module")
-def device_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repo's agent package with a stand-in main.py (device/main.py is written elsewhere)."""
-    d = tmp_path_factory.mktemp("device")
-    (d / "pinagent").symlink_to(REPO / "device" / "pinagent")
-    (d / "main.py").write_text("import pinagent\nprint('agent up')\n")
-    return d
 
 
 def build(tmp: Path, device_dir: Path, board: str = "esp32", flash_mb: int = 4, **fw: object) -> tuple[dict, Path]:

@@ -226,6 +226,19 @@ def test_cli_lint_live_host(policies: Policies, fleetpin: Callable[..., Any], pk
     assert result.exit_code == 1 and "FP003 ERROR" in result.stdout and "devices will refuse it" in result.stdout
 
 
+def test_cli_lint_live_host_failing_the_bundles_cas_is_fp011(policies: Policies, fleetpin: Callable[..., Any],
+                                                            tls_server: Callable[..., Any]) -> None:
+    # The served chain is fetched as is and validated against the bundle's CAs, as for --chain:
+    # a finding, not a fetch error that stops the lint.
+    server = tls_server("rogue_leaf")
+    path = policies.write(domain([(policies.pki.pins["rogue_leaf"], "primary"), (policies.pki.pins["backup"], "b")]))
+    result = fleetpin("bundle", "lint", path, "--host", f"{HOST}:{server.port}@127.0.0.1", "--json")
+    assert result.exit_code == 1, result.stderr
+    findings = json.loads(result.stdout)["findings"]
+    assert [f["rule"] for f in findings] == ["FP011"]
+    assert findings[0]["message"].startswith(f"{HOST}: {HOST}:{server.port}: ")
+
+
 def test_lint_a_built_bundle(policies: Policies, fleetpin: Callable[..., Any], tmp_path: Path) -> None:
     keys = _keys(fleetpin, tmp_path)
     path = policies.write(domain(policies.good_pins, extra="enforce = false"))

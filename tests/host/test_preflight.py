@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleetpin import cli, keys, preflight
 from fleetpin.bundle_build import build_bundle, canonical_json, load_bundle_source
 from fleetpin.bundle_view import load_view
-from fleetpin.certs import HostTarget
+from fleetpin.certs import FetchError, HostTarget, fetch_chain
 from fleetpin.signing import LocalKeySigner
 from pki import Pki, PkiFiles
 from tlsserver import TlsServer
@@ -196,6 +196,17 @@ def test_unreachable_server_is_not_a_pass(capsys: pytest.CaptureFixture[str], pk
     s = obj["servers"][0]
     assert (s["status"], s["would_connect"], s["fetch_error"]) == ("unreachable", None, "connection refused")
     assert "0 servers checked" in err and "1 unreachable" in err
+
+
+def test_fetch_chain_unverified_returns_the_chain_verification_refuses(pki: Pki, pki_files: PkiFiles,
+                                                                      tls_server: StartServer) -> None:
+    # preflight fetches with verify=False: a chain the bundle's CAs refuse must still be seen.
+    server = tls_server("rogue_leaf")
+    target = HostTarget(HOST, server.port, "127.0.0.1")
+    assert fetch_chain(target, timeout=10, verify=False) == pki.chain_der("rogue_leaf")
+    with pytest.raises(FetchError) as info:
+        fetch_chain(target, pki_files.cert("root"), timeout=10)
+    assert "TLS validation failed" in info.value.reason and str(info.value).startswith(f"{target}: ")
 
 
 # --- backups ----------------------------------------------------------------------------------------

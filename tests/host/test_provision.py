@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from fakefirmware import MockBoard, make_firmware
+from fakefirmware import BUNDLE, SIGNERS, MockBoard, make_firmware
 from fleetpin import cli
 from fleetpin.boards import MIB, get_board
 from fleetpin.image import LoadedImage, build_image, verify_image
@@ -33,23 +33,11 @@ from fleetpin.provision import (
 )
 from fleetpin.registry import Registry
 
-REPO = Path(__file__).resolve().parents[2]
-BUNDLE = (REPO / "tests/vectors/bundle/good.bin").read_bytes()
-SIGNERS = (REPO / "tests/vectors/bundle/signers_prod.json").read_bytes()
-
 
 @pytest.fixture(autouse=True)
 def _commands(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(cli.COMMANDS, "provision", "fleetpin.cmd_provision:provision_cmd")
     monkeypatch.setitem(cli.COMMANDS, "registry", "fleetpin.cmd_registry:registry")
-
-
-@pytest.fixture(scope="module")
-def device_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("device")
-    (d / "pinagent").symlink_to(REPO / "device" / "pinagent")
-    (d / "main.py").write_text("import pinagent\n")
-    return d
 
 
 def _image(out: Path, device_dir: Path, flash_mb: int = 4, **fw: Any) -> LoadedImage:

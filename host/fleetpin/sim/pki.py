@@ -23,7 +23,6 @@ import base64
 import datetime as dt
 import functools
 import hashlib
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ..certs import host_name, is_ip
 
 KEY_TYPES = ("ec", "ec384", "rsa", "ed25519")
 
@@ -175,13 +176,6 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _san(host: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host)
-
-
 def _sign(
     subject: str,
     key: CertificateIssuerPrivateKeyTypes,
@@ -217,7 +211,7 @@ def _sign(
         builder = (
             builder.add_extension(x509.KeyUsage(True, False, rsa_leaf, False, False, False, False, False, False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName([_san(host)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([host_name(host)]), critical=False)
         )
     # Ed25519 signs without a separate hash; everything else uses SHA-256.
     algorithm = None if isinstance(signer_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
@@ -260,14 +254,7 @@ def make_pki(
     add("renewed_leaf", host, "renewed", "intermediate", valid, leaf_host=host)  # a renewal with a fresh key
     add("rogue_leaf", host, "rogue_leaf", "rogue_root", valid, leaf_host=host)
     add("expired_leaf", host, "leaf", "intermediate", (now - 60 * day, now - day), leaf_host=host)
-    wrong = "wrong." + host if not _is_ip(host) else "wrong.test"
+    wrong = "wrong." + host if not is_ip(host) else "wrong.test"
     add("wrong_host_leaf", wrong, "leaf", "intermediate", valid, leaf_host=wrong)
     return Pki(host, key_type, now, issued, issuer_of)
 
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False

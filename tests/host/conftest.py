@@ -1,0 +1,19 @@
+"""Fixtures shared by the production-line host tests (image, provision). The signed bundle and
+signer set an image carries are tests/fakefirmware.py's BUNDLE and SIGNERS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def device_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repo's agent package with a stand-in main.py (device/main.py is written elsewhere)."""
+    d = tmp_path_factory.mktemp("device")
+    (d / "pinagent").symlink_to(REPO / "device" / "pinagent")
+    (d / "main.py").write_text("import pinagent\nprint('agent up')\n")
+    return d
