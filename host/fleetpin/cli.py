@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "registry": "fleetpin.cmd_registry:registry",
     "preflight": "fleetpin.cmd_preflight:preflight",
     "drill": "fleetpin.cmd_drill:drill",
+    "device": "fleetpin.cmd_device:device",
+    "sim": "fleetpin.cmd_sim:sim",
     "export": "fleetpin.cmd_export:export",
     "import": "fleetpin.cmd_import:import_",
 }

@@ -1,0 +1,391 @@
+"""`fleetpin device info|update|reports|test-connect|reboot`: one device over a serial cable.
+
+For the field technician: a laptop, a USB cable, one device, no second chance. `update` says
+what it is about to change (the pins each domain will start or stop accepting), refuses what the
+device would refuse before sending a byte (another fleet, an older or the same version), asks,
+transfers with a progress bar, commits, reads the state back and checks the digest, and writes
+a JSON receipt whatever the outcome. An interrupted update leaves the old bundle working (the
+agent commits with one atomic rename) and can simply be run again.
+
+Exit codes: 0 ok, 1 refused or failed (the device unchanged unless the output says otherwise),
+2 usage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pinagent import bundle as dev_bundle
+
+from .errors import FleetpinError, UsageError
+from .receipts import Receipt, default_path, utc_now, write_receipt
+from .transport import DEFAULT_BAUD, Transport
+
+PORT_HELP = "serial port of the device (e.g. /dev/ttyUSB0, COM3, or a `fleetpin sim board` pty)"
+
+
+def _port_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--json", "as_json", is_flag=True, help="print the result as JSON")(f)
+    f = click.option("--timeout", type=click.FloatRange(0.5, 600), default=10.0, show_default=True,
+                     help="seconds without an answer before giving up")(f)
+    f = click.option("--baud", type=int, default=DEFAULT_BAUD, show_default=True, help="line rate")(f)
+    f = click.option("--port", "-p", required=True, help=PORT_HELP)(f)
+    return f
+
+
+@click.group()
+def device() -> None:
+    """Talk to one device over serial: inspect it, update its pin bundle, read its reports.
+
+    \b
+    Exit codes: 0 ok, 1 refused or failed, 2 usage error.
+    """
+
+
+@contextmanager
+def _session(port: str, baud: int, timeout: float) -> Iterator[Transport]:
+    t = Transport.open(port, baud, timeout)
+    try:
+        t.connect()
+        yield t
+    finally:
+        t.close()
+
+
+def _identify(t: Transport) -> dict[str, Any]:
+    info = t.call(t.client.identify(), "IDENTIFY")
+    return dict(info)
+
+
+def _report_lines(log: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(counters, reports) of the report log (JSON lines; the first is the counters)."""
+    head: dict[str, Any] = {}
+    entries: list[dict[str, Any]] = []
+    for i, raw in enumerate(log.split(b"\n")):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        if i == 0 and "fleetpin-reports" in obj:
+            head = obj
+        else:
+            entries.append(obj)
+    return head, entries
+
+
+def _short(digest: Any) -> str:
+    return str(digest)[:16] if digest else "none"
+
+
+# ---- info ----------------------------------------------------------------------------------
+
+
+@device.command("info")
+@_port_options
+def info(port: str, baud: int, timeout: float, as_json: bool) -> None:
+    """Who the device is and what it runs: identity, agent, fleet, bundle, clock, reports."""
+    with _session(port, baud, timeout) as t:
+        ident = _identify(t)
+        try:
+            head, reports = _report_lines(t.read_all("reports"))
+            pending: int | None = len(reports)
+        except FleetpinError:
+            head, pending = {}, None
+    ident["pending_reports"] = pending
+    if as_json:
+        click.echo(json.dumps(ident, sort_keys=True))
+        return
+    rows = [
+        ("device", ident.get("device_id")),
+        ("agent", f"{ident.get('agent')} (protocol {ident.get('proto')})"),
+        ("fleet", ident.get("fleet")),
+        ("mode", ident.get("mode")),
+        ("bundle", f"v{ident.get('bundle_version')}  sha256 {ident.get('bundle_sha256')}"
+         if ident.get("bundle_version") is not None else "none (safe mode: every pinned connection is refused)"),
+        ("clock", ident.get("clock")),
+        ("reports", "unknown" if pending is None else f"{pending} pending ({head.get('total', '?')} recorded since the last clear)"),
+    ]
+    for k, v in rows:
+        click.echo(f"{k:>8}: {v}")
+    for p in ident.get("problems") or []:
+        click.echo(f"{'problem':>8}: {p}")
+
+
+# ---- update --------------------------------------------------------------------------------
+
+
+def _domains(data: bytes | None) -> dict[str, dict[str, Any]]:
+    """host -> {"pins": set of pins, "enforce": bool} of a bundle (no signature check)."""
+    if not data:
+        return {}
+    env = dev_bundle.parse_envelope(data)
+    payload = json.loads(bytes(env.payload))
+    out: dict[str, dict[str, Any]] = {}
+    for d in payload.get("policy", {}).get("domains", []):
+        pins = {p["pin"] if isinstance(p, dict) else str(p) for p in d.get("pins", [])}
+        out[str(d.get("host"))] = {"pins": pins, "enforce": d.get("enforce", True)}
+    return out
+
+
+def pin_diff(old: bytes | None, new: bytes) -> list[dict[str, Any]]:
+    """Per domain: what the device will start or stop accepting."""
+    a, b = _domains(old), _domains(new)
+    out: list[dict[str, Any]] = []
+    for host in sorted(set(a) | set(b)):
+        if host not in a:
+            out.append({"domain": host, "change": "added", "accept": sorted(b[host]["pins"]), "stop": [],
+                        "enforce": b[host]["enforce"]})
+        elif host not in b:
+            out.append({"domain": host, "change": "removed", "accept": [], "stop": sorted(a[host]["pins"]),
+                        "enforce": None})
+        else:
+            start = sorted(b[host]["pins"] - a[host]["pins"])
+            stop = sorted(a[host]["pins"] - b[host]["pins"])
+            enforce_changed = a[host]["enforce"] != b[host]["enforce"]
+            change = "changed" if start or stop or enforce_changed else "same"
+            out.append({"domain": host, "change": change, "accept": start, "stop": stop, "enforce": b[host]["enforce"],
+                        "enforce_was": a[host]["enforce"]})
+    return out
+
+
+def _print_diff(diff: list[dict[str, Any]]) -> None:
+    for d in diff:
+        if d["change"] == "same":
+            click.echo(f"  = {d['domain']}: unchanged")
+            continue
+        mark = {"added": "+", "removed": "-", "changed": "~"}[d["change"]]
+        extra = ""
+        if d["change"] == "removed":
+            extra = " (no longer pinned: CA validation only)"
+        elif d.get("enforce_was") is not None and d["enforce"] != d["enforce_was"]:
+            extra = " (now enforced)" if d["enforce"] else " (now report-only)"
+        click.echo(f"  {mark} {d['domain']}{extra}")
+        for p in d["accept"]:
+            click.secho(f"      starts accepting {p}", fg="green")
+        for p in d["stop"]:
+            click.secho(f"      stops accepting  {p}", fg="red")
+
+
+def _load_bundle(path: Path) -> tuple[bytes, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror or e}", hint="pass a bundle built by fleetpin bundle build") from None
+    try:
+        return data, dev_bundle.decode_unverified(data)
+    except dev_bundle.BundleError as e:
+        raise UsageError(f"{path}: not a valid bundle: {e.reason}", hint="rebuild it with fleetpin bundle build") from None
+
+
+_DEVICE_REFUSALS = ("signature", "fleet", "rollback", "bundle", "no_space")
+
+
+class _Refused(FleetpinError):
+    """Refused by fleetpin itself before anything was sent."""
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    return Progress(
+        TextColumn("sending"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True, disable=not enabled,
+    )
+
+
+@device.command("update")
+@click.argument("bundle_file", metavar="BUNDLE", type=click.Path(dir_okay=False, path_type=Path))
+@_port_options
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation (for scripts)")
+@click.option("--receipt", type=click.Path(dir_okay=False, path_type=Path),
+              help="where to write the JSON receipt (default: ./receipt-DEVICE-TIME.json)")
+def update(bundle_file: Path, port: str, baud: int, timeout: float, as_json: bool, yes: bool, receipt: Path | None) -> None:
+    """Install a signed pin bundle on the device, with a receipt.
+
+    Shows which pins each domain will start or stop accepting, refuses a bundle for another
+    fleet or not newer than the installed one before sending anything, asks (unless --yes),
+    transfers, commits, reads the device's state back and checks the digest. Run it again
+    after an interruption: the old bundle stays in force until the new one is committed.
+    """
+    data, new = _load_bundle(bundle_file)
+    new_sha = hashlib.sha256(data).hexdigest()
+    rec = Receipt(port=port, bundle_file=str(bundle_file))
+    rec.new = {"version": new.version, "sha256": new_sha}
+    t0 = time.monotonic()
+    outcome: dict[str, Any] = {}
+    transport: Transport | None = None
+    try:
+        transport = Transport.open(port, baud, timeout)
+        transport.connect()
+        outcome = _update(transport, data, new, new_sha, rec, as_json, yes)
+    except FleetpinError as e:
+        if rec.result != "aborted":
+            refused = isinstance(e, _Refused) or getattr(e, "code_name", None) in _DEVICE_REFUSALS
+            rec.result = "refused" if refused else "failed"
+        rec.error, rec.hint = str(e), e.hint
+        if rec.result == "failed" and rec.old.get("version") is not None:
+            e.hint = (e.hint or "run the command again") + (
+                f"; the device keeps bundle v{rec.old['version']} unless the commit went through "
+                "(a second run says 'already installed' if it did)"
+            )
+        raise
+    finally:
+        if transport is not None:
+            rec.transfer = transport.stats
+            transport.close()
+        rec.finished = utc_now()
+        rec.duration_s = round(time.monotonic() - t0, 3)
+        path = write_receipt(receipt or default_path(rec.device_id, rec.started), rec)
+        if not as_json or rec.result not in ("installed", "already-installed"):
+            click.echo(f"receipt: {path}", err=True)
+        outcome["receipt"] = str(path)
+    if as_json:
+        click.echo(json.dumps({"result": rec.result, "device_id": rec.device_id, "old": rec.old, "new": rec.new,
+                               "diff": outcome.get("diff"), "receipt": str(path), "transfer": rec.transfer}, sort_keys=True))
+
+
+def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_json: bool, yes: bool) -> dict[str, Any]:
+    ident = _identify(t)
+    rec.device_id = ident.get("device_id")
+    rec.fleet = ident.get("fleet")
+    rec.old = {"version": ident.get("bundle_version"), "sha256": ident.get("bundle_sha256")}
+    old_version = ident.get("bundle_version")
+    if new.fleet != ident.get("fleet"):
+        raise _Refused(
+            f"the bundle is for fleet {new.fleet!r}, the device {rec.device_id} is in fleet {ident.get('fleet')!r} (nothing sent)",
+            hint="build the bundle for the device's fleet, or check you have the right device",
+        )
+    if ident.get("bundle_sha256") == new_sha:
+        rec.result = "already-installed"
+        if not as_json:
+            click.echo(f"{rec.device_id}: bundle v{new.version} ({_short(new_sha)}) is already installed; nothing to do")
+        return {"diff": []}
+    if isinstance(old_version, int) and new.version <= old_version:
+        word = "the same version as" if new.version == old_version else "older than"
+        raise _Refused(
+            f"bundle v{new.version} is {word} the installed v{old_version} on {rec.device_id} (nothing sent)",
+            hint="devices never go back: build the bundle with a version above " + str(old_version),
+        )
+    installed = t.read_all("bundle") if old_version is not None else None
+    if installed is not None and hashlib.sha256(installed).hexdigest() != ident.get("bundle_sha256"):
+        raise FleetpinError("the installed bundle read back does not match the digest the device reports",
+                            hint="retry; if it persists the device's flash may be failing")
+    diff = pin_diff(installed, data)
+    if not as_json:
+        click.echo(f"device {rec.device_id} (fleet {rec.fleet}): bundle "
+                   f"{'v' + str(old_version) if old_version is not None else 'none (safe mode)'} -> v{new.version}")
+        _print_diff(diff)
+    if not yes:
+        if not click.confirm(f"Install bundle v{new.version} on {rec.device_id}?", default=False, err=True):
+            rec.result = "aborted"
+            raise FleetpinError("not installed: you declined", hint="run again and answer y, or pass --yes")
+    with _progress(not as_json) as bar:
+        task = bar.add_task("send", total=len(data))
+        result = t.upload(data, lambda done, total: bar.update(task, completed=done))
+    after = _identify(t)
+    rec.new = {"version": after.get("bundle_version"), "sha256": after.get("bundle_sha256")}
+    if after.get("bundle_sha256") != new_sha:
+        raise FleetpinError(
+            f"the device answered the commit ({result}) but now reports bundle {_short(after.get('bundle_sha256'))}, "
+            f"not {_short(new_sha)}",
+            hint="run fleetpin device info; then run the update again",
+        )
+    rec.result = "installed"
+    if not as_json:
+        click.secho(f"installed: {rec.device_id} now runs bundle v{after.get('bundle_version')} ({_short(new_sha)}), "
+                    "digest checked", fg="green")
+    return {"diff": diff}
+
+
+# ---- reports, test-connect, reboot ---------------------------------------------------------
+
+
+@device.command("reports")
+@_port_options
+@click.option("--clear", is_flag=True, help="clear the reports after reading them (only those read are cleared)")
+def reports(port: str, baud: int, timeout: float, as_json: bool, clear: bool) -> None:
+    """The device's pin-failure reports (HPKP/TrustKit fields), least recently seen first."""
+    with _session(port, baud, timeout) as t:
+        log = t.read_all("reports")
+        head, entries = _report_lines(log)
+        cleared = False
+        if clear:
+            t.call(t.client.clear_reports(len(log)), "CLEAR_REPORTS")
+            cleared = True
+    if as_json:
+        click.echo(json.dumps({"counters": head, "reports": entries, "cleared": cleared}, sort_keys=True))
+        return
+    if not entries:
+        click.echo(f"no pending reports ({head.get('total', 0)} recorded in all, {head.get('dropped', 0)} dropped)")
+    for r in entries:
+        click.echo(f"{r.get('date-time')}  {r.get('hostname')}:{r.get('port')}  x{r.get('count', 1)}  "
+                   f"{r.get('validation-result')}  (last {r.get('last-seen')})")
+    if cleared:
+        click.echo(f"cleared {len(entries)} reports")
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, 443
+    try:
+        n = int(port)
+    except ValueError:
+        raise UsageError(f"bad port in {text!r}", hint="HOST or HOST:PORT, e.g. api.example.com:443") from None
+    if not 0 < n < 65536 or not host:
+        raise UsageError(f"bad address {text!r}", hint="HOST or HOST:PORT, port 1-65535")
+    return host, n
+
+
+@device.command("test-connect")
+@click.argument("address", metavar="HOST[:PORT]")
+@_port_options
+def test_connect(address: str, port: str, baud: int, timeout: float, as_json: bool) -> None:
+    """Ask the device itself to open a pinned TLS connection: its own verdict, from its network."""
+    host, tcp_port = _host_port(address)
+    with _session(port, baud, timeout) as t:
+        verdict = t.call(t.client.test_connect(host, tcp_port), "TEST_CONNECT")
+    if as_json:
+        click.echo(json.dumps(verdict, sort_keys=True))
+    else:
+        ok = verdict.get("allowed", verdict.get("ok"))
+        click.secho(f"{host}:{tcp_port}: {'allowed' if ok else 'refused'}", fg="green" if ok else "red")
+        for k, v in sorted(verdict.items()):
+            click.echo(f"  {k}: {v}")
+    if not verdict.get("allowed", verdict.get("ok", False)):
+        raise FleetpinError(f"the device refused {host}:{tcp_port}: {verdict.get('reason', 'see the verdict')}",
+                            hint="check the pins for this host (fleetpin pin HOST) against the bundle")
+
+
+@device.command("reboot")
+@_port_options
+def reboot(port: str, baud: int, timeout: float, as_json: bool) -> None:
+    """Reboot the device and wait until its agent answers again."""
+    with _session(port, baud, timeout) as t:
+        before = t.client.restarted
+        t.call(t.client.reboot(), "REBOOT")
+        # the rebooted agent announces itself; the link then starts a new session
+        deadline = time.monotonic() + timeout
+        t.pump(lambda: t.client.restarted > before or time.monotonic() > deadline)
+        if t.client.restarted == before:
+            raise FleetpinError(f"the device agreed to reboot but did not announce itself within {timeout:g} s",
+                                hint="check the console output; then run fleetpin device info")
+        ident = _identify(t)
+    if as_json:
+        click.echo(json.dumps({"rebooted": True, "device": ident}, sort_keys=True))
+    else:
+        click.echo(f"rebooted: {ident.get('device_id')} is back, mode {ident.get('mode')}, bundle v{ident.get('bundle_version')}")

@@ -1,0 +1,74 @@
+"""Receipts: the record a field update leaves, whatever its outcome.
+
+One JSON file per attempt, written atomically (temp file, then rename) so a receipt is either
+whole or absent. Fields:
+    format 1, kind "device-update", result ("installed" | "already-installed" | "refused" |
+    "failed" | "aborted"), error and hint (null on success), port, device_id, fleet,
+    old {version, sha256}, new {version, sha256} (what the device reported afterwards, or the
+    bundle's own fields when it never got that far), bundle_file, started and finished (RFC 3339
+    UTC), duration_s, transfer (wire bytes sent, retransmissions), tool ("fleetpin X.Y").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import UsageError
+
+RESULTS = ("installed", "already-installed", "refused", "failed", "aborted")
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Receipt:
+    port: str
+    bundle_file: str
+    started: str = field(default_factory=utc_now)
+    result: str = "failed"
+    error: str | None = None
+    hint: str | None = None
+    device_id: str | None = None
+    fleet: str | None = None
+    old: dict[str, Any] = field(default_factory=lambda: {"version": None, "sha256": None})
+    new: dict[str, Any] = field(default_factory=lambda: {"version": None, "sha256": None})
+    finished: str | None = None
+    duration_s: float | None = None
+    transfer: dict[str, int] = field(default_factory=dict)
+
+    def to_obj(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {"format": 1, "kind": "device-update"}
+        obj.update(asdict(self))
+        obj["tool"] = f"fleetpin {__version__}"
+        return obj
+
+
+def default_path(device_id: str | None, when: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", device_id or "unknown-device")
+    return Path(f"receipt-{safe}-{when.replace(':', '').replace('-', '')}.json")
+
+
+def write_receipt(path: Path, receipt: Receipt) -> Path:
+    """Writes the receipt atomically; UsageError if the place cannot be written."""
+    data = json.dumps(receipt.to_obj(), indent=2, sort_keys=True) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if path.parent and not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UsageError(f"cannot write the receipt {path}: {e.strerror or e}", hint="pass --receipt with a writable path") from None
+    return path

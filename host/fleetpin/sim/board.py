@@ -1,0 +1,499 @@
+"""Virtual boards: the real agent behind a pseudo-terminal, its flash an image file, its clock
+settable, its network loopback only. pyserial talks to `board.port` as to a board on a cable.
+
+    with VirtualBoard(flash="dev.img", fleet="acme", device_id="dev-1") as board:
+        board.port            # "/dev/pts/7"
+        board.reset()         # power cycle: the agent boots again from the flash file
+        board.unplug(); board.plug()
+    with VirtualFleet(3, fleet="acme") as fleet: [b.port for b in fleet]
+
+Runtimes: "cpython" runs the agent in this process (a thread pumps the line); "micropython"
+runs it on the MicroPython VM (fleetpin.mpvm.spawn_stream, a Node process), whose in-memory
+files are replayed onto the flash image (see vm_main.py), and restarts the VM on reboot/reset.
+
+The agent: pinagent.agent.Agent when device/pinagent/agent.py exists, else MiniAgent (the
+update service over the real store, no TLS); agent="mini" forces the latter. The board boots
+from /fleetpin/{signers.bin, bundle.bin, config.json} on its flash; blank flash -> safe mode,
+still serving the protocol. `seed_bundle` + `signers` pre-install a bundle (as provisioning does).
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..boards import Board, get_board
+from ..errors import FleetpinError, UsageError
+from .flashfs import FlashFS
+from .line import Faults, Line
+
+RUNTIMES = ("cpython", "micropython")
+CONFIG = "/fleetpin/config.json"
+SIGNERS = "/fleetpin/signers.bin"
+BUNDLE = "/fleetpin/bundle.bin"
+_HERE = Path(__file__).resolve().parent
+
+
+class Clock:
+    """The board's clock: POSIX seconds advancing with real time, or None (unset: an ESP32 after
+    power loss reads 2000). set() changes it while the board runs."""
+
+    def __init__(self, start: float | None) -> None:
+        self.set(start)
+
+    def set(self, t: float | None) -> None:
+        self._base = t
+        self._at = time.monotonic()
+
+    def __call__(self) -> int | None:
+        if self._base is None:
+            return None
+        return int(self._base + time.monotonic() - self._at)
+
+    @staticmethod
+    def parse(text: str | None) -> float | None:
+        """"now", "unset", or an ISO 8601 time (UTC if no zone) -> POSIX seconds or None."""
+        if text is None or text == "now":
+            return time.time()
+        if text == "unset":
+            return None
+        try:
+            t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise UsageError(f"bad clock {text!r}", hint="now, unset, or an ISO time like 2026-01-01T00:00:00Z") from None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=dt.timezone.utc)
+        return t.timestamp()
+
+
+def agent_available() -> bool:
+    """True once device/pinagent/agent.py exists (the real Agent)."""
+    try:
+        import pinagent.agent  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _make_cpython_agent(kind: str, fs: Any, clock: Clock, cfg: dict[str, Any]) -> Any:
+    if kind == "agent":
+        from pinagent.agent import Agent
+
+        return Agent(fs, clock, cfg.get("device_id"), cfg.get("fleet"), _sim_tls())
+    from .mini_agent import MiniAgent
+
+    return MiniAgent(fs, clock, cfg.get("device_id"), cfg.get("fleet"), cfg.get("board"))
+
+
+def _sim_tls() -> Any:
+    """The simulation's TLS adapter for pinagent.connect (loopback only), if it is there yet."""
+    try:
+        from . import tls
+    except ImportError:
+        return None
+    factory = getattr(tls, "SimTls", None)
+    if factory is None:
+        return None
+    return factory(resolve=_loopback)
+
+
+def _loopback(host: str, port: int) -> tuple[str, int]:
+    """The board's network: every name resolves to 127.0.0.1 (TLS still sees the name)."""
+    return "127.0.0.1", port
+
+
+def _config(flash: FlashFS) -> dict[str, Any]:
+    raw = flash.read_file(CONFIG)
+    try:
+        obj = json.loads(raw) if raw else {}
+    except ValueError:
+        obj = {}
+    return obj if isinstance(obj, dict) else {}
+
+
+class _CPythonCore:
+    """The agent in this process: bytes in from the line, bytes out to it."""
+
+    def __init__(self, board: VirtualBoard) -> None:
+        self.b = board
+        self.link: Any = None
+        self.svc: Any = None
+        self.agent: Any = None
+
+    def boot(self) -> None:
+        from pinagent.link import DeviceLink
+        from pinagent.service import Service
+
+        b = self.b
+        self.agent = _make_cpython_agent(b.agent_kind, b.flash.store_fs(), b.clock, _config(b.flash))
+        self.agent.boot()
+        self.svc = Service(self.agent)
+        self.link = DeviceLink(self.svc.dispatch)
+        b.line.send(bytes(self.link.announce()))
+
+    def feed(self, data: bytes) -> None:
+        out = self.link.receive_data(data)
+        if out:
+            self.b.line.send(bytes(out))
+        if self.svc.reboot_requested:
+            self.b._reboot_soon()
+
+    def stop(self) -> None:
+        self.link = None
+
+
+class _VmCore:
+    """The agent on the MicroPython VM; the flash image follows the VM's file operations."""
+
+    def __init__(self, board: VirtualBoard) -> None:
+        self.b = board
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr: collections.deque[str] = collections.deque(maxlen=50)
+        self._rx = b""
+        self._wlock = threading.Lock()
+
+    def _setup(self) -> str:
+        kind = self.b.agent_kind
+        if kind == "agent":
+            prelude = (
+                "from pinagent.agent import Agent\n"
+                "def make_agent(fs, clock, cfg):\n"
+                "    return Agent(fs, clock, cfg.get('device_id'), cfg.get('fleet'), None)\n"
+            )
+        else:
+            prelude = (
+                "import sys\nsys.path.append('/fp/sim')\n"
+                "from mini_agent import MiniAgent\n"
+                "def make_agent(fs, clock, cfg):\n"
+                "    return MiniAgent(fs, clock, cfg.get('device_id'), cfg.get('fleet'), cfg.get('board'))\n"
+            )
+        return prelude + (_HERE / "vm_main.py").read_text()
+
+    def boot(self) -> None:
+        from .. import mpvm
+
+        flash = self.b.flash
+        files: dict[str, bytes] = {"/fp/sim/mini_agent.py": (_HERE / "mini_agent.py").read_bytes()}
+        try:
+            names = flash.os.listdir("/fleetpin")
+        except OSError:
+            names = []
+        for name in names:
+            data = flash.read_file("/fleetpin/" + name)
+            if data is not None:
+                files["/fleetpin/" + name] = data
+        if not names:
+            files["/fleetpin/.keep"] = b""  # the VM writes files only under existing directories
+        self._rx = b""
+        self.proc = mpvm.spawn_stream(self._setup(), "handler", files, heap_kb=self.b.heap_kb, device_mpy=True)
+        proc = self.proc
+        threading.Thread(target=self._read_out, args=(proc,), daemon=True, name="vm stdout").start()
+        threading.Thread(target=self._read_err, args=(proc,), daemon=True, name="vm stderr").start()
+        self._send(b"")  # a clock record: the VM answers with its start-up announcement
+
+    def _send(self, data: bytes) -> None:
+        proc = self.proc
+        if proc is None or proc.stdin is None:
+            return
+        with self.b._flash_lock:
+            free, bs = self.b.flash.store_fs().free("/")
+        t = self.b.clock()
+        recs = struct.pack("<BIqII", 0x54, 16, -1 if t is None else t * 1000, free // bs, bs)
+        if data:
+            recs += struct.pack("<BI", 0x44, len(data)) + data
+        with self._wlock:
+            try:
+                proc.stdin.write(recs)
+                proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                pass  # the VM is restarting or gone; bytes lost, as on a board mid-reset
+
+    def feed(self, data: bytes) -> None:
+        self._send(data)
+
+    def _read_err(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.stderr.append(line.decode(errors="replace").rstrip())
+
+    def _read_out(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+            while len(buf) >= 5:
+                t, n = struct.unpack_from("<BI", buf)
+                if len(buf) < 5 + n:
+                    break
+                body, buf = buf[5 : 5 + n], buf[5 + n :]
+                if not self._record(proc, t, body):
+                    return  # output of a VM that was reset: the board is gone
+
+    def _record(self, proc: subprocess.Popen[bytes], t: int, body: bytes) -> bool:
+        b = self.b
+        try:
+            with b._flash_lock:
+                if proc is not self.proc:
+                    return False
+                if t == 0x53:
+                    b.line.send(body)
+                elif t == 0x57:
+                    path, _, data = body.partition(b"\0")
+                    with b.flash.open(path.decode(), "wb") as f:
+                        f.write(data)
+                elif t == 0x52:
+                    src, _, dst = body.partition(b"\0")
+                    b.flash.os.rename(src.decode(), dst.decode())
+                elif t == 0x58:
+                    b.flash.os.remove(body.decode())
+                elif t == 0x4D:
+                    b.flash.os.mkdir(body.decode())
+                elif t == 0x42:
+                    b._reboot_soon()
+        except OSError as e:  # the image refused what the VM's memory file system did
+            self.stderr.append(f"flash replay failed: {e}")
+        return True
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            try:
+                proc.kill()
+            except OSError:
+                pass
+            proc.wait(5)
+            for s in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    if s is not None:
+                        s.close()
+                except OSError:
+                    pass
+
+
+class VirtualBoard:
+    """One virtual board (a context manager): start() opens the pty and boots the agent."""
+
+    def __init__(
+        self,
+        flash: str | Path | None = None,
+        board: str | Board = "esp32",
+        runtime: str = "cpython",
+        baud: int | None = None,
+        faults: Faults | str | None = None,
+        device_id: str | None = None,
+        fleet: str | None = None,
+        clock: float | str | None = "now",
+        seed_bundle: bytes | None = None,
+        signers: bytes | None = None,
+        agent: str = "auto",
+        heap_kb: int = 100,
+    ) -> None:
+        if runtime not in RUNTIMES:
+            raise UsageError(f"unknown runtime {runtime!r}", hint="cpython or micropython")
+        if agent not in ("auto", "agent", "mini"):
+            raise UsageError(f"unknown agent {agent!r}", hint="auto, agent or mini")
+        if seed_bundle is not None and signers is None:
+            raise UsageError("a seed bundle needs the signer set that verifies it", hint="pass --signers too")
+        self.board = board if isinstance(board, Board) else get_board(board)
+        self.runtime = runtime
+        self.baud = baud
+        self.faults = faults if isinstance(faults, Faults) else Faults.parse(faults)
+        self.clock = Clock(Clock.parse(clock) if isinstance(clock, str) or clock is None else clock)
+        self.heap_kb = heap_kb
+        self.agent_kind = ("agent" if agent_available() else "mini") if agent == "auto" else agent
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        if flash is None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="fleetpin-board-")
+            flash = Path(self._tmpdir.name) / "flash.img"
+        self.flash_path = Path(flash)
+        self._provision = (device_id, fleet, seed_bundle, signers)
+        self.flash: FlashFS = None  # type: ignore[assignment]
+        self.line: Line = None  # type: ignore[assignment]
+        self._core: _CPythonCore | _VmCore | None = None
+        self._lock = threading.RLock()  # one feed or reset at a time
+        self._flash_lock = threading.RLock()
+        self._pending_reboot = False
+        self.boots = 0
+
+    # ---- lifecycle
+
+    def start(self) -> VirtualBoard:
+        self.flash = FlashFS.open_image(self.flash_path, self.board)
+        try:
+            self._provision_flash(*self._provision)
+            self.line = Line(self._on_receive, self.baud, self.faults)
+            self._core = _VmCore(self) if self.runtime == "micropython" else _CPythonCore(self)
+            self._boot()
+            self.line.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._core is not None:
+            self._core.stop()
+            self._core = None
+        if self.line is not None:
+            self.line.close()
+        if self.flash is not None:
+            self.flash.close()
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def __enter__(self) -> VirtualBoard:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> str:
+        return self.line.port
+
+    @property
+    def device_id(self) -> str | None:
+        return _config(self.flash).get("device_id")
+
+    def _provision_flash(self, device_id: str | None, fleet: str | None, bundle: bytes | None, signers: bytes | None) -> None:
+        from pinagent import bundle as dev_bundle
+        from pinagent.store import encode_slot
+
+        cfg = _config(self.flash)
+        changed = False
+        if bundle is not None and signers is not None:
+            try:
+                bundle_fleet = dev_bundle.decode_unverified(bundle).fleet
+            except dev_bundle.BundleError as e:
+                raise UsageError(f"the seed bundle does not parse: {e}", hint="build it with fleetpin bundle build") from None
+            if fleet is None and "fleet" not in cfg:
+                fleet = bundle_fleet
+            self.flash.write_file(SIGNERS, signers)
+            self.flash.write_file(BUNDLE, encode_slot(signers, bundle))
+        elif signers is not None:
+            self.flash.write_file(SIGNERS, signers)
+        for key, value in (("device_id", device_id), ("fleet", fleet), ("board", self.board.name)):
+            if value is not None and cfg.get(key) != value:
+                cfg[key] = value
+                changed = True
+        if "device_id" not in cfg:
+            cfg["device_id"] = "sim-" + hashlib.sha256(os.urandom(16)).hexdigest()[:12]
+            changed = True
+        if changed:
+            self.flash.write_file(CONFIG, json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode())
+
+    def _boot(self) -> None:
+        assert self._core is not None
+        with self._lock:
+            self._pending_reboot = False
+            self.line.discard_input()
+            self._core.boot()
+            self.boots += 1
+
+    # ---- the line
+
+    def _on_receive(self, data: bytes) -> None:
+        with self._lock:
+            if self._core is None:
+                return
+            self._core.feed(data)
+        if self._pending_reboot:
+            self._reboot_now()
+
+    def _reboot_soon(self) -> None:
+        """The agent asked to reboot: after its answer is on the line (CPython: now; VM: from the
+        reader thread, so a helper thread does it)."""
+        self._pending_reboot = True
+        if self.runtime == "micropython":
+            threading.Thread(target=self._reboot_now, daemon=True).start()
+
+    def _reboot_now(self) -> None:
+        with self._lock:
+            if not self._pending_reboot or self._core is None:
+                return
+            self.reset()
+
+    # ---- control
+
+    def reset(self) -> None:
+        """Power cycle: the agent's memory is gone; it boots again from the flash file (the
+        image is remounted from disk, so only what reached the file survives)."""
+        with self._lock, self._flash_lock:
+            assert self._core is not None
+            self._core.stop()
+            self.flash.close()
+            self.flash = FlashFS.open_image(self.flash_path, self.board, create=False)
+            self._boot()
+
+    def unplug(self) -> None:
+        self.line.unplug()
+
+    def plug(self) -> None:
+        self.line.plug()
+
+    def set_clock(self, t: float | None) -> None:
+        self.clock.set(t)
+
+    @property
+    def vm_log(self) -> list[str]:
+        """The VM's stderr (its prints and errors), micropython runtime only."""
+        core = self._core
+        return list(core.stderr) if isinstance(core, _VmCore) else []
+
+
+class VirtualFleet:
+    """n virtual boards at once, each with its own flash and pty; `dir` keeps their images."""
+
+    def __init__(self, n: int, dir: str | Path | None = None, **options: Any) -> None:
+        self._tmpdir = None if dir is not None else tempfile.TemporaryDirectory(prefix="fleetpin-fleet-")
+        base = Path(dir if dir is not None else self._tmpdir.name)  # type: ignore[union-attr]
+        base.mkdir(parents=True, exist_ok=True)
+        ids = options.pop("device_ids", None) or [f"sim-{i:03d}" for i in range(n)]
+        self.boards = [VirtualBoard(flash=base / f"{ids[i]}.img", device_id=ids[i], **options) for i in range(n)]
+
+    def __enter__(self) -> VirtualFleet:
+        try:
+            for b in self.boards:
+                b.start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for b in self.boards:
+            b.stop()
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+
+    def __iter__(self) -> Iterator[VirtualBoard]:
+        return iter(self.boards)
+
+    def __len__(self) -> int:
+        return len(self.boards)
+
+    def __getitem__(self, i: int) -> VirtualBoard:
+        return self.boards[i]
+
+    @property
+    def ports(self) -> list[str]:
+        return [b.port for b in self.boards]

@@ -1,0 +1,300 @@
+"""The serial transport for `fleetpin device ...`: pyserial driving pinagent.client.Client (the
+sans-I/O host end of the update protocol, device/PROTOCOL.md) with real time.
+
+    with Transport.open(port) as t:
+        info = t.call(t.client.identify())
+        t.upload(bundle, progress=lambda acked, total: ...)
+
+The port is opened exclusively (a second fleetpin, or a terminal on the same port, would steal
+bytes from the transfer). Stale bytes (a boot banner, an old announcement) are flushed, and the
+session starts with HELLO; a device that restarts while a request is outstanding fails that
+request with "restarted", which `call` reports rather than guessing whether it ran.
+Every failure is a FleetpinError with a next step; LinkFailure/RemoteError stay inspectable
+through DeviceRefused.code_name and NoAnswer.reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import serial
+
+from pinagent.client import BadResponse, Call, Client, LinkFailure, RemoteError, Upload
+
+from .errors import FleetpinError
+
+DEFAULT_BAUD = 115200
+SMALL_FRAME = 48  # WRITE_CHUNK frame target on a noisy line (the default is 200 wire bytes)
+NOISY_RETRANSMISSIONS = 6  # this many during a transfer with big frames: switch to small ones
+
+
+class PortError(FleetpinError):
+    """The serial port cannot be opened (missing, busy, no permission)."""
+
+
+class NoAnswer(FleetpinError):
+    """No agent answered (timeout), or the device restarted mid-request."""
+
+    def __init__(self, message: str, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.reason = reason
+
+
+class DeviceRefused(FleetpinError):
+    """The agent answered with an error code (PROTOCOL.md's table)."""
+
+    HINTS = {
+        "signature": "the device does not trust the key that signed this bundle: sign it with a key of the device's signer set (fleetpin bundle inspect)",
+        "fleet": "this bundle is for another fleet: build one for the device's fleet (fleetpin device info shows it)",
+        "rollback": "the device has this version or a newer one: build the bundle with a higher version",
+        "bundle": "the bundle is malformed or not valid on the device: check it with fleetpin bundle inspect",
+        "digest": "the transfer was corrupted: run the command again",
+        "incomplete": "the transfer was cut short: run the command again",
+        "no_space": "the device's flash is full: reports or the previous bundle may need clearing",
+        "storage": "the device could not write its flash: retry; if it persists the flash may be failing",
+        "unsupported": "this agent does not implement that request: update the agent firmware",
+        "connect": "the device could not reach the host, or refused its certificate: check the pins and the network",
+    }
+
+    def __init__(self, error: RemoteError, what: str) -> None:
+        self.code = error.code
+        self.code_name = error.name
+        self.remote_message = error.message
+        super().__init__(f"the device refused {what}: {error.name}: {error.message}", self.HINTS.get(error.name))
+
+
+class Transport:
+    def __init__(
+        self,
+        ser: Any,
+        port: str,
+        timeout: float = 10.0,
+        rto_ms: int | None = None,
+    ) -> None:
+        self.ser = ser
+        self.port = port
+        self.timeout = timeout
+        # The link retransmits each quick request every rto and gives up after `timeout`; slow
+        # requests (commit: a signature check in pure Python on the device) wait longer each time.
+        rto = rto_ms or max(100, min(1000, int(timeout * 1000 / 6)))
+        attempts = max(2, int(timeout * 1000 / rto))
+        self.client = Client(rto_ms=rto, slow_rto_ms=max(rto, int(timeout * 1000 / 2)), max_attempts=attempts)
+        self._t0 = time.monotonic()
+        self._fixed_rto = rto_ms is not None
+        self._stats_before: dict[str, int] = {}
+        self.rtt_ms: int | None = None
+
+    # ---- opening
+
+    @classmethod
+    def open(cls, port: str, baud: int = DEFAULT_BAUD, timeout: float = 10.0) -> Transport:
+        try:
+            ser = serial.Serial(port, baud, timeout=0.005, exclusive=True)
+        except serial.SerialException as e:
+            text = str(e)
+            if "exclusively lock" in text or "Resource temporarily unavailable" in text or "busy" in text.lower():
+                raise PortError(
+                    f"{port} is busy: another program has it open",
+                    hint="close the other program (a serial terminal, another fleetpin, an IDE's monitor) and retry",
+                ) from None
+            if "No such file" in text or "could not open port" in text and "Errno 2" in text:
+                raise PortError(
+                    f"{port}: no such serial port",
+                    hint="check the cable; list ports with `python -m serial.tools.list_ports`",
+                ) from None
+            if "Permission denied" in text:
+                raise PortError(f"{port}: permission denied", hint="add yourself to the dialout group (or uucp), then log in again") from None
+            raise PortError(f"cannot open {port}: {text}", hint="check the cable and the port name") from None
+        try:
+            ser.reset_input_buffer()  # a boot banner or an old announcement is not for us
+        except (serial.SerialException, OSError):
+            pass
+        return cls(ser, port, timeout)
+
+    def close(self) -> None:
+        try:
+            self.ser.close()
+        except (serial.SerialException, OSError):
+            pass
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # ---- running the client
+
+    def now_ms(self) -> int:
+        return int((time.monotonic() - self._t0) * 1000)
+
+    def pump(self, done: Callable[[], bool], on_progress: Callable[[], None] | None = None) -> None:
+        """Writes, reads and runs timers until done() (the link's own timeouts end every call)."""
+        c = self.client
+        heard = time.monotonic()
+        try:
+            while not done():
+                out = c.data_to_send(self.now_ms())
+                if out:
+                    self.ser.write(out)
+                # returns as soon as anything arrives (or after the 5 ms read timeout)
+                data = self.ser.read(max(1, self.ser.in_waiting))
+                if data:
+                    heard = time.monotonic()
+                    c.receive_data(data, self.now_ms())
+                elif time.monotonic() - heard > self.timeout:
+                    # the link's own attempts may last longer: the user's timeout bounds silence
+                    raise self._no_answer("timeout", "the request")
+                c.tick(self.now_ms())
+                if on_progress is not None:
+                    on_progress()
+        except (serial.SerialException, OSError) as e:
+            raise NoAnswer(f"the serial port {self.port} failed: {e}", "port", hint="check the cable, then run the command again") from None
+
+    def call(self, call: Call, what: str) -> Any:
+        """Runs one request to its end; returns its result or raises a FleetpinError."""
+        self.pump(lambda: call.done)
+        return self.result(call, what)
+
+    def result(self, call: Call, what: str) -> Any:
+        err = call.error
+        if err is None:
+            return call.result
+        if isinstance(err, RemoteError):
+            raise DeviceRefused(err, what)
+        if isinstance(err, LinkFailure):
+            raise self._no_answer(err.reason, what)
+        if isinstance(err, BadResponse):
+            raise FleetpinError(f"the device's answer to {what} did not parse: {err}", hint="is this a fleetpin agent of the same protocol version?")
+        raise FleetpinError(f"{what} failed: {err}")
+
+    def _no_answer(self, reason: str, what: str) -> NoAnswer:
+        if reason == "restarted":
+            return NoAnswer(f"the device restarted during {what}", reason, hint="run the command again once it is up")
+        if reason == "version":
+            return NoAnswer(f"the device speaks another protocol version ({what} not sent)", reason, hint="update fleetpin or the agent so both speak the same protocol")
+        return NoAnswer(
+            f"no agent answering on {self.port} ({what}: no answer within {self.timeout:g} s)",
+            reason,
+            hint="check the cable and that the board runs the agent (not the REPL or a crash loop); then retry",
+        )
+
+    def connect(self) -> None:
+        """Starts the session (HELLO) and proves the agent answers with a PING, whose round trip
+        sets the retransmission timeout: 6 times the round trip of a full chunk frame each way
+        at the port's baud rate, 150 to 1000 ms (PROTOCOL.md's 1000 ms suits the slowest line;
+        a fast one recovers lost frames sooner). A restart announcement right after opening is
+        retried once."""
+        for attempt in range(2):
+            link = self.client.link
+            retx = link.retransmissions
+            started = time.monotonic()
+            call = self.client.ping(b"fleetpin")
+            self.pump(lambda: call.done)
+            if isinstance(call.error, LinkFailure) and call.error.reason == "restarted" and attempt == 0:
+                continue
+            self.result(call, "the session start")
+            break
+        if self._fixed_rto or link.retransmissions != retx:
+            return  # a lost frame: the time measures nothing
+        # HELLO then PING, each a round trip of small frames
+        self.rtt_ms = int((time.monotonic() - started) * 1000 / 2)
+        baud = getattr(self.ser, "baudrate", DEFAULT_BAUD) or DEFAULT_BAUD
+        chunk_rtt = self.rtt_ms + 2 * 200 * 10 * 1000 / baud
+        link.rto_ms = int(max(150, min(link.rto_ms, 6 * chunk_rtt)))
+        link.max_attempts = max(8, int(self.timeout * 1000 / link.rto_ms) + 1)
+        self.client.slow_rto_ms = max(link.rto_ms, min(self.client.slow_rto_ms, 2000))
+
+    # ---- multi-request operations
+
+    def read_all(self, which: str) -> bytes:
+        """The whole stored bundle ("bundle") or report log ("reports"): the first read gives the
+        total, the rest is pipelined."""
+        c = self.client
+        req = c.read_bundle if which == "bundle" else c.read_reports
+        total, first = self.call(req(0), f"reading the {which}")
+        parts = [first]
+        got = len(first)
+        calls = []
+        off = got
+        while off < total:
+            calls.append(req(off))
+            off += 512
+        self.pump(lambda: all(x.done for x in calls))
+        for x in calls:
+            _t, data = self.result(x, f"reading the {which}")
+            parts.append(data)
+            got += len(data)
+        data = b"".join(parts)
+        if len(data) != total:
+            raise FleetpinError(f"read {len(data)} of the {which}'s {total} bytes", hint="it changed while being read: retry")
+        return data
+
+    def upload(self, bundle: bytes, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Sends and commits a bundle. On a noisy line (many retransmissions early on) it starts
+        a new session with small frames: WRITE_BEGIN with the same size and digest keeps what
+        the device already has, so nothing received is lost by switching."""
+        total = len(bundle)
+        acked = 0
+
+        def report(up: Upload) -> Callable[[], None]:
+            def cb() -> None:
+                if progress is not None:
+                    progress(max(acked, up.acked), total)
+            return cb
+
+        for frame in (self.client.frame_target, SMALL_FRAME):
+            self.client.frame_target = frame
+            up: Upload = self.client.upload(bundle)
+            link = self.client.link
+            retx0 = link.retransmissions
+            noisy = [False]
+
+            def done_or_noisy() -> bool:
+                if up.done:
+                    return True
+                if frame > SMALL_FRAME and up._commit is None and link.retransmissions - retx0 >= NOISY_RETRANSMISSIONS:
+                    noisy[0] = True
+                    return True
+                return False
+
+            self.pump(done_or_noisy, report(up))
+            acked = max(acked, up.acked)
+            if not noisy[0]:
+                break
+            self._new_session()  # abandon the big-frame plan: the device keeps what arrived
+        report(up)()
+        if up.error is not None:
+            if isinstance(up.error, RemoteError):
+                raise DeviceRefused(up.error, "the bundle")
+            if isinstance(up.error, LinkFailure):
+                raise self._no_answer(up.error.reason, "the transfer")
+            raise FleetpinError(f"the transfer failed: {up.error}")
+        return dict(up.result or {})
+
+    def _new_session(self) -> None:
+        """A fresh Client after the line has gone quiet (answers to the old session's frames are
+        read and dropped, so none can be taken for an answer of the new one)."""
+        old = self.client
+        quiet_until = time.monotonic() + old.link.rto_ms / 1000 + 0.2
+        while time.monotonic() < quiet_until:
+            if self.ser.read(max(1, self.ser.in_waiting)):
+                quiet_until = max(quiet_until, time.monotonic() + 0.1)
+        self._stats_before = {k: self._stats_before.get(k, 0) + v for k, v in self._link_stats(old).items()}
+        self.client = Client(rto_ms=old.link.rto_ms, slow_rto_ms=old.slow_rto_ms, max_attempts=old.link.max_attempts,
+                             frame_target=old.frame_target)
+        self.connect()
+
+    @staticmethod
+    def _link_stats(c: Client) -> dict[str, int]:
+        link = c.link
+        return {"wire_bytes_sent": link.wire_bytes_sent, "retransmissions": link.retransmissions, "bad_frames": link.bad_frames}
+
+    @property
+    def stats(self) -> dict[str, int]:
+        now = self._link_stats(self.client)
+        return {k: v + self._stats_before.get(k, 0) for k, v in now.items()}
+

@@ -1,0 +1,350 @@
+"""`fleetpin device ...` through pyserial over ptys against virtual boards, on both runtimes:
+updates (with the pin diff, the digest check and the receipt), refusals that leave the device
+unchanged, interrupted updates retried, a noisy line, and the errors a technician meets."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+import tty
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import serial
+
+from fleetpin import cli
+from fleetpin.sim.board import VirtualBoard
+from fleetpin.sim.demo_bundles import FILLER_PINS, demo_bundle, demo_signer_set
+from fleetpin.sim.pki import Pki
+from pinagent.reports import Reports
+
+FLEET = "acme"
+RUNTIMES = ["cpython", "micropython"]
+P1, P2, P3 = FILLER_PINS[:3]
+
+
+@pytest.fixture(autouse=True)
+def _commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the lead adds these lines to cli.COMMANDS; until then (and harmlessly after) the tests do
+    monkeypatch.setitem(cli.COMMANDS, "device", "fleetpin.cmd_device:device")
+    monkeypatch.setitem(cli.COMMANDS, "sim", "fleetpin.cmd_sim:sim")
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bundles")
+    made = {
+        "v1": demo_bundle(FLEET, 1, {"api.example.com": [P1, P2], "old.example.com": [P1]}),
+        "v2": demo_bundle(FLEET, 2, {"api.example.com": [P2, P3], "new.example.com": [P3]}),
+        "v3": demo_bundle(FLEET, 3, {"api.example.com": [P3]}),
+        "v2_other": demo_bundle(FLEET, 2, {"api.example.com": [P3]}),  # v2 again, other contents
+        "other_fleet": demo_bundle("other", 9, {"api.example.com": [P1]}),
+        "stranger": demo_bundle(FLEET, 9, {"api.example.com": [P1]}, signer="stranger"),
+    }
+    out = {}
+    for name, data in made.items():
+        (d / f"{name}.bin").write_bytes(data)
+        out[name] = d / f"{name}.bin"
+    return out
+
+
+@pytest.fixture
+def board(request: pytest.FixtureRequest, bundles: dict[str, Path]) -> Iterator[Callable[..., VirtualBoard]]:
+    started: list[VirtualBoard] = []
+
+    def start(runtime: str = "cpython", seed: str | None = "v1", **kw: Any) -> VirtualBoard:
+        kw.setdefault("fleet", FLEET)
+        b = VirtualBoard(runtime=runtime, signers=demo_signer_set(), device_id="dev-1",
+                         seed_bundle=bundles[seed].read_bytes() if seed else None, **kw)
+        b.start()
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+
+
+def version_of(fleetpin: Callable[..., Any], port: str) -> int | None:
+    r = fleetpin("device", "info", "--port", port, "--json")
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)["bundle_version"]
+
+
+# ---- info and update -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_info_shows_identity_bundle_clock_and_reports(fleetpin: Any, board: Any, runtime: str) -> None:
+    b = board(runtime)
+    r = fleetpin("device", "info", "--port", b.port)
+    assert r.exit_code == 0, r.stderr
+    assert "dev-1" in r.stdout and "fleet: acme" in r.stdout and "v1" in r.stdout and "0 pending" in r.stdout
+    info = json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)
+    assert info["device_id"] == "dev-1" and info["bundle_version"] == 1 and info["clock"] == "trusted"
+    assert info["pending_reports"] == 0 and info["mode"] == "ok" and len(info["bundle_sha256"]) == 64
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_update_shows_the_diff_installs_checks_and_leaves_a_receipt(
+    fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path, runtime: str
+) -> None:
+    b = board(runtime, baud=115200)
+    receipt = tmp_path / "r.json"
+    r = fleetpin("device", "update", "--port", b.port, bundles["v2"], "--receipt", receipt, input="y\n")
+    assert r.exit_code == 0, r.stderr
+    out = r.stdout
+    assert "bundle v1 -> v2" in out
+    assert f"~ api.example.com\n      starts accepting {P3}\n      stops accepting  {P1}" in out
+    assert f"+ new.example.com\n      starts accepting {P3}" in out
+    assert "- old.example.com (no longer pinned" in out
+    assert "digest checked" in out
+    rec = json.loads(receipt.read_text())
+    import hashlib
+
+    new_sha = hashlib.sha256(bundles["v2"].read_bytes()).hexdigest()
+    assert rec["result"] == "installed" and rec["device_id"] == "dev-1" and rec["error"] is None
+    assert rec["old"] == {"version": 1, "sha256": hashlib.sha256(bundles["v1"].read_bytes()).hexdigest()}
+    assert rec["new"] == {"version": 2, "sha256": new_sha}
+    assert rec["started"].endswith("Z") and rec["duration_s"] > 0
+    assert version_of(fleetpin, b.port) == 2
+    # the same bundle again: nothing to do, exit 0, and a receipt that says so
+    r = fleetpin("device", "update", "--port", b.port, bundles["v2"], "--yes", "--json", "--receipt", receipt)
+    assert r.exit_code == 0 and json.loads(r.stdout)["result"] == "already-installed"
+
+
+def test_declining_changes_nothing_and_is_recorded(fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path) -> None:
+    b = board()
+    r = fleetpin("device", "update", "--port", b.port, bundles["v2"], "--receipt", tmp_path / "r.json", input="n\n")
+    assert r.exit_code == 1 and "declined" in r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["result"] == "aborted"
+    assert version_of(fleetpin, b.port) == 1
+
+
+# ---- refusals ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize(
+    "name, message, sent",
+    [
+        ("other_fleet", "is for fleet 'other', the device dev-1 is in fleet 'acme' (nothing sent)", False),
+        ("v2_other", "v2 is the same version as the installed v2", False),
+        ("stranger", "the device refused the bundle: signature: not signed by a trusted key", True),
+    ],
+)
+def test_refused_bundles_leave_the_device_unchanged(
+    fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path, runtime: str, name: str, message: str, sent: bool
+) -> None:
+    b = board(runtime, seed="v2")
+    before = json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)
+    receipt = tmp_path / "r.json"
+    r = fleetpin("device", "update", "--port", b.port, bundles[name], "--yes", "--receipt", receipt)
+    assert r.exit_code == 1
+    assert message in r.stderr and "next:" in r.stderr
+    rec = json.loads(receipt.read_text())
+    assert rec["result"] == "refused" and message in rec["error"] and rec["old"]["version"] == 2
+    # refused before sending a byte of the bundle: only HELLO, PING, IDENTIFY went out
+    assert (rec["transfer"]["wire_bytes_sent"] > bundles[name].stat().st_size) is sent
+    after = json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)
+    assert after["bundle_sha256"] == before["bundle_sha256"] and after["mode"] == "ok"
+
+
+def test_rollback_is_refused_before_sending(fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path) -> None:
+    b = board(seed="v3")
+    r = fleetpin("device", "update", "--port", b.port, bundles["v2"], "--yes", "--receipt", tmp_path / "r.json")
+    assert r.exit_code == 1 and "v2 is older than the installed v3" in r.stderr
+    assert version_of(fleetpin, b.port) == 3
+
+
+# ---- interruptions and noise ---------------------------------------------------------------
+
+
+def _interrupt_when(b: VirtualBoard, after_bytes: int, action: Callable[[], None]) -> threading.Thread:
+    def watch() -> None:
+        deadline = time.monotonic() + 20
+        start = b.line.bytes_in
+        while b.line.bytes_in - start < after_bytes and time.monotonic() < deadline:
+            time.sleep(0.001)
+        action()
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("how", ["unplug", "reset"])
+def test_an_interrupted_update_keeps_the_old_bundle_and_can_be_retried(
+    fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path, runtime: str, how: str
+) -> None:
+    rng = random.Random(f"{runtime}-{how}")
+    size = bundles["v2"].stat().st_size
+    for trial in range(1 if how == "unplug" else 3):  # an unplugged run waits out --timeout
+        b = board(runtime, baud=115200)
+        cut = rng.randrange(60, size)  # somewhere in the transfer (the commit comes after)
+        watcher = _interrupt_when(b, cut, b.unplug if how == "unplug" else b.reset)
+        receipt = tmp_path / f"{how}{trial}.json"
+        r = fleetpin("device", "update", "--port", b.port, bundles["v2"], "--yes", "--timeout", "1.5", "--receipt", receipt)
+        watcher.join()
+        assert r.exit_code == 1, r.stdout
+        assert ("no agent answering" in r.stderr) if how == "unplug" else ("restarted" in r.stderr)
+        assert "keeps bundle v1" in r.stderr
+        assert json.loads(receipt.read_text())["result"] == "failed"
+        b.plug()
+        assert version_of(fleetpin, b.port) == 1  # the old bundle still in force
+        r = fleetpin("device", "update", "--port", b.port, bundles["v2"], "--yes", "--receipt", receipt)
+        assert r.exit_code == 0, r.stderr
+        assert json.loads(receipt.read_text())["result"] == "installed"
+        assert version_of(fleetpin, b.port) == 2
+        b.stop()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_noisy_line_still_installs_the_exact_bundle(fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path, runtime: str) -> None:
+    b = board(runtime, baud=115200, faults="drop=0.002,flip=0.002,dup=0.001,seed=11")
+    r = fleetpin("device", "update", "--port", b.port, bundles["v2"], "--yes", "--json", "--receipt", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["result"] == "installed" and out["transfer"]["retransmissions"] > 0
+    assert sum(b.faults.counts.values()) > 0
+    import hashlib
+
+    assert out["new"]["sha256"] == hashlib.sha256(bundles["v2"].read_bytes()).hexdigest()
+
+
+def test_disconnect_faults_are_survived(fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path) -> None:
+    b = board(baud=115200, faults="disconnect=0.002,outage=0.3,seed=3")
+    r = fleetpin("device", "update", "--port", b.port, bundles["v2"], "--yes", "--receipt", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stderr
+    assert b.faults.counts["disconnect"] > 0
+    assert version_of(fleetpin, b.port) == 2
+
+
+# ---- errors a technician meets ---------------------------------------------------------------
+
+
+def test_a_busy_port_is_named_with_a_next_step(fleetpin: Any, board: Any) -> None:
+    b = board()
+    other = serial.Serial(b.port, 115200, exclusive=True)
+    try:
+        r = fleetpin("device", "info", "--port", b.port)
+    finally:
+        other.close()
+    assert r.exit_code == 1 and "is busy" in r.stderr and "close the other program" in r.stderr
+
+
+def test_no_agent_answering(fleetpin: Any) -> None:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    try:
+        started = time.monotonic()
+        r = fleetpin("device", "info", "--port", os.ttyname(slave), "--timeout", "1")
+        assert time.monotonic() - started < 5
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert r.exit_code == 1 and "no agent answering" in r.stderr and "not the REPL" in r.stderr
+
+
+def test_missing_port_and_bad_bundle_file(fleetpin: Any, tmp_path: Path, board: Any) -> None:
+    r = fleetpin("device", "info", "--port", "/dev/does-not-exist")
+    assert r.exit_code == 1 and "no such serial port" in r.stderr
+    (tmp_path / "junk.bin").write_bytes(b"junk")
+    r = fleetpin("device", "update", "--port", board().port, tmp_path / "junk.bin", "--yes")
+    assert r.exit_code == 2 and "not a valid bundle" in r.stderr
+
+
+# ---- reports, reboot, test-connect ---------------------------------------------------------------
+
+
+def test_reports_are_read_and_cleared(fleetpin: Any, board: Any, tmp_path: Path) -> None:
+    from fleetpin.boards import get_board
+    from fleetpin.sim.flashfs import FlashFS
+
+    flash = tmp_path / "flash.img"
+    with FlashFS.open_image(flash, get_board("esp32")) as f:
+        Reports(f.store_fs()).add({"date-time": "2026-01-01T00:00:00Z", "hostname": "api.example.com", "port": 443,
+                                   "validation-result": "pin_mismatch"})
+    b = board(flash=flash)
+    assert json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)["pending_reports"] == 1
+    r = fleetpin("device", "reports", "--port", b.port)
+    assert r.exit_code == 0 and "api.example.com:443" in r.stdout and "pin_mismatch" in r.stdout
+    r = fleetpin("device", "reports", "--port", b.port, "--clear", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["cleared"] is True
+    out = json.loads(fleetpin("device", "reports", "--port", b.port, "--json").stdout)
+    assert out["reports"] == [] and out["counters"]["total"] == 1
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_reboot_waits_for_the_device_to_come_back(fleetpin: Any, board: Any, runtime: str) -> None:
+    b = board(runtime)
+    r = fleetpin("device", "reboot", "--port", b.port)
+    assert r.exit_code == 0, r.stderr
+    assert "rebooted: dev-1 is back, mode ok, bundle v1" in r.stdout
+    assert b.boots == 2
+
+
+def test_test_connect_gives_the_devices_own_verdict(fleetpin: Any, board: Any, pki: Pki, tls_server: Any, tmp_path: Path) -> None:
+    b = board(seed=None)
+    bundle = demo_bundle(FLEET, 1, {pki.host: [pki.pins["leaf"], pki.pins["backup"]]}, ca_der=[pki.root.der])
+    (tmp_path / "b.bin").write_bytes(bundle)
+    assert fleetpin("device", "update", "--port", b.port, tmp_path / "b.bin", "--yes", "--receipt", tmp_path / "r.json").exit_code == 0
+    good = tls_server("leaf")
+    r = fleetpin("device", "test-connect", "--port", b.port, f"{pki.host}:{good.port}", "--json")
+    assert r.exit_code == 0, r.stderr + r.stdout
+    assert json.loads(r.stdout)["allowed"] is True
+    rogue = tls_server("rogue_leaf")
+    r = fleetpin("device", "test-connect", "--port", b.port, f"{pki.host}:{rogue.port}")
+    assert r.exit_code == 1 and "refused" in r.stdout
+    assert rogue.requests == []  # not one application byte sent to the rogue server
+
+
+# ---- `fleetpin sim board` as its own process ----------------------------------------------------
+
+_SIM = """
+import sys
+from fleetpin import cli
+cli.COMMANDS.setdefault("sim", "fleetpin.cmd_sim:sim")
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_sim_board_command_serves_a_pty_and_keeps_its_flash(fleetpin: Any, bundles: dict[str, Path], tmp_path: Path, runtime: str) -> None:
+    import subprocess
+    import sys
+
+    flash = tmp_path / "board.img"
+    signers = tmp_path / "signers.json"
+    signers.write_bytes(demo_signer_set())
+
+    def run_board(*extra: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+        proc = subprocess.Popen([sys.executable, "-c", _SIM, "sim", "board", "--runtime", runtime, "--flash", str(flash),
+                                 "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        return proc, json.loads(line)
+
+    proc, info = run_board("--fleet", FLEET, "--device-id", "field-7", "--signers", str(signers),
+                           "--seed-bundle", str(bundles["v1"]), "--baud", "115200")
+    try:
+        assert info["device_id"] == "field-7" and info["runtime"] == runtime
+        r = fleetpin("device", "update", "--port", info["port"], bundles["v2"], "--yes", "--receipt", tmp_path / "r.json")
+        assert r.exit_code == 0, r.stderr
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    proc, info = run_board()  # the same flash file: the same board, with what it installed
+    try:
+        out = json.loads(fleetpin("device", "info", "--port", info["port"], "--json").stdout)
+        assert out["device_id"] == "field-7" and out["bundle_version"] == 2
+    finally:
+        proc.terminate()
+        proc.wait(10)
