@@ -362,13 +362,27 @@ def test_connect(address: str, port: str, baud: int, timeout: float, as_json: bo
     if as_json:
         click.echo(json.dumps(verdict, sort_keys=True))
     else:
-        ok = verdict.get("allowed", verdict.get("ok"))
-        click.secho(f"{host}:{tcp_port}: {'allowed' if ok else 'refused'}", fg="green" if ok else "red")
-        for k, v in sorted(verdict.items()):
-            click.echo(f"  {k}: {v}")
+        _print_verdict(host, tcp_port, verdict)
     if not verdict.get("allowed", verdict.get("ok", False)):
         raise FleetpinError(f"the device refused {host}:{tcp_port}: {verdict.get('reason', 'see the verdict')}",
                             hint="check the pins for this host (fleetpin pin HOST) against the bundle")
+
+
+def _print_verdict(host: str, tcp_port: int, v: dict[str, Any]) -> None:
+    """One line for the verdict, then the chain the device saw, depth by depth."""
+    ok = bool(v.get("allowed"))
+    why = str(v.get("reason"))
+    if v.get("matched_label") is not None:
+        why += f": pin \"{v['matched_label']}\" at depth {v.get('matched_depth')}"
+    if v.get("rule"):
+        why += f" (rule {v['rule']})"
+    if not v.get("clock_trusted", True):
+        why += ", clock untrusted"
+    click.secho(f"{host}:{tcp_port}: {'ALLOWED' if ok else 'REFUSED'} {why}", fg="green" if ok else "red")
+    for c in v.get("chain") or []:
+        click.echo(f"  depth {c.get('depth')}  {c.get('pin')}")
+    if v.get("detail"):
+        click.echo(f"  detail: {v['detail']}")
 
 
 @device.command("reboot")

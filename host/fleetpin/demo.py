@@ -19,6 +19,8 @@ from pathlib import Path
 import click
 
 from .cli import main as fleetpin_main
+from .sim.board import VirtualBoard
+from .sim.firmware import stand_in_firmware
 from .sim.pki import Pki, make_pki
 from .sim.tlsserver import LOOPBACK, TlsServer
 
@@ -130,6 +132,8 @@ def story(out: Path) -> Story:
     s.section("Policy, lint, signed bundle", "Two pins for the API (primary and backup), 180 days to expiry.")
     policy = out / "policy.toml"
     write_policy(policy, pki, pki.backup_leaf.pin, "version 1")
+    with servers(pki, ["leaf"]) as srv:
+        s.run("bundle", "lint", policy, "--host", f"{API_HOST}:{srv['leaf'].port}@{LOOPBACK}")
     s.run("bundle", "build", policy, "--fleet", FLEET, "--version", "1", "--key", keys / "ops.key.pem", "-o", out / "v1.fpb")
     s.run("bundle", "verify", out / "v1.fpb", "--trust", out / "signers.json", "--fleet", FLEET, "--runtime", "micropython")
     s.outcome("bundle v1", "signed, verified on the MicroPython VM")
@@ -143,7 +147,111 @@ def story(out: Path) -> Story:
         chain = files.chain(name)
         s.run("check", "--policy", policy, "--host", API_HOST, chain, expect=expect)
         s.outcome(f"check {name}", "allowed" if expect == 0 else "blocked")
+
+    fleet_dir = out / "fleet"
+    production_line(s, out, fleet_dir)
+    with ExitStack() as stack:
+        srv = stack.enter_context(servers(pki, ["leaf", "backup_leaf", "rogue_leaf"]))
+        boards = boot_fleet(s, stack, fleet_dir)
+        field_story(s, out, pki, srv, boards, keys, policy)
+    s.section("Rehearse before production does it for real",
+              "Drills on fresh virtual fleets: the CA is distrusted (which bundles survive, and the update "
+              "that rescues the rest), and a CA the bundle trusts mis-issues a certificate for the API.")
+    for drill in ("ca-distrusted", "rogue-ca"):
+        s.run("drill", drill, "--devices", "3")
+        s.outcome(f"drill {drill}", "passed: every device accounted for, none unreachable")
     return s
+
+
+def production_line(s: Story, out: Path, fleet_dir: Path) -> None:
+    s.section(
+        "The production line",
+        "One verified image (firmware + a LittleFS filesystem holding the agent, the bundle and the "
+        "signer set), then three stations flashed at once by the real esptool through the ROM "
+        "bootloader emulator. Each board then resets into the agent, which must report the image's "
+        "bundle digest. The firmware is a stand-in with MicroPython's layout (the virtual board runs "
+        "the agent in Python).",
+    )
+    firmware = out / "firmware.bin"
+    firmware.write_bytes(stand_in_firmware("esp32"))
+    s.run("boards")
+    s.run("image", "build", "--board", "esp32", "--firmware", firmware, "--bundle", out / "v1.fpb",
+          "--signers", out / "signers.json", "-o", out / "image")
+    s.run("image", "verify", out / "image")
+    registry = out / "registry.sqlite"
+    s.run("provision", "--board", "esp32", "--image", out / "image", "--virtual", "3", "--sim-dir", fleet_dir,
+          "--registry", registry, "--operator", "demo")
+    s.run("registry", "list", "--registry", registry)
+    s.outcome("production line", "3 boards flashed, verified, recorded")
+
+
+def boot_fleet(s: Story, stack: ExitStack, fleet_dir: Path) -> list[VirtualBoard]:
+    s.section("The fleet in the field", "The three boards boot from the flash the line wrote.")
+    boards = []
+    for image in sorted(fleet_dir.glob("*.img")):
+        board = stack.enter_context(VirtualBoard(flash=image, device_id="sim-" + image.stem))
+        boards.append(board)
+    s.run("device", "info", "--port", boards[0].port)
+    return boards
+
+
+def field_story(s: Story, out: Path, pki: Pki, srv: dict[str, TlsServer], boards: list[VirtualBoard],
+                keys: Path, policy: Path) -> None:
+    api, backup, rogue = (f"{API_HOST}:{srv[n].port}" for n in ("leaf", "backup_leaf", "rogue_leaf"))
+    s.section("Devices connect", "Each device's own verdict, asked over serial: the real server, then a "
+              "man in the middle with a certificate from a rogue CA. That CA is not in the bundle, so the "
+              "device refuses the chain at CA validation and records a failure report (a CA the bundle "
+              "does trust mis-issuing is caught by the pin check: see the rogue-ca drill below).")
+    for b in boards:
+        s.run("device", "test-connect", "--port", b.port, api)
+    s.run("device", "test-connect", "--port", boards[0].port, rogue, expect=1)
+    s.run("device", "reports", "--port", boards[0].port)
+    s.outcome("rogue CA", "blocked and reported")
+
+    s.section("The primary key is lost", "The server moves to the backup key: the fleet keeps working "
+              "through the backup pin, with no update.")
+    for b in boards:
+        s.run("device", "test-connect", "--port", b.port, backup)
+
+    s.section("Field update", "Bundle v2 promotes the backup key and pins a new offline backup (made in "
+              "step 2). Preflight against the live server, diff, then each device: diff, confirm, transfer, "
+              "digest checked, receipt written.")
+    new_backup = (keys / "api-backup.pub.pem")
+    from .certs import load_file
+
+    backup_pin = load_file(new_backup)[0].pin
+    policy.write_text(policy.read_text(encoding="utf-8")
+                      .replace(pki.leaf.pin, pki.backup_leaf.pin, 1)
+                      .replace(f'{{ pin = "sha256/{pki.backup_leaf.pin}", label = "backup (offline key)" }}',
+                               f'{{ pin = "sha256/{backup_pin}", label = "backup (offline key)" }}')
+                      .replace("version 1", "version 2"), encoding="utf-8")
+    s.run("bundle", "build", policy, "--fleet", FLEET, "--version", "2", "--key", keys / "ops.key.pem", "-o", out / "v2.fpb")
+    s.run("bundle", "diff", out / "v1.fpb", out / "v2.fpb")
+    s.run("preflight", out / "v2.fpb", "--host", f"{API_HOST}:{srv['backup_leaf'].port}@{LOOPBACK}")
+    receipts = out / "receipts"
+    receipts.mkdir()
+    for b in boards:
+        s.run("device", "update", "--port", b.port, out / "v2.fpb", "--yes", "--receipt", receipts / f"{b.device_id}.json")
+    s.run("device", "test-connect", "--port", boards[0].port, backup)
+    s.run("device", "test-connect", "--port", boards[0].port, api, expect=1)
+    s.note("The old primary key is no longer pinned: a stolen copy of it is refused.")
+    account(s, boards, API_HOST, srv["backup_leaf"].port)
+
+
+def account(s: Story, boards: list[VirtualBoard], host: str, port: int) -> None:
+    """Every device, asked over serial: its bundle, and its verdict for the live server."""
+    from .transport import Transport
+
+    for b in boards:
+        with Transport.open(b.port) as t:
+            t.connect()
+            ident = t.call(t.client.identify(), "IDENTIFY")
+            v = t.call(t.client.test_connect(host, port), "TEST_CONNECT")
+        state = "connected" if v.get("allowed") else "NOT CONNECTED"
+        s.outcome(f"device {b.device_id}", f"bundle v{ident.get('bundle_version')}, {state} ({v.get('reason')}, "
+                  f"pin \"{v.get('matched_label')}\")")
+        if not v.get("allowed"):
+            raise DemoFailed(f"{b.device_id} cannot reach {host} at the end of the demo")
 
 
 def summary(s: Story, started: float) -> None:
@@ -152,7 +260,11 @@ def summary(s: Story, started: float) -> None:
     width = max(len(w) for w, _ in s.outcomes)
     for what, result in s.outcomes:
         click.echo(f"  {what:<{width}}  {result}")
-    click.echo(f"\n  demo finished in {time.monotonic() - started:.0f} s; files are in {s.out}")
+    devices = [r for w, r in s.outcomes if w.startswith("device ")]
+    reached = sum(1 for r in devices if ", connected" in r)
+    click.secho(f"\n  every device accounted for: {reached} of {len(devices)} reach the server, "
+                f"{len(devices) - reached} unreachable", fg="green" if reached == len(devices) else "red", bold=True)
+    click.echo(f"  demo finished in {time.monotonic() - started:.0f} s; files are in {s.out}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -301,7 +301,7 @@ def test_test_connect_gives_the_devices_own_verdict(fleetpin: Any, board: Any, p
     assert json.loads(r.stdout)["allowed"] is True
     rogue = tls_server("rogue_leaf")
     r = fleetpin("device", "test-connect", "--port", b.port, f"{pki.host}:{rogue.port}")
-    assert r.exit_code == 1 and "refused" in r.stdout
+    assert r.exit_code == 1 and "REFUSED tls_failed" in r.stdout
     assert rogue.requests == []  # not one application byte sent to the rogue server
 
 

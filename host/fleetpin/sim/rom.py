@@ -14,11 +14,12 @@ process, like esptool itself.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import mmap
 import sys
 from pathlib import Path
 
-from esp32_mock_bootloader import protocol, server
+from esp32_mock_bootloader import protocol, registers, server
 from esp32_mock_bootloader.cli import main as mock_main
 
 FLASH_SIZE = protocol.FLASH_MOCK_SIZE
@@ -36,6 +37,14 @@ class FileFlash(server.FlashImage):
         self.data = mmap.mmap(self._file.fileno(), FLASH_SIZE)  # type: ignore[assignment]
 
 
+def board_mac(flash: Path) -> tuple[int, ...]:
+    """A stable base MAC per virtual board, derived from its flash file (the mock gives every
+    board of a chip the same one, which a device registry keyed on the MAC cannot tell apart).
+    Espressif's OUI, as the mock uses."""
+    suffix = hashlib.sha256(str(flash.resolve()).encode()).digest()[:3]
+    return (0x24, 0x0A, 0xC4, *suffix)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fleetpin.sim.rom", description=__doc__.splitlines()[0])
     parser.add_argument("--flash", required=True, type=Path, help="flash image file (created erased if missing)")
@@ -43,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-file", required=True, help="where to write the pty path")
     args = parser.parse_args(argv)
     server._persistent_flash = FileFlash(args.flash)
+    mac = board_mac(args.flash)
+    registers.mac_bytes_for_chip = lambda chip: mac  # read through rom_profile (cached per chip)
+    registers.rom_profile.cache_clear()
     return mock_main(["run", "--pty", "--chip", args.chip, "--port-file", args.port_file])
 
 
