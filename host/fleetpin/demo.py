@@ -273,11 +273,17 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     started = time.monotonic()
+    saved = os.environ.get("FLEETPIN_KEY_PASSPHRASE")
     try:
         s = story(out)
     except DemoFailed as e:
         click.secho(f"\ndemo failed: {e}", fg="red", err=True)
         return 1
+    finally:  # the demo's passphrase must not outlive it (tests run it in-process)
+        if saved is None:
+            os.environ.pop("FLEETPIN_KEY_PASSPHRASE", None)
+        else:
+            os.environ["FLEETPIN_KEY_PASSPHRASE"] = saved
     summary(s, started)
     return 0
 
