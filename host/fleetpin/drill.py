@@ -184,6 +184,10 @@ class World:
         self.log(f"  {board.device_id}: bundle {label} installed (digest checked)")
         return "installed"
 
+    def rescue(self, boards: list[VirtualBoard], bundle: bytes, label: str) -> set[str]:
+        """Field-updates `boards`; the ids of those that installed the bundle."""
+        return {b.device_id or "" for b in boards if self.update(b, bundle, label) == "installed"}
+
     def reports(self, board: VirtualBoard) -> list[dict[str, Any]]:
         with self.session(board) as t:
             log = t.read_all("reports")
@@ -268,11 +272,7 @@ def ca_distrusted(w: World) -> None:
     w.expect(all(verdicts[x.device_id or ""]["allowed"] for x in b), "bundles that shipped the new CA and key survive")
     w.log("rescue: a field update with bundle v2 (new CA, new pin, a fresh backup) for the stranded devices")
     v2 = w.bundle(2, [("primary", new.leaf.pin), ("backup", _new_key_pin())], [new.root.der])
-    updated = set()
-    for x in a:
-        if w.update(x, v2, "v2") == "installed":
-            updated.add(x.device_id or "")
-    w.account("api", updated)
+    w.account("api", w.rescue(a, v2, "v2"))
 
 
 def emergency_rotation(w: World) -> None:
@@ -358,11 +358,7 @@ def pins_expired(w: World) -> None:
     w.log("rescue: bundle v2 (the renewed key, a fresh backup, a new expiry) for the enforcing devices")
     v2 = w.bundle(2, [("primary", p.renewed_leaf.pin), ("backup", _new_key_pin())], [p.root.der],
                   expires=w.now + 240 * DAY, on_expiry="enforce")
-    updated = set()
-    for x in b:
-        if w.update(x, v2, "v2") == "installed":
-            updated.add(x.device_id or "")
-    w.account("api", updated)
+    w.account("api", w.rescue(b, v2, "v2"))
 
 
 def rogue_ca(w: World) -> None:
