@@ -6,7 +6,11 @@ so every run writes a blank flash; the image is a fake but well-formed MicroPyth
 plus the real agent filesystem (4 MB flash: 124 KB firmware + 2 MB LittleFS). fleetpin's
 session includes what plain esptool's does not: the MD5 comparison that recognises an already
 provisioned board (--skip-flashed), output parsing, and the registry row. No agent check
-(--no-confirm): there is no agent behind a mock. Medians of REPS runs.
+(--no-confirm): there is no agent behind a mock.
+
+Then the same with the confirm step, on virtual stations (fleetpin.sim.station): the mock ROM's
+flash is a file, so after esptool each board is reset into the agent booted from that flash and
+asked IDENTIFY on its new port; the extra time is the confirm step's cost. Medians of REPS runs.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from fleetpin.boards import MIB, get_board  # noqa: E402
 from fleetpin.image import build_image, verify_image  # noqa: E402
 from fleetpin.provision import ProvisionOptions, Station, esptool_command, provision  # noqa: E402
 from fleetpin.registry import Registry  # noqa: E402
+from fleetpin.sim.station import VirtualStations  # noqa: E402
 
 REPS = 5
 
@@ -61,6 +66,16 @@ def run() -> None:
                 raise RuntimeError(f"provisioning failed: {bad}")
             return dt
 
+        def virtual(n: int) -> float:
+            with VirtualStations(n) as line:  # fresh flash files: every run writes a blank flash
+                t0 = time.perf_counter()
+                results = provision(line.fixture(), image, ProvisionOptions(operator="bench", retries=0, confirm=line.confirm()), reg)
+                dt = time.perf_counter() - t0
+            bad = [r.error for r in results if not r.ok]
+            if bad:
+                raise RuntimeError(f"virtual provisioning failed: {bad}")
+            return dt
+
         def plain() -> float:
             with MockBoard("esp32") as m:
                 cmd = esptool_command(ProvisionOptions(force=True), image, m.port)  # same session, no --skip-flashed
@@ -68,13 +83,19 @@ def run() -> None:
                 subprocess.run(cmd, check=True, capture_output=True)
                 return time.perf_counter() - t0
 
-        one, four, base = [], [], []
-        for _ in range(REPS):  # interleaved so drift hits all three alike
+        one, four, base, v_one, v_four = [], [], [], [], []
+        for _ in range(REPS):  # interleaved so drift hits all alike
             base.append(plain())
             one.append(fleetpin(1))
             four.append(fleetpin(4))
+            v_one.append(virtual(1))
+            v_four.append(virtual(4))
         b, o, f = statistics.median(base), statistics.median(one), statistics.median(four)
+        vo, vf = statistics.median(v_one), statistics.median(v_four)
         print(f"   plain esptool, 1 board:      {b:6.2f} s  (write-flash of the same 2 regions, MD5-verified)")
         print(f"   fleetpin provision, 1 board: {o:6.2f} s  ratio to plain esptool {o / b:.2f} (target <= 1.1)")
         print(f"   fleetpin provision, 4 boards:{f:6.2f} s  = {f / o:.2f} x one board ({4 * o / f:.1f} boards' work per board-time)")
+        print("   with the agent check (virtual stations: flash, reset, boot from that flash, IDENTIFY):")
+        print(f"     1 board:  {vo:6.2f} s  ratio to plain esptool {vo / b:.2f}; the check adds {vo - o:+.2f} s")
+        print(f"     4 boards: {vf:6.2f} s  = {vf / vo:.2f} x one board")
         print(f"   medians of {REPS}; boards are esp32-mock-bootloader on ptys (no baud-rate limit, its flash writes are Python loops)")

@@ -7,6 +7,8 @@ a real build.
 
     make_firmware(chip="esp32", firmware_offset=0x1000) -> bytes
     MockBoard("esp32"): a mock ROM bootloader on a pty to flash it onto, with the real esptool
+    (its flash lives in its process; fleetpin.sim.station.VirtualStation keeps it in a file and
+    then boots the agent from it)
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ MICROPYTHON_PARTITIONS: list[tuple[str, int, int, int, int]] = [
     ("nvs", 0x01, 0x02, 0x9000, 0x6000),
     ("phy_init", 0x01, 0x01, 0xF000, 0x1000),
     ("factory", 0x00, 0x00, 0x10000, 0x1F0000),
+]
+# A custom table with a smaller factory partition: the filesystem starts at 0x180000, not at the
+# board file's fs_start (0x200000), so whoever mounts it must read the table.
+SMALL_APP_PARTITIONS: list[tuple[str, int, int, int, int]] = [
+    ("nvs", 0x01, 0x02, 0x9000, 0x6000),
+    ("phy_init", 0x01, 0x01, 0xF000, 0x1000),
+    ("factory", 0x00, 0x00, 0x10000, 0x170000),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import getpass
 import json
@@ -15,8 +16,8 @@ from rich.live import Live
 from rich.table import Table
 
 from .errors import FleetpinError, UsageError
-from .image import verify_image
-from .provision import RESULT_FAILED, RESULT_OK, RESULT_SAME, ProvisionOptions, Station, StationResult, agent_confirm, provision
+from .image import LoadedImage, verify_image
+from .provision import RESULT_FAILED, RESULT_OK, RESULT_SAME, Confirm, ProvisionOptions, Station, StationResult, agent_confirm, provision
 from .registry import DEFAULT_PATH, Registry
 
 
@@ -27,21 +28,38 @@ def _live_table(stations: list[Station]) -> Table:
     return t
 
 
+def _agent_cell(r: StationResult) -> str:
+    """What the agent said after reset: its id, the port it came back on, its mode."""
+    a = r.agent
+    if not a:
+        return "-"
+    where = f" on {a['port']}" if a.get("port") else ""
+    return f"{a.get('device_id') or '?'}{where}: {a.get('mode') or '?'}, bundle {str(a.get('bundle_sha256'))[:12]}"
+
+
 def _summary(results: list[StationResult]) -> Table:
     t = Table()
     for col in ("station", "port", "mac", "result", "seconds"):
         t.add_column(col, no_wrap=True)
+    show_agent = any(r.agent for r in results)
+    if show_agent:
+        t.add_column("agent (after reset)", no_wrap=True)
     t.add_column("error", overflow="fold")
     for r in results:
         style = "green" if r.ok else "red"
-        t.add_row(r.station, r.port, r.mac or "-", f"[{style}]{r.result}[/{style}]", f"{r.ended - r.started:.1f}", r.error or "")
+        row = [r.station, r.port, r.mac or "-", f"[{style}]{r.result}[/{style}]", f"{r.ended - r.started:.1f}"]
+        t.add_row(*row, *([_agent_cell(r)] if show_agent else []), r.error or "")
     return t
 
 
 @click.command(name="provision")
 @click.option("--board", required=True, help="Board name; must be the one the image was built for.")
 @click.option("--image", "image_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Image directory (fleetpin image build).")
-@click.option("--port", "ports", multiple=True, required=True, help="Serial port of a station, or NAME=PORT; repeat for each.")
+@click.option("--port", "ports", multiple=True, help="Serial port of a station, or NAME=PORT; repeat for each.")
+@click.option("--virtual", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Instead of --port: N virtual stations (mock ROM bootloader, flash in a file) that boot the agent after flashing.")
+@click.option("--sim-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --virtual: keep the stations' flash images here (slotN.img; default: a temporary directory).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Stations flashed at once (default: all).")
 @click.option("--registry", "registry_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_PATH, show_default=True, help="Device registry (SQLite).")
 @click.option("--operator", default=None, help="Who runs the line (default: the login name).")
@@ -56,6 +74,8 @@ def provision_cmd(
     board: str,
     image_dir: Path,
     ports: tuple[str, ...],
+    virtual: int | None,
+    sim_dir: Path | None,
     jobs: int | None,
     registry_path: Path,
     operator: str | None,
@@ -74,12 +94,46 @@ def provision_cmd(
     that already holds this image (unless --force), writes and MD5-verifies the firmware
     and the filesystem, reads the MAC, resets; then the agent must answer IDENTIFY with the
     image's bundle digest (skip with --no-confirm). Exit 1 if any station failed.
+
+    \b
+    --virtual N runs the same line without hardware: N virtual boards in their ROM bootloader
+    (esp32-mock-bootloader), flashed by the real esptool, then reset so each boots the agent
+    from the flash esptool wrote and answers IDENTIFY on its new port.
     """
+    if virtual is None and not ports:
+        raise UsageError("no station given", hint="pass --port for each fixture slot, or --virtual N to simulate N")
+    if virtual is not None and ports:
+        raise UsageError("--virtual and --port exclude each other", hint="simulate stations or flash real ones, not both")
+    if sim_dir is not None and virtual is None:
+        raise UsageError("--sim-dir only goes with --virtual", hint="add --virtual N")
     image = verify_image(image_dir, boards_dir)  # never flash an image that does not check out
     if image.board.name != board:
         raise UsageError(f"the image is for {image.board.name}, not {board}", hint="build an image for this board")
-    stations = [Station.parse(p) for p in ports]
-    confirm = None if no_confirm else functools.partial(agent_confirm, baud=image.board.default_baud, timeout=confirm_timeout)
+    with contextlib.ExitStack() as stack:
+        if virtual is not None:
+            from .sim.station import VirtualStations
+
+            line = stack.enter_context(VirtualStations(virtual, sim_dir, board))
+            stations = line.fixture()
+            confirm: Confirm | None = None if no_confirm else line.confirm(timeout=confirm_timeout)
+        else:
+            stations = [Station.parse(p) for p in ports]
+            confirm = None if no_confirm else functools.partial(agent_confirm, baud=image.board.default_baud, timeout=confirm_timeout)
+        return _run(stations, image, confirm, force, retries, baud, operator, registry_path, jobs, as_json)
+
+
+def _run(
+    stations: list[Station],
+    image: LoadedImage,
+    confirm: Confirm | None,
+    force: bool,
+    retries: int,
+    baud: int | None,
+    operator: str | None,
+    registry_path: Path,
+    jobs: int | None,
+    as_json: bool,
+) -> int:
     opts = ProvisionOptions(force=force, confirm=confirm, retries=retries, baud=baud, operator=operator or getpass.getuser())
     reg = Registry(registry_path)
     console = Console(stderr=True)
@@ -98,7 +152,8 @@ def provision_cmd(
     if as_json:
         click.echo(json.dumps({"image_id": image.image_id, "results": [r.as_json() for r in results]}, indent=2))
     else:
-        Console().print(_summary(results))
+        # a pipe or a log gets the whole table, not one squeezed to 80 columns
+        Console(width=None if console.is_terminal else 200).print(_summary(results))
         counts = {k: sum(r.result == k for r in results) for k in (RESULT_OK, RESULT_SAME, RESULT_FAILED)}
         click.echo(", ".join(f"{n} {k}" for k, n in counts.items()) + f"; recorded in {registry_path}")
     if failed:

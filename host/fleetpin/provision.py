@@ -14,7 +14,9 @@ that touches the ROM bootloader in a single session:
     a board that already holds this image is recognised and not rewritten;
   - each written region is verified by MD5 (esptool 5 always does), the base MAC printed at
     connect is the device's identity; `--after hard-reset` boots the new firmware.
-Then `confirm(port, expected_bundle_digest)` checks the agent booted with the right bundle.
+Then `confirm(port, expected_bundle_digest)` checks the agent booted with the right bundle; what
+it returns (the agent's IDENTIFY answer) is kept in the result. Virtual stations (a mock ROM
+bootloader whose flash then boots the agent) have their own confirm: fleetpin.sim.station.
 
 Transient serial errors (port busy or gone, lost packets) are retried with exponential
 backoff; refusals (wrong chip, flash too small) are not. Every attempt, whatever the outcome,
@@ -73,7 +75,8 @@ class ConfirmFailed(FleetpinError):
     """The board was flashed but its agent did not confirm the expected bundle."""
 
 
-Confirm = Callable[[str, str], None]
+# confirm(port, expected_bundle_digest) -> what the agent said about itself (or None); raises if wrong
+Confirm = Callable[[str, str], dict[str, Any] | None]
 
 
 class StationEvents(Protocol):
@@ -111,6 +114,7 @@ class StationResult:
     started: float
     ended: float
     regions: dict[str, str] = field(default_factory=dict)  # file -> written / skipped
+    agent: dict[str, Any] | None = None  # the confirm step's answer: device_id, mode, ...
 
     @property
     def ok(self) -> bool:
@@ -262,6 +266,7 @@ def provision_station(
     error: str | None = None
     first_error: str | None = None
     run = EsptoolRun()
+    agent: dict[str, Any] | None = None
 
     def on_line(r: EsptoolRun, line: str) -> None:
         station.mac = station.mac or r.mac
@@ -305,7 +310,8 @@ def provision_station(
                 station.phase = "confirming agent"
                 emit("confirm")
                 try:
-                    opts.confirm(station.port, image.bundle_sha256)
+                    answer = opts.confirm(station.port, image.bundle_sha256)
+                    agent = answer if isinstance(answer, dict) else None
                 except Exception as e:  # a broken confirm step is a failed station, not a crash
                     result, error = RESULT_FAILED, f"agent check failed: {e}"
     station.phase = result if error is None else "failed"
@@ -327,7 +333,7 @@ def provision_station(
                 error=error,
             )
         )
-    res = StationResult(station.name, station.port, result, station.mac, run.chip, error, station.attempt, started, ended, dict(run.regions))
+    res = StationResult(station.name, station.port, result, station.mac, run.chip, error, station.attempt, started, ended, dict(run.regions), agent)
     emit("done", result=res)
     return res
 
@@ -352,10 +358,11 @@ def provision(
 # ---- the agent check -----------------------------------------------------------------------
 
 
-def agent_confirm(port: str, expected_digest: str, *, baud: int = 115200, timeout: float = 15.0) -> None:
+def agent_confirm(port: str, expected_digest: str, *, baud: int = 115200, timeout: float = 15.0) -> dict[str, Any]:
     """Default confirm step: opens the port with pyserial and asks the agent IDENTIFY over
-    pinagent's protocol (device/PROTOCOL.md); the bundle it runs must be `expected_digest`.
-    Raises ConfirmFailed with the reason."""
+    pinagent's protocol (device/PROTOCOL.md); the bundle it runs must be `expected_digest`
+    (the agent reports the SHA-256 of its installed bundle's bytes, as the manifest's
+    bundle_sha256 is). Returns the IDENTIFY answer; raises ConfirmFailed with the reason."""
     import serial
 
     try:
@@ -372,7 +379,13 @@ def agent_confirm(port: str, expected_digest: str, *, baud: int = 115200, timeou
         call = client.identify()
         t0 = time.monotonic()
         deadline = t0 + timeout
-        while not call.done:
+        while True:
+            if call.done:
+                # A board just reset by esptool announces its start-up; if that crosses our first
+                # request, the link reports "restarted": ask again (the board is up now).
+                if not (isinstance(call.error, LinkFailure) and call.error.reason == "restarted" and time.monotonic() < deadline):
+                    break
+                call = client.identify()
             now_ms = int((time.monotonic() - t0) * 1000)
             out = client.data_to_send(now_ms)
             if out:
@@ -396,3 +409,4 @@ def agent_confirm(port: str, expected_digest: str, *, baud: int = 115200, timeou
     got = str(info.get("bundle_sha256", ""))
     if got != expected_digest:
         raise ConfirmFailed(f"agent runs bundle {got[:16] or 'none'}, expected {expected_digest[:16]}", hint="reflash with --force")
+    return dict(info)

@@ -174,7 +174,7 @@ def test_a_transient_serial_error_is_retried_with_backoff(tmp_path: Path, image:
 class FakeAgent:
     """pinagent's own device-side Service and DeviceLink behind a pty, answering IDENTIFY."""
 
-    def __init__(self, bundle_sha256: str) -> None:
+    def __init__(self, bundle_sha256: str, announce_late: bool = False) -> None:
         from pinagent.link import DeviceLink
         from pinagent.service import Handler, Service
 
@@ -183,6 +183,8 @@ class FakeAgent:
                 return {"device_id": "fake", "bundle_sha256": bundle_sha256}
 
         self.link = DeviceLink(Service(H()).dispatch)
+        # a board just out of reset: its start-up announcement crosses the host's first request
+        self._announce = announce_late
         self.master, slave = os.openpty()
         tty.setraw(slave)
         self.port = os.ttyname(slave)
@@ -200,6 +202,9 @@ class FakeAgent:
                     data = os.read(self.master, 4096)
                 except OSError:
                     return
+                if self._announce:
+                    self._announce = False
+                    os.write(self.master, bytes(self.link.announce()))
                 out = self.link.receive_data(data)
                 if out:
                     os.write(self.master, out)
@@ -217,6 +222,16 @@ def test_default_confirm_asks_the_agent_identify() -> None:
         agent_confirm(agent.port, "ab" * 32, timeout=5)
         with pytest.raises(ConfirmFailed, match="agent runs bundle abababab"):
             agent_confirm(agent.port, "cd" * 32, timeout=5)
+    finally:
+        agent.close()
+
+
+def test_default_confirm_asks_again_when_the_board_announces_its_reset() -> None:
+    agent = FakeAgent("ab" * 32, announce_late=True)
+    try:
+        info = agent_confirm(agent.port, "ab" * 32, timeout=5)
+        assert (info["device_id"], info["bundle_sha256"]) == ("fake", "ab" * 32)
+        assert not agent._announce  # the announcement was sent (and survived)
     finally:
         agent.close()
 
