@@ -170,6 +170,16 @@ def _image_chip(fw: bytes, file_offset: int, what: str) -> int:
     return int(struct.unpack_from("<H", fw, file_offset + CHIP_ID_OFFSET)[0])
 
 
+def fs_bounds(parts: list[Partition], flash_size: int) -> tuple[int, int]:
+    """(start, end) of the filesystem MicroPython mounts: the table's vfs partition if it
+    declares one (before 1.26), else from the end of the last partition to the end of flash
+    (1.26 and later create it at boot)."""
+    vfs = [p for p in parts if p.label == "vfs"]
+    if vfs:
+        return vfs[0].offset, vfs[0].end
+    return max(p.end for p in parts), flash_size
+
+
 def check_firmware(fw: bytes, board: Board, flash_size: int) -> FirmwareLayout:
     """Refuses a firmware for another chip, one whose app does not fit its partition, or whose
     partition table does not fit this flash size; returns where the filesystem goes."""
@@ -199,11 +209,7 @@ def check_firmware(fw: bytes, board: Board, flash_size: int) -> FirmwareLayout:
             raise FirmwareError(f"partitions {a.label!r} and {b.label!r} overlap", hint="the firmware's partition table is broken")
     if ordered[0].offset < board.partition_table_offset + PART_TABLE_MAX:
         raise FirmwareError(f"partition {ordered[0].label!r} overlaps the partition table", hint="the firmware's partition table is broken")
-    vfs = [p for p in parts if p.label == "vfs"]
-    if vfs:  # a table that declares the filesystem itself (MicroPython < 1.26 style)
-        fs_start, fs_end = vfs[0].offset, vfs[0].end
-    else:
-        fs_start, fs_end = max(p.end for p in parts), flash_size
+    fs_start, fs_end = fs_bounds(parts, flash_size)
     if max(p.end for p in parts) > flash_size or fs_end > flash_size:
         raise FirmwareError(
             f"the firmware's partition table ends at 0x{max(p.end for p in parts):x}, beyond {flash_size_label(flash_size)} of flash",

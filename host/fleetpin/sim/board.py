@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import hashlib
 import json
 import os
 import struct
@@ -113,7 +112,7 @@ def _loopback(host: str, port: int) -> tuple[str, int]:
     return "127.0.0.1", port
 
 
-def _config(flash: FlashFS) -> dict[str, Any]:
+def read_config(flash: FlashFS) -> dict[str, Any]:
     raw = flash.read_file(CONFIG)
     try:
         obj = json.loads(raw) if raw else {}
@@ -136,7 +135,7 @@ class _CPythonCore:
         from pinagent.service import Service
 
         b = self.b
-        self.agent = _make_cpython_agent(b.agent_kind, b.flash.store_fs(), b.clock, _config(b.flash))
+        self.agent = _make_cpython_agent(b.agent_kind, b.flash.store_fs(), b.clock, read_config(b.flash))
         self.agent.boot()
         self.svc = Service(self.agent)
         self.link = DeviceLink(self.svc.dispatch)
@@ -372,13 +371,13 @@ class VirtualBoard:
 
     @property
     def device_id(self) -> str | None:
-        return _config(self.flash).get("device_id")
+        return read_config(self.flash).get("device_id")
 
     def _provision_flash(self, device_id: str | None, fleet: str | None, bundle: bytes | None, signers: bytes | None) -> None:
         from pinagent import bundle as dev_bundle
         from pinagent.store import encode_slot
 
-        cfg = _config(self.flash)
+        cfg = read_config(self.flash)
         changed = False
         if bundle is not None and signers is not None:
             try:
@@ -395,8 +394,8 @@ class VirtualBoard:
             if value is not None and cfg.get(key) != value:
                 cfg[key] = value
                 changed = True
-        if "device_id" not in cfg:
-            cfg["device_id"] = "sim-" + hashlib.sha256(os.urandom(16)).hexdigest()[:12]
+        if "device_id" not in cfg:  # stable across restarts: the board is its flash file
+            cfg["device_id"] = "sim-" + self.flash_path.stem
             changed = True
         if changed:
             self.flash.write_file(CONFIG, json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode())

@@ -37,7 +37,7 @@ from littlefs.errors import LittleFSError
 
 from ..boards import MIB, Board
 from ..errors import FleetpinError, UsageError
-from ..image import PART_TABLE_MAX, FirmwareError, read_partition_table
+from ..image import PART_TABLE_MAX, FirmwareError, fs_bounds, read_partition_table
 
 S_IFDIR = 0x4000
 S_IFREG = 0x8000
@@ -314,8 +314,7 @@ def fs_region(path: Path, fd: int, board: Board, size: int) -> tuple[int, int]:
             f"{path}: no valid partition table at 0x{board.partition_table_offset:x} ({e}): a real board would not boot",
             hint="write a good image with fleetpin provision, or delete the file for a blank flash",
         ) from None
-    vfs = [p for p in parts if p.label == "vfs"]
-    start, end = (vfs[0].offset, vfs[0].end) if vfs else (max(p.end for p in parts), size)
+    start, end = fs_bounds(parts, size)
     if end > size or start % board.fs_block_size or end % board.fs_block_size or end - start < 2 * board.fs_block_size:
         raise FlashError(
             f"{path}: the firmware's partition table leaves no usable filesystem (0x{start:x}-0x{end:x} on {size // MIB} MB)",

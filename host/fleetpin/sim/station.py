@@ -33,7 +33,7 @@ from typing import Any
 from ..boards import get_board
 from ..errors import FleetpinError
 from ..provision import Confirm, ConfirmFailed, Station, agent_confirm
-from .board import VirtualBoard, _config
+from .board import VirtualBoard
 from .flashfs import FlashError, FlashFS
 
 ROM_START_TIMEOUT = 10.0
@@ -121,15 +121,9 @@ class VirtualStation:
         with self._lock:
             self._kill_rom()
             self._stop_board()
-            if "device_id" not in board_kwargs and not self._config_has_device_id():
-                board_kwargs["device_id"] = "sim-" + self.flash.stem
             board = VirtualBoard(flash=self.flash, board=self.board_name, **board_kwargs)
             self.board = board.start()
             return board
-
-    def _config_has_device_id(self) -> bool:
-        with FlashFS.open_image(self.flash, get_board(self.board_name)) as fs:
-            return bool(_config(fs).get("device_id"))
 
     @property
     def agent_port(self) -> str | None:
