@@ -1,5 +1,10 @@
 """Shared pytest fixtures for the host tests (the device-core tests use none: they must also run
-on the MicroPython VM). The PKI helpers live in tests/pki.py, the TLS servers in tests/tlsserver.py."""
+on the MicroPython VM). The PKI helpers live in fleetpin.sim.pki, the TLS servers in
+fleetpin.sim.tlsserver (the demo and the drills use them too).
+
+Figures a test must show in CI's output (e.g. how many power-cut points were tried) are
+printed on lines starting with "RESULT: "; they are collected here (and by the VM test runner)
+and printed at the end of the run."""
 
 from __future__ import annotations
 
@@ -11,8 +16,24 @@ from typing import Any
 import click.testing
 import pytest
 
-from pki import Pki, PkiFiles, make_pki
-from tlsserver import TlsServer
+from fleetpin.sim.pki import Pki, PkiFiles, make_pki
+from fleetpin.sim.tlsserver import TlsServer
+
+
+_RESULTS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed:
+        _RESULTS.extend(f"{line} [{report.nodeid.split('::')[-1]}]" for line in report.capstdout.splitlines()
+                        if line.startswith("RESULT: "))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _RESULTS:
+        terminalreporter.section("results the tests report")
+        for line in _RESULTS:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,7 @@ class ModuleResult:
     passed: int = 0
     failures: list[str] = field(default_factory=list)  # one entry per failed test (or module)
     heap_notes: list[str] = field(default_factory=list)
+    results: list[str] = field(default_factory=list)  # "RESULT: ..." lines the tests printed
     wall_ms: float = 0.0
     vm_ms: float = 0.0
 
@@ -192,6 +193,8 @@ def run_module(path: Path, files: dict[str, bytes], selector: str | None, heap_k
                 result.passed += 1
         else:
             result.passed += 1
+        if ok:  # figures a test reports (see tests/conftest.py): shown in CI's output too
+            result.results += [line for line in body.splitlines() if line.startswith("RESULT: ")]
         live_before = step.heap_used
     not_run = len(names) - (len(run.steps) - n_setup - 1)
     if not_run > 0:
@@ -232,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("heap? " + note)
             print(f"{r.name}: {r.passed} passed, {len(r.failures)} failed, "
                   f"VM {r.vm_ms:.0f} ms, wall {r.wall_ms:.0f} ms")
+    for r in results:
+        for line in r.results:
+            print(f"{line} [{r.name}, MicroPython VM]")
     notes = [n for r in results for n in r.heap_notes]
     if notes:
         print(f"heap? {len(notes)} tests allocated more than the {args.heap_kb} KB heap within one call; this VM "

@@ -141,7 +141,7 @@ class _Boots:
 
 
 def _report(name, cuts, check, stride=STRIDE):
-    print("%s: %d cut points (stride %d), %d flash shapes, %d boots, outcomes (version, times) %s" % (
+    print("RESULT: power loss, %s: %d cut points (stride %d), %d flash shapes, %d boots, outcomes (version, times) %s" % (
         name, cuts, stride, len(check.states), check.boots,
         sorted([(-1 if k is None else k, n) for k, n in check.seen.items()])))
 
@@ -213,7 +213,7 @@ def test_power_cut_while_raising_the_time_floor():
         seen[st.time_floor] = 1
 
     cuts = _sweep(base, lambda store, ffs: store.raise_time_floor(5000), check, 1)
-    print("time floor: %d cut points" % cuts)
+    print("RESULT: power loss, time floor: %d cut points, all recovered" % cuts)
     assert len(seen) == 2
 
 
@@ -252,7 +252,7 @@ def test_power_cut_anywhere_in_a_report_write():
             seen[got == new] = 1
 
         cuts = _sweep(base, add, check)
-        print("report %s: %d cut points (stride %d)" % (name, cuts, STRIDE))
+        print("RESULT: power loss, report %s: %d cut points (stride %d), all recovered" % (name, cuts, STRIDE))
         assert cuts > len(new[0]) // STRIDE and len(seen) == 2
 
 
@@ -367,5 +367,5 @@ def test_power_cut_at_every_flash_program_on_real_littlefs():
         assert (st.version, st.bundle, st.signers) in ((1, old, S1), (2, new, S2)), (cut, st.version)
         seen[st.version] = seen.get(st.version, 0) + 1
         cut += 1
-    print("real littlefs: %d cut points (every program/erase), outcomes %s" % (cut, sorted(seen.items())))
+    print("RESULT: power loss, real littlefs: %d cut points (every program/erase), outcomes %s" % (cut, sorted(seen.items())))
     assert seen.get(1) and seen.get(2)

@@ -1,4 +1,4 @@
-"""`fleetpin check`, driven through fleetpin.cli.main on generated PKIs (tests/pki.py)."""
+"""`fleetpin check`, driven through fleetpin.cli.main on generated PKIs (fleetpin.sim.pki)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fleetpin.cli import main
-from pki import Pki, PkiFiles, make_pki
+from fleetpin.sim.pki import Pki, PkiFiles, make_pki
 
 HOST = "device.test"
 

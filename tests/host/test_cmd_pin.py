@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pki import Pki, PkiFiles, make_pki
+from fleetpin.sim.pki import Pki, PkiFiles, make_pki
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 PINS_JSON = VECTORS / "pins.json"

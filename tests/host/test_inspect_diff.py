@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pki import Pki, PkiFiles
+from fleetpin.sim.pki import Pki, PkiFiles
 
 PASS = "correct horse battery"
 ENV = {"FLEETPIN_KEY_PASSPHRASE": PASS}

@@ -15,7 +15,7 @@ import pytest
 
 from fleetpin.bundle_view import ServedChain, load_view
 from fleetpin.lint import RULES, lint
-from pki import Pki, PkiFiles, make_pki
+from fleetpin.sim.pki import Pki, PkiFiles, make_pki
 
 NOW = int(time.time())
 DAY = 86400

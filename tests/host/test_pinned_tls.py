@@ -28,8 +28,8 @@ from pinagent import policy as P
 from pinagent import service as SV
 from pinagent import store as S
 from pinagent.agent import Agent
-from pki import Pki, make_pki
-from tlsserver import TlsServer
+from fleetpin.sim.pki import Pki, make_pki
+from fleetpin.sim.tlsserver import TlsServer
 
 FLEET = "sim-fleet"
 HOST = "device.test"

@@ -16,8 +16,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pki import KEY_TYPES, LEAF_NAMES, Pki, PkiFiles, make_pki
-from tlsserver import LOOPBACK, TlsServer, fetch
+from fleetpin.sim.pki import KEY_TYPES, LEAF_NAMES, Pki, PkiFiles, make_pki
+from fleetpin.sim.tlsserver import LOOPBACK, TlsServer, fetch
 
 
 def openssl_pin(cert_pem: bytes) -> str:

@@ -1,4 +1,4 @@
-"""`fleetpin preflight` against real TLS servers on 127.0.0.1 (tests/tlsserver.py, tests/pki.py).
+"""`fleetpin preflight` against real TLS servers on 127.0.0.1 (fleetpin.sim.tlsserver, fleetpin.sim.pki).
 
 Every --host is NAME:PORT@127.0.0.1: the device's name goes out as SNI and is checked, the
 connection stays on loopback."""
@@ -21,8 +21,8 @@ from fleetpin.bundle_build import build_bundle, canonical_json, load_bundle_sour
 from fleetpin.bundle_view import load_view
 from fleetpin.certs import FetchError, HostTarget, fetch_chain
 from fleetpin.signing import LocalKeySigner
-from pki import Pki, PkiFiles
-from tlsserver import TlsServer
+from fleetpin.sim.pki import Pki, PkiFiles
+from fleetpin.sim.tlsserver import TlsServer
 
 HOST = "device.test"
 DAY = 86400
@@ -322,7 +322,7 @@ def test_wildcard_without_host_reported_not_checked(capsys: pytest.CaptureFixtur
 
 def test_wildcard_checked_with_host(capsys: pytest.CaptureFixture[str], tls_server: StartServer,
                                     tmp_path: Path) -> None:
-    from pki import make_pki
+    from fleetpin.sim.pki import make_pki
 
     wild = make_pki("api.fleet.test")
     files = wild.write(tmp_path / "pki")
