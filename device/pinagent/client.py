@@ -42,7 +42,8 @@ class RemoteError(Exception):
 
 
 class LinkFailure(Exception):
-    """A request never got an answer: reason "timeout", "restarted" or "version"."""
+    """A request never got an answer: reason "timeout", "restarted" or "version" ("lost" only
+    reaches an Upload's own chunks, which it sends again)."""
 
     def __init__(self, reason):
         super().__init__(reason)
@@ -110,31 +111,43 @@ _CHUNK_OVERHEAD = 13
 DEFAULT_FRAME_TARGET = 200
 
 
+def fit_chunk(data, off, end, frame_target, max_data):
+    """How many bytes of data[off:end] one WRITE_CHUNK frame of at most frame_target wire bytes
+    carries (its offset and data masked and escaped as they will be; seq, ctl and CRC assumed
+    unescaped: up to 6 more), within max_data; at least 1."""
+    n = min(max_data, end - off, frame_target - _CHUNK_OVERHEAD)
+    while n > 1:
+        body = struct.pack("<I", off) + data[off : off + n]
+        est = _CHUNK_OVERHEAD - 4 + _link.masked_stuffed_len(body, _link.best_key(body))
+        if est <= frame_target:
+            break
+        n -= est - frame_target
+    return max(n, 1)
+
+
 def plan_chunks(data, frame_target, max_frame):
     """(offset, length) pairs covering data, each WRITE_CHUNK frame at most frame_target wire
-    bytes (its offset and data masked and escaped as they will be; seq, ctl and CRC assumed
-    unescaped: up to 6 more) and within the device's max_frame decoded bytes."""
+    bytes (see fit_chunk) and within the device's max_frame decoded bytes."""
     out = []
     off = 0
     total = len(data)
     max_data = max_frame - _link.MIN_FRAME - 4
     while off < total:
-        n = min(max_data, total - off, frame_target - _CHUNK_OVERHEAD)
-        while n > 1:
-            body = struct.pack("<I", off) + data[off : off + n]
-            est = _CHUNK_OVERHEAD - 4 + _link.masked_stuffed_len(body, _link.best_key(body))
-            if est <= frame_target:
-                break
-            n -= est - frame_target
-        n = max(n, 1)
+        n = fit_chunk(data, off, total, frame_target, max_data)
         out.append((off, n))
         off += n
     return out
 
 
 class Upload:
-    """The plan for one bundle: WRITE_BEGIN, then every WRITE_CHUNK pipelined within the
-    window, then WRITE_COMMIT. Advanced by the Client; watch done / error / result / acked."""
+    """One bundle: WRITE_BEGIN, then WRITE_CHUNKs pipelined within the window, then
+    WRITE_COMMIT. Advanced by the Client; watch done / error / result / acked.
+
+    Chunks are cut just before they go out, each as big as the line's current error rate
+    pays for (HostLink.best_payload: the whole frame target on a clean line, ~30 bytes at 1%
+    byte errors). A chunk whose transmission is lost is not sent again as it was: its bytes
+    go back to the ranges still to send and are cut again at the current size (WRITE_CHUNK
+    carries its offset, so the device takes any cut, and a chunk it stores twice is harmless)."""
 
     def __init__(self, client, bundle, frame_target):
         import hashlib
@@ -147,41 +160,104 @@ class Upload:
         self.error = None
         self.result = None
         self.acked = 0  # bundle bytes the device confirmed
-        self.chunks = 0
+        self.chunks = 0  # WRITE_CHUNK requests made
+        self.resent = 0  # of those, the ones carrying bytes of a lost one
         self._begin = client.write_begin(len(self.bundle), self.sha256)
-        self._pending = None  # chunk Calls not yet answered
+        self._todo = None  # [offset, end, resent?] ranges not yet sent (or lost), by offset
+        self._flying = []  # [Call, offset, end] chunks sent and not answered
         self._commit = None
 
     def _advance(self):
         if self.done:
             return
-        if self._pending is None:
+        if self._todo is None:
             if not self._begin.done:
                 return
             if self._fail(self._begin):
                 return
-            link = self.client.link
-            target = min(self.frame_target, link.window - 7)  # worst case still fits the window
-            self._pending = []
-            for off, n in plan_chunks(self.bundle, target, link.device_max_frame):
-                self._pending.append(self.client.write_chunk(off, self.bundle[off : off + n]))
-            self.chunks = len(self._pending)
+            self._todo = [[0, len(self.bundle), False]] if self.bundle else []
         if self._commit is None:
             still = []
-            for c in self._pending:
+            for item in self._flying:
+                c = item[0]
                 if not c.done:
-                    still.append(c)
+                    still.append(item)
+                elif isinstance(c.error, LinkFailure) and c.error.reason == "lost":
+                    self._requeue(item[1], item[2])
                 elif self._fail(c):
                     return
                 else:
-                    self.acked += c.length
-            self._pending = still
-            if still:
+                    self.acked += item[2] - item[1]
+            self._flying = still
+            self._fill()
+            if self._todo or self._flying:
                 return
             self._commit = self.client.write_commit()
         if self._commit.done and not self._fail(self._commit):
             self.result = self._commit.result
             self.done = True
+
+    def _requeue(self, off, end):
+        # back among the ranges to send, joined to its neighbours so it is cut afresh
+        todo = self._todo
+        i = 0
+        while i < len(todo) and todo[i][0] < off:
+            i += 1
+        if i < len(todo) and todo[i][0] == end:
+            end = todo.pop(i)[1]
+        if i > 0 and todo[i - 1][1] == off:
+            todo[i - 1][1] = end
+            todo[i - 1][2] = True
+        else:
+            todo.insert(i, [off, end, True])
+
+    def _fill(self):
+        """Queues chunks while the link would start them now (one waiting at most, so each is
+        cut as late as possible, at the size the latest loss estimate asks for)."""
+        if self.done or self._todo is None or self._commit is not None:
+            return
+        link = self.client.link
+        while self._todo and link.connected and link.waiting == 0 and len(self._flying) < link.max_outstanding:
+            r = self._todo[0]
+            off, end = r[0], r[1]
+            n = self._cut(off, end, link)
+            if off + n < end:
+                r[0] = off + n
+            else:
+                self._todo.pop(0)
+            call = self.client._call(
+                OP_WRITE_CHUNK, struct.pack("<I", off) + self.bundle[off : off + n], _dec_empty, retransmit=False
+            )
+            call.length = n
+            self._flying.append([call, off, off + n])
+            self.chunks += 1
+            if r[2]:
+                self.resent += 1
+
+    def _cut(self, off, end, link):
+        """The length of the next chunk of [off, end): the best size for the line, but a range
+        a little longer is sent whole and a longer one in even pieces, so no tiny tail (all
+        overhead) is left."""
+        max_data = link.device_max_frame - _link.MIN_FRAME - 4
+        target = self._target(link)
+        n = fit_chunk(self.bundle, off, end, target, max_data)
+        left = end - off
+        if n >= left:
+            return n
+        if left * 4 <= n * 5:  # at most 25% over: one frame
+            whole = fit_chunk(self.bundle, off, end, min(target + left - n, self._most(link)), max_data)
+            if whole >= left:
+                return left
+        pieces = (left + n - 1) // n
+        return (left + pieces - 1) // pieces
+
+    def _most(self, link):
+        return min(self.frame_target, link.window - 7)  # worst case still fits the window
+
+    def _target(self, link):
+        most = self._most(link)
+        best = link.best_payload(_CHUNK_OVERHEAD, most - _CHUNK_OVERHEAD) + _CHUNK_OVERHEAD
+        return min(most, best)
 
     def _fail(self, call):
         if call.error is None:
@@ -195,12 +271,13 @@ class Client:
     """Host side session: builds requests, lets the link pipeline and retransmit them, and
     turns answers into finished Calls. Sans-I/O: feed bytes and time, write what it returns.
 
-    rto_ms is the retransmission timeout for quick requests; slow_rto_ms for those the device
-    may take seconds over (commit: signature check in pure Python; test_connect: a TLS
+    rto_ms is the first retransmission timeout for quick requests and the ceiling of the
+    adaptive one (min_rto_ms its floor, see HostLink); slow_rto_ms the timeout of those the
+    device may take seconds over (commit: signature check in pure Python; test_connect: a TLS
     handshake; reboot)."""
 
-    def __init__(self, rto_ms=1000, slow_rto_ms=30000, max_attempts=8, frame_target=DEFAULT_FRAME_TARGET):
-        self.link = _host.HostLink(rto_ms=rto_ms, max_attempts=max_attempts)
+    def __init__(self, rto_ms=1000, slow_rto_ms=30000, max_attempts=8, frame_target=DEFAULT_FRAME_TARGET, min_rto_ms=50):
+        self.link = _host.HostLink(rto_ms=rto_ms, max_attempts=max_attempts, min_rto_ms=min_rto_ms)
         self.slow_rto_ms = slow_rto_ms
         self.frame_target = frame_target
         self.device = None  # the link_host.Connected event once the device answered HELLO
@@ -255,7 +332,15 @@ class Client:
 
     # -- I/O -------------------------------------------------------------------------------
     def data_to_send(self, now_ms):
-        return self.link.data_to_send(now_ms)
+        """Bytes to write now (uploads cut their next chunk as the window opens)."""
+        out = b""
+        while True:
+            for plan in self._plans:
+                plan._fill()
+            more = self.link.data_to_send(now_ms)
+            if not more:
+                return out
+            out += more
 
     def receive_data(self, data, now_ms):
         """Feeds bytes read from the device; returns the Calls that finished."""
@@ -273,8 +358,8 @@ class Client:
         return self.link.idle
 
     # -- internals -------------------------------------------------------------------------
-    def _call(self, op, body, decode, exclusive=False, rto_ms=None):
-        seq = self.link.request(op, body, exclusive, rto_ms)
+    def _call(self, op, body, decode, exclusive=False, rto_ms=None, retransmit=True):
+        seq = self.link.request(op, body, exclusive, rto_ms, retransmit)
         c = Call(op, seq, decode)
         self._calls[seq] = c
         return c

@@ -3,6 +3,18 @@
 events it returns. Sans-I/O like the device end: queue requests, write what data_to_send()
 returns, feed what you read, pass the time. The frame codec, op codes and limits it uses are
 link.py's; only the device end (link.DeviceLink) ships to the board.
+
+Loss recovery (host behaviour only; the wire format is link.py's):
+- fast retransmit: the device answers in order over an in-order line, so the answer to one
+  transmission proves every transmission sent before it and still unanswered lost (request
+  or answer): those are sent again at once, without waiting for a timer;
+- a corrupted frame from the device is most likely the answer to the oldest unanswered
+  transmission: that request is sent again at once (a duplicate is answered from the
+  device's cache, so guessing wrong costs only its bytes);
+- the timer (rto) adapts to the measured round trip (Jacobson: srtt + 4 rttvar, between
+  min_rto_ms and rto_ms), backs off by doubling on every expiry, and only covers the tail;
+- the observed frame loss gives a per-byte error-rate estimate, from which best_payload()
+  picks the chunk size that moves the most data per wire byte.
 """
 
 from .link import (
@@ -39,7 +51,9 @@ class Response:
 
 
 class Failed:
-    """Event: request `seq` will never be answered. reason: "timeout", "restarted", "version"."""
+    """Event: request `seq` will never be answered. reason: "timeout", "restarted", "version",
+    or "lost": a request queued with retransmit=False lost a transmission (its owner sends the
+    data again, as it sees fit, under a new seq; the device may have executed it)."""
 
     def __init__(self, seq, op, reason):
         self.seq = seq
@@ -80,15 +94,47 @@ class VersionMismatch:
 
 
 class _Request:
-    def __init__(self, seq, op, body, exclusive, rto_ms):
+    def __init__(self, seq, op, body, exclusive, slow_ms, retransmit):
         self.seq = seq
         self.op = op
         self.body = body
         self.exclusive = exclusive
-        self.rto_ms = rto_ms
+        self.slow_ms = slow_ms  # its own rto (a request the device may take long over), or None
+        self.retransmit = retransmit
         self.attempts = 0
-        self.sent_at = None  # when the latest transmission's last byte was handed out
+        self.timeouts = 0  # transmissions whose timer expired unanswered
+        self.first_sent = None  # when its first transmission's last byte was handed out
+        self.latest = None  # its latest _Tx
         self.key = best_key(body) if len(body) > 16 else 0
+
+
+class _Tx:
+    """One transmission of a request: its wire bytes count against the window until it is
+    answered, proven lost, or presumed drained (drain_at)."""
+
+    def __init__(self, req, attempt):
+        self.req = req
+        self.attempt = attempt
+        self.nbytes = 0  # handed out so far
+        self.sent_at = None  # when its last byte was handed out
+        self.retx_at = None  # send the request again if still unanswered then
+        self.drain_at = None  # presume its bytes consumed or lost then
+        self.resolved = False  # its outcome went into the loss estimate
+        self.suspect = False  # a corrupted answer was taken for its own
+
+
+# Loss estimate: exponentially decayed counts of transmissions, answered ones and the bytes
+# they exposed (request + answer). The prior says "no loss seen", so big frames come first.
+_DECAY = 0.9
+_ANSWER_GUESS = 9  # wire bytes of an answer never seen (an empty one: flags, header, CRC)
+_MAX_BACKOFF = 12
+
+
+def _grow(k):
+    """1.5 ** k, for k up to _MAX_BACKOFF: a timer grows gently, since on a serial line a
+    lost frame is noise, not congestion (a dead line is given up on by time, not count)."""
+    k = min(k, _MAX_BACKOFF)
+    return 3**k / 2**k
 
 
 class HostLink:
@@ -97,15 +143,21 @@ class HostLink:
 
     Window: wire bytes handed out and not yet acknowledged never exceed the device's window.
     The device answers a frame only after reading it out of its receive buffer, so the answer
-    to a transmission (its attempt number is echoed) frees that transmission's bytes; a
-    transmission unanswered for rto_ms is presumed consumed or lost and freed too, which is
-    sound as long as the device handles a pipelined request faster than rto_ms. Requests marked
-    exclusive (those that order others or take long) wait for everything else to finish, and
-    nothing is sent while one is outstanding.
+    to a transmission (its attempt number is echoed) frees that transmission's bytes, and so
+    does the answer to any later one (the device reads in order); a transmission unanswered
+    for its rto is presumed consumed or lost and freed too, which is sound as long as the
+    device handles a pipelined request faster than that. Requests marked exclusive (those that
+    order others or take long) wait for everything else to finish, and nothing is sent while
+    one is outstanding.
+
+    rto_ms is the first timeout and the ceiling of the adaptive one; min_rto_ms its floor
+    (the time a full window takes to drain at the line rate is a sound choice). A request is
+    given up ("timeout") after max_attempts transmissions and max_attempts times its rto.
     """
 
-    def __init__(self, rto_ms=1000, max_attempts=8, rx_max_frame=2048):
+    def __init__(self, rto_ms=1000, max_attempts=8, rx_max_frame=2048, min_rto_ms=50):
         self.rto_ms = rto_ms
+        self.min_rto_ms = min_rto_ms
         self.max_attempts = max_attempts
         self._dec = FrameDecoder(rx_max_frame)
         self.window = INITIAL_WINDOW
@@ -117,23 +169,35 @@ class HostLink:
         self._queue = []  # _Request not yet sent, FIFO
         self._retx = []  # _Request due for retransmission
         self._out = {}  # seq -> _Request sent and not answered
-        self._tx = []  # live transmissions: [seq, attempt, wire bytes, sent_at or None, rto]
-        self._partial = None  # [_Request, wire bytes, bytes handed out, its _tx entry]
+        self._tx = []  # live _Tx, in the order their bytes went out
+        self._partial = None  # [_Request, wire bytes, bytes handed out, its _Tx]
         self._inflight = 0
         self._events = []
+        self._srtt = None  # smoothed round trip, ms (None: no sample yet)
+        self._rttvar = 0.0
+        self._backoff = 0  # the rto is doubled this many times (reset by a fresh sample)
+        self._q_ok = 2.0
+        self._q_n = 2.0
+        self._q_bytes = 200.0
+        self.last_heard = None  # when the last good frame from the device arrived
         self.bad_frames = 0
         self.duplicates = 0
-        self.retransmissions = 0
+        self.retransmissions = 0  # transmissions taken for lost and sent again (by us or the owner)
+        self.fast_retransmissions = 0  # of those, the ones no timer had to wait for
+        self.probes = 0  # slow requests sent again on a timer while the device may still be busy
         self.wire_bytes_sent = 0
         self._hello()
 
     # -- API -------------------------------------------------------------------------------
-    def request(self, op, body=b"", exclusive=False, rto_ms=None):
+    def request(self, op, body=b"", exclusive=False, rto_ms=None, retransmit=True):
         """Queues a request; returns its sequence number (matched by Response/Failed events).
+        rto_ms: its own timeout, for a request the device may take long over (it is still
+        probed sooner: a duplicate is answered from the device's cache). retransmit=False: a
+        lost transmission fails it with reason "lost" instead of being sent again.
         Raises OversizeFrame if the frame would not fit the device's receive buffer."""
         if MIN_FRAME + len(body) > self.device_max_frame:
             raise OversizeFrame("request of %d bytes, the device takes %d" % (len(body), self.device_max_frame - MIN_FRAME))
-        r = _Request(self._seq, op, bytes(body), exclusive, rto_ms or self.rto_ms)
+        r = _Request(self._seq, op, bytes(body), exclusive, rto_ms, retransmit)
         self._seq = (self._seq + 1) & 0xFF
         self._queue.append(r)
         return r.seq
@@ -150,9 +214,9 @@ class HostLink:
                     break
                 attempt = r.attempts & 3
                 r.attempts += 1
-                r.sent_at = None
                 self._out[r.seq] = r
-                tx = [r.seq, attempt, 0, None, r.rto_ms]
+                tx = _Tx(r, attempt)
+                r.latest = tx
                 self._tx.append(tx)
                 wire = encode_frame(r.seq, (attempt << ATTEMPT_SHIFT) | r.op, r.body, r.key)
                 p = self._partial = [r, wire, 0, tx]
@@ -167,10 +231,9 @@ class HostLink:
             out.extend(wire[done : done + take])
             p[2] = done + take
             self._inflight += take
-            tx[2] += take
+            tx.nbytes += take
             if p[2] == len(wire):
-                r.sent_at = now_ms
-                tx[3] = now_ms
+                self._sent(tx, now_ms)
                 self._partial = None
         self.wire_bytes_sent += len(out)
         return bytes(out)
@@ -183,40 +246,85 @@ class HostLink:
                 f = self._dec.next_frame()
             except FrameError:
                 self.bad_frames += 1
+                self._corrupted_answer(now_ms)
                 continue
             if f is None:
                 break
-            self._on_frame(f)
+            self._on_frame(f, now_ms)
         return self._take_events()
 
     def tick(self, now_ms):
         """Runs the timers; returns the events (Failed) they produce."""
+        expired = False
         for tx in list(self._tx):
-            if tx[3] is not None and now_ms - tx[3] >= tx[4]:
-                # unanswered for rto: presume its bytes consumed or lost
-                self._tx.remove(tx)
-                self._inflight -= tx[2]
-        for r in list(self._out.values()):
-            if r.sent_at is None or now_ms - r.sent_at < r.rto_ms:
+            if tx.sent_at is None:
                 continue
-            r.sent_at = None
-            if r.attempts >= self.max_attempts:
-                del self._out[r.seq]
-                self._events.append(Failed(r.seq, r.op, "timeout"))
-                if r.op == OP_HELLO:  # no device answering: nothing queued will ever go out
-                    self._fail_all("timeout")
-            else:
-                self.retransmissions += 1
-                self._retx.append(r)
+            if tx.retx_at is not None and now_ms >= tx.retx_at:
+                tx.retx_at = None
+                tx.suspect = True  # taken for lost: a damaged frame now is a later one's answer
+                if self._is_latest(tx):
+                    tx.req.timeouts += 1
+                    if tx.req.slow_ms is None:
+                        expired = True
+                    self._observe(tx, False, 0)
+                    self._lost(tx.req, now_ms, False)
+            if now_ms >= tx.drain_at:
+                # unanswered for its rto: presume its bytes consumed or lost
+                self._drop_tx(tx)
+                self._observe(tx, False, 0)
+        if expired and self._backoff < _MAX_BACKOFF:
+            self._backoff += 1
         return self._take_events()
 
     def next_deadline(self):
         """When tick() should next run, or None when no timer runs."""
         t = None
         for tx in self._tx:
-            if tx[3] is not None and (t is None or tx[3] + tx[4] < t):
-                t = tx[3] + tx[4]
+            if tx.sent_at is None:
+                continue
+            d = tx.drain_at
+            if tx.retx_at is not None and tx.retx_at < d:
+                d = tx.retx_at
+            if t is None or d < t:
+                t = d
         return t
+
+    def rto(self):
+        """The current retransmission timeout, ms: srtt + 4 rttvar within [min_rto_ms, rto_ms]
+        (rto_ms before the first sample), times 1.5 per expiry since the last sample."""
+        return int(min(self.rto_ms, self._base_rto() * _grow(self._backoff)))
+
+    def _base_rto(self):
+        if self._srtt is None:
+            return self.rto_ms
+        base = self._srtt + 4 * self._rttvar
+        return max(min(self.min_rto_ms, self.rto_ms), min(base, self.rto_ms))
+
+    @property
+    def srtt(self):
+        return self._srtt
+
+    def byte_error_rate(self):
+        """Estimated probability that a byte on the line is lost or damaged, from the recent
+        transmissions' fate (a frame of n bytes survives with (1 - p) ** n)."""
+        ok = self._q_ok / self._q_n
+        if ok >= 1.0:
+            return 0.0
+        if ok < 0.01:
+            ok = 0.01
+        mean = self._q_bytes / self._q_n
+        return 1.0 - ok ** (1.0 / mean)
+
+    def best_payload(self, overhead, most):
+        """The payload size (at most `most`) that moves the most data per wire byte when each
+        frame also carries `overhead` bytes: n / (n + o) * (1 - p) ** (n + o) peaks where
+        n * (n + o) = o / p, i.e. n ~ sqrt(o / p) (about 30 bytes at 1% byte errors, 13 of
+        overhead; any size on a clean line)."""
+        p = self.byte_error_rate()
+        if p <= 0.0:
+            return most
+        n = int((-overhead + (overhead * overhead + 4.0 * overhead / p) ** 0.5) / 2)
+        return max(1, min(most, n))
 
     @property
     def idle(self):
@@ -224,12 +332,22 @@ class HostLink:
         return not self._queue and not self._out and not self._retx and self._partial is None
 
     @property
+    def waiting(self):
+        """Requests queued (new or to retransmit) and not yet started on the line."""
+        return len(self._queue) + len(self._retx)
+
+    @property
+    def outstanding(self):
+        """Requests sent and not yet answered."""
+        return len(self._out)
+
+    @property
     def in_flight(self):
         return self._inflight
 
     # -- internals -------------------------------------------------------------------------
     def _hello(self):
-        r = _Request(self._seq, OP_HELLO, bytes((PROTOCOL_VERSION,)), True, self.rto_ms)
+        r = _Request(self._seq, OP_HELLO, bytes((PROTOCOL_VERSION,)), True, None, True)
         self._seq = (self._seq + 1) & 0xFF
         self._queue.insert(0, r)
 
@@ -255,24 +373,128 @@ class HostLink:
                     return None
         return self._queue.pop(0)
 
-    def _on_frame(self, f):
+    def _sent(self, tx, now):
+        r = tx.req
+        tx.sent_at = now
+        if r.first_sent is None:
+            r.first_sent = now
+        if r.slow_ms is None:
+            tx.retx_at = tx.drain_at = now + self.rto()
+        else:
+            # probed from the quick rto up, 1.5 times longer each time (a duplicate waits in the
+            # device's buffer and is answered from its cache), but its bytes are presumed drained
+            # only after its own timeout
+            probe = self._base_rto() * _grow(r.timeouts)
+            tx.retx_at = now + int(min(probe, r.slow_ms))
+            tx.drain_at = now + r.slow_ms
+
+    def _is_latest(self, tx):
+        r = tx.req
+        return r.latest is tx and self._out.get(r.seq) is r
+
+    def _drop_tx(self, tx):
+        self._tx.remove(tx)
+        self._inflight -= tx.nbytes
+
+    def _observe(self, tx, ok, answer_bytes):
+        if tx.resolved:
+            return
+        tx.resolved = True
+        self._q_ok = self._q_ok * _DECAY + (1.0 if ok else 0.0)
+        self._q_n = self._q_n * _DECAY + 1.0
+        self._q_bytes = self._q_bytes * _DECAY + tx.nbytes + (answer_bytes or _ANSWER_GUESS)
+
+    def _sample_rtt(self, ms):
+        if self._srtt is None:
+            self._srtt = float(ms)
+            self._rttvar = ms / 2.0
+        else:
+            self._rttvar += (abs(self._srtt - ms) - self._rttvar) / 4.0
+            self._srtt += (ms - self._srtt) / 8.0
+        self._backoff = 0
+
+    def _lost(self, r, now, fast):
+        """r's latest transmission is taken for lost: send it again, or give up."""
+        if not r.retransmit:
+            del self._out[r.seq]
+            silent = self.last_heard is None or now - self.last_heard >= self.max_attempts * self.rto_ms
+            if silent:
+                self._events.append(Failed(r.seq, r.op, "timeout"))
+            else:
+                self.retransmissions += 1
+                if fast:
+                    self.fast_retransmissions += 1
+                self._events.append(Failed(r.seq, r.op, "lost"))
+            return
+        budget = self.max_attempts * (r.slow_ms or self.rto_ms)
+        if r.attempts >= self.max_attempts and now - r.first_sent >= budget:
+            del self._out[r.seq]
+            if r in self._retx:
+                self._retx.remove(r)
+            self._events.append(Failed(r.seq, r.op, "timeout"))
+            if r.op == OP_HELLO:  # no device answering: nothing queued will ever go out
+                self._fail_all("timeout")
+            return
+        if r.slow_ms is not None and not fast:
+            self.probes += 1
+        else:
+            self.retransmissions += 1
+            if fast:
+                self.fast_retransmissions += 1
+        if r not in self._retx:
+            self._retx.append(r)
+
+    def _corrupted_answer(self, now):
+        # Answers come in order: a damaged frame is most likely the answer to the oldest
+        # transmission not yet answered, nor already taken for lost (blamed for an earlier
+        # damaged frame, or its timer expired).
+        for tx in self._tx:
+            if tx.sent_at is None:
+                return
+            if tx.suspect:
+                continue
+            tx.suspect = True
+            self._observe(tx, False, 0)
+            if self._is_latest(tx):
+                self._lost(tx.req, now, True)
+            return
+
+    def _on_frame(self, f, now):
         seq = f[0]
         ctl = f[1]
         if not ctl & CTL_RESPONSE:
             self.bad_frames += 1  # a request: our own bytes echoed back (a REPL, a loopback)
             return
         op = ctl & OP_MASK
-        attempt = (ctl & ATTEMPT_MASK) >> ATTEMPT_SHIFT
-        for tx in self._tx:
-            if tx[0] == seq and tx[1] == attempt and tx[3] is not None:
-                # the device has read this transmission out of its buffer
-                self._tx.remove(tx)
-                self._inflight -= tx[2]
-                break
-        r = self._out.get(seq)
         if op == OP_HELLO and (len(f) < 10 or f[9] & 1):
             self._restarted()  # the device's start-up announcement
             return
+        self.last_heard = now
+        attempt = (ctl & ATTEMPT_MASK) >> ATTEMPT_SHIFT
+        i = 0
+        n = len(self._tx)
+        while i < n:
+            tx = self._tx[i]
+            if tx.sent_at is not None and tx.req.seq == seq and tx.attempt == attempt:
+                break
+            i += 1
+        if i < n:
+            tx = self._tx[i]
+            # the device has read this transmission out of its buffer, and every one before it:
+            # those still unanswered were lost on the way there or back
+            for old in self._tx[:i]:
+                latest = self._is_latest(old)
+                self._observe(old, False, 0)
+                if latest:
+                    self._lost(old.req, now, True)
+            del self._tx[: i + 1]
+            self._inflight = 0
+            for t in self._tx:
+                self._inflight += t.nbytes
+            self._observe(tx, True, len(f) + 6)
+            if tx.req.slow_ms is None:
+                self._sample_rtt(now - tx.sent_at)
+        r = self._out.get(seq)
         if r is None or (op != r.op and op != OP_ERROR):
             self.duplicates += 1
             return
@@ -309,7 +531,12 @@ class HostLink:
         self._hello()
 
     def _fail_all(self, reason):
-        for r in list(self._out.values()) + self._queue:
+        # oldest first, so the events come out in the same order on every runtime
+        age = self._seq
+        for r in sorted(self._out.values(), key=lambda r: (r.seq - age) & 0xFF):
+            if r.op != OP_HELLO:
+                self._events.append(Failed(r.seq, r.op, reason))
+        for r in self._queue:
             if r.op != OP_HELLO:
                 self._events.append(Failed(r.seq, r.op, reason))
         self._out = {}

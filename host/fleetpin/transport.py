@@ -27,8 +27,6 @@ from pinagent.client import BadResponse, Call, Client, LinkFailure, RemoteError,
 from .errors import FleetpinError
 
 DEFAULT_BAUD = 115200
-SMALL_FRAME = 48  # WRITE_CHUNK frame target on a noisy line (the default is 200 wire bytes)
-NOISY_RETRANSMISSIONS = 6  # this many during a transfer with big frames: switch to small ones
 
 
 class PortError(FleetpinError):
@@ -84,7 +82,6 @@ class Transport:
         self.client = Client(rto_ms=rto, slow_rto_ms=max(rto, int(timeout * 1000 / 2)), max_attempts=attempts)
         self._t0 = time.monotonic()
         self._fixed_rto = rto_ms is not None
-        self._stats_before: dict[str, int] = {}
         self.rtt_ms: int | None = None
 
     # ---- opening
@@ -184,10 +181,11 @@ class Transport:
 
     def connect(self) -> None:
         """Starts the session (HELLO) and proves the agent answers with a PING, whose round trip
-        sets the retransmission timeout: 6 times the round trip of a full chunk frame each way
-        at the port's baud rate, 150 to 1000 ms (PROTOCOL.md's 1000 ms suits the slowest line;
-        a fast one recovers lost frames sooner). A restart announcement right after opening is
-        retried once."""
+        bounds the retransmission timeout: at most 6 times the round trip of a full chunk frame
+        each way at the port's baud rate, 150 to 1000 ms (PROTOCOL.md's 1000 ms suits the
+        slowest line). Within that the link adapts it to the round trips it measures, down to
+        twice the time a full window takes to drain at the baud rate. A restart announcement
+        right after opening is retried once."""
         for attempt in range(2):
             link = self.client.link
             retx = link.retransmissions
@@ -205,6 +203,7 @@ class Transport:
         baud = getattr(self.ser, "baudrate", DEFAULT_BAUD) or DEFAULT_BAUD
         chunk_rtt = self.rtt_ms + 2 * 200 * 10 * 1000 / baud
         link.rto_ms = int(max(150, min(link.rto_ms, 6 * chunk_rtt)))
+        link.min_rto_ms = int(max(20, 2 * link.window * 10 * 1000 / baud))
         link.max_attempts = max(8, int(self.timeout * 1000 / link.rto_ms) + 1)
         self.client.slow_rto_ms = max(link.rto_ms, min(self.client.slow_rto_ms, 2000))
 
@@ -234,39 +233,18 @@ class Transport:
         return data
 
     def upload(self, bundle: bytes, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """Sends and commits a bundle. On a noisy line (many retransmissions early on) it starts
-        a new session with small frames: WRITE_BEGIN with the same size and digest keeps what
-        the device already has, so nothing received is lost by switching."""
+        """Sends and commits a bundle. On a noisy line the link shrinks the chunks to what the
+        error rate pays for and re-sends only the lost ones (pinagent.client.Upload), in the
+        same session: the device keeps every chunk it received."""
         total = len(bundle)
-        acked = 0
+        up: Upload = self.client.upload(bundle)
 
-        def report(up: Upload) -> Callable[[], None]:
-            def cb() -> None:
-                if progress is not None:
-                    progress(max(acked, up.acked), total)
-            return cb
+        def report() -> None:
+            if progress is not None:
+                progress(up.acked, total)
 
-        for frame in (self.client.frame_target, SMALL_FRAME):
-            self.client.frame_target = frame
-            up: Upload = self.client.upload(bundle)
-            link = self.client.link
-            retx0 = link.retransmissions
-            noisy = [False]
-
-            def done_or_noisy() -> bool:
-                if up.done:
-                    return True
-                if frame > SMALL_FRAME and up._commit is None and link.retransmissions - retx0 >= NOISY_RETRANSMISSIONS:
-                    noisy[0] = True
-                    return True
-                return False
-
-            self.pump(done_or_noisy, report(up))
-            acked = max(acked, up.acked)
-            if not noisy[0]:
-                break
-            self._new_session()  # abandon the big-frame plan: the device keeps what arrived
-        report(up)()
+        self.pump(lambda: up.done, report)
+        report()
         if up.error is not None:
             if isinstance(up.error, RemoteError):
                 raise DeviceRefused(up.error, "the bundle")
@@ -275,19 +253,6 @@ class Transport:
             raise FleetpinError(f"the transfer failed: {up.error}")
         return dict(up.result or {})
 
-    def _new_session(self) -> None:
-        """A fresh Client after the line has gone quiet (answers to the old session's frames are
-        read and dropped, so none can be taken for an answer of the new one)."""
-        old = self.client
-        quiet_until = time.monotonic() + old.link.rto_ms / 1000 + 0.2
-        while time.monotonic() < quiet_until:
-            if self.ser.read(max(1, self.ser.in_waiting)):
-                quiet_until = max(quiet_until, time.monotonic() + 0.1)
-        self._stats_before = {k: self._stats_before.get(k, 0) + v for k, v in self._link_stats(old).items()}
-        self.client = Client(rto_ms=old.link.rto_ms, slow_rto_ms=old.slow_rto_ms, max_attempts=old.link.max_attempts,
-                             frame_target=old.frame_target)
-        self.connect()
-
     @staticmethod
     def _link_stats(c: Client) -> dict[str, int]:
         link = c.link
@@ -295,6 +260,5 @@ class Transport:
 
     @property
     def stats(self) -> dict[str, int]:
-        now = self._link_stats(self.client)
-        return {k: v + self._stats_before.get(k, 0) for k, v in now.items()}
+        return self._link_stats(self.client)
 

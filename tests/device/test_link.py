@@ -517,3 +517,141 @@ def test_request_larger_than_the_device_frame_is_refused():
     e = raises(OversizeFrame, host.request, OP_ECHO, bytes(250))
     assert "249" in e.reason
     host.request(OP_ECHO, bytes(249))
+
+
+# ---- loss recovery: fast retransmit, adaptive timer, loss estimate ----------------------
+
+
+def connected_host(rto_ms=1000, min_rto_ms=50, window=256, cache=8):
+    """A HostLink past HELLO (as if the device answered it), talking to a fresh DeviceLink."""
+    host = HostLink(rto_ms=rto_ms, min_rto_ms=min_rto_ms)
+    dev = DeviceLink(Echo(), window=window, cache=cache)
+    sim = Sim(host, dev)
+    sim.run()
+    assert host.connected
+    sim.events = []
+    return host, dev, sim
+
+
+def frames_of(wire):
+    """The wire bytes of each frame in wire (flags included)."""
+    out = []
+    start = None
+    for i in range(len(wire)):
+        if wire[i] == FLAG:
+            if start is not None and i > start + 1:
+                out.append(bytes(wire[start : i + 1]))
+                start = None
+            else:
+                start = i
+    return out
+
+
+def test_a_later_answer_proves_an_earlier_frame_lost_and_it_goes_again_at_once():
+    host, dev, sim = connected_host()
+    a = host.request(OP_ECHO, b"first")
+    b = host.request(OP_ECHO, b"second")
+    now = sim.now
+    fa, fb = frames_of(host.data_to_send(now))
+    assert host.in_flight == len(fa) + len(fb)
+    # frame a is lost on the line; b arrives and is answered, long before any timer
+    ev = host.receive_data(dev.receive_data(fb), now + 3)
+    assert [(e.seq, e.body) for e in ev] == [(b, b"echo:second")]
+    assert host.in_flight == 0  # a's bytes are freed too: the device read past them
+    again = decode_all(FrameDecoder(), host.data_to_send(now + 3))
+    assert [(f[1], f[2]) for f in again] == [(a, (1 << 5) | OP_ECHO)]  # attempt 1, no wait
+    assert host.retransmissions == 1 and host.fast_retransmissions == 1
+    ev = host.receive_data(dev.receive_data(encode_frame(a, (1 << 5) | OP_ECHO, b"first")), now + 6)
+    assert [(e.seq, e.body) for e in ev] == [(a, b"echo:first")] and host.idle
+
+
+def test_a_damaged_answer_sends_the_oldest_request_again_at_once():
+    host, dev, sim = connected_host()
+    seq = host.request(OP_ECHO, b"x", exclusive=True)
+    wire = host.data_to_send(sim.now)
+    answer = bytearray(dev.receive_data(wire))
+    answer[3] ^= 0x10  # a flipped bit: the CRC rejects it
+    assert host.receive_data(bytes(answer), sim.now + 2) == []
+    assert host.bad_frames == 1
+    again = decode_all(FrameDecoder(), host.data_to_send(sim.now + 2))
+    assert [(f[1], f[2] >> 5) for f in again] == [(seq, 1)]
+    # the device answers the duplicate from its cache: executed once
+    ev = host.receive_data(dev.receive_data(encode_frame(seq, (1 << 5) | OP_ECHO, b"x")), sim.now + 4)
+    assert [(e.seq, e.body) for e in ev] == [(seq, b"echo:x")] and dev.duplicates == 1
+
+
+def test_the_timeout_follows_the_measured_round_trip_and_grows_on_expiry():
+    host = HostLink(rto_ms=1000, min_rto_ms=20)
+    assert host.rto() == 1000  # nothing measured yet
+    sim = Sim(host, DeviceLink(Echo()), delay=5)  # ~10 ms round trips
+    for i in range(20):
+        host.request(OP_ECHO, bytes((i,)))
+    sim.run()
+    assert 20 <= host.rto() <= 40 and 9 <= host.srtt <= 13
+    # a silent device: each expiry stretches the timer by half, up to rto_ms
+    host.request(OP_ECHO, b"lost")
+    now = sim.now
+    host.data_to_send(now)
+    first = host.rto()
+    sends = []
+    while now < sim.now + 3000 and len(sends) < 6:
+        now += 1
+        host.tick(now)
+        if host.data_to_send(now):
+            sends.append(now)
+    gaps = [b - a for a, b in zip(sends, sends[1:])]
+    assert sends[0] - sim.now <= first + 1
+    assert all(g2 > g1 for g1, g2 in zip(gaps, gaps[1:])) and gaps[-1] <= 1000
+
+
+def test_a_lost_transmission_of_a_no_retransmit_request_fails_it_as_lost():
+    host, dev, sim = connected_host(rto_ms=200, min_rto_ms=20)
+    seq = host.request(OP_ECHO, b"chunk", retransmit=False)
+    host.data_to_send(sim.now)  # lost
+    ev = []
+    now = sim.now
+    while not ev:
+        now += 1
+        ev = host.tick(now)
+    assert [(e.seq, e.reason) for e in ev] == [(seq, "lost")] and host.idle
+    # when the device has said nothing for max_attempts x rto_ms, it is a timeout instead
+    seq = host.request(OP_ECHO, b"chunk", retransmit=False)
+    now += 8 * 200
+    host.data_to_send(now)
+    ev = host.tick(now + 1000)
+    assert [(e.seq, e.reason) for e in ev] == [(seq, "timeout")]
+
+
+def test_a_slow_request_is_probed_early_and_still_executed_once():
+    host, dev, sim = connected_host(rto_ms=100, min_rto_ms=20)
+    # the device takes 400 ms over it: the probes wait in its buffer meanwhile
+    held = []
+    seq = host.request(OP_ECHO, b"commit", exclusive=True, rto_ms=5000)
+    now = sim.now
+    while now < sim.now + 400:
+        out = host.data_to_send(now)
+        if out:
+            held.append(out)
+        host.tick(now)
+        now += 1
+    assert 2 <= len(held) <= 8  # probes, spaced further and further apart
+    ev = []
+    for w in held:
+        ev.extend(host.receive_data(dev.receive_data(w), now))
+    assert [(e.seq, e.body) for e in ev] == [(seq, b"echo:commit")]
+    assert dev.duplicates == len(held) - 1 and host.idle
+
+
+def test_the_loss_estimate_picks_the_payload_size():
+    host = HostLink()
+    assert host.byte_error_rate() == 0.0 and host.best_payload(13, 187) == 187
+    lcg = Lcg(5)
+    for _ in range(200):  # 50-byte exchanges on a line losing 1% of its bytes
+        ok = all(lcg.next(100) != 0 for _ in range(50))
+        tx = link_host._Tx(None, 0)
+        tx.nbytes = 41
+        host._observe(tx, ok, 9)
+    p = host.byte_error_rate()
+    assert 0.004 < p < 0.025, p
+    assert 18 <= host.best_payload(13, 187) <= 50
+    assert host.best_payload(13, 20) == 20
