@@ -28,3 +28,15 @@ def vector_json(name):
     import json
 
     return json.loads(read_vector(name))
+
+
+class Lcg:
+    """A seeded generator that gives the same numbers on every runtime (`random` differs between
+    CPython and MicroPython): for lossy lines, fault injection and fuzzing in the tests."""
+
+    def __init__(self, seed):
+        self.s = seed
+
+    def next(self, n):
+        self.s = (self.s * 1103515245 + 12345) & 0x7FFFFFFF
+        return (self.s >> 8) % n

@@ -3,7 +3,7 @@
 
 import binascii
 
-from support import raises
+from support import Lcg, raises
 
 from pinagent import link, link_host
 from pinagent.link import (
@@ -26,15 +26,6 @@ from pinagent.link_host import HostLink
 OP_ECHO = 1
 
 
-class Lcg:
-    """Deterministic on every runtime (random differs between CPython and MicroPython)."""
-
-    def __init__(self, seed):
-        self.s = seed
-
-    def next(self, n):
-        self.s = (self.s * 1103515245 + 12345) & 0x7FFFFFFF
-        return (self.s >> 8) % n
 
 
 def decode_all(dec, data, one_at_a_time=False):

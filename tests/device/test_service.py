@@ -4,7 +4,7 @@
 import binascii
 import hashlib
 
-from support import raises
+from support import Lcg, raises
 
 from pinagent import client, link, service
 from pinagent.link import OP_ERROR, DeviceLink, FrameDecoder, encode_frame
@@ -25,13 +25,6 @@ from pinagent.service import (
 from pinagent.client import Client, LinkFailure, RemoteError
 
 
-class Lcg:
-    def __init__(self, seed):
-        self.s = seed
-
-    def next(self, n):
-        self.s = (self.s * 1103515245 + 12345) & 0x7FFFFFFF
-        return (self.s >> 8) % n
 
 
 def all_set(buf):
