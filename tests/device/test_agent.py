@@ -8,7 +8,7 @@ import hashlib
 import json
 
 from faultfs import FaultFS
-from support import raises, read_vector, vector_json
+from support import raises, read_vector
 
 from pinagent import connect as C
 from pinagent import policy as P

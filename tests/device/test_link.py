@@ -14,7 +14,6 @@ from pinagent.link import (
     OP_HELLO,
     ChecksumError,
     DeviceLink,
-    EscapeError,
     FrameDecoder,
     FrameError,
     OversizeFrame,

@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fleetpin import cli, mpvm
-from pinagent import bundle as dev_bundle
 
 PASS = "correct horse battery"
 FLEET = "acme-sensors"

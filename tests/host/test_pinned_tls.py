@@ -28,7 +28,7 @@ from pinagent import policy as P
 from pinagent import service as SV
 from pinagent import store as S
 from pinagent.agent import Agent
-from fleetpin.sim.pki import Pki, make_pki
+from fleetpin.sim.pki import Pki
 from fleetpin.sim.tlsserver import TlsServer
 
 FLEET = "sim-fleet"

@@ -28,12 +28,12 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..boards import Board, get_board
-from ..errors import FleetpinError, UsageError
+from ..errors import UsageError
 from .flashfs import FlashFS
 from .line import Faults, Line
 

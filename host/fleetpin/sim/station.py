@@ -34,7 +34,7 @@ from ..boards import get_board
 from ..errors import FleetpinError
 from ..provision import Confirm, ConfirmFailed, Station, agent_confirm
 from .board import VirtualBoard
-from .flashfs import FlashError, FlashFS
+from .flashfs import FlashError
 
 ROM_START_TIMEOUT = 10.0
 
