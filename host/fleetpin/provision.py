@@ -235,6 +235,28 @@ def run_esptool(cmd: list[str], on_line: Callable[[EsptoolRun, str], None], time
     return run
 
 
+class OtherBoard(EsptoolRun):
+    """A retry found a different board on the station's port: never transient."""
+
+    @property
+    def transient(self) -> bool:
+        return False
+
+
+def _same_board(opts: ProvisionOptions, image: LoadedImage, station: Station, on_line: Callable[[EsptoolRun, str], None]) -> EsptoolRun:
+    """Reads the MAC of the board now on the station's port (staying in the bootloader); an
+    error run if it is not the board the first attempt saw."""
+    cmd = [*opts.esptool, "--chip", image.board.chip, "--port", station.port, "--after", "no-reset", "read-mac"]
+    run = run_esptool(cmd, on_line, opts.session_timeout)
+    if run.error is None and run.mac is not None and run.mac != station.mac:
+        other = OtherBoard()
+        other.mac = station.mac
+        other.error = (f"another board (MAC {run.mac}) answers on {station.port} now, not {station.mac}: "
+                       "not flashed; put the board back, or provision the new one as a new attempt")
+        return other
+    return run
+
+
 def _reason(run: EsptoolRun, image: LoadedImage) -> str:
     """An operator-readable reason for a failed session."""
     e = run.error or "unknown error"
@@ -287,7 +309,11 @@ def provision_station(
         station.attempt = attempt
         station.phase, station.percent = "connecting", 0.0
         emit("attempt", attempt=attempt)
-        run = run_esptool(cmd, on_line, opts.session_timeout)
+        # A retry reopens the port by name, and a port name can now belong to another board
+        # (unplugged, and another one plugged in): check it is the same board before writing.
+        run = _same_board(opts, image, station, on_line) if attempt > 1 and station.mac else EsptoolRun()
+        if run.error is None:
+            run = run_esptool(cmd, on_line, opts.session_timeout)
         station.mac = station.mac or run.mac
         if run.error is None:
             break

@@ -123,7 +123,8 @@ def test_failures_are_recorded_with_their_reason_and_the_others_finish(tmp_path:
     assert results["wrong"].attempts == 1  # a refusal is not retried
     assert results["unplugged"].result == RESULT_FAILED
     assert (results["unplugged"].error or "").startswith("serial link lost while writing firmware.bin")
-    assert "then after 2 attempts: Could not open" in (results["unplugged"].error or "")
+    # retried, and the port stayed gone (its name may even have been reused by a new pty by then)
+    assert "then after" in (results["unplugged"].error or "") and results["unplugged"].attempts >= 2
     assert results["silent"].result == RESULT_FAILED
     assert "agent not answering" in (results["silent"].error or "")
     rows = {a.station: a for a in reg.attempts()}
