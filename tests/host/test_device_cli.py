@@ -18,6 +18,7 @@ import pytest
 import serial
 
 from fleetpin import cli
+from fleetpin.transport import DeviceRefused, Transport
 from fleetpin.sim.board import VirtualBoard
 from fleetpin.sim.demo_bundles import FILLER_PINS, demo_bundle, demo_signer_set
 from fleetpin.sim.pki import Pki
@@ -155,10 +156,24 @@ def test_refused_bundles_leave_the_device_unchanged(
     assert after["bundle_sha256"] == before["bundle_sha256"] and after["mode"] == "ok"
 
 
-def test_rollback_is_refused_before_sending(fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path) -> None:
-    b = board(seed="v3")
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_rollback_is_refused_before_sending(fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path, runtime: str) -> None:
+    b = board(runtime, seed="v3")
     r = fleetpin("device", "update", "--port", b.port, bundles["v2"], "--yes", "--receipt", tmp_path / "r.json")
     assert r.exit_code == 1 and "v2 is older than the installed v3" in r.stderr
+    assert version_of(fleetpin, b.port) == 3
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_the_device_itself_refuses_a_rollback_sent_anyway(fleetpin: Any, board: Any, bundles: dict[str, Path], runtime: str) -> None:
+    """A host that skips fleetpin's checks (an attacker replaying an old signed bundle) meets
+    the device's own: the old version is refused at commit, the installed one stays."""
+    b = board(runtime, seed="v3")
+    with Transport.open(b.port) as t:
+        t.connect()
+        with pytest.raises(DeviceRefused) as refused:
+            t.upload(bundles["v2"].read_bytes())
+    assert refused.value.code_name == "rollback"
     assert version_of(fleetpin, b.port) == 3
 
 
