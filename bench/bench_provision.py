@@ -49,14 +49,19 @@ def run() -> None:
         signers = (REPO / "tests/vectors/bundle/signers_prod.json").read_bytes()
         build_image(board, make_firmware(), bundle, signers, 4 * MIB, tmp / "img", dev)
         image = verify_image(tmp / "img")
-        reg = Registry(tmp / "reg.sqlite")
         opts = ProvisionOptions(operator="bench", retries=0)
+        batches = iter(range(10**6))
+
+        def registry() -> Registry:
+            # A new batch of boards: a registry that knows none of them. (The mock gives every
+            # board one MAC, so a shared registry would take them all for already provisioned.)
+            return Registry(tmp / f"reg{next(batches)}.sqlite")
 
         def fleetpin(n: int) -> float:
             mocks = [MockBoard("esp32").start() for _ in range(n)]
             try:
                 t0 = time.perf_counter()
-                results = provision([Station(f"s{i}", m.port) for i, m in enumerate(mocks)], image, opts, reg)
+                results = provision([Station(f"s{i}", m.port) for i, m in enumerate(mocks)], image, opts, registry())
                 dt = time.perf_counter() - t0
             finally:
                 for m in mocks:
@@ -69,7 +74,7 @@ def run() -> None:
         def virtual(n: int) -> float:
             with VirtualStations(n) as line:  # fresh flash files: every run writes a blank flash
                 t0 = time.perf_counter()
-                results = provision(line.fixture(), image, ProvisionOptions(operator="bench", retries=0, confirm=line.confirm()), reg)
+                results = provision(line.fixture(), image, ProvisionOptions(operator="bench", retries=0, confirm=line.confirm()), registry())
                 dt = time.perf_counter() - t0
             bad = [r.error for r in results if not r.ok]
             if bad:

@@ -91,9 +91,10 @@ def provision_cmd(
 
     \b
     Per station: esptool connects, refuses another chip or too small a flash, skips a board
-    that already holds this image (unless --force), writes and MD5-verifies the firmware
-    and the filesystem, reads the MAC, resets; then the agent must answer IDENTIFY with the
-    image's bundle digest (skip with --no-confirm). Exit 1 if any station failed.
+    the registry records (by MAC) as provisioned with this image and regions that already
+    hold the image's bytes (unless --force), writes and MD5-verifies the firmware and the
+    filesystem, reads the MAC, resets; then the agent must answer IDENTIFY with the image's
+    bundle digest (skip with --no-confirm). Exit 1 if any station failed.
 
     \b
     --virtual N runs the same line without hardware: N virtual boards in their ROM bootloader

@@ -10,8 +10,11 @@ that touches the ROM bootloader in a single session:
     `keep` also leaves the bootloader header as `image build` set it, so the bytes on flash are
     exactly the manifest's (a larger chip is fine: ESP-IDF uses the header's size, which is
     also where the filesystem ends);
-  - `--skip-flashed` (unless force): esptool compares each region's MD5 on the chip first;
-    a board that already holds this image is recognised and not rewritten;
+  - `--skip-flashed` (unless force): esptool compares each region's MD5 on the chip first and
+    skips a region that already holds the image's bytes;
+  - before that, on a re-run (the registry knows boards provisioned with this image), `read-mac`
+    recognises such a board by its MAC: nothing is written, not even the filesystem the agent
+    has written its state to since (unless force);
   - each written region is verified by MD5 (esptool 5 always does), the base MAC printed at
     connect is the device's identity; `--after hard-reset` boots the new firmware.
 Then `confirm(port, expected_bundle_digest)` checks the agent booted with the right bundle; what
@@ -243,6 +246,21 @@ class OtherBoard(EsptoolRun):
         return False
 
 
+def _provisioned_before(opts: ProvisionOptions, image: LoadedImage, station: Station, registry: Registry | None,
+                        on_line: Callable[[EsptoolRun, str], None]) -> EsptoolRun | None:
+    """The read-mac run of a board the registry already records as provisioned with this
+    image, else None. Only asked when the registry knows boards with this image (a re-run), so a
+    fresh batch pays nothing; the board is reset out of the bootloader, as after a write."""
+    if opts.force or registry is None:
+        return None
+    done = {a.mac for a in registry.attempts() if a.image_id == image.image_id and a.result != RESULT_FAILED and a.mac}
+    if not done:
+        return None
+    cmd = [*opts.esptool, "--chip", image.board.chip, "--port", station.port, "--after", "hard-reset", "read-mac"]
+    run = run_esptool(cmd, on_line, opts.session_timeout)
+    return run if run.error is None and run.mac in done else None
+
+
 def _same_board(opts: ProvisionOptions, image: LoadedImage, station: Station, on_line: Callable[[EsptoolRun, str], None]) -> EsptoolRun:
     """Reads the MAC of the board now on the station's port (staying in the bootloader); an
     error run if it is not the board the first attempt saw."""
@@ -305,7 +323,11 @@ def provision_station(
             emit("compare", line=line)
 
     cmd = esptool_command(opts, image, station.port)
-    for attempt in range(1, opts.retries + 2):
+    run = _provisioned_before(opts, image, station, registry, on_line)
+    if run is not None:  # recognised by its MAC: nothing is written (its state on flash stays)
+        station.mac, station.attempt = run.mac, 1
+        run.regions = {f: "skipped" for f in regions}
+    for attempt in range(1, opts.retries + 2 if run is None else 1):
         station.attempt = attempt
         station.phase, station.percent = "connecting", 0.0
         emit("attempt", attempt=attempt)

@@ -15,7 +15,7 @@ from fakefirmware import BUNDLE, SIGNERS, SMALL_APP_PARTITIONS, make_firmware
 from fleetpin import cli
 from fleetpin.boards import MIB, get_board
 from fleetpin.image import LoadedImage, build_image, verify_image
-from fleetpin.provision import RESULT_FAILED, RESULT_OK, ProvisionOptions, Station, agent_confirm, provision
+from fleetpin.provision import RESULT_FAILED, RESULT_OK, RESULT_SAME, ProvisionOptions, Station, agent_confirm, provision
 from fleetpin.registry import Registry
 from fleetpin.sim.board import BUNDLE as FS_BUNDLE
 from fleetpin.sim.board import VirtualBoard
@@ -80,12 +80,19 @@ def test_several_stations_boot_the_agent_from_what_esptool_wrote(tmp_path: Path,
             (f"slot{i + 1}", RESULT_OK, None, mac_of(st), image.bundle_sha256) for i, st in enumerate(line)
         ]
         assert len({a.mac for a in rows}) == 3  # the registry tells the boards apart
-        # back into the bootloader on a new pty: the firmware is recognised, the filesystem the
-        # agent has since written to (its config.json) is rewritten
+        # back into the bootloader on a new pty: the registry knows this board (by its MAC) with
+        # this image, so nothing is written, not even the filesystem the agent has written to
+        # since (its state stays); it is reset and confirmed again
         st = line[0].enter_bootloader()
         [again] = provision([Station("slot1", st.port)], image, opts(confirm=line.confirm(timeout=5)), reg)
-        assert again.result == RESULT_OK and again.regions == {"firmware.bin": "skipped", "fs.bin": "written"}
+        assert again.result == RESULT_SAME and again.mac == mac_of(st), again.error
+        assert again.regions == {"firmware.bin": "skipped", "fs.bin": "skipped"}
         assert again.agent is not None and again.agent["device_id"] == "sim-slot1"
+        assert reg.attempts()[-1].result == RESULT_SAME
+        # unless forced: then every region is written again
+        st = line[0].enter_bootloader()
+        [forced] = provision([Station("slot1", st.port)], image, opts(force=True, confirm=line.confirm(timeout=5)), reg)
+        assert forced.result == RESULT_OK and forced.regions == {"firmware.bin": "written", "fs.bin": "written"}
 
 
 def test_the_filesystem_is_found_where_the_flashed_partition_table_puts_it(tmp_path: Path, device_dir: Path) -> None:
