@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from pinagent.connect import TLS_FAILED
+
 from .bundle_build import load_bundle_source
 from .certs import host_name, load_certificates
 from .errors import FleetpinError, UsageError
@@ -26,6 +28,7 @@ class Verification:
     verified: bool
     anchor: str | None  # what the chain was verified against
     error: str | None  # why it was not verified
+    from_device_cas: bool = False  # against the CAs the device trusts (--ca, the bundle's), not the chain's own root
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,6 +77,10 @@ def check(policy_path: Path, host: str, chain_path: Path, now_text: str | None, 
         verdict = verdict_on_vm(obj, host, ders, now, verification.verified)
     else:
         verdict = verdict_on_cpython(obj, host, ders, now, verification.verified)
+    if verification.from_device_cas and not verification.verified:
+        # The device validates under CERT_REQUIRED against exactly these CAs: a chain that fails
+        # never reaches the pin check there, whatever the pins say.
+        verdict = {**verdict, "allowed": False, "reason": TLS_FAILED, "pin_verdict": verdict["reason"]}
     certificates = describe_chain(ders)
 
     if as_json:
@@ -139,6 +146,7 @@ def verify_chain(ders: list[bytes], host: str, now: int | None, ca_path: Path | 
     except ValueError as e:
         return Verification(False, None, f"cryptography cannot parse the chain: {e}")
     leaf, rest = certs[0], certs[1:]
+    device_cas = ca_path is not None or bool(bundle_cas)
     if ca_path is not None:
         try:
             anchors = [x509.load_der_x509_certificate(d) for d in load_certificates(ca_path, "--ca file")]
@@ -160,8 +168,8 @@ def verify_chain(ders: list[bytes], host: str, now: int | None, ca_path: Path | 
             host_name(host.lower().rstrip(".")))
         verifier.verify(leaf, rest)
     except (VerificationError, ValueError) as e:
-        return Verification(False, anchor, str(e))
-    return Verification(True, anchor, None)
+        return Verification(False, anchor, str(e), device_cas)
+    return Verification(True, anchor, None, device_cas)
 
 
 def _self_signed(cert: Any) -> bool:

@@ -3,6 +3,7 @@ table for every command that reports a verdict (check, preflight)."""
 
 from __future__ import annotations
 
+from pinagent import connect as dev_connect
 from pinagent import policy as dev_policy
 
 REASON_TEXT: dict[str, str] = {
@@ -16,6 +17,8 @@ REASON_TEXT: dict[str, str] = {
     dev_policy.NO_POLICY_BLOCKED: "no rule for this host, and unpinned = \"block\"",
     dev_policy.UNVERIFIED: "CA validation decides here, and the chain was not verified",
     dev_policy.INVALID_HOST: "the host name is empty or has an empty label",
+    dev_connect.TLS_FAILED: "the chain does not validate against the CA certificates the device trusts: "
+    "its TLS handshake fails before any pin counts",
 }
 
 
@@ -30,6 +33,8 @@ def hint_for(reason: str) -> str:
         return "if the server's key changed on purpose, add its pin to the policy before deploying the key"
     if reason == dev_policy.UNVERIFIED:
         return "pass --ca with the CA certificates your bundle ships, or pin the leaf key"
+    if reason == dev_connect.TLS_FAILED:
+        return "ship the CA this chain ends in ([bundle] ca_certs), or fix the server's chain (host name, dates, intermediates)"
     if reason == dev_policy.NO_POLICY_BLOCKED:
         return "add a [[domain]] for this host, or set unpinned = \"ca\" in [defaults]"
     return "see the verdict above"

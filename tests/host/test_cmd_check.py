@@ -224,3 +224,20 @@ def test_micropython_runtime_agrees_with_device_runtime(capsys: pytest.CaptureFi
         assert vm["runtime"] == "micropython"
         assert code_vm == code_dev
         assert vm["verdict"] == dev["verdict"], case
+
+
+def test_a_pinned_leaf_under_a_ca_the_device_does_not_trust_is_refused(capsys: pytest.CaptureFixture[str], pki: Pki,
+                                                                        files: PkiFiles, tmp_path: Path) -> None:
+    """The rogue leaf's own key is pinned, but its chain does not validate against the CAs the
+    device trusts: on the board the TLS handshake fails before any pin counts, so: refused."""
+    policy = write_policy(tmp_path, [pki.pins["rogue_leaf"], pki.pins["backup"]])
+    code, obj = run_json(capsys, "--policy", str(policy), "--host", HOST, "--ca", str(files.cert("root")),
+                         str(files.chain("rogue_leaf")))
+    assert code == 1
+    assert obj["verdict"]["allowed"] is False and obj["verdict"]["reason"] == "tls_failed"
+    assert obj["verdict"]["pin_verdict"] == "matched"  # what the pins alone would have said
+    # the same CAs from the policy file's [bundle] ca_certs, as the device gets them
+    (tmp_path / "root.pem").write_bytes(files.cert("root").read_bytes())
+    policy.write_text(policy.read_text() + '\n[bundle]\nca_certs = ["root.pem"]\n')
+    code, obj = run_json(capsys, "--policy", str(policy), "--host", HOST, str(files.chain("rogue_leaf")))
+    assert code == 1 and obj["verdict"]["reason"] == "tls_failed"
