@@ -73,7 +73,7 @@ RULES: dict[str, LintRule] = {r.id: r for r in (
              "check the pin, and add that CA's certificate to [bundle] ca_certs if it is one"),
     LintRule("FP014", INFO, "a domain is report-only",
              "switch it to enforce = true once the reports show no mismatches"),
-    LintRule("FP015", WARNING, "a served chain falls under no domain of the policy",
+    LintRule("FP015", WARNING, "a served chain falls under no domain of the policy (an error with unpinned = \"block\")",
              "check the host name (--chain HOST=FILE) or add a [[domain]] for it"),
     LintRule("FP016", WARNING, "a CA certificate has expired or expires soon",
              "ship the CA's successor in [bundle] ca_certs before it expires"),
@@ -126,7 +126,7 @@ def lint(view: View, chains: Sequence[ServedChain] = (), *, now: int, max_horizo
                            p.host))
     for r in view.rules:
         out += _domain_findings(view, r, now, max_horizon_days, warn_days)
-    if view.rules and not view.ca_certs:
+    if not view.ca_certs:  # with or without domains: every connection is validated against them
         out.append(Finding("FP010", ERROR, f"{len(view.rules)} domains and no CA certificate: devices cannot "
                                            "validate any chain (CERT_REQUIRED)"))
     for ca in view.ca_certs:
@@ -174,6 +174,9 @@ def _chain_findings(view: View, chain: ServedChain, now: int) -> list[Finding]:
     matches = rules_for_chain(view.policy, chain)
     if not matches:
         names = ", ".join(chain.names()) or "(no name)"
+        if view.policy.unpinned == "block":  # devices refuse hosts without a rule
+            return [Finding("FP015", ERROR, f"{chain.source}: {names}: no domain of the policy covers it, and "
+                                            "unpinned = \"block\": devices will refuse it")]
         return [Finding("FP015", WARNING, f"{chain.source}: {names}: no domain of the policy covers it")]
     out: list[Finding] = []
     for host, r in matches:

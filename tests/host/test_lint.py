@@ -133,6 +133,11 @@ def test_fp009_not_for_a_registered_domain(policies: Policies) -> None:
     assert ids(policies.write(domain(policies.good_pins, host="**.example.co.uk"))) == []
 
 
+def test_fp010_an_empty_policy_without_ca_certificates(policies: Policies) -> None:
+    # no domain and no CA: after this update every TLS connection of the device would fail
+    assert ids(policies.write(cas=())) == ["FP010"]
+
+
 def test_fp010_no_ca_certificates(policies: Policies) -> None:
     assert ids(policies.write(domain(policies.good_pins), cas=())) == ["FP010"]
 
@@ -171,6 +176,14 @@ def test_fp014_report_only(policies: Policies) -> None:
 def test_fp015_chain_under_no_domain(policies: Policies, pki: Pki) -> None:
     path = policies.write(domain(policies.good_pins, host="other.test"))
     assert ids(path, (served(pki),)) == ["FP015"]
+    assert [f.severity for f in lint(load_view(path), (served(pki),), now=NOW)] == ["warning"]
+
+
+def test_fp015_is_an_error_when_devices_block_hosts_without_a_rule(policies: Policies, pki: Pki) -> None:
+    path = policies.write(domain(policies.good_pins, host="other.test"))
+    path.write_text(path.read_text().replace("[defaults]\n", '[defaults]\nunpinned = "block"\n'))
+    [finding] = lint(load_view(path), (served(pki),), now=NOW)
+    assert (finding.rule, finding.severity) == ("FP015", "error") and "devices will refuse it" in finding.message
 
 
 def test_fp016_ca_certificate_expiring(policies: Policies, pki: Pki) -> None:
