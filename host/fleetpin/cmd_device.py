@@ -26,7 +26,7 @@ import click
 from pinagent import bundle as dev_bundle
 
 from .errors import FleetpinError, UsageError
-from .receipts import Receipt, default_path, utc_now, write_receipt
+from .receipts import Receipt, check_writable, default_path, utc_now, write_receipt
 from .transport import DEFAULT_BAUD, Transport
 
 PORT_HELP = "serial port of the device (e.g. /dev/ttyUSB0, COM3, or a `fleetpin sim board` pty)"
@@ -224,13 +224,22 @@ def update(bundle_file: Path, port: str, baud: int, timeout: float, as_json: boo
     new_sha = hashlib.sha256(data).hexdigest()
     rec = Receipt(port=port, bundle_file=str(bundle_file))
     rec.new = {"version": new.version, "sha256": new_sha}
+    if receipt is not None:
+        check_writable(receipt)  # the default place (the current directory) is checked the same way
+    else:
+        check_writable(Path("receipt.json"))
     t0 = time.monotonic()
     outcome: dict[str, Any] = {}
     transport: Transport | None = None
+    failing = True
     try:
         transport = Transport.open(port, baud, timeout)
         transport.connect()
         outcome = _update(transport, data, new, new_sha, rec, as_json, yes)
+        failing = False
+    except click.exceptions.Abort:  # Ctrl-C or end of input at the prompt
+        rec.result, rec.error = "aborted", "interrupted at the confirmation prompt"
+        raise
     except FleetpinError as e:
         if rec.result != "aborted":
             refused = isinstance(e, _Refused) or getattr(e, "code_name", None) in _DEVICE_REFUSALS
@@ -248,10 +257,16 @@ def update(bundle_file: Path, port: str, baud: int, timeout: float, as_json: boo
             transport.close()
         rec.finished = utc_now()
         rec.duration_s = round(time.monotonic() - t0, 3)
-        path = write_receipt(receipt or default_path(rec.device_id, rec.started), rec)
-        if not as_json or rec.result not in ("installed", "already-installed"):
-            click.echo(f"receipt: {path}", err=True)
-        outcome["receipt"] = str(path)
+        try:
+            path = write_receipt(receipt or default_path(rec.device_id, rec.started), rec)
+        except UsageError as e:
+            if not failing:
+                raise
+            click.echo(f"warning: {e}", err=True)  # the failure being reported matters more
+        else:
+            if not as_json or rec.result not in ("installed", "already-installed"):
+                click.echo(f"receipt: {path}", err=True)
+            outcome["receipt"] = str(path)
     if as_json:
         click.echo(json.dumps({"result": rec.result, "device_id": rec.device_id, "old": rec.old, "new": rec.new,
                                "diff": outcome.get("diff"), "receipt": str(path), "transfer": rec.transfer}, sort_keys=True))

@@ -57,6 +57,20 @@ def default_path(device_id: str | None, when: str) -> Path:
     return Path(f"receipt-{safe}-{when.replace(':', '').replace('-', '')}.json")
 
 
+def check_writable(path: Path) -> None:
+    """UsageError now, before anything is sent, if the receipt could not be written later."""
+    parent = path.parent if str(path.parent) else Path(".")
+    probe = parent / (path.name + ".probe")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write the receipt {path}: {e.strerror or e} (nothing sent)",
+                         hint="pass --receipt with a writable path") from None
+
+
 def write_receipt(path: Path, receipt: Receipt) -> Path:
     """Writes the receipt atomically; UsageError if the place cannot be written."""
     data = json.dumps(receipt.to_obj(), indent=2, sort_keys=True) + "\n"

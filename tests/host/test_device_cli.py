@@ -363,3 +363,11 @@ def test_sim_board_command_serves_a_pty_and_keeps_its_flash(fleetpin: Any, bundl
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_an_unwritable_receipt_is_refused_before_anything_is_sent(fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path) -> None:
+    b = board(seed="v1")
+    (tmp_path / "afile").write_text("not a directory")
+    r = fleetpin("device", "update", "--port", b.port, bundles["v2"], "--yes", "--receipt", tmp_path / "afile" / "r.json")
+    assert r.exit_code == 2 and "cannot write the receipt" in r.stderr and "nothing sent" in r.stderr
+    assert version_of(fleetpin, b.port) == 1
