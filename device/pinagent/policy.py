@@ -65,6 +65,10 @@ _MAX_EXPIRES = 253402300799  # 9999-12-31T23:59:59Z; larger values are milliseco
 _MAX_LABEL = 64
 _HOST_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_"
 _IPV6_CHARS = "0123456789abcdef:."
+_DIGITS = "0123456789"
+# What a connection's host may contain: anything else (a NUL byte, a space, a slash) would be
+# matched here as one string but cut or read differently by getaddrinfo and mbedTLS in C.
+_CONNECT_CHARS = _HOST_CHARS + ".:"
 
 _POLICY_KEYS = ("domains", "unpinned")
 _DOMAIN_KEYS = ("host", "include_subdomains", "pins", "enforce", "expires", "on_expiry")
@@ -234,7 +238,7 @@ def decide(policy, host, chain, now, verified, time_floor=0):
     v.matched_depth = -1
     v.clock_trusted = trusted = now is not None and now >= time_floor
     v.expired = False
-    if not host or host[0] == "." or host[-1] == "." or ".." in host:
+    if not host or host[0] == "." or host[-1] == "." or ".." in host or not _all_in(host, _CONNECT_CHARS):
         v.allowed = False
         v.reason = INVALID_HOST
         return v
@@ -401,8 +405,15 @@ def _check_ip(host, field):
     if len(parts) != 4:
         raise PolicyError(field, "not a valid IPv4 literal")
     for p in parts:
-        if not p or not p.isdigit() or len(p) > 3 or (len(p) > 1 and p[0] == "0") or int(p) > 255:
+        if not p or not _all_in(p, _DIGITS) or len(p) > 3 or (len(p) > 1 and p[0] == "0") or int(p) > 255:
             raise PolicyError(field, "not a valid IPv4 literal")
+
+
+def _all_in(text, chars):
+    for c in text:
+        if c not in chars:
+            return False
+    return True
 
 
 def _parse_pins(obj, rule, field):

@@ -72,6 +72,15 @@ def test_invalid_hosts_are_blocked():
         assert v.reason == P.INVALID_HOST, host
 
 
+def test_a_host_that_c_code_would_read_differently_is_blocked():
+    # "api.example.com\0..." is one string here but "api.example.com" to getaddrinfo and mbedTLS:
+    # without this check it would miss the pinned rule and get plain CA validation
+    p = _policy([_dom("api.example.com")])
+    for host in ("api.example.com\x00", "api.example.com\x00.evil.test", "api.example.com/x", "api example.com"):
+        v = P.decide(p, host, CHAIN, NOW, True)
+        assert v.allowed is False and v.reason == P.INVALID_HOST, repr(host)
+
+
 def test_include_subdomains_matches_host_and_every_level_below():
     p = _policy([_dom("foo.com", include_subdomains=True)])
     assert _rule_host(p, "foo.com") == "foo.com"
@@ -504,3 +513,10 @@ def test_pin_label_invalid():
 
 def test_policy_error_is_a_value_error():
     assert issubclass(P.PolicyError, ValueError)
+
+
+def test_ip_literals_take_ascii_digits_only():
+    # CPython's str.isdigit() accepts "\u00b2" (superscript two), which int() then refuses
+    for host in ("1.2.3.\u00b2", "1.2.3.\u0663"):
+        e = raises(P.PolicyError, P.Policy.from_obj, {"domains": [_dom(host)]})
+        assert "domains[0].host" in str(e), str(e)
