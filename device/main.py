@@ -10,6 +10,7 @@
 #    locked production board without a REPL is updated: reset it, and the host says HELLO.
 # 4. The application hook: if /app.py (or app.mpy) exists, app.main(agent) runs. Application
 #    code opens its TLS connections with agent.connect(host, port, timeout): pinned, verified.
+#    Ctrl-C stays off on production boards while it runs; only "repl": true turns it on.
 # 5. When there is no app, or it returns or fails: serve the protocol for good, unless the
 #    provisioning config (/fleetpin/config.json) says "repl": true (development boards), in
 #    which case main.py ends and the REPL is reachable again.
@@ -78,27 +79,37 @@ def main():
     console, agent = start()
     if console is None:
         return None
+    repl = _repl_wanted(agent)
     try:
         console.serve(agent, window_ms=WINDOW_MS)
     except Exception as e:
         _say("listening window failed:")
         _print_exception(e)
+    if not repl:
+        # serve() turns Ctrl-C back on when it returns; a locked board keeps it off, so no byte
+        # on the console can end main.py and drop to the REPL (which could rewrite /fleetpin)
+        micropython.kbd_intr(-1)
     try:
         app = load_app()
         if app is not None:
             app.main(agent)
+    except KeyboardInterrupt:  # only possible on a development board (repl: true)
+        _say("app interrupted")
     except Exception as e:
         _say("app failed:")
         _print_exception(e)
-    if _repl_wanted(agent):
+    if repl:
         micropython.kbd_intr(3)
         return agent
     while True:
         try:
             console.serve(agent)
+        except KeyboardInterrupt:  # never leave main.py on a locked board
+            pass
         except Exception as e:  # keep serving, whatever happens
             _print_exception(e)
             console.sleep_ms(1000)
+        micropython.kbd_intr(-1)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def install_app(monkeypatch: pytest.MonkeyPatch, board: Board, fail: bool = Fals
     app = types.ModuleType("app")
 
     def main(agent: Any) -> None:
-        ran.append((board.now, agent))
+        ran.append((board.now, agent, list(board.events)))
         if fail:
             raise RuntimeError("app crashed")
 
@@ -138,7 +138,22 @@ def test_no_hello_closes_the_window_after_3_s(board: Board, monkeypatch: pytest.
     board.client.data_to_send = lambda now: b""
     board.run_main()
     assert len(ran) == 1 and 3_000 <= ran[0][0] < 3_100
-    assert ("kbd_intr", 3) in board.events  # Ctrl-C back on while the app runs
+    # a locked production board keeps Ctrl-C off while the app runs: the last switch before it is off
+    assert [e for e in ran[0][2] if e[0] == "kbd_intr"][-1] == ("kbd_intr", -1)
+
+
+def test_ctrl_c_never_drops_a_production_board_to_the_repl(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    board.provision()
+    app = types.ModuleType("app")
+
+    def interrupted(agent: Any) -> None:
+        raise KeyboardInterrupt  # what a 0x03 byte does if Ctrl-C were on
+    app.main = interrupted  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "app", app)
+    calls: list[Any] = []
+    board.at(40_000, lambda: calls.append(board.client.identify()))
+    board.run_main()  # ends only by the test's Stop: main.py went on serving
+    assert calls[0].result["mode"] == S.MODE_OK
 
 
 def test_without_an_app_it_keeps_serving(board: Board) -> None:

@@ -11,8 +11,8 @@ From the REPL (e.g. on a development board, after main.py handed over):
     import pinagent.io.console as c; c.serve()
 
 Ctrl-C is disabled (micropython.kbd_intr(-1)) while serving, so no byte of a transfer can
-interrupt it; it is enabled again when serve() returns. Nothing may print while serving: the
-console carries the frames.
+interrupt it; it is enabled again when serve() returns (main.py turns it off again on
+production boards). Nothing may print while serving: the console carries the frames.
 """
 
 try:
