@@ -43,6 +43,7 @@ from .policy import REPORT_ONLY_MISMATCH
 
 CONNECT_TIMEOUT = const(10)  # seconds, TEST_CONNECT and connect() without a timeout
 FLOOR_STEP = const(3600)  # trusted times closer than this to the floor are not written to flash
+MAX_GAPS = const(64)  # separate received pieces of a bundle being written (in-order hosts make 1-8)
 _MAX_PROBLEMS = const(4)
 _MAX_PROBLEM = const(80)
 
@@ -305,6 +306,9 @@ class Agent:
             raise _refuse("E_RANGE", "chunk %d..%d past the bundle's %d bytes" % (offset, end, inc.size))
         inc.buf[offset:end] = data
         inc.add(offset, end)
+        if len(inc.ranges) > MAX_GAPS:  # a host sends in order; scattered chunks would cost heap and time
+            self._incoming = None
+            raise _refuse("E_RANGE", "more than %d separate pieces: start again with WRITE_BEGIN" % MAX_GAPS)
 
     def write_commit(self):
         inc = self._incoming
@@ -325,6 +329,7 @@ class Agent:
             self._committed = (inc.sha256, answer)
             return answer
         except Exception as e:
+            self._incoming = None  # refused for good: give its buffer (up to 32 KB) back to the heap
             raise _refuse(_code_of(e), _reason_of(e))
         self._incoming = None
         self._loaded()

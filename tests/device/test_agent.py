@@ -340,6 +340,22 @@ def test_upload_checks_completeness_and_digest():
     assert e.code == E_BUNDLE
 
 
+def test_scattered_chunks_are_refused_before_they_cost_heap_and_a_refused_commit_frees_its_buffer():
+    from pinagent.agent import MAX_GAPS
+
+    a = _agent(_board("v1.bin"))
+    data = _bundle("v2.bin")
+    a.write_begin(len(data), hashlib.sha256(data).digest())
+    for i in range(MAX_GAPS):  # one byte every other byte: MAX_GAPS separate pieces are fine
+        a.write_chunk(2 * i, data[2 * i:2 * i + 1])
+    e = _refused(a.write_chunk, 2 * MAX_GAPS, data[2 * MAX_GAPS:2 * MAX_GAPS + 1])
+    assert e.code == E_RANGE and "WRITE_BEGIN" in e.reason
+    assert _refused(a.write_commit).code == E_NO_WRITE  # the piece list and its buffer are gone
+    _upload(a, data)  # in order, it goes through
+    e = _refused(_upload, a, _bundle("v2_bad_signature.bin"))
+    assert e.code == E_SIGNATURE and a._incoming is None
+
+
 def test_storage_failures_are_reported_and_the_old_bundle_stays():
     ffs = _board("v1.bin")
     a = _agent(ffs)
