@@ -21,6 +21,7 @@ from . import keys
 from .bundle_build import build_bundle, load_bundle_source
 from .bundle_view import view_of_source
 from .cmd_bundle_tools import diff, inspect, lint_cmd, lint_gate, load_trust
+from .files import write_atomic
 from .errors import FleetpinError, UsageError
 from .lint import has_errors
 from .signing import CommandSigner, LocalKeySigner, Signer
@@ -86,8 +87,7 @@ def build(
         source, fleet=fleet, version=version, issued=int(time.time()) if issued is None else issued,
         development=development, signers=signers, new_signers=new_set,
     )
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_bytes(data)
+    write_atomic(out_file, data)
     b = dev_bundle.decode_unverified(data)
     summary = _summary(b)
     if as_json:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .files import write_atomic
 from .errors import FleetpinError, UsageError
 from . import export as exporting
 from .export import FORMATS, TRUSTKIT_FORMATS, ExportWarning
@@ -30,11 +31,7 @@ def write_output(out_file: Path | None, text: str, done: str) -> None:
     if out_file is None:
         click.echo(text, nl=False)
         return
-    try:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise UsageError(f"{out_file}: cannot write: {e.strerror or e}") from None
+    write_atomic(out_file, text)
     click.echo(f"{out_file}: {done}", err=True)
 
 

@@ -9,6 +9,7 @@ import click
 
 from . import keys
 from .bundle_build import canonical_json
+from .files import write_atomic
 from .errors import UsageError
 
 _PASSPHRASE_HELP = f"file holding the passphrase (else ${keys.PASSPHRASE_ENV}, else a prompt)"
@@ -94,8 +95,7 @@ def signers(public_infos: tuple[Path, ...], out_file: Path) -> None:
     """
     infos = [keys.load_public_info(p) for p in public_infos]
     obj = keys.signer_set_obj(infos)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_bytes(canonical_json(obj))
+    write_atomic(out_file, canonical_json(obj))
     click.echo(f"{obj['channel']} signer set, {len(infos)} keys -> {out_file}")
     for i in infos:
         click.echo(f"  {i.key_id}  {i.name}")

@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .files import write_atomic
 from .errors import UsageError
 from .registry import DEFAULT_PATH, Registry, to_csv
 
@@ -69,4 +70,4 @@ def export(path: Path, fmt: str, out: Path | None) -> None:
     if out is None:
         click.echo(text, nl=False)
     else:
-        out.write_text(text, encoding="utf-8")
+        write_atomic(out, text)

@@ -125,8 +125,20 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         f.write(data)
 
 
+def _prepare(out_dir: Path, *paths: Path) -> None:
+    """Creates out_dir and refuses before anything is written if any of the key files exists:
+    a key pair is written whole or not at all."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{out_dir}: cannot create the key folder: {e.strerror or e}") from None
+    for p in paths:
+        if p.exists():
+            raise FleetpinError(f"{p} exists already", hint="keys are never overwritten: pick another --id or -o")
+
+
 def write_public_info(info: PublicKeyInfo, out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _prepare(out_dir)
     path = out_dir / f"{info.name}.pub.json"
     created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     _write_new(path, (json.dumps(info.to_obj(created), indent=2) + "\n").encode(), 0o644)
@@ -137,8 +149,8 @@ def new_signing_key(name: str, role: str, out_dir: Path, passphrase: bytes) -> t
     """Generates a P-256 signing key; returns (info, private key path, public info path)."""
     key = ec.generate_private_key(ec.SECP256R1())
     info = public_info(key.public_key(), check_name(name), role)
-    out_dir.mkdir(parents=True, exist_ok=True)
     key_path = out_dir / f"{name}.key.pem"
+    _prepare(out_dir, key_path, out_dir / f"{name}.pub.json")
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(passphrase)
     )
@@ -164,9 +176,9 @@ def new_backup_tls_key(name: str, out_dir: Path, passphrase: bytes) -> tuple[str
     The private key goes offline; only its pin goes into the policy now."""
     key = ec.generate_private_key(ec.SECP256R1())
     check_name(name)
-    out_dir.mkdir(parents=True, exist_ok=True)
     key_path = out_dir / f"{name}.key.pem"
     pub_path = out_dir / f"{name}.pub.pem"
+    _prepare(out_dir, key_path, pub_path)
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(passphrase)
     )

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .files import write_atomic
 from .errors import UsageError
 
 RESULTS = ("installed", "already-installed", "refused", "failed", "aborted")
@@ -73,16 +73,7 @@ def check_writable(path: Path) -> None:
 
 def write_receipt(path: Path, receipt: Receipt) -> Path:
     """Writes the receipt atomically; UsageError if the place cannot be written."""
-    data = json.dumps(receipt.to_obj(), indent=2, sort_keys=True) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        if path.parent and not path.parent.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UsageError(f"cannot write the receipt {path}: {e.strerror or e}", hint="pass --receipt with a writable path") from None
-    return path
+        return write_atomic(path, json.dumps(receipt.to_obj(), indent=2, sort_keys=True) + "\n")
+    except UsageError as e:
+        raise UsageError(f"cannot write the receipt {path}: {e}", hint="pass --receipt with a writable path") from None

@@ -337,3 +337,34 @@ def test_decoder_heap_on_the_vm(setup: Setup, capsys: pytest.CaptureFixture[str]
         print(f"\ndecode without ECDSA, {len(files['/t/b.fpb'])}-byte bundle: allocated {use.allocated} B, "
               f"kept {use.retained} B")
     assert use.allocated < 24 * 1024
+
+
+def test_output_paths_that_cannot_be_written_are_usage_errors_and_keys_are_written_whole(tmp_path: Path) -> None:
+    """A file where a folder should be: exit 2 naming the path, no traceback; a key name whose
+    public file exists already: refused before the private key is written."""
+    from fleetpin.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    env = {"FLEETPIN_KEY_PASSPHRASE": "a long enough passphrase"}
+    import os
+
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        assert main(["key", "new", "--signing", "--id", "k", "-o", str(tmp_path / "afile" / "keys")]) == 2
+        (tmp_path / "keys").mkdir()
+        (tmp_path / "keys" / "k.pub.json").write_text("{}")
+        assert main(["key", "new", "--signing", "--id", "k", "-o", str(tmp_path / "keys")]) == 1
+        assert not (tmp_path / "keys" / "k.key.pem").exists()
+        assert main(["key", "new", "--signing", "--id", "a", "-o", str(tmp_path / "keys")]) == 0
+        assert main(["key", "new", "--signing", "--id", "b", "-o", str(tmp_path / "keys")]) == 0
+        signers = [str(tmp_path / "keys" / "a.pub.json"), str(tmp_path / "keys" / "b.pub.json")]
+        assert main(["key", "signers", *signers, "-o", str(tmp_path / "afile" / "s.json")]) == 2
+        assert main(["key", "signers", *signers, "-o", str(tmp_path / "s.json")]) == 0
+        assert not list(tmp_path.glob("*.tmp"))
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -104,12 +104,7 @@ def _sim_tls() -> Any:
     factory = getattr(tls, "SimTls", None)
     if factory is None:
         return None
-    return factory(resolve=_loopback)
-
-
-def _loopback(host: str, port: int) -> tuple[str, int]:
-    """The board's network: every name resolves to 127.0.0.1 (TLS still sees the name)."""
-    return "127.0.0.1", port
+    return factory()  # its default network: every name resolves to 127.0.0.1
 
 
 def read_config(flash: FlashFS) -> dict[str, Any]:
@@ -451,12 +446,6 @@ class VirtualBoard:
 
     def set_clock(self, t: float | None) -> None:
         self.clock.set(t)
-
-    @property
-    def vm_log(self) -> list[str]:
-        """The VM's stderr (its prints and errors), micropython runtime only."""
-        core = self._core
-        return list(core.stderr) if isinstance(core, _VmCore) else []
 
 
 class VirtualFleet:

@@ -9,7 +9,6 @@ answered `unsupported`.
 """
 
 import hashlib
-import json
 
 import pinagent
 from pinagent import bundle as _bundle
@@ -195,12 +194,3 @@ class MiniAgent(Handler):
 
     def reboot(self):
         return None
-
-
-def config_of(fs):
-    """/fleetpin/config.json as a dict ({} if missing or unreadable)."""
-    try:
-        obj = json.loads(fs.read(_store.ROOT + "/config.json", 4096))
-    except Exception:
-        return {}
-    return obj if isinstance(obj, dict) else {}

@@ -1,6 +1,6 @@
 """The CPython TLS adapter for pinagent.connect, over `ssl`: what pinagent.io.tls is on the board.
 
-    SimTls(resolve=None).open(host, port, timeout, ca_certs, check) -> ssl.SSLSocket
+    SimTls().open(host, port, timeout, ca_certs, check) -> ssl.SSLSocket
 
 - ssl.SSLContext(PROTOCOL_TLS_CLIENT) with verify_mode CERT_REQUIRED and check_hostname on, and
   nothing but the bundle's CA certificates as trust anchors (no system store: the board has
@@ -16,8 +16,9 @@ handshake without showing it, so such connections end as TLS_FAILED with no chai
 board's callback would have seen (and reported) the chain first. Certificate dates are checked
 against this computer's clock, the policy's expiry against the agent's clock.
 
-`resolve(host, port) -> (address, port)` maps names to addresses (the simulation maps every
-name to 127.0.0.1); the TLS layer still sees `host` (SNI and name check).
+`resolve(host, port) -> (address, port)` maps names to addresses: by default every name goes to
+127.0.0.1 (the simulation never reaches another address); the TLS layer still sees `host` (SNI
+and name check).
 """
 
 from __future__ import annotations
@@ -44,8 +45,13 @@ class PinRefused(Exception):
     """The pin check refused the verified chain (the socket is closed)."""
 
 
+def loopback(host: str, port: int) -> tuple[str, int]:
+    """The simulation's network: every name resolves to 127.0.0.1 (TLS still sees the name)."""
+    return "127.0.0.1", port
+
+
 class SimTls:
-    def __init__(self, resolve: Resolver | None = None) -> None:
+    def __init__(self, resolve: Resolver = loopback) -> None:
         self.resolve = resolve
 
     def context(self, ca_certs: Sequence[bytes | memoryview]) -> ssl.SSLContext:
@@ -60,7 +66,7 @@ class SimTls:
 
     def open(self, host: str, port: int, timeout: float | None, ca_certs: Sequence[bytes | memoryview], check: Check) -> ssl.SSLSocket:
         ctx = self.context(ca_certs)
-        address = self.resolve(host, port) if self.resolve else (host, port)
+        address = self.resolve(host, port)
         try:
             raw = socket.create_connection(address, timeout=timeout)
         except OSError as e:
