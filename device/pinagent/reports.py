@@ -242,6 +242,11 @@ class Reports:
             obj["last-seen"] = report.get("date-time")
             found[1] = _line(obj)
             entries.append(found)
+            # A repeat of a known failure is kept in RAM (READ_REPORTS serves it) and written to
+            # flash only at counts 2, 4, 8, ...: an app retrying once a second behind an
+            # intercepting proxy must not rewrite the log (up to 4 KB) every second. A power cut
+            # loses at most half of one entry's repeat count.
+            persist = not obj["count"] & (obj["count"] - 1)
             status = MERGED
         else:
             obj = dict(report)
@@ -255,10 +260,13 @@ class Reports:
                 return DROPPED
             entries.append([key, line])
             status = ADDED
+            persist = True
         while len(entries) > self.max_entries or self._size() > self.max_bytes:
             entries.pop(0)
             self.dropped += 1
-        self._save()
+            persist = True
+        if persist:
+            self._save()
         return status
 
     def read(self):

@@ -242,3 +242,21 @@ def test_add_refuses_what_is_not_a_report():
     e = raises(RP.ReportError, ring.add, ["not", "a", "dict"])
     assert "dict" in e.reason
     assert ring.stats()["total"] == 0
+
+
+def test_repeats_of_one_failure_do_not_wear_the_flash():
+    ffs, ring = _ring()
+    saves = []
+    real = ring._save
+
+    def counting_save():
+        saves.append(1)
+        return real()
+
+    ring._save = counting_save
+    for i in range(1000):  # one blocked connection a second, for 1000 s
+        ring.add(_report(now=NOW + i))
+    assert len(saves) == 10  # the first, then counts 2, 4, ..., 512
+    [entry] = ring.read()
+    assert entry["count"] == 1000  # what READ_REPORTS serves is exact
+    assert _reopen(ffs)[1].read()[0]["count"] == 512  # what a power cut would leave
