@@ -128,11 +128,7 @@ class Policy:
         _refuse_unknown(obj, _POLICY_KEYS, "")
         self = cls()
         self.unpinned = _choice(obj, "unpinned", (UNPINNED_CA, UNPINNED_BLOCK), UNPINNED_CA, "unpinned")
-        if "domains" not in obj:
-            raise PolicyError("domains", "missing")
-        domains = obj["domains"]
-        if not isinstance(domains, list):
-            raise PolicyError("domains", "not a list")
+        domains = _required(obj, "domains", list, "domains")
         self.rules = []
         self._exact = {}  # host -> rule (exact rules, with or without include_subdomains)
         self._one = {}  # base -> "*." rule
@@ -343,11 +339,7 @@ def _parse_domain(obj, i):
 
 
 def _parse_host(obj, rule, field):
-    if "host" not in obj:
-        raise PolicyError(field, "missing")
-    host = obj["host"]
-    if not isinstance(host, str):
-        raise PolicyError(field, "not a string")
+    host = _required(obj, "host", str, field)
     host = normalise_host(host)
     if host.startswith("**."):
         kind, base = ANY_LABELS, host[3:]
@@ -409,6 +401,19 @@ def _check_ip(host, field):
             raise PolicyError(field, "not a valid IPv4 literal")
 
 
+_TYPE_NAMES = {list: "a list", str: "a string"}
+
+
+def _required(obj, key, kind, field):
+    """obj[key], which must be there and be a `kind` (list or str)."""
+    if key not in obj:
+        raise PolicyError(field, "missing")
+    value = obj[key]
+    if not isinstance(value, kind):
+        raise PolicyError(field, "not " + _TYPE_NAMES[kind])
+    return value
+
+
 def _all_in(text, chars):
     for c in text:
         if c not in chars:
@@ -417,11 +422,7 @@ def _all_in(text, chars):
 
 
 def _parse_pins(obj, rule, field):
-    if "pins" not in obj:
-        raise PolicyError(field, "missing")
-    entries = obj["pins"]
-    if not isinstance(entries, list):
-        raise PolicyError(field, "not a list")
+    entries = _required(obj, "pins", list, field)
     if not entries:
         raise PolicyError(field, "empty: at least one pin")
     rule.pins = []
@@ -432,11 +433,7 @@ def _parse_pins(obj, rule, field):
         if not isinstance(entry, dict):
             raise PolicyError(where, "not an object")
         _refuse_unknown(entry, _PIN_KEYS, where + ".")
-        if "pin" not in entry:
-            raise PolicyError(where + ".pin", "missing")
-        text = entry["pin"]
-        if not isinstance(text, str):
-            raise PolicyError(where + ".pin", "not a string")
+        text = _required(entry, "pin", str, where + ".pin")
         try:
             digest = _pins.parse_pin(text)
         except _pins.PinError as e:
