@@ -18,11 +18,13 @@ from pathlib import Path
 
 import click
 
+from .certs import load_file
 from .cli import main as fleetpin_main
 from .sim.board import VirtualBoard
 from .sim.firmware import stand_in_firmware
 from .sim.pki import Pki, make_pki
 from .sim.tlsserver import LOOPBACK, TlsServer
+from .transport import Transport
 
 API_HOST = "api.fleet.test"
 FLEET = "acme-sensors"
@@ -217,8 +219,6 @@ def field_story(s: Story, out: Path, pki: Pki, srv: dict[str, TlsServer], boards
               "step 2). Preflight against the live server, diff, then each device: diff, confirm, transfer, "
               "digest checked, receipt written.")
     new_backup = (keys / "api-backup.pub.pem")
-    from .certs import load_file
-
     backup_pin = load_file(new_backup)[0].pin
     policy.write_text(policy.read_text(encoding="utf-8")
                       .replace(pki.leaf.pin, pki.backup_leaf.pin, 1)
@@ -240,8 +240,6 @@ def field_story(s: Story, out: Path, pki: Pki, srv: dict[str, TlsServer], boards
 
 def account(s: Story, boards: list[VirtualBoard], host: str, port: int) -> None:
     """Every device, asked over serial: its bundle, and its verdict for the live server."""
-    from .transport import Transport
-
     for b in boards:
         with Transport.open(b.port) as t:
             t.connect()

@@ -40,7 +40,7 @@ from .errors import FleetpinError
 from .lint import has_errors, lint
 from .signing import LocalKeySigner
 from .sim.board import VirtualBoard
-from .sim.pki import Pki, make_pki
+from .sim.pki import Pki, make_pki, pin_of_key
 from .sim.tlsserver import TlsServer
 from .transport import DeviceRefused, Transport
 
@@ -243,8 +243,6 @@ def _fresh_signer(name: str) -> LocalKeySigner:
 
 def _new_key_pin() -> str:
     """The pin of a brand-new backup key (its private half would go offline)."""
-    from .sim.pki import pin_of_key
-
     return pin_of_key(ec.generate_private_key(ec.SECP256R1()))
 
 
