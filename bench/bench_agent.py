@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 
 from bench.bench_bundle import FLEET, make_case
-from fleetpin import mpvm
 from fleetpin.sim.pki import make_pki
+from fleetpin.vm import wasm
 from pinagent import store as dev_store
 
 STAGES = [
@@ -42,12 +42,12 @@ def run() -> None:
         **{f"/bench/c{i}.der": d for i, d in enumerate(chain)},
     }
     setup = "NOW = %d\nCERTS = [open('/bench/c%%d.der' %% i, 'rb').read() for i in range(3)]" % int(time.time())
-    steps = ["import sys\nsys.path.insert(0, %r)" % mpvm.VM_DEVICE_DIR, setup]
+    steps = ["import sys\nsys.path.insert(0, %r)" % wasm.VM_DEVICE_DIR, setup]
     steps += [code % FLEET if "%r" in code else code for _, code in STAGES]
-    run_ = mpvm.run_steps(steps, {**mpvm.device_files(compiled=True), **files}, heap_kb=100)
+    run_ = wasm.run_steps(steps, {**wasm.device_files(compiled=True), **files}, heap_kb=100)
     failed = next((s for s in run_.steps if s.error is not None), None)
     if failed is not None:
-        raise mpvm.VMError(failed.error or "")
+        raise wasm.VMError(failed.error or "")
     used = [s.heap_used for s in run_.steps[2:]]
     base = used[0]
     print(f"   live heap on the VM (bundle {len(data)} bytes), collected between stages:")

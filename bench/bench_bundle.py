@@ -30,11 +30,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.bench_ecdsa import ESP32_PIDIGITS_MS, PI_SOURCE, PIDIGITS, TRANSIENT_BOUND
-from fleetpin import mpvm
-from fleetpin.bundle_build import BundleSource, build_bundle, canonical_json
-from fleetpin.keys import public_info, signer_set_obj
-from fleetpin.signing import LocalKeySigner
+from fleetpin.bundles.build import BundleSource, build_bundle, canonical_json
+from fleetpin.pki.keys import public_info, signer_set_obj
+from fleetpin.pki.signing import LocalKeySigner
 from fleetpin.sim.pki import make_pki
+from fleetpin.vm import wasm
 from pinagent import bundle as dev_bundle
 from pinagent import signers as dev_signers
 
@@ -92,7 +92,7 @@ def run() -> None:
     files = {"/bench/bundle.bin": data, "/bench/signers.json": signers}
     decode = "bundle.decode_bundle(DATA, TRUSTED, %r, 6, None, 0)" % FLEET
     steps = [
-        "import sys\nsys.path.insert(0, %r)" % mpvm.VM_DEVICE_DIR,
+        "import sys\nsys.path.insert(0, %r)" % wasm.VM_DEVICE_DIR,
         "import gc",  # 1: baseline
         "from pinagent import bundle, signers, ecdsa, policy, der, pins",  # 2: code
         "DATA = open('/bench/bundle.bin','rb').read()\nTRUSTED = signers.load_signers(open('/bench/signers.json','rb').read())",  # 3
@@ -106,10 +106,10 @@ def run() -> None:
     blocks = {"empty": "pass", "decode": decode, "pi": "pi_digits(%d)" % PIDIGITS}
     first = len(steps)
     steps += list(blocks.values()) * (3 + ROUNDS)
-    run_ = mpvm.run_steps(steps, {**mpvm.device_files(compiled=True), **files}, heap_kb=100, timeout=300)
+    run_ = wasm.run_steps(steps, {**wasm.device_files(compiled=True), **files}, heap_kb=100, timeout=300)
     failed = next((s for s in run_.steps if s.error is not None), None)
     if failed is not None:
-        raise mpvm.VMError(failed.error or "")
+        raise wasm.VMError(failed.error or "")
     timed = run_.steps[first + 3 * len(blocks):]
     ms = {name: statistics.median(s.ms for s in timed[n :: len(blocks)]) for n, name in enumerate(blocks)}
     used = [s.heap_used for s in run_.steps]

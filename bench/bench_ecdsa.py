@@ -1,7 +1,7 @@
 """ECDSA P-256 verification: pinagent.ecdsa on the MicroPython VM against pyca/cryptography on
 the host, its heap use on the VM, and an ESP32 estimate, all measured in one run.
 
-Timing on the VM: every verification is its own top-level call (fleetpin.mpvm.run_steps), so
+Timing on the VM: every verification is its own top-level call (fleetpin.vm.wasm.run_steps), so
 garbage is collected between them as it would be on a board (this VM never collects inside a
 call) and the heap does not grow while timing; the kinds of call are interleaved so a busy
 machine slows them alike; the first rounds are discarded (Node compiles
@@ -84,12 +84,12 @@ def _host_seconds(fn: object, number: int) -> float:
 
 
 def _vm_measure(point: bytes, digest: bytes, sig: bytes) -> dict[str, float]:
-    from fleetpin import mpvm
+    from fleetpin.vm import wasm
 
     verify = "ecdsa.verify_p256(PUB, D, SIG)"
     cold = "ecdsa._g_table = None\n" + verify  # as after a boot: the G table is built first
     steps = [
-        "import sys\nsys.path.insert(0, %r)" % mpvm.VM_DEVICE_DIR,  # 0
+        "import sys\nsys.path.insert(0, %r)" % wasm.VM_DEVICE_DIR,  # 0
         "import gc",  # 1: baseline
         "from pinagent import ecdsa",  # 2: the module's code
         "PUB = %r\nD = %r\nSIG = %r\n%s" % (point, digest, sig, PI_SOURCE),  # 3
@@ -108,10 +108,10 @@ def _vm_measure(point: bytes, digest: bytes, sig: bytes) -> dict[str, float]:
     blocks = {"empty": "pass", "verify": verify, "cold": cold, "pi": "pi_digits(%d)" % PIDIGITS}
     first_timed = len(steps)
     steps += list(blocks.values()) * (WARMUP + TIMED)
-    run = mpvm.run_steps(steps, mpvm.device_files(), heap_kb=100, timeout=300)
+    run = wasm.run_steps(steps, wasm.device_files(), heap_kb=100, timeout=300)
     failed = next((s for s in run.steps if s.error is not None), None)
     if failed is not None:
-        raise mpvm.VMError(failed.error or "")
+        raise wasm.VMError(failed.error or "")
     timed = run.steps[first_timed + WARMUP * len(blocks) :]
     ms = {name: statistics.median(s.ms for s in timed[n :: len(blocks)]) for n, name in enumerate(blocks)}
     used = [s.heap_used for s in run.steps]

@@ -17,8 +17,8 @@ import json
 import statistics
 from pathlib import Path
 
-from fleetpin import mpvm
 from fleetpin.sim.pki import make_pki
+from fleetpin.vm import wasm
 
 REPO = Path(__file__).resolve().parents[1]
 ROUNDS = 7
@@ -79,10 +79,10 @@ def measure(key_type: str) -> tuple[float, float, int, str]:
     files, size = chain_files(key_type)
     consts = f"HOST = 'bench.test'\nNOW = 1800000000\nROUNDS = {ROUNDS}\n"
     path = "import sys\nsys.path[:0] = ['/fp/device']\n"
-    run = mpvm.run_steps([path, consts + SETUP, TIMING, HEAP, MEASURE], {**mpvm.device_files(compiled=True), **files})
+    run = wasm.run_steps([path, consts + SETUP, TIMING, HEAP, MEASURE], {**wasm.device_files(compiled=True), **files})
     failed = next((s for s in run.steps if s.error), None)
     if failed is not None:
-        raise mpvm.VMError(failed.error or "")
+        raise wasm.VMError(failed.error or "")
     rounds = json.loads(run.steps[2].stdout)
     hash_us = statistics.median(r[0] for r in rounds)
     pin_us = statistics.median(r[1] for r in rounds)

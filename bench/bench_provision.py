@@ -27,10 +27,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from fakefirmware import MockBoard, make_firmware  # noqa: E402
 
-from fleetpin.boards import MIB, get_board  # noqa: E402
-from fleetpin.image import build_image, verify_image  # noqa: E402
-from fleetpin.provision import ProvisionOptions, Station, esptool_command, provision  # noqa: E402
-from fleetpin.registry import Registry  # noqa: E402
+from fleetpin.line.boards import MIB, get_board  # noqa: E402
+from fleetpin.line.image import build_image, verify_image  # noqa: E402
+from fleetpin.line.provision import ProvisionOptions, Station, esptool_command, provision  # noqa: E402
+from fleetpin.line.registry import Registry  # noqa: E402
 from fleetpin.sim.station import VirtualStations  # noqa: E402
 
 REPS = 5

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import time
 
+from fleetpin.field.transport import Transport
 from fleetpin.sim.board import VirtualBoard
 from fleetpin.sim.demo_bundles import demo_signer_set, sized_bundle
-from fleetpin.transport import Transport
 
 BAUD = 115200
 SIZE = 4096

@@ -19,7 +19,6 @@ import pytest
 from fleetpin.sim.pki import Pki, PkiFiles, make_pki
 from fleetpin.sim.tlsserver import TlsServer
 
-
 _RESULTS: list[str] = []
 
 

@@ -24,10 +24,10 @@ import tempfile
 from importlib.metadata import Distribution, PackageNotFoundError, distribution
 from pathlib import Path
 
-from fleetpin import mpvm
+from fleetpin import agent_files
 from fleetpin.errors import FleetpinError
 
-ROOT = mpvm.repo_root()
+ROOT = Path(__file__).resolve().parents[1]
 DEVICE = ROOT / "device"
 BUILD = ROOT / "build"
 CONFIG = ROOT / "tools" / "mypy-device.ini"
@@ -47,10 +47,8 @@ STUB_FIXES = [
 
 
 def device_sources(root: Path = DEVICE) -> list[Path]:
-    files = sorted((root / "pinagent").rglob("*.py"))
-    if (root / "main.py").is_file():
-        files.append(root / "main.py")
-    return files
+    """What ships to the board, as device/manifest.py says."""
+    return [f.source for f in agent_files.read_manifest(root)]
 
 
 def build_typeshed() -> Path:
@@ -169,7 +167,7 @@ def cross_compile(files: list[Path], root: Path, out_dir: Path) -> bool:
             dest = out_dir / arch / rel.with_suffix(".mpy")
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
-                dest.write_bytes(mpvm.compile_mpy(src, rel.as_posix(), march=arch))
+                dest.write_bytes(agent_files.compile_mpy(src, rel.as_posix(), march=arch))
             except FleetpinError as e:
                 print(f"{arch}: {e}")
                 arch_ok = False

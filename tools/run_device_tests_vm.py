@@ -6,7 +6,7 @@ pinagent and the tests are loaded as .mpy compiled by mpy-cross, as the agent sh
 board (so compiling a source in the VM does not count against the heap; --source to import .py).
 
 Heap checks (this VM never collects garbage inside a call, and grows its heap instead of
-failing; see fleetpin/mpvm.py):
+failing; see fleetpin/wasm.py):
   * each import runs as its own call, then the heap must not have grown: code + module data
     must fit the heap, or the module fails ("does not fit");
   * each test runs as its own call (garbage is collected between tests); what it keeps live
@@ -28,13 +28,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleetpin import mpvm
+from fleetpin import agent_files
 from fleetpin.errors import FleetpinError
+from fleetpin.vm import wasm
 
-ROOT = mpvm.repo_root()
+ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests" / "device"
 VECTORS = ROOT / "tests" / "vectors"
 VM_TESTS = "/fp/tests/device"
+# The host ends of the serial protocol, the device's peer in the link and service tests; they
+# are host code kept MicroPython-compatible for exactly this (fleetpin/field/link_host.py).
+FIELD = ROOT / "host" / "fleetpin" / "field"
+HOST_PEERS = {f"/fp/device/fleetpin/field/{name}": FIELD / name for name in ("__init__.py", "link_host.py", "client.py")}
 VM_VECTORS = "/fp/tests/vectors"
 
 
@@ -87,19 +92,20 @@ def vm_files(test_modules: list[Path], as_source: bool) -> tuple[dict[str, bytes
     """
     helpers = [p for p in sorted(TESTS.glob("*.py")) if not p.name.startswith("test_")]
     sources = {f"{VM_TESTS}/{p.name}": p for p in [*helpers, *test_modules]}
+    sources.update(HOST_PEERS)
     files: dict[str, bytes] = {}
     errors: list[str] = []
     try:
-        files.update(mpvm.device_files(compiled=not as_source))
+        files.update(wasm.device_files(compiled=not as_source))
     except FleetpinError:  # a module does not compile: do them one by one below, to report each
-        sources.update({f"{mpvm.VM_DEVICE_DIR}/{p.relative_to(ROOT / 'device').as_posix()}": p
+        sources.update({f"{wasm.VM_DEVICE_DIR}/{p.relative_to(ROOT / 'device').as_posix()}": p
                         for p in sorted((ROOT / "device" / "pinagent").rglob("*.py"))})
     for vm_path, host_path in sources.items():
         try:
             if as_source:
                 files[vm_path] = host_path.read_bytes()
             else:
-                files[vm_path[:-3] + ".mpy"] = mpvm.compile_mpy(host_path, vm_path)
+                files[vm_path[:-3] + ".mpy"] = agent_files.compile_mpy(host_path, vm_path)
         except FleetpinError as e:
             errors.append(str(e))
     if VECTORS.is_dir():
@@ -109,7 +115,7 @@ def vm_files(test_modules: list[Path], as_source: bool) -> tuple[dict[str, bytes
     return files, errors
 
 
-SETUP = "import sys\nsys.path[:0] = [%r, %r]\ndel sys\n" % (mpvm.VM_DEVICE_DIR, VM_TESTS)
+SETUP = "import sys\nsys.path[:0] = [%r, %r]\ndel sys\n" % (wasm.VM_DEVICE_DIR, VM_TESTS)
 
 # One test per call.  Exceptions are caught here so the next test still runs; the allocation
 # count is exact because nothing is collected within the call.
@@ -143,7 +149,7 @@ def run_module(path: Path, files: dict[str, bytes], selector: str | None, heap_k
     steps = [SETUP, *(f"import {m}" for m in imports), LIST_TESTS.format(module=module)]
     steps += [RUN_TEST.format(module=module, test=n) for n in names]
     try:
-        run = mpvm.run_steps(steps, files, heap_kb, timeout)
+        run = wasm.run_steps(steps, files, heap_kb, timeout)
     except FleetpinError as e:
         result.failures.append(f"{module}: VM run failed: {e}")
         return result

@@ -9,25 +9,28 @@ import sys
 
 import click
 
-from . import __version__
-from .errors import FleetpinError
+from fleetpin import __version__
+from fleetpin.errors import FleetpinError
 
-# name -> "module:attribute" of a click command or group
-COMMANDS: dict[str, str] = {
-    "pin": "fleetpin.cmd_pin:pin",
-    "check": "fleetpin.cmd_check:check",
-    "key": "fleetpin.cmd_key:key",
-    "bundle": "fleetpin.cmd_bundle:bundle",
-    "boards": "fleetpin.cmd_boards:boards",
-    "image": "fleetpin.cmd_image:image",
-    "provision": "fleetpin.cmd_provision:provision_cmd",
-    "registry": "fleetpin.cmd_registry:registry",
-    "preflight": "fleetpin.cmd_preflight:preflight",
-    "drill": "fleetpin.cmd_drill:drill",
-    "device": "fleetpin.cmd_device:device",
-    "sim": "fleetpin.cmd_sim:sim",
-    "export": "fleetpin.cmd_export:export",
-    "import": "fleetpin.cmd_import:import_",
+# The command table: name -> ("module:attribute" of a click command or group, one-line help).
+# `fleetpin --help` reads the help from here, so it imports no command module; a command's
+# module is imported only when that command runs. Nothing else imports a command module.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pin": ("fleetpin.commands.pin:pin", "Print the pin of every certificate, key and CSR in FILEs or of a live server."),
+    "check": ("fleetpin.commands.check:check", "Check a certificate chain against a policy, as the device would decide."),
+    "key": ("fleetpin.commands.key:key", "Bundle signing keys, backup TLS keys, and the signer set devices trust."),
+    "bundle": ("fleetpin.commands.bundle:bundle", "Build, sign, verify, inspect, diff and lint pin bundles."),
+    "boards": ("fleetpin.commands.boards:boards", "List the board definitions: chip, firmware offset, flash sizes."),
+    "image": ("fleetpin.commands.image:image", "Build and verify production images (firmware + filesystem + manifest)."),
+    "provision": ("fleetpin.commands.provision:provision_cmd", "Flash an image onto boards, many at once, and record them."),
+    "registry": ("fleetpin.commands.registry:registry", "The device registry: every provisioning attempt, by MAC."),
+    "preflight": ("fleetpin.commands.preflight:preflight", "Check live servers against a bundle before it ships: does any device get locked out."),
+    "drill": ("fleetpin.commands.drill:drill", "Rehearse a pinning incident (rotation, lost key, rogue CA) on a virtual fleet."),
+    "device": ("fleetpin.commands.device:device", "Talk to one device over serial: info, update, reports, test-connect."),
+    "sim": ("fleetpin.commands.sim:sim", "Virtual boards behind pseudo-terminals, for trying everything without hardware."),
+    "export": ("fleetpin.commands.export:export", "Export pins for mobile apps (Android, TrustKit, OkHttp)."),
+    "import": ("fleetpin.commands.import_:import_", "Turn an app's pins (Android network-security-config) into a policy."),
+    "demo": ("fleetpin.commands.demo:demo", "The whole story on a virtual fleet: line, field, rogue CA, update, drills."),
 }
 
 
@@ -36,11 +39,16 @@ class LazyGroup(click.Group):
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
             return None
-        module_name, attr = target.split(":")
+        module_name, attr = entry[0].split(":")
         return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the table's help lines, without importing every command."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

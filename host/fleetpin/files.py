@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import UsageError
+import click
+
+from fleetpin.errors import UsageError
 
 
 def write_atomic(path: Path, data: bytes | str) -> Path:
@@ -28,3 +30,13 @@ def write_atomic(path: Path, data: bytes | str) -> Path:
             pass
         raise UsageError(f"{path}: cannot write: {e.strerror or e}", hint="check the path: its folder must be a writable directory") from None
     return path
+
+
+def write_output(out_file: Path | None, text: str, done: str) -> None:
+    """`text` on standard output, or written to out_file (its folder created) and then
+    "OUT_FILE: done" on stderr. Shared with `fleetpin import`."""
+    if out_file is None:
+        click.echo(text, nl=False)
+        return
+    write_atomic(out_file, text)
+    click.echo(f"{out_file}: {done}", err=True)

@@ -6,8 +6,8 @@ import hashlib
 
 from support import raises, read_vector, vector_json
 
-from pinagent.der import DerError, parse_certificate, spki_of_certificate
 from pinagent import der as _der
+from pinagent.der import DerError, parse_certificate, spki_of_certificate
 from pinagent.pins import parse_pin
 
 

@@ -5,7 +5,9 @@ import binascii
 
 from support import Lcg, raises
 
-from pinagent import link, link_host
+from fleetpin.field import link_host
+from fleetpin.field.link_host import HostLink
+from pinagent import link
 from pinagent.link import (
     CTL_RESPONSE,
     ESC,
@@ -20,7 +22,6 @@ from pinagent.link import (
     ShortFrame,
     encode_frame,
 )
-from pinagent.link_host import HostLink
 
 OP_ECHO = 1
 

@@ -6,7 +6,9 @@ import hashlib
 
 from support import Lcg, raises
 
-from pinagent import client, link, service
+from fleetpin.field import client
+from fleetpin.field.client import Client, LinkFailure, RemoteError
+from pinagent import link, service
 from pinagent.link import OP_ERROR, DeviceLink, FrameDecoder, encode_frame
 from pinagent.service import (
     E_BAD_REQUEST,
@@ -22,9 +24,6 @@ from pinagent.service import (
     Service,
     ServiceError,
 )
-from pinagent.client import Client, LinkFailure, RemoteError
-
-
 
 
 def all_set(buf):

@@ -16,4 +16,5 @@ def device_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("device")
     (d / "pinagent").symlink_to(REPO / "device" / "pinagent")
     (d / "main.py").write_text("import pinagent\nprint('agent up')\n")
+    (d / "manifest.py").write_text((REPO / "device" / "manifest.py").read_text())
     return d

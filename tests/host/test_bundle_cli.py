@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleetpin import cli, mpvm
+from fleetpin import cli
+from fleetpin.vm import wasm
 
 PASS = "correct horse battery"
 FLEET = "acme-sensors"
@@ -25,9 +26,6 @@ PIN_B = "sha256/STrzqpZCtgNeLswOo+p7u+rUjwK0QieED7THMpfQnGs="
 
 @pytest.fixture(autouse=True)
 def commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The lead registers these in cli.COMMANDS; the tests do not depend on that having happened.
-    monkeypatch.setitem(cli.COMMANDS, "key", "fleetpin.cmd_key:key")
-    monkeypatch.setitem(cli.COMMANDS, "bundle", "fleetpin.cmd_bundle:bundle")
     monkeypatch.setenv("FLEETPIN_KEY_PASSPHRASE", PASS)
 
 
@@ -216,7 +214,7 @@ def test_key_rotation_through_the_cli(setup: Setup, capsys: pytest.CaptureFixtur
 
 
 def test_sign_command(setup: Setup, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from fleetpin import keys
+    from fleetpin.pki import keys
 
     key = keys.load_private_key(Path(setup.key("everyday")), PASS.encode())
     hsm = tmp_path / "hsm.pem"
@@ -306,7 +304,7 @@ def test_every_single_byte_change_is_refused_on_the_vm(setup: Setup, capsys: pyt
     steps += [_FLIP_CHUNK % (i, min(i + chunk, len(data)), FLEET, now) for i in range(0, len(data), chunk)]
     steps.append(_FLIP_END)
     started = time.perf_counter()
-    run_ = mpvm.run_steps(steps, {**mpvm.device_files(), "/t/b.fpb": data, "/t/signers.json": setup.signers.read_bytes()},
+    run_ = wasm.run_steps(steps, {**wasm.device_files(), "/t/b.fpb": data, "/t/signers.json": setup.signers.read_bytes()},
                           heap_kb=100, timeout=300)
     wall = time.perf_counter() - started
     failed = [s.error for s in run_.steps if s.error]
@@ -332,7 +330,7 @@ def test_decoder_heap_on_the_vm(setup: Setup, capsys: pytest.CaptureFixture[str]
     assert build(capsys, setup, "b.fpb")[0] == 0
     files = {"/t/b.fpb": (setup.root / "b.fpb").read_bytes()}
     setup_code = "from pinagent import bundle\ndata = open('/t/b.fpb', 'rb').read()\nbundle.decode_unverified(data)\n"
-    use = mpvm.heap_use("b = bundle.decode_unverified(data)", setup_code, files)
+    use = wasm.heap_use("b = bundle.decode_unverified(data)", setup_code, files)
     with capsys.disabled():
         print(f"\ndecode without ECDSA, {len(files['/t/b.fpb'])}-byte bundle: allocated {use.allocated} B, "
               f"kept {use.retained} B")

@@ -43,8 +43,8 @@ def vector_certs() -> dict[str, dict[str, object]]:
 
 
 def runtime_available(runtime: str) -> None:
-    if runtime == "micropython" and importlib.util.find_spec("fleetpin.mpvm") is None:
-        pytest.skip("fleetpin.mpvm not available yet")
+    if runtime == "micropython" and importlib.util.find_spec("fleetpin.vm.wasm") is None:
+        pytest.skip("fleetpin.vm.wasm not available yet")
 
 
 def pins_of(result_stdout: str) -> list[str]:
@@ -105,7 +105,7 @@ def test_chain_file_lists_one_line_per_depth(fleetpin: Callable, runtime: str) -
 
 def test_micropython_runtime_starts_one_vm_for_all_files(fleetpin: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
     runtime_available("micropython")
-    import fleetpin.mpvm as mpvm
+    import fleetpin.vm.wasm as mpvm
 
     calls: list[dict[str, bytes]] = []
     real = mpvm.run_steps
@@ -123,7 +123,7 @@ def test_micropython_runtime_starts_one_vm_for_all_files(fleetpin: Callable, mon
 
 def test_runtime_disagreeing_with_host_fails(fleetpin: Callable, monkeypatch: pytest.MonkeyPatch,
                                              pki_files: PkiFiles) -> None:
-    import fleetpin.cmd_pin as cmd_pin
+    import fleetpin.commands.pin as cmd_pin
 
     monkeypatch.setattr(cmd_pin, "device_pins", lambda ders: ["A" * 43 + "="] * len(ders))
     result = fleetpin("pin", "--runtime", "device", pki_files.cert("leaf"))
@@ -134,7 +134,7 @@ def test_runtime_disagreeing_with_host_fails(fleetpin: Callable, monkeypatch: py
 def test_device_runtime_refuses_a_certificate_the_agent_cannot_parse(fleetpin: Callable, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # The host (cryptography) reads it; the device agent would not: that is a finding, exit 1.
-    import fleetpin.cmd_pin as cmd_pin
+    import fleetpin.commands.pin as cmd_pin
     from pinagent import der
 
     def refuse(d: bytes) -> object:
@@ -211,7 +211,7 @@ def test_password_from_environment(fleetpin: Callable, tmp_path: Path) -> None:
 
 def test_passphrase_is_asked_for_on_a_terminal(fleetpin: Callable, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import fleetpin.cmd_pin as cmd_pin
+    import fleetpin.commands.pin as cmd_pin
 
     monkeypatch.setattr(cmd_pin, "_interactive", lambda: True)
     path = make_key_form("encrypted-der", VECTORS / "keys" / "ec-p256.key.pem", tmp_path)
@@ -429,7 +429,7 @@ def test_ip_address_host_validates_against_an_ip_san(fleetpin: Callable, tls_ser
 
 
 def test_parse_host() -> None:
-    from fleetpin.certs import HostTarget, parse_host
+    from fleetpin.pki.certs import HostTarget, parse_host
 
     assert parse_host("a.example") == HostTarget("a.example", 443, "a.example")
     assert parse_host("a.example:8443@10.0.0.1") == HostTarget("a.example", 8443, "10.0.0.1")

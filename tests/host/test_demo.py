@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetpin import demo
+from fleetpin.sim import demo
 
 
 def test_demo_runs_the_whole_story(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

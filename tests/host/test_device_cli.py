@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 import serial
 
-from fleetpin import cli
-from fleetpin.transport import DeviceRefused, Transport
+from fleetpin.field.transport import DeviceRefused, Transport
 from fleetpin.sim.board import VirtualBoard
 from fleetpin.sim.demo_bundles import FILLER_PINS, demo_bundle, demo_signer_set
 from fleetpin.sim.pki import Pki
@@ -27,13 +26,6 @@ from pinagent.reports import Reports
 FLEET = "acme"
 RUNTIMES = ["cpython", "micropython"]
 P1, P2, P3 = FILLER_PINS[:3]
-
-
-@pytest.fixture(autouse=True)
-def _commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    # the lead adds these lines to cli.COMMANDS; until then (and harmlessly after) the tests do
-    monkeypatch.setitem(cli.COMMANDS, "device", "fleetpin.cmd_device:device")
-    monkeypatch.setitem(cli.COMMANDS, "sim", "fleetpin.cmd_sim:sim")
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +271,7 @@ def test_missing_port_and_bad_bundle_file(fleetpin: Any, tmp_path: Path, board: 
 
 
 def test_reports_are_read_and_cleared(fleetpin: Any, board: Any, tmp_path: Path) -> None:
-    from fleetpin.boards import get_board
+    from fleetpin.line.boards import get_board
     from fleetpin.sim.flashfs import FlashFS
 
     flash = tmp_path / "flash.img"
@@ -325,7 +317,6 @@ def test_test_connect_gives_the_devices_own_verdict(fleetpin: Any, board: Any, p
 _SIM = """
 import sys
 from fleetpin import cli
-cli.COMMANDS.setdefault("sim", "fleetpin.cmd_sim:sim")
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleetpin import drill as drills
-from fleetpin.drill import DRILLS, World, run_drill
+from fleetpin.sim import drill as drills
+from fleetpin.sim.drill import DRILLS, World, run_drill
 
 
 @pytest.mark.parametrize("name", sorted(DRILLS))

@@ -10,28 +10,23 @@ from pathlib import Path
 
 import littlefs
 import pytest
-from pinagent import store
-
 from fakefirmware import BUNDLE, MICROPYTHON_PARTITIONS, SIGNERS, make_firmware
+
 from fleetpin import cli
-from fleetpin.boards import MIB, get_board
+from fleetpin.agent_files import board_files, read_manifest
 from fleetpin.errors import FleetpinError, UsageError
-from fleetpin.image import (
+from fleetpin.line.boards import MIB, get_board
+from fleetpin.line.image import (
     FirmwareError,
     ImageError,
     build_image,
     check_firmware,
-    device_sources,
     read_partition_table,
     verify_image,
 )
+from pinagent import store
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(cli.COMMANDS, "image", "fleetpin.cmd_image:image")
 
 
 def build(tmp: Path, device_dir: Path, board: str = "esp32", flash_mb: int = 4, **fw: object) -> tuple[dict, Path]:
@@ -80,14 +75,30 @@ def test_image_mounts_where_and_how_the_firmware_expects(tmp_path: Path, device_
     assert verify_image(out).image_id == m["image_id"]
 
 
-def test_host_only_modules_are_recognised_by_their_marker(tmp_path: Path) -> None:
-    pkg = tmp_path / "pinagent"
-    (pkg / "io").mkdir(parents=True)
-    (pkg / "core.py").write_text("x = 1\n")
-    (pkg / "tool.py").write_text("# host side: not installed on the device\n")
-    (pkg / "client.py").write_text("y = 2\n")
-    (pkg / "io" / "flash.py").write_text("z = 3\n")
-    assert [d for _, d in device_sources(tmp_path)] == ["/lib/pinagent/core", "/lib/pinagent/io/flash"]
+def test_the_manifest_alone_decides_what_ships(tmp_path: Path) -> None:
+    """MicroPython's manifest convention: package() ships a package's modules compiled under
+    /lib, module() ships the entry point as source; a file the manifest does not name stays home."""
+    (tmp_path / "pinagent" / "io").mkdir(parents=True)
+    (tmp_path / "pinagent" / "core.py").write_text("x = 1\n")
+    (tmp_path / "pinagent" / "io" / "flash.py").write_text("z = 3\n")
+    (tmp_path / "main.py").write_text("import pinagent\n")
+    (tmp_path / "tool.py").write_text("y = 2\n")
+    (tmp_path / "manifest.py").write_text('metadata(version="1")\npackage("pinagent")\nmodule("main.py")\n')
+    files = board_files("xtensawin", tmp_path)
+    assert sorted(files) == ["/lib/pinagent/core.mpy", "/lib/pinagent/io/flash.mpy", "/main.py"]
+    assert files["/main.py"] == b"import pinagent\n" and files["/lib/pinagent/core.mpy"][:1] == b"M"
+    (tmp_path / "manifest.py").write_text('package("pinagent")\nfreeze("x")\n')
+    with pytest.raises(FleetpinError, match="only package"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.py").unlink()
+    with pytest.raises(FleetpinError, match="manifest.py does not exist"):
+        read_manifest(tmp_path)
+
+
+def test_the_shipped_manifest_ships_the_agent_and_nothing_host_side() -> None:
+    names = {f.name for f in read_manifest()}
+    assert {"main.py", "pinagent/agent.py", "pinagent/io/tls.py"} <= names
+    assert not any("client" in n or "link_host" in n for n in names)
 
 
 def test_same_inputs_give_the_same_image(tmp_path: Path, device_dir: Path) -> None:
@@ -153,9 +164,13 @@ def test_missing_main_py_says_what_to_do(tmp_path: Path) -> None:
     d = tmp_path / "device"
     d.mkdir()
     (d / "pinagent").symlink_to(REPO / "device" / "pinagent")
+    (d / "manifest.py").write_text('package("pinagent")\nmodule("main.py")\n')
+    with pytest.raises(FleetpinError, match=r"module\('main.py'\): no file"):
+        build(tmp_path, d)
+    (d / "manifest.py").unlink()
     with pytest.raises(FleetpinError) as e:
         build(tmp_path, d)
-    assert "main.py does not exist" in str(e.value) and "--device-dir" in (e.value.hint or "")
+    assert "manifest.py does not exist" in str(e.value) and "device/" in (e.value.hint or "")
 
 
 def test_a_bundle_that_does_not_parse_is_refused(tmp_path: Path, device_dir: Path) -> None:
@@ -223,6 +238,7 @@ def test_image_with_a_bundle_its_signers_do_not_verify_is_refused(tmp_path: Path
     device_dir = tmp_path / "device"
     (device_dir / "pinagent").mkdir(parents=True)
     (device_dir / "main.py").write_text("pass\n")
+    (device_dir / "manifest.py").write_text('package("pinagent")\nmodule("main.py")\n')
     other = REPO / "tests/vectors/bundle/signers_new.json"  # a valid signer set of other keys
     with pytest.raises(FleetpinError, match="does not verify the bundle"):
         build_image(get_board("esp32"), make_firmware(), BUNDLE, other.read_bytes(), 4 * MIB, tmp_path / "o", device_dir)

@@ -9,9 +9,10 @@ import binascii
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pinagent import link, link_host
+from fleetpin.field import link_host
+from fleetpin.field.link_host import HostLink
+from pinagent import link
 from pinagent.link import DeviceLink, FrameDecoder, FrameError, encode_frame
-from pinagent.link_host import HostLink
 
 MAX = 64
 

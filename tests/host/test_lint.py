@@ -1,4 +1,4 @@
-"""fleetpin.lint and `fleetpin bundle lint`: one minimal policy per rule, asserting the exact rule
+"""fleetpin.bundles.lint and `fleetpin bundle lint`: one minimal policy per rule, asserting the exact rule
 ids it triggers; served chains from files and from a live TLS server on 127.0.0.1; and
 `bundle build` refusing to sign a bundle with lint errors unless --allow-lint-errors."""
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from fleetpin.bundle_view import ServedChain, load_view
-from fleetpin.lint import RULES, lint
+from fleetpin.bundles.lint import RULES, lint
+from fleetpin.bundles.view import ServedChain, load_view
 from fleetpin.sim.pki import Pki, PkiFiles, make_pki
 
 NOW = int(time.time())

@@ -1,6 +1,6 @@
 """device/main.py and pinagent.io.console, run under CPython: fake `micropython`, `machine` and
 `tls` modules in sys.modules, the board's flash as tests/device/faultfs.py, the console as a
-scripted host (pinagent.client.Client) on a fake clock.
+scripted host (fleetpin.field.client.Client) on a fake clock.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from fleetpin.field.client import Client
 from pinagent import store as S
-from pinagent.client import Client
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors"

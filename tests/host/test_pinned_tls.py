@@ -19,17 +19,17 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fleetpin import keys
-from fleetpin.bundle_build import BundleSource, build_bundle, canonical_json
-from fleetpin.signing import LocalKeySigner
+from fleetpin.bundles.build import BundleSource, build_bundle, canonical_json
+from fleetpin.pki import keys
+from fleetpin.pki.signing import LocalKeySigner
+from fleetpin.sim.pki import Pki
 from fleetpin.sim.tls import SimTls, verified_chain
+from fleetpin.sim.tlsserver import TlsServer
 from pinagent import connect as C
 from pinagent import policy as P
 from pinagent import service as SV
 from pinagent import store as S
 from pinagent.agent import Agent
-from fleetpin.sim.pki import Pki
-from fleetpin.sim.tlsserver import TlsServer
 
 FLEET = "sim-fleet"
 HOST = "device.test"
@@ -261,7 +261,7 @@ def test_verified_chain_is_root_last_in_der(pki: Pki, servers: dict[str, TlsServ
 
 
 def test_test_connect_and_reports_through_the_service(tmp_path: Path, pki: Pki, servers: dict[str, TlsServer]) -> None:
-    from pinagent.client import Client
+    from fleetpin.field.client import Client
     from pinagent.link import DeviceLink
 
     agent = board(tmp_path, make_bundle(pki, [pinned(pki)]))

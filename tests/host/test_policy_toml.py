@@ -1,4 +1,4 @@
-"""fleetpin.policy_toml: the human policy file -> the device's policy JSON object."""
+"""fleetpin.bundles.policy: the human policy file -> the device's policy JSON object."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from fleetpin.bundles.policy import load_policy_toml, parse_policy_toml
 from fleetpin.errors import UsageError
-from fleetpin.policy_toml import load_policy_toml, parse_policy_toml
 from pinagent.policy import Policy
 
 REPO = Path(__file__).resolve().parents[2]

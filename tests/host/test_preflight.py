@@ -16,22 +16,18 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fleetpin import cli, keys, preflight
-from fleetpin.bundle_build import build_bundle, canonical_json, load_bundle_source
-from fleetpin.bundle_view import load_view
-from fleetpin.certs import FetchError, HostTarget, fetch_chain
-from fleetpin.signing import LocalKeySigner
+from fleetpin import cli
+from fleetpin.bundles.build import build_bundle, canonical_json, load_bundle_source
+from fleetpin.bundles.view import load_view
+from fleetpin.field import preflight
+from fleetpin.pki import keys
+from fleetpin.pki.certs import FetchError, HostTarget, fetch_chain
+from fleetpin.pki.signing import LocalKeySigner
 from fleetpin.sim.pki import Pki, PkiFiles
 from fleetpin.sim.tlsserver import TlsServer
 
 HOST = "device.test"
 DAY = 86400
-
-
-@pytest.fixture(autouse=True)
-def command(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The lead registers it in cli.COMMANDS; the tests do not depend on that having happened.
-    monkeypatch.setitem(cli.COMMANDS, "preflight", "fleetpin.cmd_preflight:preflight")
 
 
 def iso(ts: float) -> str:

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fakefirmware import BUNDLE, SIGNERS, MockBoard, make_firmware
+
 from fleetpin import cli
-from fleetpin.boards import MIB, get_board
-from fleetpin.image import LoadedImage, build_image, verify_image
-from fleetpin.provision import (
+from fleetpin.line.boards import MIB, get_board
+from fleetpin.line.image import LoadedImage, build_image, verify_image
+from fleetpin.line.provision import (
     RESULT_FAILED,
     RESULT_OK,
     RESULT_SAME,
@@ -31,13 +31,7 @@ from fleetpin.provision import (
     agent_confirm,
     provision,
 )
-from fleetpin.registry import Registry
-
-
-@pytest.fixture(autouse=True)
-def _commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(cli.COMMANDS, "provision", "fleetpin.cmd_provision:provision_cmd")
-    monkeypatch.setitem(cli.COMMANDS, "registry", "fleetpin.cmd_registry:registry")
+from fleetpin.line.registry import Registry
 
 
 def _image(out: Path, device_dir: Path, flash_mb: int = 4, **fw: Any) -> LoadedImage:

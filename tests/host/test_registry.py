@@ -11,12 +11,7 @@ from pathlib import Path
 import pytest
 
 from fleetpin import cli
-from fleetpin.registry import Attempt, Registry
-
-
-@pytest.fixture(autouse=True)
-def _commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(cli.COMMANDS, "registry", "fleetpin.cmd_registry:registry")
+from fleetpin.line.registry import Attempt, Registry
 
 
 def attempt(i: int, result: str = "provisioned", error: str | None = None) -> Attempt:

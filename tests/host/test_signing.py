@@ -1,4 +1,4 @@
-"""Signing keys (fleetpin.keys) and pluggable signers (fleetpin.signing): local PEM and command."""
+"""Signing keys (fleetpin.pki.keys) and pluggable signers (fleetpin.pki.signing): local PEM and command."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fleetpin import keys
 from fleetpin.errors import FleetpinError, UsageError
-from fleetpin.signing import CommandSigner, LocalKeySigner, signature_candidates, verifies
+from fleetpin.pki import keys
+from fleetpin.pki.signing import CommandSigner, LocalKeySigner, signature_candidates, verifies
 from pinagent import ecdsa
 from pinagent import signers as dev_signers
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import serial
 
-from fleetpin.boards import MIB, get_board
 from fleetpin.errors import UsageError
-from fleetpin.image import FsGeometry, make_littlefs, mount_littlefs
+from fleetpin.field.transport import Transport
+from fleetpin.line.boards import MIB, get_board
+from fleetpin.line.image import FsGeometry, make_littlefs, mount_littlefs
 from fleetpin.sim.board import VirtualBoard, VirtualFleet
 from fleetpin.sim.demo_bundles import demo_signer_set, sized_bundle
 from fleetpin.sim.flashfs import FlashError, FlashFS
 from fleetpin.sim.line import Faults
-from fleetpin.transport import Transport
 from pinagent.store import encode_slot
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "bundle"
@@ -83,7 +83,7 @@ def test_an_unmountable_non_blank_flash_is_refused_like_the_real_board(tmp_path:
 
 _WRITER = """
 import sys
-from fleetpin.boards import get_board
+from fleetpin.line.boards import get_board
 from fleetpin.sim.flashfs import FlashFS
 flash = FlashFS.open_image(sys.argv[1], get_board("esp32"))
 fs = flash.store_fs()

@@ -10,13 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fakefirmware import BUNDLE, SIGNERS, SMALL_APP_PARTITIONS, make_firmware
+
 from fleetpin import cli
-from fleetpin.boards import MIB, get_board
-from fleetpin.image import LoadedImage, build_image, verify_image
-from fleetpin.provision import RESULT_FAILED, RESULT_OK, RESULT_SAME, ProvisionOptions, Station, agent_confirm, provision
-from fleetpin.registry import Registry
+from fleetpin.line.boards import MIB, get_board
+from fleetpin.line.image import LoadedImage, build_image, verify_image
+from fleetpin.line.provision import (
+    RESULT_FAILED,
+    RESULT_OK,
+    RESULT_SAME,
+    ProvisionOptions,
+    Station,
+    agent_confirm,
+    provision,
+)
+from fleetpin.line.registry import Registry
 from fleetpin.sim.board import BUNDLE as FS_BUNDLE
 from fleetpin.sim.board import VirtualBoard
 from fleetpin.sim.flashfs import FlashError, FlashFS, blank_image
@@ -30,12 +38,6 @@ ESP32 = get_board("esp32")
 def mac_of(st: VirtualStation) -> str:
     """The base MAC the station's ROM reports: stable per flash file."""
     return ":".join(f"{b:02x}" for b in board_mac(st.flash))
-
-
-@pytest.fixture(autouse=True)
-def _commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(cli.COMMANDS, "provision", "fleetpin.cmd_provision:provision_cmd")
-    monkeypatch.setitem(cli.COMMANDS, "registry", "fleetpin.cmd_registry:registry")
 
 
 def _image(out: Path, device_dir: Path, flash_mb: int = 4, **fw: Any) -> LoadedImage:

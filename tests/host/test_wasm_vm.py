@@ -1,4 +1,4 @@
-"""The MicroPython VM bridge (fleetpin.mpvm), the VM test runner and the device check."""
+"""The MicroPython VM bridge (fleetpin.vm.wasm), the VM test runner and the device check."""
 
 from __future__ import annotations
 
@@ -12,18 +12,19 @@ from pathlib import Path
 import pytest
 
 import pinagent
-from fleetpin import mpvm
+from fleetpin import agent_files
 from fleetpin.errors import FleetpinError
+from fleetpin.vm import wasm
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_run_python_returns_stdout() -> None:
-    assert mpvm.run_python("print('hello', 6 * 7)\nprint('x')") == "hello 42\nx\n"
+    assert wasm.run_python("print('hello', 6 * 7)\nprint('x')") == "hello 42\nx\n"
 
 
 def test_it_is_really_micropython_and_pinagent_is_the_repo_copy() -> None:
-    out = mpvm.run_python(
+    out = wasm.run_python(
         "import sys, pinagent\nprint(sys.implementation.name, pinagent.VERSION, pinagent.__file__)"
     )
     name, version, path = out.split()
@@ -32,13 +33,13 @@ def test_it_is_really_micropython_and_pinagent_is_the_repo_copy() -> None:
 
 
 def test_pinagent_can_be_loaded_as_mpy_as_on_the_board() -> None:
-    out = mpvm.run_python("import pinagent\nprint(pinagent.__file__)", device_mpy=True)
+    out = wasm.run_python("import pinagent\nprint(pinagent.__file__)", device_mpy=True)
     assert out == "/fp/device/pinagent/__init__.mpy\n"
 
 
 def test_a_vm_exception_raises_vmerror_with_the_traceback() -> None:
-    with pytest.raises(mpvm.VMError) as caught:
-        mpvm.run_python("print('before')\ndef f():\n    return 1 // 0\nf()")
+    with pytest.raises(wasm.VMError) as caught:
+        wasm.run_python("print('before')\ndef f():\n    return 1 // 0\nf()")
     assert isinstance(caught.value, FleetpinError)
     text = str(caught.value)
     assert "Traceback" in text and "ZeroDivisionError" in text and "line 3, in f" in text
@@ -48,7 +49,7 @@ def test_a_vm_exception_raises_vmerror_with_the_traceback() -> None:
 def test_files_are_written_binary_safe_at_absolute_paths() -> None:
     blob = bytes(range(256)) * 4 + b"\x00\xff\n\r\x1a" + "é€".encode()
     files = {"/data/deep/new/dir/blob.bin": blob, "/top.txt": b""}
-    out = mpvm.run_python(
+    out = wasm.run_python(
         "import hashlib, binascii\n"
         "b = open('/data/deep/new/dir/blob.bin', 'rb').read()\n"
         "print(len(b), binascii.hexlify(hashlib.sha256(b).digest()).decode())\n"
@@ -60,67 +61,81 @@ def test_files_are_written_binary_safe_at_absolute_paths() -> None:
 
 def test_relative_file_paths_are_refused() -> None:
     with pytest.raises(ValueError):
-        mpvm.run_python("pass", {"relative.bin": b"x"})
+        wasm.run_python("pass", {"relative.bin": b"x"})
 
 
 def test_heap_guard_fires_when_code_outgrows_the_heap() -> None:
-    with pytest.raises(mpvm.VMError, match="heap grew beyond 100 KB"):
-        mpvm.run_python("keep = bytearray(300 * 1024)", heap_kb=100)
+    with pytest.raises(wasm.VMError, match="heap grew beyond 100 KB"):
+        wasm.run_python("keep = bytearray(300 * 1024)", heap_kb=100)
     # the same allocation fits a bigger heap
-    assert mpvm.run_python("keep = bytearray(300 * 1024)\nprint(len(keep))", heap_kb=400) == "307200\n"
+    assert wasm.run_python("keep = bytearray(300 * 1024)\nprint(len(keep))", heap_kb=400) == "307200\n"
 
 
 def test_heap_guard_counts_garbage_within_one_call() -> None:
     # A fact of this VM build the runner is designed around: nothing is collected inside one
     # call, so 300 x 1 KB of garbage grows a 100 KB heap.  If a VM update changes this, the
     # heap notes of tools/run_device_tests_vm.py can become hard checks.
-    with pytest.raises(mpvm.VMError, match="heap grew"):
-        mpvm.run_python("import gc\nfor i in range(300):\n    b = bytearray(1000)\n    gc.collect()")
+    with pytest.raises(wasm.VMError, match="heap grew"):
+        wasm.run_python("import gc\nfor i in range(300):\n    b = bytearray(1000)\n    gc.collect()")
 
 
 def test_garbage_is_collected_between_steps() -> None:
     step = "x = [bytearray(1000) for i in range(60)]\nx = None"  # 60 KB of garbage per call
-    run = mpvm.run_steps([step] * 5, heap_kb=100)
+    run = wasm.run_steps([step] * 5, heap_kb=100)
     assert all(s.error is None for s in run.steps)
     assert not run.heap_grew, (run.heap_initial, run.heap_total)
     assert run.steps[-1].heap_used < 8 * 1024
 
 
 def test_run_steps_stops_at_the_first_error() -> None:
-    run = mpvm.run_steps(["print(1)", "raise KeyError('k')", "print(3)"])
+    run = wasm.run_steps(["print(1)", "raise KeyError('k')", "print(3)"])
     assert [s.stdout for s in run.steps] == ["1\n", ""]
     assert run.steps[1].error is not None and "KeyError" in run.steps[1].error
 
 
 def test_heap_use_reports_allocation_and_what_stays_live() -> None:
-    use = mpvm.heap_use("keep = bytearray(20000)\nfor i in range(50):\n    t = bytearray(1000)")
+    use = wasm.heap_use("keep = bytearray(20000)\nfor i in range(50):\n    t = bytearray(1000)")
     assert 70_000 <= use.allocated < 80_000  # 20 KB kept + 50 KB garbage, all counted
     assert 20_000 <= use.retained < 25_000  # only the kept buffer (and `t`, 1 KB) survives
 
 
-def test_missing_vm_package_says_run_make_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "package.json").write_text("{}")
-    monkeypatch.setattr(mpvm, "repo_root", lambda: tmp_path)
+def test_a_wrong_vm_path_is_refused_with_what_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETPIN_WASM_VM", str(tmp_path / "missing.mjs"))
     with pytest.raises(FleetpinError) as caught:
-        mpvm.run_python("print(1)")
-    assert caught.value.hint is not None and "make setup" in caught.value.hint
+        wasm.run_python("print(1)")
+    assert "FLEETPIN_WASM_VM" in str(caught.value) and caught.value.hint is not None
 
 
-def test_missing_node_says_run_make_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_outside_a_checkout_the_vm_comes_from_the_users_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed fleetpin has no node_modules beside it: the VM is fetched from npm once into
+    the user's cache; without npm the error says what to install."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cached = tmp_path / "fleetpin" / "wasm" / "node_modules" / wasm.VM_PACKAGE / "micropython.mjs"
+    monkeypatch.setattr(wasm, "__file__", str(tmp_path / "site-packages" / "fleetpin" / "vm" / "wasm.py"))
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(FleetpinError) as caught:
-        mpvm.run_python("print(1)")
-    assert caught.value.hint is not None and "make setup" in caught.value.hint
+        wasm.vm_module()
+    assert "npm" in str(caught.value) and caught.value.hint is not None and "Node.js" in caught.value.hint
+    cached.parent.mkdir(parents=True)
+    cached.write_text("")
+    assert wasm.vm_module() == cached
+
+
+def test_missing_node_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(FleetpinError) as caught:
+        wasm.run_python("print(1)")
+    assert caught.value.hint is not None and "Node.js" in caught.value.hint
 
 
 def test_timeout_raises_vmerror() -> None:
-    with pytest.raises(mpvm.VMError, match="did not finish"):
-        mpvm.run_steps(["while True:\n    pass"], timeout=1)
+    with pytest.raises(wasm.VMError, match="did not finish"):
+        wasm.run_steps(["while True:\n    pass"], timeout=1)
 
 
 def test_stream_mode_bridges_bytes_to_a_python_handler() -> None:
     setup = "def handler(data):\n    return bytes(b ^ 0xFF for b in data)\n"
-    proc = mpvm.spawn_stream(setup, "handler")
+    proc = wasm.spawn_stream(setup, "handler")
     try:
         out, err = proc.communicate(bytes([0x00, 0x0A, 0x80, 0xFF]), timeout=30)
     finally:
@@ -246,5 +261,5 @@ def test_cross_compile_rejects_syntax_micropython_cannot_compile(tmp_path: Path)
     """)
     for arch in ("xtensawin", "rv32imc"):
         with pytest.raises(FleetpinError, match="SyntaxError"):
-            mpvm.compile_mpy(match, "m.py", march=arch)
-    assert mpvm.compile_mpy(_module(tmp_path, "ok.py", "X = 1\n"), "ok.py", march="xtensawin")[:1] == b"M"
+            agent_files.compile_mpy(match, "m.py", march=arch)
+    assert agent_files.compile_mpy(_module(tmp_path, "ok.py", "X = 1\n"), "ok.py", march="xtensawin")[:1] == b"M"

@@ -16,7 +16,7 @@ Files:
                       "reason" (substring of the error's reason) or "expect" (fields of the
                       decoded Bundle)}}
 
-The good bundle is built by the host tool's own code (fleetpin.bundle_build.build_bundle from a
+The good bundle is built by the host tool's own code (fleetpin.bundles.build.build_bundle from a
 policy TOML, with LocalKeySigner). Every other case changes ONE thing and re-signs where the
 point is that the signature is fine and a later check must catch it; the low-level cases use
 pinagent.bundle.encode_signed/encode_bundle directly to make what the host tool refuses to make
@@ -38,9 +38,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleetpin import keys
-from fleetpin.bundle_build import BundleSource, build_bundle, canonical_json, load_bundle_source
-from fleetpin.signing import LocalKeySigner
+from fleetpin.bundles.build import BundleSource, build_bundle, canonical_json, load_bundle_source
+from fleetpin.pki import keys
+from fleetpin.pki.signing import LocalKeySigner
 from pinagent import bundle as B
 
 OUT = pathlib.Path(__file__).resolve().parent / "bundle"

@@ -1,6 +1,6 @@
 """Building a signed bundle from a policy TOML file (the format: pinagent.bundle).
 
-The policy file is the one `fleetpin check` reads ([defaults], [[domain]]: fleetpin.policy_toml)
+The policy file is the one `fleetpin check` reads ([defaults], [[domain]]: fleetpin.bundles.policy)
 plus two optional tables that only bundles need:
 
     [bundle]
@@ -13,7 +13,7 @@ plus two optional tables that only bundles need:
     max_bytes = 4096                                    # 512..16384
 
 The file is parsed once; the policy part (the document without these two tables) is validated
-by fleetpin.policy_toml.policy_from_doc, the whole bundle by pinagent.bundle.decode_unverified
+by fleetpin.bundles.policy.policy_from_doc, the whole bundle by pinagent.bundle.decode_unverified
 before anything is written, and each signature by the signer against its public key.
 """
 
@@ -28,13 +28,12 @@ from typing import Any, Sequence
 
 from cryptography import x509
 
+from fleetpin.bundles.policy import policy_from_doc, read_toml
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.pki.certs import load_certificates
+from fleetpin.pki.signing import Signer
 from pinagent import bundle as dev_bundle
 from pinagent import signers as dev_signers
-
-from .certs import load_certificates
-from .errors import FleetpinError, UsageError
-from .policy_toml import policy_from_doc, read_toml
-from .signing import Signer
 
 BUNDLE_TABLES = ("bundle", "report")
 BUNDLE_KEYS = ("ca_certs",)
@@ -85,7 +84,7 @@ def _table(doc: dict[str, Any], name: str, keys: tuple[str, ...], file: str) -> 
 
 
 def load_ca_certificates(path: Path, what: str) -> list[bytes]:
-    """DER of each CA certificate in a PEM (one or more) or DER file (fleetpin.certs
+    """DER of each CA certificate in a PEM (one or more) or DER file (fleetpin.pki.certs
     .load_certificates); refuses what is not a CA certificate."""
     out = []
     for der in load_certificates(path, what):

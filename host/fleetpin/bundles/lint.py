@@ -1,7 +1,7 @@
 """Lint rules for pin policies and bundles: the mistakes that lock a fleet out of its servers.
 
 Each rule has an id, a severity and a fix hint (RULES). `lint(view, chains, ...)` returns the
-findings for a fleetpin.bundle_view.View; chains (what servers present now) enable the rules
+findings for a fleetpin.bundles.view.View; chains (what servers present now) enable the rules
 that need them (FP002, FP003, FP011, FP012, FP015). Severities: error = a likely outage or a
 bundle that cannot work (`bundle lint` exits 1, `bundle build` refuses to sign); warning =
 a risk to look at; info = worth knowing.
@@ -17,10 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fleetpin.bundles.view import ServedChain, View, days_left, device_chain, iso_date, label_says, rules_for_chain
 from pinagent import pins as dev_pins
 from pinagent.policy import EXACT, Rule
-
-from .bundle_view import ServedChain, View, days_left, device_chain, iso_date, label_says, rules_for_chain
 
 ERROR = "error"
 WARNING = "warning"

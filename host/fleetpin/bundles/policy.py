@@ -30,9 +30,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from fleetpin.errors import UsageError
 from pinagent.policy import Policy, PolicyError
-
-from .errors import UsageError
 
 TOP_KEYS = ("defaults", "domain")
 DEFAULT_KEYS = ("enforce", "expires", "on_expiry", "unpinned")

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .boards import load_boards
+from fleetpin.line.boards import load_boards
 
 
 @click.command()

@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from fleetpin.bundles.build import build_bundle, load_bundle_source
+from fleetpin.bundles.chains import load_chains
+from fleetpin.bundles.diff import diff_views
+from fleetpin.bundles.inspect import check_signatures, inspect_obj, load_trust
+from fleetpin.bundles.lint import ERROR, MAX_HORIZON_DAYS, WARN_DAYS, Finding, has_errors, lint
+from fleetpin.bundles.view import View, iso_date, load_view, view_of_source
+from fleetpin.device_errors import hint_for
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.files import write_atomic
+from fleetpin.pki import keys
+from fleetpin.pki.signing import CommandSigner, LocalKeySigner, Signer
 from pinagent import bundle as dev_bundle
 from pinagent import signers as dev_signers
-
-from . import keys
-from .bundle_build import build_bundle, load_bundle_source
-from .bundle_view import view_of_source
-from .cmd_bundle_tools import diff, inspect, lint_cmd, lint_gate, load_trust
-from .files import write_atomic
-from .errors import FleetpinError, UsageError
-from .lint import has_errors
-from .signing import CommandSigner, LocalKeySigner, Signer
 
 
 @click.group()
@@ -138,19 +141,19 @@ def verify_bundle(
             return _summary(dev_bundle.decode_bundle(data, trust, fleet, installed, now, floor))
         except dev_bundle.BundleError as e:
             return {"error": type(e).__name__, "reason": e.reason}
-    from . import mpvm
+    from fleetpin.vm import wasm
 
     # run_steps, not run_python: this VM collects no garbage within a call, and one P-256
     # verification allocates ~0.8 MB of short-lived bigints, so the heap grows here where a board
     # would collect; the decoder's own heap use is measured in tests/host/test_bundle_cli.py.
-    run = mpvm.run_steps(
-        [f"import sys\nsys.path[:0] = [{mpvm.VM_DEVICE_DIR!r}]\n",
+    run = wasm.run_steps(
+        [f"import sys\nsys.path[:0] = [{wasm.VM_DEVICE_DIR!r}]\n",
          _VM_VERIFY % (fleet, installed, "None" if now is None else str(now), floor)],
-        {**mpvm.device_files(), "/verify/bundle.bin": data, "/verify/signers.json": trust_bytes},
+        {**wasm.device_files(), "/verify/bundle.bin": data, "/verify/signers.json": trust_bytes},
     )
     failed = [step.error for step in run.steps if step.error]
     if failed:
-        raise mpvm.VMError(failed[0] or "")
+        raise wasm.VMError(failed[0] or "")
     out = "".join(step.stdout for step in run.steps)
     line = [x for x in out.splitlines() if x.startswith("FP-RESULT ")]
     if not line:
@@ -206,18 +209,235 @@ def verify(
     elif status == "same_version":
         click.echo(f"no-op: {result['reason']} ({runtime})")
     if status == "refused":
-        raise FleetpinError(f"{error}: {result['reason']}", hint=_HINTS.get(str(error)))
+        raise FleetpinError(f"{error}: {result['reason']}", hint=hint_for(str(error)))
 
 
-_HINTS = {
-    "BundleTooLarge": "fewer domains or CA certificates",
-    "BundleMalformed": "the file is damaged or not a fleetpin bundle: rebuild it with `fleetpin bundle build`",
-    "BundleSignatureError": "sign with a key of the --trust signer set, of the bundle's channel",
-    "BundleWrongFleet": "build it with the devices' --fleet",
-    "BundleRollback": "build it with a --version above the installed one",
-    "BundleFromFuture": "check the signing computer's clock, or --now",
-    "BundleSchemaError": "this agent cannot read the bundle's contents: rebuild it with this fleetpin version",
-}
+
+
+
+
+# --- inspect, lint, diff: look at a bundle or a policy file without installing it ----------------
+
+
+def _now(text: str | None) -> int:
+    from fleetpin.times import parse_now
+
+    now = parse_now(text)
+    if now is None:
+        raise UsageError("--now unknown: these checks need a time", hint="e.g. --now 2026-05-01T12:00:00Z")
+    return now
+
+
+# --- inspect ---------------------------------------------------------------------------------
+
+
+def print_inspect(obj: dict[str, Any]) -> None:
+    h = obj["header"]
+    click.echo(f"{obj['file']}: {obj['kind']}; {obj['signatures']['status']}")
+    if h is not None:
+        click.echo(f"  format {h['format']}  fleet {h['fleet']}  version {h['version']}  channel {h['channel']}")
+        click.echo(f"  issued {h['issued_iso']}  key ids {', '.join(h['key_ids'])}")
+        click.echo(f"  digest {h['digest']}  {h['size']} bytes")
+        for s in obj["signatures"]["signed_by"]:
+            click.echo(f"  signed by {s['name'] or '(unnamed)'} ({s['key_id']}): verified")
+    click.echo(f"domains ({len(obj['domains'])}); hosts without a rule: {obj['unpinned']}")
+    for d in obj["domains"]:
+        sub = " (and subdomains)" if d["include_subdomains"] else ""
+        left = d["days_left"]
+        when = f"{left} days left" if left >= 0 else f"EXPIRED {-left} days ago"
+        click.echo(f"  {d['host']}{sub}  {d['mode']}  expires {d['expires']} ({when})  on expiry: {d['on_expiry']}")
+        for p in d["pins"]:
+            click.echo(f"      {p['pin']}  {p['label'] or ''}".rstrip())
+    click.echo(f"CA certificates ({len(obj['ca_certs'])})")
+    for ca in obj["ca_certs"]:
+        click.echo(f"  {ca['subject']}\n      {ca['pin']}  expires {ca['expires']} ({ca['days_left']} days left)")
+    r = obj["report"]
+    click.echo(f"reports: {'enabled' if r['enabled'] else 'disabled'}, up to {r['max_entries']} entries / "
+               f"{r['max_bytes']} bytes" + (" (defaults)" if obj["report_defaults"] else ""))
+    if obj["signers"] is not None:
+        s = obj["signers"]
+        keys = ", ".join(f"{k.get('name', '')} ({k['id']})" for k in s["signers"])
+        click.echo(f"signer-set rotation: devices that install this bundle trust only these {s['channel']} keys "
+                   f"from then on: {keys}")
+
+
+@click.command("inspect")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--trust", "trust_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="verify the signatures against this signer set (fleetpin key signers)")
+@click.option("--now", "now_text", metavar="ISO8601", help="count days left from this time (default: now)")
+@click.option("--json", "as_json", is_flag=True, help="print everything as JSON")
+def inspect(source: Path, trust_path: Path | None, now_text: str | None, as_json: bool) -> None:
+    """Show what a bundle (or a policy file) holds: header, domains and pins, CA certificates,
+    report settings, signer-set rotation. No trust needed: the signatures are only checked
+    with --trust (exit 1 if they do not verify)."""
+    view = load_view(source)
+    obj = inspect_obj(view, _now(now_text), check_signatures(view, trust_path))
+    if as_json:
+        click.echo(json.dumps(obj, indent=2))
+    else:
+        print_inspect(obj)
+
+
+# --- served chains -----------------------------------------------------------------------------
+
+
+_chain_options = [
+    click.option("--chain", "chain_args", multiple=True, metavar="FILE|HOST=FILE",
+                 help="a chain a server presents now (PEM/DER, leaf first); FILE maps to the domain its leaf's "
+                      "SAN/CN falls under, HOST=FILE to HOST's. Repeatable."),
+    click.option("--host", "host_args", multiple=True, metavar="HOST:PORT",
+                 help="fetch the chain a live server presents (openssl s_client). Repeatable."),
+    click.option("--ca", "ca_path", type=click.Path(dir_okay=False, path_type=Path),
+                 help="CA certificates to validate --host connections with (default: the bundle's)"),
+    click.option("--now", "now_text", metavar="ISO8601", help="the time to check against (default: now)"),
+]
+
+
+def chain_options(f: Any) -> Any:
+    for option in reversed(_chain_options):
+        f = option(f)
+    return f
+
+
+# --- lint ----------------------------------------------------------------------------------------
+
+
+_MARK = {"error": ("ERROR", "red"), "warning": ("warning", "yellow"), "info": ("info", "cyan")}
+
+
+def print_findings(findings: Sequence[Finding], err: bool = False) -> None:
+    for f in findings:
+        word, colour = _MARK[f.severity]
+        click.secho(f"{f.rule} {word}: {f.message}", fg=colour, err=err)
+        click.echo(f"      fix: {f.hint}", err=err)
+
+
+def summary_line(findings: Sequence[Finding]) -> str:
+    counts = {s: sum(1 for f in findings if f.severity == s) for s in ("error", "warning", "info")}
+    return ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items())
+
+
+@click.command("lint")
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@chain_options
+@click.option("--max-horizon", type=click.IntRange(1), default=MAX_HORIZON_DAYS, show_default=True,
+              help="days ahead beyond which an expiry is flagged (FP005)")
+@click.option("--warn-days", type=click.IntRange(0), default=WARN_DAYS, show_default=True,
+              help="days ahead within which an expiry is flagged (FP006, FP016)")
+@click.option("--json", "as_json", is_flag=True, help="print the findings as JSON")
+@click.pass_context
+def lint_cmd(ctx: click.Context, source: Path, chain_args: tuple[str, ...], host_args: tuple[str, ...],
+             ca_path: Path | None, now_text: str | None, max_horizon: int, warn_days: int, as_json: bool) -> None:
+    """Check a policy file or bundle for the mistakes that lock devices out: too few pins, no
+    backup outside the served chain, a served chain no pin matches, expiry, malformed pins,
+    public-suffix wildcards, missing CA certificates, report-only domains.
+
+    \b
+    Give the chains servers present today to check them too:
+      fleetpin bundle lint policy.toml --chain api.example.com=chain.pem --host api.example.com:443
+    Exit codes: 0 no errors (warnings allowed), 1 errors, 2 usage.
+    """
+    now = _now(now_text)
+    view = load_view(source, lenient=True)
+    chains = load_chains(chain_args, host_args, ca_path, [view])
+    findings = lint(view, chains, now=now, max_horizon_days=max_horizon, warn_days=warn_days)
+    if as_json:
+        click.echo(json.dumps({"file": str(source), "kind": view.kind, "now": now, "ok": not has_errors(findings),
+                               "chains": [c.source for c in chains],
+                               "findings": [f.to_obj() for f in findings]}, indent=2))
+    else:
+        print_findings(findings)
+        click.echo(f"{source}: {summary_line(findings)}")
+    if has_errors(findings):
+        ctx.exit(1)
+
+
+# --- diff ----------------------------------------------------------------------------------------
+
+
+def print_diff(d: dict[str, Any]) -> None:
+    click.echo(f"--- {d['old']}\n+++ {d['new']}")
+    for key, (a, b) in d["header"].items():
+        click.echo(f"  {key}: {a} -> {b}")
+    if d["unpinned"]:
+        click.echo(f"  hosts without a rule: {d['unpinned'][0]} -> {d['unpinned'][1]}")
+    for r in d["domains"]["added"]:
+        click.echo(f"+ domain {r['host']} ({r['mode']}, expires {r['expires']}): "
+                   + ", ".join(p["pin"] for p in r["pins"]))
+    for r in d["domains"]["removed"]:
+        click.echo(f"- domain {r['host']}")
+    for c in d["domains"]["changed"]:
+        click.echo(f"~ domain {c['host']}")
+        for p in c["pins_added"]:
+            click.echo(f"    + pin {p['pin']} {p['label'] or ''}".rstrip())
+        for p in c["pins_removed"]:
+            click.echo(f"    - pin {p['pin']} {p['label'] or ''}".rstrip())
+        for pin, (a, b) in c["labels"].items():
+            click.echo(f"    label of {pin}: {a} -> {b}")
+        for key, (a, b) in c["changes"].items():
+            if key == "expires":
+                a, b = iso_date(a), iso_date(b)
+            click.echo(f"    {key}: {a} -> {b}")
+    for ca in d["ca_certs"]["added"]:
+        click.echo(f"+ CA {ca['subject']} ({ca['pin']})")
+    for ca in d["ca_certs"]["removed"]:
+        click.echo(f"- CA {ca['subject']} ({ca['pin']})")
+    for key, (a, b) in d["report"].items():
+        click.echo(f"  report.{key}: {a} -> {b}")
+    if d["new_signers"]:
+        click.echo("  installs a new signer set: " + ", ".join(s["id"] for s in d["new_signers"]["signers"]))
+    for c in d["chains"]:
+        click.echo(f"  {c['source']} ({c['host']}): old {c['old']['reason']}, new {c['new']['reason']} "
+                   f"(at {c['from']})")
+    click.echo("what devices will start to refuse:" + ("" if d["refuse"] else " nothing found"))
+    for r in d["refuse"]:
+        click.secho(f"  ! {r['message']}", fg="red")
+
+
+@click.command("diff")
+@click.argument("old_path", metavar="OLD", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("new_path", metavar="NEW", type=click.Path(dir_okay=False, path_type=Path))
+@chain_options
+@click.option("--json", "as_json", is_flag=True, help="print the differences as JSON")
+def diff(old_path: Path, new_path: Path, chain_args: tuple[str, ...], host_args: tuple[str, ...],
+         ca_path: Path | None, now_text: str | None, as_json: bool) -> None:
+    """What changes from OLD to NEW (bundles or policy files): header, domains and pins, expiry
+    and enforcement, CA certificates, report settings, signer set; and what devices will start
+    to refuse. With --chain/--host, the old and new verdict for what servers present today.
+
+    Exit codes: 0 (differences are not a failure), 2 unreadable or invalid input.
+    """
+    now = _now(now_text)
+    old, new = load_view(old_path), load_view(new_path)
+    d = diff_views(old, new, load_chains(chain_args, host_args, ca_path, [old, new]), now)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+    else:
+        print_diff(d)
+
+
+# --- bundle build's gate ---------------------------------------------------------------------------
+
+
+def lint_gate(view: View, allow_errors: bool, now: int | None = None) -> list[Finding]:
+    """Lints what `bundle build` is about to sign: refuses lint errors (FleetpinError) unless
+    allow_errors, which is announced loudly. Prints nothing when there are no findings."""
+    findings = lint(view, now=int(time.time()) if now is None else now)
+    errors = [f for f in findings if f.severity == ERROR]
+    if errors and not allow_errors:
+        print_findings(errors, err=True)
+        raise FleetpinError(f"{view.path}: {len(errors)} lint error(s): not signing this bundle",
+                            hint=f"fix them (fleetpin bundle lint {view.path}), or pass --allow-lint-errors "
+                                 "if you really mean to ship it")
+    if errors:
+        click.secho(f"WARNING: signing a bundle with {len(errors)} lint error(s) because of --allow-lint-errors:",
+                    fg="red", bold=True, err=True)
+        print_findings(errors, err=True)
+    others = len(findings) - len(errors)
+    if others:
+        click.echo(f"lint: {summary_line(findings)} (fleetpin bundle lint {view.path})", err=True)
+    return findings
 
 
 bundle.add_command(inspect)

@@ -8,27 +8,26 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
+from fleetpin.bundles.build import load_bundle_source
+from fleetpin.bundles.chains import (
+    Verification,
+    describe_chain,
+    load_chain,
+    verdict_on_cpython,
+    verdict_on_vm,
+    verify_chain,
+)
+from fleetpin.bundles.verdicts import hint_for, reason_text
+from fleetpin.errors import FleetpinError
+from fleetpin.times import parse_now
 from pinagent.connect import TLS_FAILED
 
-from .bundle_build import load_bundle_source
-from .certs import host_name, load_certificates
-from .errors import FleetpinError, UsageError
-from .verdicts import hint_for, reason_text
-
 RUNTIMES = ("device", "micropython")
-
-@dataclass
-class Verification:
-    verified: bool
-    anchor: str | None  # what the chain was verified against
-    error: str | None  # why it was not verified
-    from_device_cas: bool = False  # against the CAs the device trusts (--ca, the bundle's), not the chain's own root
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,149 +102,14 @@ def check(policy_path: Path, host: str, chain_path: Path, now_text: str | None, 
 
 # --- inputs -----------------------------------------------------------------------------
 
-def load_chain(path: Path) -> list[bytes]:
-    """The chain's DER certificates, leaf first, each checked by the device's DER walker."""
-    from pinagent.der import DerError, parse_certificate
-
-    ders = load_certificates(path, "chain")
-    for i, der in enumerate(ders):
-        try:
-            parse_certificate(der)
-        except DerError as e:
-            raise UsageError(f"{path}: certificate {i}: not a certificate the device can read: {e}") from None
-    return ders
-
-
-def parse_now(text: str | None) -> int | None:
-    """POSIX seconds of --now; None for 'unknown'; this machine's clock if not given."""
-    if text is None:
-        return int(dt.datetime.now(dt.timezone.utc).timestamp())
-    if text.strip().lower() == "unknown":
-        return None
-    try:
-        when = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise UsageError(f"--now: not an ISO 8601 time: {text!r}", hint="e.g. --now 2026-05-01T12:00:00Z") from None
-    if when.tzinfo is None:
-        if len(text.strip()) > 10:  # a datetime, not a bare date: refuse to guess the zone
-            raise UsageError(f"--now: no time zone in {text!r}", hint="append Z for UTC, e.g. 2026-05-01T12:00:00Z")
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return int(when.timestamp())
-
 
 # --- CA validation (host side, with cryptography) -------------------------------------------
-
-
-def verify_chain(ders: list[bytes], host: str, now: int | None, ca_path: Path | None,
-                 bundle_cas: list[bytes] | None = None) -> Verification:
-    from cryptography import x509
-    from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
-
-    try:
-        certs = [x509.load_der_x509_certificate(d) for d in ders]
-    except ValueError as e:
-        return Verification(False, None, f"cryptography cannot parse the chain: {e}")
-    leaf, rest = certs[0], certs[1:]
-    device_cas = ca_path is not None or bool(bundle_cas)
-    if ca_path is not None:
-        try:
-            anchors = [x509.load_der_x509_certificate(d) for d in load_certificates(ca_path, "--ca file")]
-        except ValueError as e:
-            raise UsageError(f"{ca_path}: cannot parse a CA certificate: {e}") from None
-        anchor = f"--ca {ca_path.name}"
-    elif bundle_cas:  # what the device itself trusts: the CA certificates its bundle ships
-        anchors = [x509.load_der_x509_certificate(d) for d in bundle_cas]
-        anchor = "the CA certificates in the policy file (bundle.ca_certs)"
-    elif len(certs) > 1 and _self_signed(certs[-1]):
-        anchors, rest = [certs[-1]], rest[:-1]
-        anchor = "the chain's own root: " + certs[-1].subject.rfc4514_string()
-    else:
-        return Verification(False, None, "no trust anchor (pass --ca with the CA certificates your bundle ships)")
-
-    when = dt.datetime.now(dt.timezone.utc) if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc)
-    try:
-        verifier = PolicyBuilder().store(Store(anchors)).time(when).build_server_verifier(
-            host_name(host.lower().rstrip(".")))
-        verifier.verify(leaf, rest)
-    except (VerificationError, ValueError) as e:
-        return Verification(False, anchor, str(e), device_cas)
-    return Verification(True, anchor, None, device_cas)
-
-
-def _self_signed(cert: Any) -> bool:
-    if cert.subject != cert.issuer:
-        return False
-    try:
-        cert.verify_directly_issued_by(cert)
-    except Exception:  # any failure (bad signature, unsupported key) means: not a usable root
-        return False
-    return True
 
 
 # --- the verdict, from the agent's own code ---------------------------------------------------
 
 
-def verdict_on_cpython(obj: dict[str, Any], host: str, ders: list[bytes], now: int | None,
-                       verified: bool) -> dict[str, Any]:
-    from pinagent import pins, policy
-
-    verdict = policy.decide(policy.Policy.from_obj(obj), host, pins.chain_digests(ders), now, verified)
-    result: dict[str, Any] = verdict.to_obj()
-    return result
-
-
-_VM_SOURCE = """
-import json
-from pinagent import pins, policy
-with open("/check/args.json") as f:
-    args = json.load(f)
-with open("/check/policy.json") as f:
-    p = policy.Policy.from_obj(json.load(f))
-ders = []
-for i in range(args["count"]):
-    with open("/check/chain/%d.der" % i, "rb") as f:
-        ders.append(f.read())
-v = policy.decide(p, args["host"], pins.chain_digests(ders), args["now"], args["verified"])
-print("FLEETPIN-VERDICT " + json.dumps(v.to_obj()))
-"""
-
-
-def verdict_on_vm(obj: dict[str, Any], host: str, ders: list[bytes], now: int | None,
-                  verified: bool) -> dict[str, Any]:
-    from .mpvm import run_python
-
-    files = {
-        "/check/args.json": json.dumps({"host": host, "now": now, "verified": verified, "count": len(ders)}).encode(),
-        "/check/policy.json": json.dumps(obj).encode(),
-    }
-    for i, der in enumerate(ders):
-        files[f"/check/chain/{i}.der"] = der
-    out = run_python(_VM_SOURCE, files=files, heap_kb=100)
-    for line in out.splitlines():
-        if line.startswith("FLEETPIN-VERDICT "):
-            result: dict[str, Any] = json.loads(line[len("FLEETPIN-VERDICT "):])
-            return result
-    raise FleetpinError("the MicroPython VM printed no verdict", hint="its output was:\n" + out)
-
-
 # --- output ---------------------------------------------------------------------------------
-
-
-def describe_chain(ders: list[bytes]) -> list[dict[str, Any]]:
-    from pinagent import der as der_mod
-    from pinagent import pins
-
-    out = []
-    for depth, der in enumerate(ders):
-        cert = der_mod.parse_certificate(der)
-        out.append({
-            "depth": depth,
-            "pin": pins.pin_to_text(pins.spki_digest(cert.spki)),
-            "subject_cn": cert.subject_cn,
-            "not_before": cert.not_before,
-            "not_after": cert.not_after,
-        })
-    return out
 
 
 def _iso(seconds: int | None) -> str:

@@ -8,8 +8,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .drill import DRILLS, DrillResult, run_drill
-from .errors import FleetpinError, UsageError
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.sim.drill import DRILLS, DrillResult, run_drill
 
 STATUS_STYLE = {"connected": "green", "updated": "cyan", "blocked": "yellow", "UNREACHABLE": "bold red"}
 

@@ -1,5 +1,5 @@
 """`fleetpin export android|trustkit|okhttp BUNDLE|POLICY.toml`: the fleet's pins for mobile apps
-(formats and their limits: fleetpin.export)."""
+(formats and their limits: fleetpin.formats.export)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from .files import write_atomic
-from .errors import FleetpinError, UsageError
-from . import export as exporting
-from .export import FORMATS, TRUSTKIT_FORMATS, ExportWarning
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.files import write_output
+from fleetpin.formats import export as exporting
+from fleetpin.formats.export import FORMATS, TRUSTKIT_FORMATS, ExportWarning
 
 
 def print_warnings(warnings: list[ExportWarning]) -> None:
@@ -23,16 +23,6 @@ def refuse_if_strict(strict: bool, warnings: list[ExportWarning], what: str) -> 
         raise FleetpinError(
             f"--strict: {len(warnings)} warning{'s' if len(warnings) != 1 else ''}: {what}",
             hint="change the policy so the format can express it, or drop --strict")
-
-
-def write_output(out_file: Path | None, text: str, done: str) -> None:
-    """`text` on standard output, or written to out_file (its folder created) and then
-    "OUT_FILE: done" on stderr. Shared with `fleetpin import`."""
-    if out_file is None:
-        click.echo(text, nl=False)
-        return
-    write_atomic(out_file, text)
-    click.echo(f"{out_file}: {done}", err=True)
 
 
 @click.command("export", context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import click
 
-from .boards import MIB, default_boards_dir, flash_size_label, get_board, parse_flash_size
-from .errors import UsageError
-from .image import build_image, verify_image
+from fleetpin.errors import UsageError
+from fleetpin.line.boards import MIB, default_boards_dir, flash_size_label, get_board, parse_flash_size
+from fleetpin.line.image import build_image, verify_image
 
-REPO_DEVICE_DIR = Path(__file__).resolve().parents[2] / "device"
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 _boards_dir = click.option(
     "--boards-dir",
@@ -39,7 +38,8 @@ def _read(path: Path) -> bytes:
 @click.option("--signers", required=True, type=_file, help="The signer set file the devices trust (factory anchor).")
 @click.option("--flash-size", default=None, help="Flash size of the boards, e.g. 4MB (default: the board's smallest).")
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
-@click.option("--device-dir", type=click.Path(file_okay=False, path_type=Path), default=REPO_DEVICE_DIR, show_default=True, help="The agent's device/ directory (main.py, pinagent/).")
+@click.option("--device-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="An agent's device/ folder with its manifest.py (default: the agent that ships with fleetpin).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @_boards_dir
 def build(
@@ -49,7 +49,7 @@ def build(
     signers: Path,
     flash_size: str | None,
     out_dir: Path,
-    device_dir: Path,
+    device_dir: Path | None,
     as_json: bool,
     boards_dir: Path | None,
 ) -> None:

@@ -1,5 +1,5 @@
 """`fleetpin import android network_security_config.xml`: an app's existing pins -> a policy file
-(the mapping and what it cannot keep: fleetpin.android_import)."""
+(the mapping and what it cannot keep: fleetpin.formats.android_import)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from .android_import import NEVER, import_android
-from .cmd_export import write_output
-from .errors import FleetpinError, UsageError
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.files import write_output
+from fleetpin.formats.android_import import NEVER, import_android
 
 FORMATS = ("android",)
 

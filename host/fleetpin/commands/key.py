@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from . import keys
-from .bundle_build import canonical_json
-from .files import write_atomic
-from .errors import UsageError
+from fleetpin.bundles.build import canonical_json
+from fleetpin.errors import UsageError
+from fleetpin.files import write_atomic
+from fleetpin.pki import keys
 
 _PASSPHRASE_HELP = f"file holding the passphrase (else ${keys.PASSPHRASE_ENV}, else a prompt)"
 

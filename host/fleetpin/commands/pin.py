@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from .certs import KeyRecord, load_all
-from .errors import FleetpinError, UsageError
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.pki.certs import KeyRecord, load_all
 
 RUNTIMES = ("host", "device", "micropython")
 
@@ -204,13 +204,13 @@ def micropython_pins(ders: Sequence[bytes], heap_kb: int = 100) -> list[str]:
     if not ders:
         return []
     try:
-        from . import mpvm
+        from fleetpin.vm import wasm
     except ImportError as e:
         raise FleetpinError(f"the MicroPython runtime is not available ({e})", hint="run `make setup`") from None
     files = {f"/fleetpin-pin-{i}.der": d for i, d in enumerate(ders)}
-    steps = [_VM_SETUP % mpvm.VM_DEVICE_DIR] + [_VM_STEP % {"i": i} for i in range(len(ders))]
+    steps = [_VM_SETUP % wasm.VM_DEVICE_DIR] + [_VM_STEP % {"i": i} for i in range(len(ders))]
     try:
-        run = mpvm.run_steps(steps, {**mpvm.device_files(), **files}, heap_kb)
+        run = wasm.run_steps(steps, {**wasm.device_files(), **files}, heap_kb)
     except FleetpinError as e:
         raise FleetpinError(f"the MicroPython VM failed: {e}", hint="run `make setup`; or use --runtime device") from None
     failed = next((step.error for step in run.steps if step.error is not None), None)

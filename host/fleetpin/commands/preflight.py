@@ -1,5 +1,5 @@
 """`fleetpin preflight BUNDLE`: would devices holding this bundle still connect to the servers
-as they are now (or on --now)? The checks live in fleetpin.preflight; this module is the
+as they are now (or on --now)? The checks live in fleetpin.field.preflight; this module is the
 command line and the report."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import preflight as checks
-from .bundle_view import iso_date, load_view
-from .certs import HostTarget, parse_host
-from .errors import FleetpinError, UsageError
-from .preflight import Report, ServerResult
+from fleetpin.bundles.view import iso_date, load_view
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.field import preflight as checks
+from fleetpin.field.preflight import Report, ServerResult
+from fleetpin.pki.certs import HostTarget, parse_host
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -52,8 +52,8 @@ def preflight(source: Path, host_args: tuple[str, ...], trust_path: Path | None,
     1 a device would be locked out, a server could not be reached, or the bundle has an
     error (pins expired with on_expiry = enforce), 2 usage error.
     """
-    from .cmd_bundle_tools import check_signatures
-    from .cmd_check import parse_now
+    from fleetpin.bundles.inspect import check_signatures
+    from fleetpin.times import parse_now
 
     now = parse_now(now_text)
     if now is None:

@@ -15,10 +15,20 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .errors import FleetpinError, UsageError
-from .image import LoadedImage, verify_image
-from .provision import RESULT_FAILED, RESULT_OK, RESULT_SAME, Confirm, ProvisionOptions, Station, StationResult, agent_confirm, provision
-from .registry import DEFAULT_PATH, Registry
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.line.image import LoadedImage, verify_image
+from fleetpin.line.provision import (
+    RESULT_FAILED,
+    RESULT_OK,
+    RESULT_SAME,
+    Confirm,
+    ProvisionOptions,
+    Station,
+    StationResult,
+    agent_confirm,
+    provision,
+)
+from fleetpin.line.registry import DEFAULT_PATH, Registry
 
 
 def _live_table(stations: list[Station]) -> Table:
@@ -112,7 +122,7 @@ def provision_cmd(
         raise UsageError(f"the image is for {image.board.name}, not {board}", hint="build an image for this board")
     with contextlib.ExitStack() as stack:
         if virtual is not None:
-            from .sim.station import VirtualStations
+            from fleetpin.sim.station import VirtualStations
 
             line = stack.enter_context(VirtualStations(virtual, sim_dir, board))
             stations = line.fixture()

@@ -11,9 +11,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .files import write_atomic
-from .errors import UsageError
-from .registry import DEFAULT_PATH, Registry, to_csv
+from fleetpin.errors import UsageError
+from fleetpin.files import write_atomic
+from fleetpin.line.registry import DEFAULT_PATH, Registry, to_csv
 
 _registry_opt = click.option(
     "--registry", "path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_PATH, show_default=True, help="Registry database."

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from .errors import UsageError
-from .sim.board import RUNTIMES, VirtualBoard
-from .sim.line import Faults
+from fleetpin.errors import UsageError
+from fleetpin.sim.board import RUNTIMES, VirtualBoard
+from fleetpin.sim.line import Faults
 
 
 @click.group()

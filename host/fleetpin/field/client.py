@@ -11,9 +11,9 @@ side (service.Service) ships to the board.
 import json
 import struct
 
-from . import link as _link
-from . import link_host as _host
-from .service import (
+from fleetpin.field import link_host as _host
+from pinagent import link as _link
+from pinagent.service import (
     ERROR_NAMES,
     MAX_READ,
     OP_CLEAR_REPORTS,

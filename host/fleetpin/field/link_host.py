@@ -17,7 +17,7 @@ Loss recovery (host behaviour only; the wire format is link.py's):
   picks the chunk size that moves the most data per wire byte.
 """
 
-from .link import (
+from pinagent.link import (
     ATTEMPT_MASK,
     ATTEMPT_SHIFT,
     CTL_RESPONSE,

@@ -7,7 +7,7 @@ they present, and decide exactly as a device would:
    CERT_REQUIRED against the bundle's CAs). A chain that fails it is refused in the handshake,
    whatever the pins say: devices are locked out.
 2. The pin verdict from pinagent.policy.decide, the device's own code, on the chain mbedTLS
-   would hand the verify callback (fleetpin.bundle_view.device_chain: the built chain, anchor
+   would hand the verify callback (fleetpin.bundles.view.device_chain: the built chain, anchor
    included, so CA pins match at the depth the device sees).
 
 and report around it what lets a fleet survive the next change: which pin matched at which
@@ -32,15 +32,14 @@ from typing import Any
 
 from cryptography import x509
 
+from fleetpin.bundles.verdicts import reason_text
+from fleetpin.bundles.view import BUNDLE, CaCert, ServedChain, View, days_left, device_chain, iso_date, label_says
+from fleetpin.errors import FleetpinError
+from fleetpin.pki import certs
+from fleetpin.pki.certs import HostTarget
 from pinagent import pins as dev_pins
 from pinagent import policy as dev_policy
 from pinagent.policy import Rule, normalise_host
-
-from . import certs
-from .bundle_view import BUNDLE, CaCert, ServedChain, View, days_left, device_chain, iso_date, label_says
-from .certs import HostTarget
-from .errors import FleetpinError
-from .verdicts import reason_text
 
 WARN_DAYS = 30
 ERROR = "error"

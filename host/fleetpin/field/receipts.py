@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .files import write_atomic
-from .errors import UsageError
+from fleetpin import __version__
+from fleetpin.errors import UsageError
+from fleetpin.files import write_atomic
 
 RESULTS = ("installed", "already-installed", "refused", "failed", "aborted")
 

@@ -1,4 +1,4 @@
-"""An Android network-security-config XML -> a fleetpin policy TOML text (fleetpin.policy_toml).
+"""An Android network-security-config XML -> a fleetpin policy TOML text (fleetpin.bundles.policy).
 
 What Android means (android.security.net.config.XmlConfigSource, checked in its source):
   - <domain-config> holds one or more <domain includeSubdomains="true|false">name</domain>, at
@@ -34,11 +34,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetpin.bundles.policy import parse_policy_toml
+from fleetpin.errors import UsageError
 from pinagent import pins as dev_pins
 from pinagent import policy as dev_policy
-
-from .errors import UsageError
-from .policy_toml import parse_policy_toml
 
 NEVER = 253402214400  # 9999-12-31T00:00:00Z: the default expires of pins that never expire
 _MAX_LABEL = 64
@@ -68,7 +67,7 @@ class _Domain:
 
 
 def import_android(data: bytes, name: str = "network_security_config.xml", *, never_expires: int = NEVER) -> ImportResult:
-    """Parses the XML; returns the policy TOML text (validated by fleetpin.policy_toml) with the
+    """Parses the XML; returns the policy TOML text (validated by fleetpin.bundles.policy) with the
     warnings and notes. Raises UsageError naming the element for anything Android would refuse."""
     head = data[:65536].lower()
     if b"<!doctype" in head or b"<!entity" in head:

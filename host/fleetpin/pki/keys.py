@@ -29,9 +29,8 @@ import click
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fleetpin.errors import FleetpinError, UsageError
 from pinagent import signers as dev_signers
-
-from .errors import FleetpinError, UsageError
 
 ROLES = (dev_signers.PRODUCTION, dev_signers.DEVELOPMENT)
 PASSPHRASE_ENV = "FLEETPIN_KEY_PASSPHRASE"

@@ -32,8 +32,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
-from .errors import FleetpinError, UsageError
-from .keys import PublicKeyInfo
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.pki.keys import PublicKeyInfo
 
 COMMAND_TIMEOUT = 120.0
 

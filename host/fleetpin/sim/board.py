@@ -8,7 +8,7 @@ settable, its network loopback only. pyserial talks to `board.port` as to a boar
     with VirtualFleet(3, fleet="acme") as fleet: [b.port for b in fleet]
 
 Runtimes: "cpython" runs the agent in this process (a thread pumps the line); "micropython"
-runs it on the MicroPython VM (fleetpin.mpvm.spawn_stream, a Node process), whose in-memory
+runs it on the MicroPython VM (fleetpin.vm.wasm.spawn_stream, a Node process), whose in-memory
 files are replayed onto the flash image (see vm_main.py), and restarts the VM on reboot/reset.
 
 The agent: pinagent.agent.Agent when device/pinagent/agent.py exists, else MiniAgent (the
@@ -32,10 +32,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..boards import Board, get_board
-from ..errors import UsageError
-from .flashfs import FlashFS
-from .line import Faults, Line
+from fleetpin.errors import UsageError
+from fleetpin.line.boards import Board, get_board
+from fleetpin.sim.flashfs import FlashFS
+from fleetpin.sim.line import Faults, Line
 
 RUNTIMES = ("cpython", "micropython")
 CONFIG = "/fleetpin/config.json"
@@ -90,7 +90,7 @@ def _make_cpython_agent(kind: str, fs: Any, clock: Clock, cfg: dict[str, Any]) -
         from pinagent.agent import Agent
 
         return Agent(fs, clock, cfg.get("device_id"), cfg.get("fleet"), _sim_tls())
-    from .mini_agent import MiniAgent
+    from fleetpin.sim.mini_agent import MiniAgent
 
     return MiniAgent(fs, clock, cfg.get("device_id"), cfg.get("fleet"), cfg.get("board"))
 
@@ -98,7 +98,7 @@ def _make_cpython_agent(kind: str, fs: Any, clock: Clock, cfg: dict[str, Any]) -
 def _sim_tls() -> Any:
     """The simulation's TLS adapter for pinagent.connect (loopback only), if it is there yet."""
     try:
-        from . import tls
+        from fleetpin.sim import tls
     except ImportError:
         return None
     factory = getattr(tls, "SimTls", None)
@@ -175,7 +175,7 @@ class _VmCore:
         return prelude + (_HERE / "vm_main.py").read_text()
 
     def boot(self) -> None:
-        from .. import mpvm
+        from fleetpin.vm import wasm
 
         flash = self.b.flash
         files: dict[str, bytes] = {"/fp/sim/mini_agent.py": (_HERE / "mini_agent.py").read_bytes()}
@@ -190,7 +190,7 @@ class _VmCore:
         if not names:
             files["/fleetpin/.keep"] = b""  # the VM writes files only under existing directories
         self._rx = b""
-        self.proc = mpvm.spawn_stream(self._setup(), "handler", files, heap_kb=self.b.heap_kb, device_mpy=True)
+        self.proc = wasm.spawn_stream(self._setup(), "handler", files, heap_kb=self.b.heap_kb, device_mpy=True)
         proc = self.proc
         threading.Thread(target=self._read_out, args=(proc,), daemon=True, name="vm stdout").start()
         threading.Thread(target=self._read_err, args=(proc,), daemon=True, name="vm stderr").start()

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import click
 
-from .certs import load_file
-from .cli import main as fleetpin_main
-from .sim.board import VirtualBoard
-from .sim.firmware import stand_in_firmware
-from .sim.pki import Pki, make_pki
-from .sim.tlsserver import LOOPBACK, TlsServer
-from .transport import Transport
+from fleetpin.cli import main as fleetpin_main
+from fleetpin.field.transport import Transport
+from fleetpin.pki.certs import load_file
+from fleetpin.sim.board import VirtualBoard
+from fleetpin.sim.firmware import stand_in_firmware
+from fleetpin.sim.pki import Pki, make_pki
+from fleetpin.sim.tlsserver import LOOPBACK, TlsServer
 
 API_HOST = "api.fleet.test"
 FLEET = "acme-sensors"

@@ -16,9 +16,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .. import keys
-from ..bundle_build import BundleSource, build_bundle, canonical_json
-from ..signing import LocalKeySigner
+from fleetpin.bundles.build import BundleSource, build_bundle, canonical_json
+from fleetpin.pki import keys
+from fleetpin.pki.signing import LocalKeySigner
 
 EXPIRES = 1893456000  # 2030-01-01
 # Two well-formed pins of nobody's key (SHA-256 of fixed text): fillers for demo policies.

@@ -32,17 +32,18 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from . import keys, preflight
-from .bundle_build import BundleSource, build_bundle, canonical_json
-from .bundle_view import ServedChain, load_view
-from .certs import parse_host
-from .errors import FleetpinError
-from .lint import has_errors, lint
-from .signing import LocalKeySigner
-from .sim.board import VirtualBoard
-from .sim.pki import Pki, make_pki, pin_of_key
-from .sim.tlsserver import TlsServer
-from .transport import DeviceRefused, Transport
+from fleetpin.bundles.build import BundleSource, build_bundle, canonical_json
+from fleetpin.bundles.lint import has_errors, lint
+from fleetpin.bundles.view import ServedChain, load_view
+from fleetpin.errors import FleetpinError
+from fleetpin.field import preflight
+from fleetpin.field.transport import DeviceRefused, Transport
+from fleetpin.pki import keys
+from fleetpin.pki.certs import parse_host
+from fleetpin.pki.signing import LocalKeySigner
+from fleetpin.sim.board import VirtualBoard
+from fleetpin.sim.pki import Pki, make_pki, pin_of_key
+from fleetpin.sim.tlsserver import TlsServer
 
 API = "api.drill.test"
 FLEET = "drill-fleet"

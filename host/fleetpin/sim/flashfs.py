@@ -35,9 +35,9 @@ from typing import Any
 import littlefs
 from littlefs.errors import LittleFSError
 
-from ..boards import MIB, Board
-from ..errors import FleetpinError, UsageError
-from ..image import PART_TABLE_MAX, FirmwareError, fs_bounds, read_partition_table
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.line.boards import MIB, Board
+from fleetpin.line.image import PART_TABLE_MAX, FirmwareError, fs_bounds, read_partition_table
 
 S_IFDIR = 0x4000
 S_IFREG = 0x8000

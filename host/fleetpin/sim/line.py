@@ -31,7 +31,7 @@ import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import UsageError
+from fleetpin.errors import UsageError
 
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
 

@@ -12,9 +12,9 @@ import hashlib
 
 import pinagent
 from pinagent import bundle as _bundle
+from pinagent import reports as _reports
 from pinagent import signers as _signers
 from pinagent import store as _store
-from pinagent import reports as _reports
 from pinagent.service import (
     E_BUNDLE,
     E_CHANGED,

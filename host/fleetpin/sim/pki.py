@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..certs import host_name, is_ip
+from fleetpin.pki.certs import host_name, is_ip
 
 KEY_TYPES = ("ec", "ec384", "rsa", "ed25519")
 

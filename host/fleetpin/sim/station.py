@@ -30,11 +30,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..boards import get_board
-from ..errors import FleetpinError
-from ..provision import Confirm, ConfirmFailed, Station, agent_confirm
-from .board import VirtualBoard
-from .flashfs import FlashError
+from fleetpin.errors import FleetpinError
+from fleetpin.line.boards import get_board
+from fleetpin.line.provision import Confirm, ConfirmFailed, Station, agent_confirm
+from fleetpin.sim.board import VirtualBoard
+from fleetpin.sim.flashfs import FlashError
 
 ROM_START_TIMEOUT = 10.0
 

@@ -1,5 +1,5 @@
 # Setup code for a virtual board on the MicroPython VM (fleetpin.sim.board.VmCore sends it to
-# fleetpin.mpvm.spawn_stream): runs the agent behind the VM's stdin/stdout. Device subset only.
+# fleetpin.vm.wasm.spawn_stream): runs the agent behind the VM's stdin/stdout. Device subset only.
 #
 # Stdin and stdout carry records: type u8, length u32le, payload (the pipe splits them anyhow).
 #   host -> VM   T  clock i64le (POSIX ms, -1: unset), free blocks u32le, block size u32le

