@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from fleetpin.sim.firmware import (  # noqa: F401  (the builder lives in the package: the demo uses it too)
-    CHIP_IDS,
     MICROPYTHON_PARTITIONS,
     SMALL_APP_PARTITIONS,
     esp_image,

@@ -1,7 +1,7 @@
 """The update service on top of the link: op codes, error codes and names, request and
 response bodies, and the device-side dispatcher that calls an injected Handler.
-device/PROTOCOL.md specifies every message. The host side (Client, Upload, plan_chunks) is in
-client.py, which is not installed on the device.
+device/PROTOCOL.md specifies every message. The host side (Client, Upload, plan_chunks) is
+fleetpin/field/client.py, on the host.
 
 Device:  svc = Service(handler); link = DeviceLink(svc.dispatch); out = link.receive_data(rx)
          (after writing `out`, reboot if svc.reboot_requested)
@@ -160,6 +160,87 @@ def _json(obj):
     return json.dumps(obj).encode()
 
 
+def _ping(svc, h, body):
+    return bytes(body)
+
+
+def _identify(svc, h, body):
+    _need(body, 0, "IDENTIFY")
+    info = h.identify()
+    if not isinstance(info, dict):
+        raise ServiceError(E_INTERNAL, "identify returned %s, not a dict" % type(info).__name__)
+    info = dict(info)
+    info["proto"] = PROTOCOL_VERSION
+    return json.dumps(info).encode()
+
+
+def _read(reader):
+    def run(svc, h, body):
+        _need(body, 6, "READ")
+        n = min(_u16(body, 4), svc.max_read)
+        total, data = getattr(h, reader)(_u32(body, 0), n)
+        return _read_answer(total, data[:n])
+
+    return run
+
+
+def _write_begin(svc, h, body):
+    _need(body, 4 + SHA256_LEN, "WRITE_BEGIN")
+    h.write_begin(_u32(body, 0), bytes(body[4:]))
+    return b""
+
+
+def _write_chunk(svc, h, body):
+    if len(body) < 5:
+        raise ServiceError(E_BAD_REQUEST, "WRITE_CHUNK: no data")
+    h.write_chunk(_u32(body, 0), body[4:])
+    return b""
+
+
+def _write_commit(svc, h, body):
+    _need(body, 0, "WRITE_COMMIT")
+    return _json(h.write_commit())
+
+
+def _clear_reports(svc, h, body):
+    _need(body, 4, "CLEAR_REPORTS")
+    h.clear_reports(_u32(body, 0))
+    return b""
+
+
+def _test_connect(svc, h, body):
+    if len(body) < 3 or len(body) > 2 + 253:
+        raise ServiceError(E_BAD_REQUEST, "TEST_CONNECT: host name of 1 to 253 bytes")
+    try:
+        host = str(bytes(body[2:]), "utf-8")
+    except Exception:  # UnicodeError on CPython, its parent on MicroPython
+        raise ServiceError(E_BAD_REQUEST, "TEST_CONNECT: host is not utf-8")
+    return _json(h.test_connect(host, _u16(body, 0)))
+
+
+def _reboot(svc, h, body):
+    _need(body, 0, "REBOOT")
+    h.reboot()
+    svc.reboot_requested = True
+    return b""
+
+
+# The serial ops, one row each: code -> (name, what runs it). A new op is one row here, its
+# function above and its Handler method; PROTOCOL.md documents the bodies.
+OPS = {
+    OP_PING: ("PING", _ping),
+    OP_IDENTIFY: ("IDENTIFY", _identify),
+    OP_READ_BUNDLE: ("READ_BUNDLE", _read("read_bundle")),
+    OP_WRITE_BEGIN: ("WRITE_BEGIN", _write_begin),
+    OP_WRITE_CHUNK: ("WRITE_CHUNK", _write_chunk),
+    OP_WRITE_COMMIT: ("WRITE_COMMIT", _write_commit),
+    OP_READ_REPORTS: ("READ_REPORTS", _read("read_reports")),
+    OP_CLEAR_REPORTS: ("CLEAR_REPORTS", _clear_reports),
+    OP_TEST_CONNECT: ("TEST_CONNECT", _test_connect),
+    OP_REBOOT: ("REBOOT", _reboot),
+}
+
+
 class Service:
     """Device side: decodes a request, calls the handler, encodes the answer. Never raises."""
 
@@ -170,60 +251,11 @@ class Service:
 
     def dispatch(self, op, body):
         try:
-            return op, self._run(op, body)
+            row = OPS.get(op)
+            if row is None:
+                raise ServiceError(E_UNKNOWN_OP, "unknown op 0x%02x" % op)
+            return op, row[1](self, self.handler, body)
         except ServiceError as e:
             return OP_ERROR, _link.error_body(e.code, e.reason)
         except Exception as e:  # a handler bug must not take the service down
             return OP_ERROR, _link.error_body(E_INTERNAL, "%s: %s" % (type(e).__name__, e))
-
-    def _run(self, op, body):
-        h = self.handler
-        if op == OP_PING:
-            return bytes(body)
-        if op == OP_IDENTIFY:
-            _need(body, 0, "IDENTIFY")
-            info = h.identify()
-            if not isinstance(info, dict):
-                raise ServiceError(E_INTERNAL, "identify returned %s, not a dict" % type(info).__name__)
-            info = dict(info)
-            info["proto"] = PROTOCOL_VERSION
-            return json.dumps(info).encode()
-        if op == OP_READ_BUNDLE or op == OP_READ_REPORTS:
-            _need(body, 6, "READ")
-            off = _u32(body, 0)
-            n = min(_u16(body, 4), self.max_read)
-            if op == OP_READ_BUNDLE:
-                total, data = h.read_bundle(off, n)
-            else:
-                total, data = h.read_reports(off, n)
-            return _read_answer(total, data[:n])
-        if op == OP_WRITE_BEGIN:
-            _need(body, 4 + SHA256_LEN, "WRITE_BEGIN")
-            h.write_begin(_u32(body, 0), bytes(body[4:]))
-            return b""
-        if op == OP_WRITE_CHUNK:
-            if len(body) < 5:
-                raise ServiceError(E_BAD_REQUEST, "WRITE_CHUNK: no data")
-            h.write_chunk(_u32(body, 0), body[4:])
-            return b""
-        if op == OP_WRITE_COMMIT:
-            _need(body, 0, "WRITE_COMMIT")
-            return _json(h.write_commit())
-        if op == OP_CLEAR_REPORTS:
-            _need(body, 4, "CLEAR_REPORTS")
-            h.clear_reports(_u32(body, 0))
-            return b""
-        if op == OP_TEST_CONNECT:
-            if len(body) < 3 or len(body) > 2 + 253:
-                raise ServiceError(E_BAD_REQUEST, "TEST_CONNECT: host name of 1 to 253 bytes")
-            try:
-                host = str(bytes(body[2:]), "utf-8")
-            except Exception:  # UnicodeError on CPython, its parent on MicroPython
-                raise ServiceError(E_BAD_REQUEST, "TEST_CONNECT: host is not utf-8")
-            return _json(h.test_connect(host, _u16(body, 0)))
-        if op == OP_REBOOT:
-            _need(body, 0, "REBOOT")
-            h.reboot()
-            self.reboot_requested = True
-            return b""
-        raise ServiceError(E_UNKNOWN_OP, "unknown op 0x%02x" % op)

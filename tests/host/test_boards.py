@@ -8,13 +8,8 @@ from pathlib import Path
 import pytest
 
 from fleetpin import cli
-from fleetpin.boards import MIB, flash_size_label, get_board, load_boards, parse_flash_size
 from fleetpin.errors import UsageError
-
-
-@pytest.fixture(autouse=True)
-def _commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(cli.COMMANDS, "boards", "fleetpin.cmd_boards:boards")
+from fleetpin.line.boards import MIB, flash_size_label, get_board, load_boards, parse_flash_size
 
 
 def test_shipped_boards_match_the_platform_facts() -> None:
@@ -82,3 +77,13 @@ def test_boards_command_table_and_json(capsys: pytest.CaptureFixture[str]) -> No
     assert cli.main(["boards"]) == 0
     out = capsys.readouterr().out
     assert "0x1000" in out and "rv32imc" in out
+
+
+def test_chip_ids_come_from_esptools_own_definitions() -> None:
+    """No copy of the chip table: the image header ids are esptool's (read in its own process)."""
+    from fleetpin.line.chips import image_chip_ids
+
+    ids = image_chip_ids()
+    assert ids["esp32"] == 0 and ids["esp32s3"] == 9 and ids["esp32c3"] == 5
+    for name in ("esp32", "esp32s3", "esp32c3"):
+        assert get_board(name).chip_id == ids[get_board(name).chip]

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from fleetpin import cli
-from fleetpin.android_import import NEVER, import_android
+from fleetpin.bundles.policy import parse_policy_toml
 from fleetpin.errors import FleetpinError, UsageError
-from fleetpin.export import export, okhttp_matches
-from fleetpin.policy_toml import parse_policy_toml
+from fleetpin.formats.android_import import NEVER, import_android
+from fleetpin.formats.export import export, okhttp_matches
 from pinagent import bundle as dev_bundle
 from pinagent.policy import Policy
 
@@ -28,13 +28,6 @@ C = base64.b64encode(bytes([3]) * 32).decode()
 JAN_2027 = int(dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc).timestamp())
 NEVER_EXPIRES = "OkHttp pins never expire: after 2027-01-01T00:00:00Z the app keeps enforcing them where the " \
                 "devices fall back to CA validation; ship an app update with new pins before then"
-
-
-@pytest.fixture(autouse=True)
-def commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The lead registers these in cli.COMMANDS; the tests do not depend on that having happened.
-    monkeypatch.setitem(cli.COMMANDS, "export", "fleetpin.cmd_export:export")
-    monkeypatch.setitem(cli.COMMANDS, "import", "fleetpin.cmd_import:import_")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -304,7 +297,7 @@ def test_export_reads_a_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert f'.add("api.example.com", "sha256/{A}")' in out
     path.write_bytes(fake_bundle(obj)[:-5])
     code, out, err = run(capsys, "export", "okhttp", str(path))
-    assert code == 2 and "not a valid bundle" in err
+    assert code == 2 and "not a bundle a device would read" in err
 
 
 def test_export_policy_with_bundle_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -334,7 +327,7 @@ def test_export_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert run(capsys, "export", "android", str(path), "--format", "json")[0] == 2
     assert run(capsys, "export", "windows", str(path))[0] == 2
     code, out, err = run(capsys, "export", "android", str(tmp_path / "nope.toml"))
-    assert code == 2 and "cannot read" in err
+    assert code == 2 and "no such file" in err
     (tmp_path / "bad.toml").write_text("[[domain]]\nhost = 'x.com'\npins = []\n")
     code, out, err = run(capsys, "export", "android", str(tmp_path / "bad.toml"))
     assert code == 2 and "domain[0]" in err
@@ -467,7 +460,7 @@ def test_import_output_escapes_labels_for_toml() -> None:
 
 
 def test_example_policy_exports_to_every_format() -> None:
-    from fleetpin.policy_toml import load_policy_toml
+    from fleetpin.bundles.policy import load_policy_toml
 
     obj = load_policy_toml(Path(__file__).resolve().parents[2] / "examples" / "policy.toml")
     for fmt in ("android", "trustkit", "okhttp"):

@@ -4,7 +4,7 @@ and how a device holding that view sees a server's chain.
 
 A bundle is decoded by the device's own decoder (pinagent.bundle.decode_unverified: every
 check but trust); a policy file by the same code `bundle build` uses
-(fleetpin.bundle_build.source_from_document), so the view is what a bundle built from it
+(fleetpin.bundles.build.source_from_document), so the view is what a bundle built from it
 would hold. `lenient=True` (for lint) first takes malformed and duplicate pins out of a
 policy file and records them as `pin_problems`, so lint can report them with the rest
 instead of stopping at the first.
@@ -27,14 +27,13 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from fleetpin.bundles.build import BundleSource, source_from_document
+from fleetpin.bundles.policy import policy_from_doc, read_toml
+from fleetpin.errors import UsageError
+from fleetpin.pki.certs import host_name, raw_spki_of_tbs, read_input
 from pinagent import bundle as dev_bundle
 from pinagent import pins as dev_pins
 from pinagent.policy import Policy, Rule, normalise_host
-
-from .bundle_build import BundleSource, source_from_document
-from .certs import host_name, raw_spki_of_tbs, read_input
-from .errors import UsageError
-from .policy_toml import read_toml
 
 BUNDLE = "bundle"
 POLICY = "policy"
@@ -115,6 +114,17 @@ def load_view(path: Path, lenient: bool = False) -> View:
     if data[:4] == dev_bundle.MAGIC:
         return _bundle_view(path, data)
     return _policy_view(path, lenient)
+
+
+def load_policy_obj(path: Path) -> dict[str, Any]:
+    """Only the device policy of a bundle (signature NOT checked) or of a policy TOML file,
+    whose [bundle] and [report] tables are ignored (their CA files need not exist): what the
+    mobile exports need."""
+    data = read_input(path, hint="pass a policy .toml or a bundle file")
+    if data[:4] == dev_bundle.MAGIC:
+        return _bundle_view(path, data).policy_obj
+    doc = read_toml(path)
+    return policy_from_doc({k: v for k, v in doc.items() if k not in ("bundle", "report")}, path.name)
 
 
 def _bundle_view(path: Path, data: bytes) -> View:

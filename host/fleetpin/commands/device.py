@@ -23,11 +23,11 @@ from typing import Any
 
 import click
 
+from fleetpin.device_errors import is_refusal
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.field.receipts import Receipt, check_writable, default_path, utc_now, write_receipt
+from fleetpin.field.transport import DEFAULT_BAUD, Transport
 from pinagent import bundle as dev_bundle
-
-from .errors import FleetpinError, UsageError
-from .receipts import Receipt, check_writable, default_path, utc_now, write_receipt
-from .transport import DEFAULT_BAUD, Transport
 
 PORT_HELP = "serial port of the device (e.g. /dev/ttyUSB0, COM3, or a `fleetpin sim board` pty)"
 
@@ -189,9 +189,6 @@ def _load_bundle(path: Path) -> tuple[bytes, Any]:
         raise UsageError(f"{path}: not a valid bundle: {e.reason}", hint="rebuild it with fleetpin bundle build") from None
 
 
-_DEVICE_REFUSALS = ("signature", "fleet", "rollback", "bundle", "no_space")
-
-
 class _Refused(FleetpinError):
     """Refused by fleetpin itself before anything was sent."""
 
@@ -242,7 +239,7 @@ def update(bundle_file: Path, port: str, baud: int, timeout: float, as_json: boo
         raise
     except FleetpinError as e:
         if rec.result != "aborted":
-            refused = isinstance(e, _Refused) or getattr(e, "code_name", None) in _DEVICE_REFUSALS
+            refused = isinstance(e, _Refused) or is_refusal(getattr(e, "code_name", None))
             rec.result = "refused" if refused else "failed"
         rec.error, rec.hint = str(e), e.hint
         if rec.result == "failed" and rec.old.get("version") is not None:

@@ -1,4 +1,4 @@
-"""The serial transport for `fleetpin device ...`: pyserial driving pinagent.client.Client (the
+"""The serial transport for `fleetpin device ...`: pyserial driving fleetpin.field.client.Client (the
 sans-I/O host end of the update protocol, device/PROTOCOL.md) with real time.
 
     with Transport.open(port) as t:
@@ -22,9 +22,9 @@ from typing import Any
 
 import serial
 
-from pinagent.client import BadResponse, Call, Client, LinkFailure, RemoteError, Upload
-
-from .errors import FleetpinError
+from fleetpin.device_errors import hint_for
+from fleetpin.errors import FleetpinError
+from fleetpin.field.client import BadResponse, Call, Client, LinkFailure, RemoteError, Upload
 
 DEFAULT_BAUD = 115200
 
@@ -44,24 +44,11 @@ class NoAnswer(FleetpinError):
 class DeviceRefused(FleetpinError):
     """The agent answered with an error code (PROTOCOL.md's table)."""
 
-    HINTS = {
-        "signature": "the device does not trust the key that signed this bundle: sign it with a key of the device's signer set (fleetpin bundle inspect)",
-        "fleet": "this bundle is for another fleet: build one for the device's fleet (fleetpin device info shows it)",
-        "rollback": "the device has this version or a newer one: build the bundle with a higher version",
-        "bundle": "the bundle is malformed or not valid on the device: check it with fleetpin bundle inspect",
-        "digest": "the transfer was corrupted: run the command again",
-        "incomplete": "the transfer was cut short: run the command again",
-        "no_space": "the device's flash is full: reports or the previous bundle may need clearing",
-        "storage": "the device could not write its flash: retry; if it persists the flash may be failing",
-        "unsupported": "this agent does not implement that request: update the agent firmware",
-        "connect": "the device could not reach the host, or refused its certificate: check the pins and the network",
-    }
-
     def __init__(self, error: RemoteError, what: str) -> None:
         self.code = error.code
         self.code_name = error.name
         self.remote_message = error.message
-        super().__init__(f"the device refused {what}: {error.name}: {error.message}", self.HINTS.get(error.name))
+        super().__init__(f"the device refused {what}: {error.name}: {error.message}", hint_for(error.name))
 
 
 class Transport:
@@ -234,7 +221,7 @@ class Transport:
 
     def upload(self, bundle: bytes, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Sends and commits a bundle. On a noisy line the link shrinks the chunks to what the
-        error rate pays for and re-sends only the lost ones (pinagent.client.Upload), in the
+        error rate pays for and re-sends only the lost ones (fleetpin.field.client.Upload), in the
         same session: the device keeps every chunk it received."""
         total = len(bundle)
         up: Upload = self.client.upload(bundle)

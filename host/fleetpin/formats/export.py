@@ -65,12 +65,10 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from pinagent import bundle as dev_bundle
+from fleetpin.bundles.view import load_policy_obj
+from fleetpin.errors import FleetpinError, UsageError
 from pinagent import pins as dev_pins
 from pinagent import policy as dev_policy
-
-from .errors import FleetpinError, UsageError
-from .policy_toml import parse_toml, policy_from_doc
 
 FORMATS = ("android", "trustkit", "okhttp")
 TRUSTKIT_FORMATS = ("plist", "json")
@@ -101,26 +99,8 @@ class ExportResult:
 
 
 def load_policy_source(path: Path) -> dict[str, Any]:
-    """The device policy JSON object of a bundle (signature NOT checked: this only reads it) or
-    of a policy TOML file (its [bundle] and [report] tables, if any, are ignored)."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror or e}", hint="pass a bundle or a policy TOML file") from None
-    if data[:4] == dev_bundle.MAGIC:
-        try:
-            b = dev_bundle.decode_unverified(data)
-        except dev_bundle.BundleError as e:
-            raise UsageError(f"{path}: not a valid bundle: {e.reason}") from None
-        return {"domains": [rule.to_obj() for rule in b.policy.rules], "unpinned": b.policy.unpinned}
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: neither a fleetpin bundle nor UTF-8 text",
-                         hint="pass a bundle (.fpb) or a policy TOML file") from None
-    doc = parse_toml(text, path.name)
-    # The [bundle] and [report] tables only matter to bundles (fleetpin.bundle_build).
-    return policy_from_doc({k: v for k, v in doc.items() if k not in ("bundle", "report")}, path.name)
+    """The device policy JSON object of a bundle or a policy TOML file (fleetpin.bundles.view)."""
+    return load_policy_obj(path)
 
 
 def _policy(obj: dict[str, Any]) -> Any:

@@ -11,10 +11,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from fleetpin.errors import UsageError
+from fleetpin.line.chips import image_chip_id, image_chip_ids
+from fleetpin.resources import shipped_dir
 
 MIB = 1024 * 1024
-CHIP_IDS = {"esp32": 0, "esp32s3": 9, "esp32c3": 5}  # ESP-IDF image header chip id
 MPY_ARCHS = {"xtensawin", "rv32imc", "xtensa", "armv6m", "armv7m", "x64", "x86"}
 BOARDS_ENV = "FLEETPIN_BOARDS"
 
@@ -39,7 +40,7 @@ class Board:
 
     @property
     def chip_id(self) -> int:
-        return CHIP_IDS[self.chip]
+        return image_chip_id(self.chip)
 
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,11 +63,11 @@ _INT_FIELDS = (
 
 
 def default_boards_dir() -> Path:
-    """$FLEETPIN_BOARDS, else the repository's boards/ (host/fleetpin/../../boards)."""
+    """$FLEETPIN_BOARDS, else the board definitions that ship with fleetpin."""
     env = os.environ.get(BOARDS_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "boards"
+    return shipped_dir("boards")
 
 
 def _board_from(data: dict[str, Any], source: Path) -> Board:
@@ -83,8 +84,8 @@ def _board_from(data: dict[str, Any], source: Path) -> Board:
         sizes = data.get("flash_sizes")
         if not isinstance(sizes, list) or not sizes or not all(isinstance(s, int) and s > 0 for s in sizes):
             raise bad("flash_sizes must be a non-empty list of MiB")
-        if data["chip"] not in CHIP_IDS:
-            raise bad(f"chip {data['chip']!r} is not one of {', '.join(sorted(CHIP_IDS))}")
+        if data["chip"] not in image_chip_ids():
+            raise bad(f"chip {data['chip']!r} is not a chip esptool knows ({', '.join(sorted(image_chip_ids()))})")
         if data["mpy_arch"] not in MPY_ARCHS:
             raise bad(f"mpy_arch {data['mpy_arch']!r} is not an mpy-cross -march value")
         if data["fs_block_size"] == 0 or data["fs_start"] % data["fs_block_size"]:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from ..boards import get_board
+from fleetpin.line.boards import get_board
+from fleetpin.line.chips import image_chip_id
 
-CHIP_IDS = {"esp32": 0, "esp32s3": 9, "esp32c3": 5}
 PART_MAGIC = b"\xaa\x50"
 MD5_MAGIC = b"\xeb\xeb"
 PARTITION_TABLE_OFFSET = 0x8000
@@ -39,7 +39,7 @@ SMALL_APP_PARTITIONS: list[tuple[str, int, int, int, int]] = [
 def esp_image(chip: str, payload: bytes, *, chip_id: int | None = None, load_addr: int = 0x3FFB0000) -> bytes:
     """One ESP-IDF app/bootloader image: 8-byte header, 16-byte extended header, one segment,
     checksum byte at a 16-byte boundary, then the SHA-256 of everything before it."""
-    cid = CHIP_IDS[chip] if chip_id is None else chip_id
+    cid = image_chip_id(chip) if chip_id is None else chip_id
     data = payload + b"\x00" * (-len(payload) % 4)
     header = struct.pack("<BBBBI", 0xE9, 1, 2, 0x20, 0x40080000)  # DIO, 4MB/40MHz
     # wp_pin, spi drive x3, chip id (u16), min_rev, min_rev_full, max_rev_full, reserved x4, hash appended
