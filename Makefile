@@ -20,7 +20,7 @@ $(NPM_STAMP): package.json package-lock.json
 	touch $@
 
 demo: setup
-	$(PY) -m fleetpin.sim.demo
+	$(VENV)/bin/fleetpin demo --out demo-out
 
 # The device-core suite on CPython and on the MicroPython VM, the host tests, and the
 # device code's type check and cross-compilation.

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from fleetpin.sim import demo
+from fleetpin import cli
 
 
 def test_demo_runs_the_whole_story(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo-out"
-    assert demo.main([str(out)]) == 0
+    assert cli.main(["demo", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "every device accounted for: 3 of 3 reach the server, 0 unreachable" in text
     # what it left behind is real: signed bundles, a registry of 3 boards, receipts of the field update
@@ -24,3 +24,10 @@ def test_demo_runs_the_whole_story(tmp_path: Path, capsys: pytest.CaptureFixture
     receipts = [json.loads(p.read_text()) for p in sorted((out / "receipts").glob("*.json"))]
     assert [r["result"] for r in receipts] == ["installed"] * 3
     assert all(r["new"]["version"] == 2 for r in receipts)
+
+
+def test_demo_never_wipes_a_folder_it_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "thesis.tex").write_text("years of work")
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 2
+    assert (tmp_path / "thesis.tex").read_text() == "years of work"
+    assert "not touching it" in capsys.readouterr().err

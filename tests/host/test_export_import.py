@@ -17,8 +17,9 @@ import pytest
 from fleetpin import cli
 from fleetpin.bundles.policy import parse_policy_toml
 from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.formats import export
 from fleetpin.formats.android_import import NEVER, import_android
-from fleetpin.formats.export import export, okhttp_matches
+from fleetpin.formats.okhttp import okhttp_matches
 from pinagent import bundle as dev_bundle
 from pinagent.policy import Policy
 

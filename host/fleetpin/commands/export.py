@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
+from fleetpin import formats
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.files import write_output
-from fleetpin.formats import export as exporting
-from fleetpin.formats.export import FORMATS, TRUSTKIT_FORMATS, ExportWarning
+from fleetpin.formats import FORMATS
+from fleetpin.formats.common import TRUSTKIT_FORMATS, ExportWarning, load_policy_source
 
 
 def print_warnings(warnings: list[ExportWarning]) -> None:
@@ -54,8 +55,8 @@ def export(fmt: str, source: Path, out_file: Path | None, trustkit_format: str |
     """
     if fmt != "trustkit" and (trustkit_format is not None or report_uris):
         raise UsageError("--format and --report-uri apply to trustkit only")
-    obj = exporting.load_policy_source(source)
-    result = exporting.export(fmt, obj, source.name, trustkit_format=trustkit_format or "plist", report_uris=report_uris)
+    obj = load_policy_source(source)
+    result = formats.export(fmt, obj, source.name, trustkit_format=trustkit_format or "plist", report_uris=report_uris)
     print_warnings(result.warnings)
     refuse_if_strict(strict, result.warnings, f"the {fmt} export does not express the policy exactly")
     write_output(out_file, result.text, f"{fmt} export, {len(result.warnings)} warning(s)")

@@ -46,12 +46,10 @@ def _read(path: Path | None, what: str) -> bytes | None:
               help="pre-install this bundle (as provisioning does); needs --signers")
 @click.option("--signers", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="signer set file to store as the factory trust anchor")
-@click.option("--agent", type=click.Choice(["auto", "agent", "mini"]), default="auto", show_default=True,
-              help="auto: pinagent.agent.Agent if present, else the minimal update-only agent")
 @click.option("--json", "as_json", is_flag=True, help="print the port and settings as one JSON line")
 def board(runtime: str, flash: Path | None, board_name: str, baud: int | None, faults: str | None,
           device_id: str | None, fleet: str | None, clock: str, seed_bundle: Path | None, signers: Path | None,
-          agent: str, as_json: bool) -> None:
+          as_json: bool) -> None:
     """Open a pseudo-terminal, print its path, and run a board's agent behind it until Ctrl-C.
 
     \b
@@ -62,20 +60,19 @@ def board(runtime: str, flash: Path | None, board_name: str, baud: int | None, f
     vb = VirtualBoard(
         flash=flash, board=board_name, runtime=runtime, baud=baud, faults=Faults.parse(faults), device_id=device_id,
         fleet=fleet, clock=clock, seed_bundle=_read(seed_bundle, "--seed-bundle"), signers=_read(signers, "--signers"),
-        agent=agent,
     )
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         with vb:
-            info = {"port": vb.port, "runtime": runtime, "agent": vb.agent_kind, "board": vb.board.name,
+            info = {"port": vb.port, "runtime": runtime, "board": vb.board.name,
                     "flash": str(flash) if flash else None, "device_id": vb.device_id, "baud": baud,
                     "faults": faults}
             if as_json:
                 click.echo(json.dumps(info), nl=True)
             else:
                 click.echo(vb.port)
-                click.echo(f"virtual {vb.board.name} board {vb.device_id} ({runtime}, {vb.agent_kind} agent"
+                click.echo(f"virtual {vb.board.name} board {vb.device_id} ({runtime}"
                            f"{', ' + str(baud) + ' baud' if baud else ''}{', faults ' + faults if faults else ''}); "
                            f"flash {flash or '(temporary)'}; Ctrl-C to stop", err=True)
             try:

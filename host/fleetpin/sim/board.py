@@ -11,8 +11,7 @@ Runtimes: "cpython" runs the agent in this process (a thread pumps the line); "m
 runs it on the MicroPython VM (fleetpin.vm.wasm.spawn_stream, a Node process), whose in-memory
 files are replayed onto the flash image (see vm_main.py), and restarts the VM on reboot/reset.
 
-The agent: pinagent.agent.Agent when device/pinagent/agent.py exists, else MiniAgent (the
-update service over the real store, no TLS); agent="mini" forces the latter. The board boots
+The agent is the real one (pinagent.agent.Agent) on every runtime. The board boots
 from /fleetpin/{signers.bin, bundle.bin, config.json} on its flash; blank flash -> safe mode,
 still serving the protocol. `seed_bundle` + `signers` pre-install a bundle (as provisioning does).
 """
@@ -76,23 +75,10 @@ class Clock:
         return t.timestamp()
 
 
-def agent_available() -> bool:
-    """True once device/pinagent/agent.py exists (the real Agent)."""
-    try:
-        import pinagent.agent  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _make_cpython_agent(fs: Any, clock: Clock, cfg: dict[str, Any]) -> Any:
+    from pinagent.agent import Agent
 
-
-def _make_cpython_agent(kind: str, fs: Any, clock: Clock, cfg: dict[str, Any]) -> Any:
-    if kind == "agent":
-        from pinagent.agent import Agent
-
-        return Agent(fs, clock, cfg.get("device_id"), cfg.get("fleet"), _sim_tls())
-    from fleetpin.sim.mini_agent import MiniAgent
-
-    return MiniAgent(fs, clock, cfg.get("device_id"), cfg.get("fleet"), cfg.get("board"))
+    return Agent(fs, clock, cfg.get("device_id"), cfg.get("fleet"), _sim_tls())
 
 
 def _sim_tls() -> Any:
@@ -130,7 +116,7 @@ class _CPythonCore:
         from pinagent.service import Service
 
         b = self.b
-        self.agent = _make_cpython_agent(b.agent_kind, b.flash.store_fs(), b.clock, read_config(b.flash))
+        self.agent = _make_cpython_agent(b.flash.store_fs(), b.clock, read_config(b.flash))
         self.agent.boot()
         self.svc = Service(self.agent)
         self.link = DeviceLink(self.svc.dispatch)
@@ -158,27 +144,18 @@ class _VmCore:
         self._wlock = threading.Lock()
 
     def _setup(self) -> str:
-        kind = self.b.agent_kind
-        if kind == "agent":
-            prelude = (
-                "from pinagent.agent import Agent\n"
-                "def make_agent(fs, clock, cfg):\n"
-                "    return Agent(fs, clock, cfg.get('device_id'), cfg.get('fleet'), None)\n"
-            )
-        else:
-            prelude = (
-                "import sys\nsys.path.append('/fp/sim')\n"
-                "from mini_agent import MiniAgent\n"
-                "def make_agent(fs, clock, cfg):\n"
-                "    return MiniAgent(fs, clock, cfg.get('device_id'), cfg.get('fleet'), cfg.get('board'))\n"
-            )
+        prelude = (
+            "from pinagent.agent import Agent\n"
+            "def make_agent(fs, clock, cfg):\n"
+            "    return Agent(fs, clock, cfg.get('device_id'), cfg.get('fleet'), None)\n"
+        )
         return prelude + (_HERE / "vm_main.py").read_text()
 
     def boot(self) -> None:
         from fleetpin.vm import wasm
 
         flash = self.b.flash
-        files: dict[str, bytes] = {"/fp/sim/mini_agent.py": (_HERE / "mini_agent.py").read_bytes()}
+        files: dict[str, bytes] = {}
         try:
             names = flash.os.listdir("/fleetpin")
         except OSError:
@@ -297,13 +274,10 @@ class VirtualBoard:
         clock: float | str | None = "now",
         seed_bundle: bytes | None = None,
         signers: bytes | None = None,
-        agent: str = "auto",
         heap_kb: int = 100,
     ) -> None:
         if runtime not in RUNTIMES:
             raise UsageError(f"unknown runtime {runtime!r}", hint="cpython or micropython")
-        if agent not in ("auto", "agent", "mini"):
-            raise UsageError(f"unknown agent {agent!r}", hint="auto, agent or mini")
         if seed_bundle is not None and signers is None:
             raise UsageError("a seed bundle needs the signer set that verifies it", hint="pass --signers too")
         self.board = board if isinstance(board, Board) else get_board(board)
@@ -312,7 +286,6 @@ class VirtualBoard:
         self.faults = faults if isinstance(faults, Faults) else Faults.parse(faults)
         self.clock = Clock(Clock.parse(clock) if isinstance(clock, str) or clock is None else clock)
         self.heap_kb = heap_kb
-        self.agent_kind = ("agent" if agent_available() else "mini") if agent == "auto" else agent
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         if flash is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="fleetpin-board-")

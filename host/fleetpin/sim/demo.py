@@ -1,7 +1,7 @@
-"""`make demo`: the whole fleetpin story on a virtual fleet, no hardware.
+"""`fleetpin demo` (and `make demo`): the whole fleetpin story on a virtual fleet, no hardware.
 
 Every step is a real `fleetpin` command, printed as you would type it and run in-process, so
-the output teaches the CLI. Everything is written under ./demo-out (wiped at the start); the
+the output teaches the CLI. Everything is written under the --out folder (fleetpin-demo; a previous demo's is replaced); the
 TLS servers listen on 127.0.0.1 only and stop at the end.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,6 +18,7 @@ from pathlib import Path
 import click
 
 from fleetpin.cli import main as fleetpin_main
+from fleetpin.errors import UsageError
 from fleetpin.field.transport import Transport
 from fleetpin.pki.certs import load_file
 from fleetpin.sim.board import VirtualBoard
@@ -265,11 +265,20 @@ def summary(s: Story, started: float) -> None:
     click.echo(f"  demo finished in {time.monotonic() - started:.0f} s; files are in {s.out}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    out = Path(argv[0] if argv else "demo-out").resolve()
-    if out.exists():
+DEMO_MARK = ".fleetpin-demo"  # marks a folder this demo wrote, so a rerun may replace it
+
+
+def run(out: Path) -> int:
+    """Runs the story into `out`; 0 when every device is accounted for. A folder that holds
+    anything but a previous demo's output is refused, never wiped."""
+    out = out.resolve()
+    if out.exists() and any(out.iterdir()):
+        if not (out / DEMO_MARK).is_file():
+            raise UsageError(f"{out} is not empty and is not a previous demo's folder: not touching it",
+                             hint="pass --out with a new or empty folder")
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARK).write_text("written by fleetpin demo; it replaces this folder when run again\n")
     started = time.monotonic()
     saved = os.environ.get("FLEETPIN_KEY_PASSPHRASE")
     try:
@@ -284,7 +293,3 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["FLEETPIN_KEY_PASSPHRASE"] = saved
     summary(s, started)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
