@@ -15,6 +15,7 @@ import hashlib
 import sys
 
 from faultfs import LITTLEFS, WRITETHROUGH, FaultFS, PowerCut, fake_bundle, fake_verify
+from support import skip
 
 from pinagent import reports as RP
 from pinagent import store as S
@@ -304,8 +305,7 @@ def test_power_cut_at_every_flash_program_on_real_littlefs():
         import littlefs
         from littlefs.context import UserContext
     except ImportError:
-        print("real littlefs: not on this runtime (littlefs-python is CPython only)")
-        return
+        skip("littlefs-python (the littlefs C library) is CPython only")
 
     class CutFlash(UserContext):
         """Flash that photographs itself just before its n-th program or erase: the state a
