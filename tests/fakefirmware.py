@@ -33,6 +33,18 @@ BUNDLE = (_VECTORS / "good.bin").read_bytes()
 SIGNERS = (_VECTORS / "signers_prod.json").read_bytes()
 
 
+# The raw mock, less its session timer that breaks long esptool runs on a busy host (issue 18;
+# fleetpin.sim.rom explains it): the same override the virtual stations apply.
+_MOCK_WITHOUT_SESSION_TIMER = (
+    "import sys\n"
+    "from esp32_mock_bootloader import server\n"
+    "from esp32_mock_bootloader.cli import main\n"
+    "from fleetpin.sim.rom import MOCK_SESSION_END_AFTER_FLASH_END\n"
+    "server._FLASH_END_IDLE_SEC = MOCK_SESSION_END_AFTER_FLASH_END\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
 class MockBoard:
     """esp32-mock-bootloader (PyPI) emulating one board's ROM bootloader on a fresh pty, in its
     own process (so a test can "unplug" it by killing that process). Its flash is 4 MiB, kept in
@@ -51,7 +63,8 @@ class MockBoard:
         with tempfile.TemporaryDirectory() as tmp:
             port_file = Path(tmp) / "port"
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "esp32_mock_bootloader.cli", "run", "--pty", "--chip", self.chip, "--port-file", str(port_file)],
+                [sys.executable, "-c", _MOCK_WITHOUT_SESSION_TIMER, "run", "--pty", "--chip", self.chip,
+                 "--port-file", str(port_file)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

@@ -4,8 +4,10 @@ the bundle it runs. Failures are recorded with their reason while the other stat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +174,40 @@ def test_flash_too_small_is_refused_before_writing(tmp_path: Path, device_dir: P
     assert (row.result, row.error) == (RESULT_FAILED, r.error)
 
 
+def test_the_rom_keeps_its_stub_session_after_a_region_is_finished(tmp_path: Path) -> None:
+    """Issue 18: esptool ends every region with FLASH_DEFL_END; the mock used to drop its session
+    3 s after the first one, mid-run, and answer the last region's MD5 as the ROM does (32 hex
+    chars) to an esptool in stub mode (which reads 16 bytes): "Failed to calculate md5sum".
+    Over raw SLIP: start the stub, end a region, stay past the mock's 3 s, ask an MD5."""
+    import time
+
+    import serial
+    from esp32_mock_bootloader import protocol, server
+    from esp32_mock_bootloader.protocol_client import make_command, parse_response, slip_decode_frames
+
+    def ask(ser: serial.Serial, cmd: int, data: bytes) -> bytes:
+        ser.reset_input_buffer()
+        ser.write(make_command(cmd, data))
+        raw, deadline = b"", time.monotonic() + 5
+        while time.monotonic() < deadline:
+            raw += ser.read(4096)
+            answers = [f for f in slip_decode_frames(raw) if len(f) >= 8 and f[1] == cmd]
+            if answers:
+                return parse_response(answers[0])[4]
+        raise AssertionError(f"no answer to command {cmd:#x}")
+
+    with VirtualStation(tmp_path / "s.img") as st:
+        ser = serial.serial_for_url(st.port, baudrate=115200, timeout=0.05)
+        try:
+            ask(ser, protocol.CMD_MEM_END, struct.pack("<II", 0, 0x4008_0000))  # run the "stub"
+            assert ask(ser, protocol.CMD_FLASH_DEFL_END, struct.pack("<I", 1)) == b"\0\0"  # stay in the loader
+            time.sleep(server._FLASH_END_IDLE_SEC + 0.5)  # the mock's own default (3 s) in this process
+            md5 = ask(ser, protocol.CMD_SPI_FLASH_MD5, struct.pack("<IIII", 0, 4096, 0, 0))
+        finally:
+            ser.close()
+    assert md5 == hashlib.md5(b"\xff" * 4096).digest() + b"\0\0"  # the stub's 16 bytes, not 32 hex chars
+
+
 def test_a_station_reset_twice_keeps_its_identity(tmp_path: Path, image: LoadedImage) -> None:
     with VirtualStation(tmp_path / "bench7.img") as st:
         [r] = provision([Station("s", st.port)], image, opts(), None)
@@ -245,3 +281,34 @@ def test_a_retry_never_flashes_another_board_that_took_the_port_name(tmp_path: P
         with open(b.flash, "rb") as f:
             f.seek(fw_at)
             assert f.read(4096) == b"\xff" * 4096  # B was never written
+
+
+def test_a_full_line_on_one_busy_machine(tmp_path: Path, image: LoadedImage) -> None:
+    """Issue 18: one station of 16 boards and 8 stations of 2, all at once, while a CPU hog runs
+    on every core: every board is provisioned and confirmed by its agent (32 of 32)."""
+    import os
+    import subprocess
+    import sys
+
+    hog = "import time\nend = time.monotonic() + 240\nwhile time.monotonic() < end:\n    pass\n"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(os.cpu_count() or 2)]
+    runs: list[tuple[int, subprocess.Popen[str]]] = []
+    try:
+        for i, boards in enumerate([16] + [2] * 8):
+            argv = [sys.executable, "-m", "fleetpin", "provision", "--board", "esp32", "--image", str(image.directory),
+                    "--virtual", str(boards), "--registry", str(tmp_path / f"station{i}.sqlite"), "--json"]
+            runs.append((boards, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        outcomes = []
+        for boards, proc in runs:
+            out, err = proc.communicate(timeout=600)
+            results = json.loads(out)["results"] if out.strip() else []
+            assert len(results) == boards, err
+            outcomes += [(r["result"], (r.get("agent") or {}).get("bundle_sha256"), r["error"]) for r in results]
+    finally:
+        for h in hogs:
+            h.kill()
+        for _, proc in runs:
+            if proc.poll() is None:
+                proc.kill()
+    bad = [o for o in outcomes if o[0] != RESULT_OK or o[1] != image.bundle_sha256]
+    assert len(outcomes) == 32 and bad == [], bad

@@ -283,6 +283,8 @@ def _reason(run: EsptoolRun, image: LoadedImage) -> str:
     if m := re.search(r"will not fit in (\d+) bytes of flash", e):
         have = int(m.group(1)) // (1024 * 1024)
         return f"flash too small: the board has {have}MB, the image needs {image.manifest['flash_size_label']}"
+    if run.current is not None and run.current_percent >= 100:  # all sent: its end or MD5 check failed
+        return f"{run.current} written but not verified: {e}"
     if run.current is not None:
         return f"serial link lost while writing {run.current} ({run.current_percent:.0f}%): {e}"
     return e

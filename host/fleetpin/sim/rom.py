@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import mmap
 import sys
 from pathlib import Path
@@ -23,6 +24,18 @@ from esp32_mock_bootloader import protocol, registers, server
 from esp32_mock_bootloader.cli import main as mock_main
 
 FLASH_SIZE = protocol.FLASH_MOCK_SIZE
+
+# The mock ends its client session (and forgets the flasher stub: its next answers are the
+# ROM's) once this long has passed since the FIRST FLASH_END/FLASH_DEFL_END of the session,
+# even while esptool is still talking: esptool sends FLASH_DEFL_END after every region it
+# writes, so a session whose later regions and their MD5 check take longer than 3 s (a 2 MB
+# filesystem on a busy host) gets its last MD5 answered in the ROM's 32-hex-char format while
+# esptool expects the stub's 16 bytes, and esptool fails with "Failed to calculate md5sum
+# (result was <hex digits 16-17 of the digest>)" (issue 18). Never end it: the virtual board
+# stays in the stub, as a real board does after esptool's --after hard-reset on a port with no
+# reset lines (esptool finds the running stub on its next connect); the station emulates its
+# resets itself by restarting this process (VirtualStation.reset_into_agent, enter_bootloader).
+MOCK_SESSION_END_AFTER_FLASH_END = math.inf
 
 
 class FileFlash(server.FlashImage):
@@ -52,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-file", required=True, help="where to write the pty path")
     args = parser.parse_args(argv)
     server._persistent_flash = FileFlash(args.flash)
+    server._FLASH_END_IDLE_SEC = MOCK_SESSION_END_AFTER_FLASH_END  # read by handle_client's loop
     mac = board_mac(args.flash)
     registers.mac_bytes_for_chip = lambda chip: mac  # read through rom_profile (cached per chip)
     registers.rom_profile.cache_clear()
