@@ -19,7 +19,7 @@ from fleetpin.sim.pki import Pki, PkiFiles, make_pki
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 PINS_JSON = VECTORS / "pins.json"
-RUNTIMES = ["host", "device", "micropython"]
+RUNTIMES = ["host", "device", "micropython", "wasm"]
 PASSWORD = "correct horse"
 
 
@@ -43,8 +43,12 @@ def vector_certs() -> dict[str, dict[str, object]]:
 
 
 def runtime_available(runtime: str) -> None:
-    if runtime == "micropython" and importlib.util.find_spec("fleetpin.vm.wasm") is None:
+    if runtime == "wasm" and importlib.util.find_spec("fleetpin.vm.wasm") is None:
         pytest.skip("fleetpin.vm.wasm not available yet")
+    if runtime == "micropython":
+        from runtimes import require_micropython
+
+        require_micropython()
 
 
 def pins_of(result_stdout: str) -> list[str]:
@@ -104,7 +108,7 @@ def test_chain_file_lists_one_line_per_depth(fleetpin: Callable, runtime: str) -
 
 
 def test_micropython_runtime_starts_one_vm_for_all_files(fleetpin: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
-    runtime_available("micropython")
+    runtime_available("wasm")
     import fleetpin.vm.wasm as mpvm
 
     calls: list[dict[str, bytes]] = []
@@ -116,7 +120,7 @@ def test_micropython_runtime_starts_one_vm_for_all_files(fleetpin: Callable, mon
 
     monkeypatch.setattr(mpvm, "run_steps", counting)
     names = sorted(vector_certs())[:4]
-    result = fleetpin("pin", "--runtime", "micropython", *[VECTORS / "certs" / f"{n}.der" for n in names])
+    result = fleetpin("pin", "--runtime", "wasm", *[VECTORS / "certs" / f"{n}.der" for n in names])
     assert result.exit_code == 0, result.stderr
     assert len(calls) == 1 and sum(name.endswith(".der") for name in calls[0]) == 4
 

@@ -117,8 +117,8 @@ def _summary(b: Any) -> dict[str, Any]:
 _VM_VERIFY = """
 import json
 from pinagent import bundle, signers
-data = open("/verify/bundle.bin", "rb").read()
-trust = signers.load_signers(open("/verify/signers.json", "rb").read())
+data = open(ROOT + "/bundle.bin", "rb").read()
+trust = signers.load_signers(open(ROOT + "/signers.json", "rb").read())
 try:
     b = bundle.decode_bundle(data, trust, %r, %d, %s, %d)
     out = {"fleet": b.fleet, "version": b.version, "channel": b.channel, "issued": b.issued,
@@ -141,23 +141,29 @@ def verify_bundle(
             return _summary(dev_bundle.decode_bundle(data, trust, fleet, installed, now, floor))
         except dev_bundle.BundleError as e:
             return {"error": type(e).__name__, "reason": e.reason}
-    from fleetpin.vm import wasm
+    script = _VM_VERIFY % (fleet, installed, "None" if now is None else str(now), floor)
+    if runtime == "micropython":  # real MicroPython collects garbage within a call, as a board does
+        from fleetpin.vm import unix
 
-    # run_steps, not run_python: this VM collects no garbage within a call, and one P-256
-    # verification allocates ~0.8 MB of short-lived bigints, so the heap grows here where a board
-    # would collect; the decoder's own heap use is measured in tests/host/test_bundle_cli.py.
-    run = wasm.run_steps(
-        [f"import sys\nsys.path[:0] = [{wasm.VM_DEVICE_DIR!r}]\n",
-         _VM_VERIFY % (fleet, installed, "None" if now is None else str(now), floor)],
-        {**wasm.device_files(), "/verify/bundle.bin": data, "/verify/signers.json": trust_bytes},
-    )
-    failed = [step.error for step in run.steps if step.error]
-    if failed:
-        raise wasm.VMError(failed[0] or "")
-    out = "".join(step.stdout for step in run.steps)
+        out = unix.run_with_files('ROOT = "verify"\n' + script,
+                                  {"verify/bundle.bin": data, "verify/signers.json": trust_bytes}).stdout
+    else:
+        from fleetpin.vm import wasm
+
+        # run_steps, not run_python: this VM collects no garbage within a call, and one P-256
+        # verification allocates ~0.8 MB of short-lived bigints, so the heap grows here where a
+        # board would collect; the decoder's own heap use is measured in tests/host/test_bundle_cli.py.
+        run = wasm.run_steps(
+            [f"import sys\nsys.path[:0] = [{wasm.VM_DEVICE_DIR!r}]\n", 'ROOT = "/verify"\n' + script],
+            {**wasm.device_files(), "/verify/bundle.bin": data, "/verify/signers.json": trust_bytes},
+        )
+        failed = [step.error for step in run.steps if step.error]
+        if failed:
+            raise wasm.VMError(failed[0] or "")
+        out = "".join(step.stdout for step in run.steps)
     line = [x for x in out.splitlines() if x.startswith("FP-RESULT ")]
     if not line:
-        raise FleetpinError("the VM printed no result:\n" + out)
+        raise FleetpinError(f"pinagent printed no result on {runtime}:\n" + out)
     result: dict[str, Any] = json.loads(line[-1][len("FP-RESULT "):])
     return result
 
@@ -170,8 +176,9 @@ def verify_bundle(
 @click.option("--installed-version", type=int, default=0, show_default=True, help="version installed on the device")
 @click.option("--now", type=int, help="device clock, POSIX seconds (default: this computer's clock)")
 @click.option("--time-floor", type=int, default=0, show_default=True, help="the device's trusted time floor")
-@click.option("--runtime", type=click.Choice(["device", "micropython"]), default="device", show_default=True,
-              help="device = the agent's decoder under CPython; micropython = the same code on the MicroPython VM")
+@click.option("--runtime", type=click.Choice(["device", "micropython", "wasm"]), default="device", show_default=True,
+              help="device = the agent's decoder under CPython; micropython = the same code on real MicroPython "
+                   "(the unix port); wasm = on the MicroPython WebAssembly VM")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def verify(
     bundle_file: Path, trust_file: Path, fleet: str | None, installed_version: int, now: int | None, time_floor: int,

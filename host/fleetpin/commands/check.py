@@ -19,7 +19,7 @@ from fleetpin.bundles.chains import (
     describe_chain,
     load_chain,
     verdict_on_cpython,
-    verdict_on_vm,
+    verdict_on_runtime,
     verify_chain,
 )
 from fleetpin.bundles.verdicts import hint_for, reason_text
@@ -27,7 +27,7 @@ from fleetpin.errors import FleetpinError
 from fleetpin.times import parse_now
 from pinagent.connect import TLS_FAILED
 
-RUNTIMES = ("device", "micropython")
+RUNTIMES = ("device", "micropython", "wasm")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,7 +43,8 @@ RUNTIMES = ("device", "micropython")
 @click.option("--unverified", is_flag=True,
               help="Treat the chain as not CA-verified (a device without CERT_REQUIRED): only leaf pins count.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="device", show_default=True,
-              help="Run the agent code under CPython ('device') or on the MicroPython VM with a 100 KB heap.")
+              help="Run the agent's code under CPython ('device'), on real MicroPython 1.29 (the unix port, "
+                   "an ESP32-sized heap) or on the MicroPython 1.27 WebAssembly VM ('wasm').")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
 def check(policy_path: Path, host: str, chain_path: Path, now_text: str | None, ca_path: Path | None,
           unverified: bool, runtime: str, as_json: bool) -> None:
@@ -72,10 +73,10 @@ def check(policy_path: Path, host: str, chain_path: Path, now_text: str | None, 
         if unverified
         else verify_chain(ders, host, now, ca_path, source.ca_certs)
     )
-    if runtime == "micropython":
-        verdict = verdict_on_vm(obj, host, ders, now, verification.verified)
-    else:
+    if runtime == "device":
         verdict = verdict_on_cpython(obj, host, ders, now, verification.verified)
+    else:
+        verdict = verdict_on_runtime(runtime, obj, host, ders, now, verification.verified)
     if verification.from_device_cas and not verification.verified:
         # The device validates under CERT_REQUIRED against exactly these CAs: a chain that fails
         # never reaches the pin check there, whatever the pins say.

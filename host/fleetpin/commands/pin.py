@@ -13,7 +13,7 @@ import click
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.pki.certs import KeyRecord, load_all
 
-RUNTIMES = ("host", "device", "micropython")
+RUNTIMES = ("host", "device", "micropython", "wasm")
 
 HELP = """Print the pin of every certificate, key and CSR in FILE... and of every
 certificate a live server presents (--host).
@@ -48,9 +48,11 @@ ADDRESS but still uses HOST for SNI and the name check.
 Certificate pins come from the SPKI bytes exactly as they stand in the
 certificate. Keys hold no such bytes: their SPKI is re-encoded by
 `cryptography`, which matches the certificate for ordinary RSA, EC and EdDSA
-keys. --runtime device / micropython compute certificate pins with the
-device agent's own code (under CPython / on the MicroPython VM) and fail if
-it disagrees with the host; keys and CSRs are always pinned on the host.
+keys. --runtime device / micropython / wasm compute certificate pins with the
+device agent's own code (under CPython / on real MicroPython 1.29, the unix
+port with mbedTLS: pip install 'fleetpin[micropython]' / on the MicroPython
+1.27 WebAssembly VM: needs Node.js) and fail if it disagrees with the host;
+keys and CSRs are always pinned on the host.
 
 \b
 Output: `<pin>  depth N  <subject>` for certificates, `<pin>  <kind>
@@ -83,7 +85,7 @@ Exit codes: 0 ok, 1 server refused / TLS failure / runtimes disagree,
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of records.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="host", show_default=True,
               help="Who computes certificate pins: the host, the device agent under CPython, "
-                   "or the device agent on the MicroPython VM.")
+                   "on real MicroPython (the unix port), or on the WebAssembly MicroPython VM.")
 def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, password: str | None,
         timeout: float, as_json: bool, runtime: str) -> None:
     if not files and not hosts:
@@ -105,7 +107,7 @@ def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, p
     if runtime != "host":
         cert_indexes = [i for i, r in enumerate(records) if r.kind == "certificate"]
         ders = [records[i].der or b"" for i in cert_indexes]
-        agent_pins = device_pins(ders) if runtime == "device" else micropython_pins(ders)
+        agent_pins = {"device": device_pins, "micropython": micropython_pins, "wasm": wasm_pins}[runtime](ders)
         for i, agent_pin in zip(cert_indexes, agent_pins):
             computed_by[i] = runtime
             if agent_pin != pins[i]:
@@ -199,8 +201,8 @@ del f, d
 """
 
 
-def micropython_pins(ders: Sequence[bytes], heap_kb: int = 100) -> list[str]:
-    """Pins by pinagent on the MicroPython VM (ESP32-sized heap): one VM start for all."""
+def wasm_pins(ders: Sequence[bytes], heap_kb: int = 100) -> list[str]:
+    """Pins by pinagent on the WebAssembly MicroPython VM (ESP32-sized heap): one VM start for all."""
     if not ders:
         return []
     try:
@@ -233,3 +235,10 @@ def micropython_pins(ders: Sequence[bytes], heap_kb: int = 100) -> list[str]:
     if sorted(result) != list(range(len(ders))):
         raise FleetpinError(f"the MicroPython VM printed {len(result)} pins for {len(ders)} certificates: {out!r}")
     return [result[i] for i in range(len(ders))]
+
+
+def micropython_pins(ders: Sequence[bytes]) -> list[str]:
+    """Pins by pinagent (.mpy) on real MicroPython (the unix port), under a hard ESP32-sized heap."""
+    from fleetpin.vm import unix
+
+    return unix.micropython_pins(ders)
