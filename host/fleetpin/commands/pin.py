@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from fleetpin import passphrase
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.pki.certs import KeyRecord, load_all
 
@@ -64,7 +64,7 @@ Examples:
   fleetpin pin --host api.example.com:443
   fleetpin pin --host api.internal:8443 --ca corp-root.pem --json
   fleetpin pin backup.key backup.csr
-  FLEETPIN_KEY_PASSWORD=... fleetpin pin --json encrypted.key
+  fleetpin pin --passphrase-file pass.txt --json encrypted.key
 
 \b
 Exit codes: 0 ok, 1 server refused / TLS failure / runtimes disagree,
@@ -77,16 +77,16 @@ Exit codes: 0 ok, 1 server refused / TLS failure / runtimes disagree,
               help="A live server whose presented chain to pin (repeatable).")
 @click.option("--ca", "ca_file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
               help="Validate --host chains against only these PEM CA certificates.")
-@click.option("--password", envvar="FLEETPIN_KEY_PASSWORD", metavar="TEXT",
-              help="Passphrase of encrypted private keys / PKCS#12. Prefer env FLEETPIN_KEY_PASSWORD "
-                   "(a command line is visible to other users) or the prompt on a terminal.")
+@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="File holding the passphrase of encrypted private keys / PKCS#12 (else $FLEETPIN_KEY_PASSPHRASE, "
+                   "else a prompt on a terminal).")
 @click.option("--timeout", default=10.0, show_default=True, metavar="SECONDS",
               help="Give up on a --host that has not completed the TLS handshake by then.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of records.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="host", show_default=True,
               help="Who computes certificate pins: the host, the device agent under CPython, "
                    "on real MicroPython (the unix port), or on the WebAssembly MicroPython VM.")
-def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, password: str | None,
+def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, passphrase_file: Path | None,
         timeout: float, as_json: bool, runtime: str) -> None:
     if not files and not hosts:
         raise UsageError("nothing to pin", hint="give certificate/key files, or --host HOST:PORT (see --help)")
@@ -94,11 +94,7 @@ def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, p
         raise UsageError("--ca only applies to --host", hint="to pin a CA certificate, pass it as a FILE")
 
     def ask_password(source: str) -> bytes | None:
-        if password is not None:
-            return password.encode()
-        if _interactive():
-            return str(click.prompt(f"Passphrase for {source}", hide_input=True, err=True)).encode()
-        return None
+        return passphrase.read(passphrase_file, prompt=f"passphrase for {source}").encode()
 
     records = load_all(files, hosts, ca_file, ask_password, timeout)
     pins = {i: r.pin for i, r in enumerate(records)}
@@ -127,10 +123,6 @@ def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, p
             + "; ".join(disagreements),
             hint="a bug in pinagent's DER walk: report it with the certificate",
         )
-
-
-def _interactive() -> bool:
-    return sys.stdin.isatty()
 
 
 def _where(record: KeyRecord) -> str:

@@ -303,13 +303,13 @@ class _Loader:
             given = self.password_source(self.path) if self.password_source else None
             if not given:
                 raise UsageError(f"{self.path}: the private key is encrypted and no passphrase was given",
-                                 hint="pass --password, or set FLEETPIN_KEY_PASSWORD")
+                                 hint="pass --passphrase-file FILE, or set FLEETPIN_KEY_PASSPHRASE")
             self._password = given
         return self._password
 
     def wrong_password(self) -> UsageError:
         return UsageError(f"{self.path}: wrong passphrase for the encrypted private key",
-                          hint="check --password / FLEETPIN_KEY_PASSWORD")
+                          hint="check --passphrase-file / FLEETPIN_KEY_PASSPHRASE")
 
     def add_certificate(self, der: bytes) -> None:
         self.records.append(certificate_record(self.path, len(self.records), der, self.cert_depth))
