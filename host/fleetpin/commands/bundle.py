@@ -18,9 +18,19 @@ from fleetpin.bundles.build import build_bundle, load_bundle_source
 from fleetpin.bundles.chains import load_chains
 from fleetpin.bundles.diff import diff_views
 from fleetpin.bundles.inspect import check_signatures, inspect_obj, load_trust
-from fleetpin.bundles.lint import ERROR, MAX_HORIZON_DAYS, WARN_DAYS, Finding, has_errors, lint
+from fleetpin.bundles.lint import (
+    ERROR,
+    LIMITS_CHECKED_ELSEWHERE,
+    MAX_HORIZON_DAYS,
+    RULES,
+    WARN_DAYS,
+    Finding,
+    has_errors,
+    lint,
+)
 from fleetpin.bundles.view import View, iso_date, load_view, view_of_source
 from fleetpin.device_errors import hint_for
+from fleetpin import output
 from fleetpin.output import secho
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.files import write_atomic
@@ -326,31 +336,55 @@ def print_findings(findings: Sequence[Finding], err: bool = False) -> None:
         click.echo(f"      fix: {f.hint}", err=err)
 
 
+def print_rules(as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"rules": [{"rule": r.id, "severity": r.severity, "catches": r.title, "fix": r.hint}
+                                         for r in RULES.values()],
+                               "checked_elsewhere": LIMITS_CHECKED_ELSEWHERE}, indent=2))
+        return
+    out = output.console()
+    t = output.Table("rule", "severity", "catches", "fix")
+    for r in RULES.values():
+        word, colour = _MARK[r.severity]
+        t.add(r.id, output.styled(r.severity, colour), r.title, r.hint)
+    t.print(out)
+    out.print(output.assemble("\n", LIMITS_CHECKED_ELSEWHERE))
+
+
 def summary_line(findings: Sequence[Finding]) -> str:
     counts = {s: sum(1 for f in findings if f.severity == s) for s in ("error", "warning", "info")}
     return ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items())
 
 
 @click.command("lint")
-@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @chain_options
 @click.option("--max-horizon", type=click.IntRange(1), default=MAX_HORIZON_DAYS, show_default=True,
               help="days ahead beyond which an expiry is flagged (FP005)")
 @click.option("--warn-days", type=click.IntRange(0), default=WARN_DAYS, show_default=True,
               help="days ahead within which an expiry is flagged (FP006, FP016)")
-@click.option("--json", "as_json", is_flag=True, help="print the findings as JSON")
+@click.option("--list-rules", is_flag=True, help="print every rule (id, severity, what it catches, how to fix) and exit")
+@click.option("--json", "as_json", is_flag=True, help="print the findings (or with --list-rules, the rules) as JSON")
 @click.pass_context
-def lint_cmd(ctx: click.Context, source: Path, chain_args: tuple[str, ...], host_args: tuple[str, ...],
-             ca_path: Path | None, now_text: str | None, max_horizon: int, warn_days: int, as_json: bool) -> None:
+def lint_cmd(ctx: click.Context, source: Path | None, chain_args: tuple[str, ...], host_args: tuple[str, ...],
+             ca_path: Path | None, now_text: str | None, max_horizon: int, warn_days: int, list_rules: bool,
+             as_json: bool) -> None:
     """Check a policy file or bundle for the mistakes that lock devices out: too few pins, no
     backup outside the served chain, a served chain no pin matches, expiry, malformed pins,
-    public-suffix wildcards, missing CA certificates, report-only domains.
+    public-suffix wildcards, missing CA certificates, report-only domains, and every limit
+    the device enforces on a bundle (size, CA certificates, report settings).
 
     \b
     Give the chains servers present today to check them too:
       fleetpin bundle lint policy.toml --chain api.example.com=chain.pem --host api.example.com:443
+    Every rule, with how to fix what it finds: fleetpin bundle lint --list-rules
     Exit codes: 0 no errors (warnings allowed), 1 errors, 2 usage.
     """
+    if list_rules:
+        print_rules(as_json)
+        return
+    if source is None:
+        raise UsageError("no policy or bundle to lint", hint="fleetpin bundle lint POLICY.toml (or --list-rules)")
     now = _now(now_text)
     view = load_view(source, lenient=True)
     chains = load_chains(chain_args, host_args, ca_path, [view])
