@@ -74,10 +74,12 @@ RULES: dict[str, LintRule] = {r.id: r for r in (
     LintRule("FP009", ERROR, "a wildcard or include_subdomains covers a public suffix",
              "pin your own domain (api.example.co.uk), not a suffix shared with other owners"),
     LintRule("FP010", ERROR, "the bundle carries no CA certificates",
-             "list the CAs your servers chain to in [bundle] ca_certs: devices validate every chain "
-             "against the bundle's CAs only (the ESP32 has no CA store)"),
+             "fetch the CA each server chains to (fleetpin bundle fetch-cas HOST:PORT -o cas.pem) and list "
+             "it in [bundle] ca_certs: devices validate every chain against the bundle's CAs only "
+             "(the ESP32 has no CA store)"),
     LintRule("FP011", ERROR, "the served chain does not validate against the bundle's CA certificates",
-             "add the CA the chain ends at to [bundle] ca_certs (and check the host name and dates)"),
+             "add the CA the chain ends at to [bundle] ca_certs (fleetpin bundle fetch-cas HOST:PORT finds it), "
+             "and check the host name and dates"),
     LintRule("FP012", ERROR, "a CA pin without the CA certificate that makes it count",
              "add the CA the chain ends at to [bundle] ca_certs: pins above the leaf count only for a "
              "chain validated against the bundle's CAs"),

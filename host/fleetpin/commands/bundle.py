@@ -44,7 +44,8 @@ from pinagent import signers as dev_signers
 
 @click.group()
 def bundle() -> None:
-    """Build, sign and verify pin bundles (what a field update installs on a device)."""
+    """Build, sign, verify, inspect, diff and lint pin bundles (what a field update installs on a
+    device), and fetch the CA certificates a bundle must carry (fetch-cas)."""
 
 
 def _signers_for(key_args: tuple[Path, ...], sign_command: str | None, passphrase_file: Path | None) -> list[Signer]:
@@ -462,6 +463,66 @@ def diff(old_path: Path, new_path: Path, chain_args: tuple[str, ...], host_args:
         print_diff(d)
 
 
+# --- fetch-cas: the fix for FP010 ------------------------------------------------------------------
+
+
+@click.command("fetch-cas")
+@click.argument("hosts", nargs=-1, required=True, metavar="HOST:PORT[@ADDRESS]...")
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the CA certificates here (PEM) instead of standard output")
+@click.option("--ca", "ca_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="validate against only the CA certificates in this file (default: the system CA store)")
+@click.option("--timeout", type=click.FloatRange(0.1), default=20.0, show_default=True,
+              help="seconds to wait for each server's TLS handshake")
+@click.option("--json", "as_json", is_flag=True, help="print what was found as JSON")
+def fetch_cas(hosts: tuple[str, ...], out_file: Path | None, ca_path: Path | None, timeout: float,
+              as_json: bool) -> None:
+    """Fetch the chain each server presents, validate it (host name, dates, signatures) against
+    the system CA store or only --ca FILE, and save the CA certificate it chains to: what
+    `[bundle] ca_certs` must list for devices to validate that server (lint's FP010 and FP011).
+
+    \b
+    The trust anchor is saved, not the server's own certificates: it validates every
+    certificate the server may present below it, so it survives certificate renewals.
+    HOST:PORT@ADDRESS connects to ADDRESS and checks the name HOST.
+
+    \b
+    Example:
+      fleetpin bundle fetch-cas api.example.com:443 ota.example.com:443 -o cas.pem
+      then in the policy:  [bundle]  ca_certs = ["cas.pem"]
+
+    \b
+    Exit codes: 0 saved, 1 a server unreachable or its chain does not validate, 2 usage.
+    """
+    from fleetpin.pki.anchors import anchor_of, ca_file_store, system_store
+    from fleetpin.pki.certs import parse_host
+
+    targets = [parse_host(h) for h in hosts]
+    store = ca_file_store(ca_path) if ca_path is not None else system_store()
+    anchors = [anchor_of(t, store, timeout) for t in targets]
+    unique = list({a.der: a for a in anchors}.values())
+    text = "".join(a.pem for a in unique)
+    if out_file is not None:
+        write_atomic(out_file, text)
+    if as_json:
+        click.echo(json.dumps({
+            "out": None if out_file is None else str(out_file), "validated_against": store.name,
+            "servers": [{"host": str(a.target), "ca": a.subject, "pin": "sha256/" + a.pin,
+                         "expires": iso_date(a.not_after), "chain_length": a.chain_length} for a in anchors],
+            "pem": text if out_file is None else None,
+        }, indent=2))
+        return
+    if out_file is None:
+        click.echo(text, nl=False)
+    report = out_file is None  # the PEM is on stdout: the report goes to stderr
+    for a in anchors:
+        click.echo(f"{a.target}: validated against {store.name}; chains to {a.subject} "
+                   f"(sha256/{a.pin}, expires {iso_date(a.not_after)})", err=report)
+    if out_file is not None:
+        click.echo(f"{out_file}: {len(unique)} CA certificate{'s' if len(unique) != 1 else ''}; "
+                   f'list it in the policy: [bundle] ca_certs = ["{out_file}"]')
+
+
 # --- bundle build's gate ---------------------------------------------------------------------------
 
 
@@ -488,3 +549,4 @@ def lint_gate(view: View, allow_errors: bool, now: int | None = None) -> list[Fi
 bundle.add_command(inspect)
 bundle.add_command(diff)
 bundle.add_command(lint_cmd)
+bundle.add_command(fetch_cas)
