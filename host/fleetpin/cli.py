@@ -11,7 +11,7 @@ import click
 
 from fleetpin import __version__
 from fleetpin.errors import FleetpinError
-from fleetpin.output import secho
+from fleetpin.output import error
 
 # The command table: name -> ("module:attribute" of a click command or group, one-line help).
 # `fleetpin --help` reads the help from here, so it imports no command module; a command's
@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None, *, refusal_expected: bool = False) -> in
         if refusal_expected and e.exit_code == 1:
             click.echo(f"refused, as expected: {e}")
             return e.exit_code
-        secho(f"error: {e}", fg="red", err=True)
-        if e.hint:
-            click.echo(f"  next: {e.hint}", err=True)
+        error(str(e), e.hint)
         return e.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -52,6 +52,13 @@ def secho(message: str = "", err: bool = False, nl: bool = True, **styles: Any) 
     click.secho(message, err=err, nl=nl, color=colour_enabled(err), **styles)
 
 
+def error(message: str, hint: str | None = None) -> None:
+    """An error on stderr as every command reports one: `error: ...` and what to do next."""
+    secho(f"error: {message}", fg="red", err=True)
+    if hint:
+        click.echo(f"  next: {hint}", err=True)
+
+
 def console(err: bool = False) -> Console:
     """A rich console for stdout (or stderr): colour as colour_enabled says, the terminal's width
     on a terminal, and no wrapping at all otherwise."""

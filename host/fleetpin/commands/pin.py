@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from fleetpin import passphrase
+from fleetpin import output, passphrase
 from fleetpin.errors import FleetpinError, UsageError
-from fleetpin.pki.certs import KeyRecord, load_all
+from fleetpin.pki.certs import KeyRecord, PasswordSource, load_file, load_host, parse_host
 
 RUNTIMES = ("host", "device", "micropython", "wasm")
 
@@ -96,7 +97,7 @@ def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, p
     def ask_password(source: str) -> bytes | None:
         return passphrase.read(passphrase_file, prompt=f"passphrase for {source}").encode()
 
-    records = load_all(files, hosts, ca_file, ask_password, timeout)
+    records, failed = _load_each(files, hosts, ca_file, ask_password, timeout)
     pins = {i: r.pin for i, r in enumerate(records)}
     computed_by = {i: "host" for i in pins}
     disagreements: list[str] = []
@@ -116,7 +117,11 @@ def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, p
     if as_json:
         click.echo(json.dumps([_as_json(r, pins[i], computed_by[i]) for i, r in enumerate(records)], indent=2))
     else:
-        _print_text(records, pins)
+        _print_text(records, pins, several=len(files) + len(hosts) > 1)
+    if failed:
+        total = len(files) + len(hosts)
+        raise FleetpinError(f"{len(failed)} of {total} inputs could not be pinned: {', '.join(failed)}",
+                            hint="see the error for each above; the others were pinned")
     if disagreements:
         raise FleetpinError(
             f"the device agent ({runtime}) and the host disagree on {len(disagreements)} pin(s): "
@@ -125,12 +130,34 @@ def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, p
         )
 
 
+def _load_each(files: Sequence[Path], hosts: Sequence[str], ca_file: Path | None, password: PasswordSource,
+               timeout: float) -> tuple[list[KeyRecord], list[str]]:
+    """The records of every input, in order. As sha256sum does, an input that cannot be read is
+    reported on stderr and the others are still pinned (the command then exits 1); a single
+    input that fails is simply the error."""
+    targets = [parse_host(h) for h in hosts]  # a malformed HOST:PORT is a usage error before anything
+    loads: list[tuple[str, Callable[[], list[KeyRecord]]]] = [
+        *((str(f), functools.partial(load_file, f, password)) for f in files),
+        *((str(t), functools.partial(load_host, t, ca_file, timeout)) for t in targets),
+    ]
+    if len(loads) == 1:
+        return loads[0][1](), []
+    records: list[KeyRecord] = []
+    failed: list[str] = []
+    for name, load in loads:
+        try:
+            records += load()
+        except FleetpinError as e:
+            failed.append(name)
+            output.error(str(e), e.hint)
+    return records, failed
+
+
 def _where(record: KeyRecord) -> str:
     return f"{record.source}#{record.index}"
 
 
-def _print_text(records: Sequence[KeyRecord], pins: dict[int, str]) -> None:
-    several = len({r.source for r in records}) > 1
+def _print_text(records: Sequence[KeyRecord], pins: dict[int, str], several: bool) -> None:
     source = None
     for i, r in enumerate(records):
         if several and r.source != source:
