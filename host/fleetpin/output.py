@@ -119,7 +119,8 @@ class Table:
         for row in self.rows:
             out.print()
             for name, cell in zip(self.columns, row):
-                out.print(Text.assemble((f"{name:>{width}}: ", "bold"), cell))
+                # one line whatever its length: the terminal wraps it, nothing splits the value
+                out.print(Text.assemble((f"{name:>{width}}: ", "bold"), cell), soft_wrap=True)
 
 
 def styled(text: str, style: str) -> Text:
