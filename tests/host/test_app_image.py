@@ -196,3 +196,104 @@ def _signed_image(fleetpin: Callable[..., Any], tmp_path: Path, app: Path) -> An
                       "--signers", tmp_path / "signers.json", "-o", tmp_path / "img", "--app", app)
     assert result.exit_code == 0, result.stderr
     return result
+
+
+# --- the README's application builds, and does what it says ------------------------------------------
+
+
+def readme_app(directory: Path) -> Path:
+    """The application the README shows (app.py and config.py), written into `directory`."""
+    import re
+
+    text = "".join(p.read_text() for p in (REPO / "README.md", REPO / "README_ux.md") if p.exists())
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("app.py", "config.py"):
+        found = re.search(rf"<!-- {re.escape(name)} -->\n```python\n(.*?)```", text, re.DOTALL)
+        assert found, f"the README shows no {name}"
+        (directory / name).write_text(found.group(1))
+    return directory
+
+
+_STUBS = {
+    # what the unix port lacks and a board has: Wi-Fi and SNTP, as no-ops
+    "network.py": "STA_IF = 0\nclass WLAN:\n    def __init__(self, i): pass\n    def active(self, on): pass\n"
+                  "    def isconnected(self): return True\n    def connect(self, ssid, password): pass\n",
+    "ntptime.py": "def settime():\n    pass\n",
+}
+
+_HARNESS = """\
+import time as real_time
+from pinagent.connect import PinBlocked
+import app
+
+class Time:  # the app's clock, without its minute-long sleeps
+    def __getattr__(self, name):
+        return getattr(real_time, name)
+    def sleep(self, s):
+        pass
+
+app.time = Time()
+
+class Sock:
+    def __init__(self, data):
+        self.data, self.pos, self.sent = data, 0, b""
+    def write(self, b):
+        self.sent += b
+    def readline(self):
+        end = self.data.find(b"\\n", self.pos)
+        end = len(self.data) if end < 0 else end + 1
+        line, self.pos = self.data[self.pos:end], end
+        return line
+    def read(self, n=-1):
+        rest, self.pos = self.data[self.pos:], len(self.data)
+        return rest
+    def close(self):
+        print("closed")
+
+class Agent:
+    def __init__(self):
+        self.calls, self.times = 0, []
+    def connect(self, host, port, timeout=None):
+        self.calls += 1
+        print("connect", host, port, timeout)
+        if self.calls == 1:
+            self.sock = Sock(b"HTTP/1.0 200 OK\\r\\nServer: x\\r\\nDate: Fri, 01 May 2026 12:00:00 GMT\\r\\n\\r\\n{}")
+            return self.sock
+        raise PinBlocked("mismatch", None, "no pinned key in the chain", host, port)
+    def trusted_time(self, t):
+        self.times.append(t)
+
+agent = Agent()
+app.main(agent)
+print("request", agent.sock.sent)
+print("trusted", agent.times, "calls", agent.calls)
+"""
+
+
+def test_the_readme_application_builds_and_handles_a_blocked_pin(fleetpin: Callable[..., Any], tmp_path: Path) -> None:
+    src = readme_app(tmp_path / "firmware-app")
+    result = cli_build(fleetpin, tmp_path, src)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["content"]["app"] == ["/lib/app.mpy", "/lib/config.mpy"]
+
+    from runtimes import require_micropython
+
+    from fleetpin.vm import unix
+
+    require_micropython()
+    board = tmp_path / "board"
+    for path, data in files_of(tmp_path / "img").items():  # the compiled app and agent, as installed
+        target = board / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    for name, code in _STUBS.items():
+        (board / "lib" / name).write_text(code)
+    (board / "harness.py").write_text(_HARNESS)
+    done = unix.run(board / "harness.py", path=[board / "lib"], cwd=board, env={"TZ": "UTC"})
+    assert done.ok, done.output
+    lines = done.stdout.splitlines()
+    assert lines.count("connect api.example.com 443 10") == 4  # one good request, then three refusals
+    assert "config: 200 2 bytes" in lines
+    assert sum(line.startswith("pin blocked: mismatch") for line in lines) == 3  # then main() returned
+    assert "request b'GET /v1/config HTTP/1.0\\r\\nHost: api.example.com\\r\\n\\r\\n'" in lines
+    assert "trusted [1777636800] calls 4" in lines  # the Date of the pinned response, as POSIX seconds
