@@ -3,8 +3,11 @@
 Policy JSON (what the device reads; the signed bundle wraps it):
 
     {"domains": [<domain>, ...],          required, may be empty
-     "unpinned": "ca" | "block"}          optional, default "ca": hosts without a rule get plain
+     "unpinned": "ca" | "block",          optional, default "ca": hosts without a rule get plain
                                           CA validation ("ca") or are refused ("block")
+     "clock_lead": 0}                     optional, seconds 0..MAX_CLOCK_LEAD, default 0: how far
+                                          the clock may run ahead of trusted time when it says
+                                          pins expired (see "Expiry and time" below)
 
     <domain> = {
       "host": "api.example.com"           exact host (lowercased, one trailing dot removed)
@@ -21,6 +24,16 @@ Policy JSON (what the device reads; the signed bundle wraps it):
       "on_expiry": "fallback" | "enforce" optional, default "fallback": after `expires`, either
                                           plain CA validation (as Android does) or keep enforcing
     }
+
+Expiry and time. Falling back to CA validation after `expires` relaxes security, so the clock
+alone (SNTP, which anyone on the path can answer) never decides it. decide() takes two times:
+`now`, the device clock (believed only at or above `time_floor`), and `trusted_time`, the newest
+time the device holds authenticated evidence for (a verified bundle's signed issue time, a time
+a pinned server reported over a pin-matched connection; never below the floor). Pins count as
+expired when the clock (if believed) or trusted time is at or past `expires`; a rule with
+on_expiry "fallback" falls back only when trusted_time + clock_lead >= expires. So a spoofed
+clock can bring an expiry forward by clock_lead seconds at most (0 by default); a mismatch past
+an expiry that trusted time does not confirm is blocked as EXPIRY_UNCONFIRMED, and reported.
 
 Unknown keys are refused everywhere, so a newer policy never silently loses a field on an older
 agent. Wildcards only as a whole leading label ("*." or "**."), never on a single-label base
@@ -50,6 +63,7 @@ NO_POLICY = "no_policy"  # no rule for the host, unpinned "ca": CA validation de
 NO_POLICY_BLOCKED = "no_policy_blocked"  # no rule for the host, unpinned "block"
 UNVERIFIED = "unverified"  # a fallback to CA validation, but the chain was not verified
 INVALID_HOST = "invalid_host"  # empty host name or empty label: refused before any lookup
+EXPIRY_UNCONFIRMED = "expiry_unconfirmed"  # mismatch; the clock says the pins expired, trusted time does not
 
 UNPINNED_CA = "ca"
 UNPINNED_BLOCK = "block"
@@ -62,6 +76,7 @@ ONE_LABEL = 1  # "*.example.com"
 ANY_LABELS = 2  # "**.example.com"
 
 _MAX_EXPIRES = 253402300799  # 9999-12-31T23:59:59Z; larger values are milliseconds by mistake
+MAX_CLOCK_LEAD = 2592000  # 30 days: the most a bundle may let the clock run ahead of trusted time
 _MAX_LABEL = 64
 _HOST_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_"
 _IPV6_CHARS = "0123456789abcdef:."
@@ -70,7 +85,7 @@ _DIGITS = "0123456789"
 # matched here as one string but cut or read differently by getaddrinfo and mbedTLS in C.
 _CONNECT_CHARS = _HOST_CHARS + ".:"
 
-_POLICY_KEYS = ("domains", "unpinned")
+_POLICY_KEYS = ("domains", "unpinned", "clock_lead")
 _DOMAIN_KEYS = ("host", "include_subdomains", "pins", "enforce", "expires", "on_expiry")
 _PIN_KEYS = ("pin", "label")
 
@@ -118,7 +133,7 @@ class Rule:
 
 
 class Policy:
-    __slots__ = ("rules", "unpinned", "_exact", "_one", "_suffix")
+    __slots__ = ("rules", "unpinned", "clock_lead", "_exact", "_one", "_suffix")
 
     @classmethod
     def from_obj(cls, obj):
@@ -128,6 +143,10 @@ class Policy:
         _refuse_unknown(obj, _POLICY_KEYS, "")
         self = cls()
         self.unpinned = _choice(obj, "unpinned", (UNPINNED_CA, UNPINNED_BLOCK), UNPINNED_CA, "unpinned")
+        lead = obj.get("clock_lead", 0)
+        if type(lead) is not int or lead < 0 or lead > MAX_CLOCK_LEAD:  # bool refused too
+            raise PolicyError("clock_lead", "not an integer in 0..%d (seconds)" % MAX_CLOCK_LEAD)
+        self.clock_lead = lead
         domains = _required(obj, "domains", list, "domains")
         self.rules = []
         self._exact = {}  # host -> rule (exact rules, with or without include_subdomains)
@@ -217,13 +236,15 @@ def normalise_host(host):
     return host
 
 
-def decide(policy, host, chain, now, verified, time_floor=0):
+def decide(policy, host, chain, now, verified, time_floor=0, trusted_time=None):
     """The verdict for a connection to `host` that presented `chain`.
 
     chain: list of (depth, 32-byte digest), depth 0 = leaf, as given by pins.chain_digests.
     now: POSIX seconds, or None when the clock is unknown; a clock below time_floor (the newest
-    trusted time seen) is not believed either. verified: the chain passed CA validation
-    (CERT_REQUIRED). Compares raw digests only: no base64, a few small strings per call.
+    trusted time kept in flash) is not believed either. trusted_time: the newest authenticated
+    time (module docstring, "Expiry and time"); None or below the floor means the floor.
+    verified: the chain passed CA validation (CERT_REQUIRED). Compares raw digests only: no
+    base64, a few small strings per call.
     """
     v = Verdict()
     v.host = host = normalise_host(host)
@@ -246,9 +267,11 @@ def decide(policy, host, chain, now, verified, time_floor=0):
         return _fallback(v, NO_POLICY)
     v.rule = rule
 
-    if trusted and now >= rule.expires:
+    known = time_floor if trusted_time is None or trusted_time < time_floor else trusted_time
+    expires = rule.expires
+    if (trusted and now >= expires) or known >= expires:
         v.expired = True
-        if rule.on_expiry == ON_EXPIRY_FALLBACK:
+        if rule.on_expiry == ON_EXPIRY_FALLBACK and expires - known <= policy.clock_lead:
             return _fallback(v, EXPIRED_FALLBACK)
 
     # Lowest-depth match wins; above the leaf only a CA-verified chain counts.
@@ -264,9 +287,13 @@ def decide(policy, host, chain, now, verified, time_floor=0):
 
     if not rule.enforce:
         return _fallback(v, REPORT_ONLY_MISMATCH)
-    if not trusted and rule.on_expiry == ON_EXPIRY_FALLBACK:
-        # The pins may have expired, in which case CA validation would have decided.
-        return _done(v, False, CLOCK_UNTRUSTED)
+    if rule.on_expiry == ON_EXPIRY_FALLBACK:
+        if not trusted:
+            # The pins may have expired, in which case CA validation would have decided.
+            return _done(v, False, CLOCK_UNTRUSTED)
+        if v.expired:
+            # Only the clock says the pins expired: it may have been set by whoever answered SNTP.
+            return _done(v, False, EXPIRY_UNCONFIRMED)
     return _done(v, False, MISMATCH)
 
 

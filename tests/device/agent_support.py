@@ -26,6 +26,7 @@ class ServiceError(Exception):
 FLEET = "acme-sensors"
 NOW = 1767225600
 V1_ISSUED = NOW - 3600
+EXPIRES = 1798761600  # chain-leaf.example's pins (tests/vectors/make_agent_vectors.py)
 R = "/fleetpin/"
 
 

@@ -6,6 +6,7 @@ import hashlib
 
 from agent_support import (
     BACKUP,
+    EXPIRES,
     E_CONNECT,
     E_FLEET,
     E_SIGNATURE,
@@ -143,11 +144,47 @@ def test_expiry_policies_and_unpinned_hosts():
 
 def test_clock_below_the_floor_is_not_believed():
     tls = FakeTls()
-    tls.chains["expired.example"] = GOOD
+    tls.chains["chain-leaf.example"] = WRONG
     a = _agent(_board("v1.bin"), clock=946684800 + 5, tls=tls)
-    e = raises(C.PinBlocked, a.connect, "expired.example", 443)
+    e = raises(C.PinBlocked, a.connect, "chain-leaf.example", 443)
     assert e.reason == P.CLOCK_UNTRUSTED and not e.verdict.clock_trusted
     assert _reports(a)[0]["date-time"] is None  # a 2000 date would mislead
+    # expired.example's pins expired before v1 was issued: the signed issue time (the floor)
+    # proves it, whatever the clock reads
+    tls.chains["expired.example"] = GOOD
+    a.connect("expired.example", 443)
+    assert a.last_verdict.reason == P.EXPIRED_FALLBACK and not a.last_verdict.clock_trusted
+
+
+def test_a_spoofed_clock_does_not_end_pinning_but_a_pinned_servers_time_does():
+    # chain-leaf.example: on_expiry fallback, expires EXPIRES. The clock is set (SNTP answered by
+    # an attacker) to 60 s past it; the installed bundle and the floor say NOW - 3600.
+    tls = FakeTls()
+    tls.chains["chain-leaf.example"] = WRONG  # a key the bundle does not pin, under its CA
+    tls.chains["elsewhere.example"] = GOOD
+    a = _agent(_board("v1.bin"), clock=EXPIRES + 60, tls=tls)
+    e = raises(C.PinBlocked, a.connect, "chain-leaf.example", 443)
+    assert e.reason == P.EXPIRY_UNCONFIRMED and e.verdict.expired and e.verdict.clock_trusted
+    assert _reports(a)[0]["validation-result"] == "expiry_unconfirmed"
+    assert a.identify()["trusted_time"] == V1_ISSUED
+    # a time from a server reached without a pin match is not evidence (it may be the attacker)
+    sock, check = a.open("elsewhere.example", 443)
+    assert check.verdict.reason == P.NO_POLICY
+    assert a.server_time(check, EXPIRES + 60) is False and a.identify()["trusted_time"] == V1_ISSUED
+    assert a.server_time(None, EXPIRES + 60) is False
+    # the real server (pinned key) says what time it is: that is authenticated
+    tls.chains["chain-leaf.example"] = GOOD
+    sock, check = a.open("chain-leaf.example", 443)
+    assert check.verdict.reason == P.MATCHED
+    assert a.server_time(check, "soon") is False and a.server_time(check, -1) is False
+    assert a.server_time(check, EXPIRES + 30) is True
+    assert a.identify()["trusted_time"] == EXPIRES + 30
+    tls.chains["chain-leaf.example"] = WRONG  # the server rotated to a key v1 does not pin
+    a.connect("chain-leaf.example", 443)
+    assert a.last_verdict.reason == P.EXPIRED_FALLBACK
+    # a verdict that fell back is not evidence; trusted time only rises
+    assert a.server_time(a.last_verdict, EXPIRES + 10 ** 6) is False
+    assert a.server_time(check, EXPIRES) is True and a.identify()["trusted_time"] == EXPIRES + 30
 
 
 def test_tls_failure_and_network_failure():

@@ -82,15 +82,26 @@ def test_unpinned_hosts_follow_the_policy():
 
 def test_clock_below_the_floor_is_untrusted():
     _, _, _, other = _certs()
-    # pins expired by the clock, but the clock reads below the floor: not believed
     pol = _policy(expires=NOW - 10)
-    check = C.PinCheck(pol, "chain-leaf.example", NOW, NOW + 100)
+    # the clock reads below the floor: not believed, and the floor is short of the expiry
+    check = C.PinCheck(pol, "chain-leaf.example", NOW - 200, NOW - 100)
     assert check.on_cert(other, 0) == 1 and check.verdict.reason == P.CLOCK_UNTRUSTED
     assert not check.verdict.clock_trusted
-    check = C.PinCheck(pol, "chain-leaf.example", NOW, NOW - 100)
-    assert check.on_cert(other, 0) == 0 and check.verdict.reason == P.EXPIRED_FALLBACK
     check = C.PinCheck(pol, "chain-leaf.example", None, 0)
     assert check.on_cert(other, 0) == 1 and check.verdict.reason == P.CLOCK_UNTRUSTED
+    # a floor past the expiry proves it, whatever the clock reads
+    check = C.PinCheck(pol, "chain-leaf.example", NOW, NOW + 100)
+    assert check.on_cert(other, 0) == 0 and check.verdict.reason == P.EXPIRED_FALLBACK
+
+
+def test_only_trusted_time_confirms_an_expiry():
+    _, _, _, other = _certs()
+    pol = _policy(expires=NOW - 10)
+    # the clock (believed: above the floor) says the pins expired; nothing authenticated does
+    check = C.PinCheck(pol, "chain-leaf.example", NOW, NOW - 100)
+    assert check.on_cert(other, 0) == 1 and check.verdict.reason == P.EXPIRY_UNCONFIRMED
+    check = C.PinCheck(pol, "chain-leaf.example", NOW, NOW - 100, trusted_time=NOW - 10)
+    assert check.on_cert(other, 0) == 0 and check.verdict.reason == P.EXPIRED_FALLBACK
 
 
 def test_the_certificate_buffer_is_not_kept():

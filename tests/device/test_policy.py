@@ -221,13 +221,61 @@ def test_report_only_mismatch():
 
 
 def test_expired_fallback_uses_ca_validation():
+    # trusted time (authenticated evidence: a bundle's issue time, a pinned server's time)
+    # confirms the expiry; the clock agrees
     p = _policy([_dom("foo.com", pins=(BACKUP,), on_expiry="fallback")])
-    v = P.decide(p, "foo.com", CHAIN, EXPIRES, True)  # expiry is inclusive
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES, True, 0, EXPIRES)  # expiry is inclusive
     assert v.allowed is True and v.reason == P.EXPIRED_FALLBACK and v.expired is True
-    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 1, False)
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 1, False, 0, EXPIRES + 1)
     assert v.allowed is False and v.reason == P.UNVERIFIED and v.expired is True
-    v = P.decide(p, "foo.com", CHAIN, EXPIRES - 1, True)
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES - 1, True, 0, EXPIRES - 1)
     assert v.allowed is False and v.reason == P.MISMATCH and v.expired is False
+
+
+def test_a_clock_past_expiry_alone_does_not_end_pinning():
+    # An on-path attacker answers SNTP with a time past `expires`: the clock reads EXPIRES + 60,
+    # but nothing authenticated says so (trusted time: the floor, NOW). The pins stay in force.
+    p = _policy([_dom("foo.com", pins=(BACKUP,))])
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 60, True, NOW)
+    assert v.allowed is False and v.reason == P.EXPIRY_UNCONFIRMED
+    assert v.expired is True and v.clock_trusted is True
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 60, True, NOW, NOW + 3600)  # newer, still short of it
+    assert v.allowed is False and v.reason == P.EXPIRY_UNCONFIRMED
+    # a pinned key still connects, whatever the clock says
+    q = _policy([_dom("foo.com")])
+    assert P.decide(q, "foo.com", CHAIN, EXPIRES + 60, True, NOW).reason == P.MATCHED
+    # on_expiry "enforce" never falls back: a plain mismatch, as before
+    r = _policy([_dom("foo.com", pins=(BACKUP,), on_expiry="enforce")])
+    assert P.decide(r, "foo.com", CHAIN, EXPIRES + 60, True, NOW).reason == P.MISMATCH
+
+
+def test_trusted_time_past_expiry_falls_back_even_with_the_clock_unset():
+    p = _policy([_dom("foo.com", pins=(BACKUP,))])
+    for now in (None, EXPIRES - 5, EXPIRES + 5):  # authenticated time is enough on its own
+        v = P.decide(p, "foo.com", CHAIN, now, True, 0, EXPIRES)
+        assert v.allowed is True and v.reason == P.EXPIRED_FALLBACK and v.expired is True, now
+    # a trusted time below the floor counts as the floor
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 1, True, EXPIRES, 5)
+    assert v.reason == P.EXPIRED_FALLBACK
+
+
+def test_clock_lead_bounds_how_far_the_clock_may_run_ahead_of_trusted_time():
+    p = P.Policy.from_obj({"clock_lead": 3600, "domains": [_dom("foo.com", pins=(BACKUP,))]})
+    assert p.clock_lead == 3600 and _policy([]).clock_lead == 0
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 60, True, EXPIRES - 3600)
+    assert v.allowed is True and v.reason == P.EXPIRED_FALLBACK
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 60, True, EXPIRES - 3601)
+    assert v.allowed is False and v.reason == P.EXPIRY_UNCONFIRMED
+    # the lead only lets a trusted clock confirm; the clock below the expiry confirms nothing
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES - 1, True, EXPIRES - 60)
+    assert v.reason == P.MISMATCH and v.expired is False
+
+
+def test_clock_lead_invalid():
+    for bad in (-1, True, "3600", 1.5, P.MAX_CLOCK_LEAD + 1):
+        e = _err({"domains": [], "clock_lead": bad})
+        assert e.field == "clock_lead", bad
+    assert P.Policy.from_obj({"domains": [], "clock_lead": P.MAX_CLOCK_LEAD}).clock_lead == P.MAX_CLOCK_LEAD
 
 
 def test_expired_enforce_keeps_checking_pins():
@@ -242,7 +290,7 @@ def test_expired_enforce_keeps_checking_pins():
 def test_default_on_expiry_is_fallback():
     p = _policy([_dom("foo.com", pins=(BACKUP,))])
     assert p.rules[0].on_expiry == P.ON_EXPIRY_FALLBACK
-    assert P.decide(p, "foo.com", CHAIN, EXPIRES, True).reason == P.EXPIRED_FALLBACK
+    assert P.decide(p, "foo.com", CHAIN, EXPIRES, True, 0, EXPIRES).reason == P.EXPIRED_FALLBACK
 
 
 def test_unknown_clock_is_untrusted():
@@ -257,9 +305,13 @@ def test_unknown_clock_is_untrusted():
 
 def test_clock_below_time_floor_is_untrusted():
     p = _policy([_dom("foo.com", pins=(BACKUP,))])
-    # past expiry by this clock, but the clock is below the floor, so expiry is unknown
-    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 10, True, time_floor=EXPIRES + 100)
+    # the clock is below the floor, so it is not believed and expiry is unknown
+    v = P.decide(p, "foo.com", CHAIN, NOW - 10, True, time_floor=NOW)
     assert v.allowed is False and v.reason == P.CLOCK_UNTRUSTED and v.expired is False
+    assert v.clock_trusted is False
+    # a floor past the expiry is authenticated time: it proves the expiry without the clock
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 10, True, time_floor=EXPIRES + 100)
+    assert v.clock_trusted is False and v.reason == P.EXPIRED_FALLBACK and v.expired is True
     v = P.decide(p, "foo.com", CHAIN, EXPIRES + 100, True, time_floor=EXPIRES + 100)
     assert v.clock_trusted is True and v.reason == P.EXPIRED_FALLBACK
 

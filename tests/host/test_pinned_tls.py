@@ -200,6 +200,30 @@ def test_expired_pins_follow_their_on_expiry_policy(tmp_path: Path, pki: Pki, se
     sock.close()
 
 
+def test_a_spoofed_clock_past_expiry_does_not_let_a_rogue_ca_through(tmp_path: Path, pki: Pki,
+                                                                      servers: dict[str, TlsServer]) -> None:
+    # The bundle trusts the rogue CA too (two public CAs, one mis-issues); on_expiry is the default
+    # "fallback". An attacker on the path answers SNTP with a time 60 s past the pins' expiry.
+    expires = int(time.time()) + 30 * DAY
+    bundle = make_bundle(pki, [pinned(pki, expires=expires)], cas=[pki.root.der, pki.rogue_root.der])
+    agent = board(tmp_path, bundle, clock=lambda: expires + 60)
+    with pytest.raises(C.PinBlocked) as info:
+        agent.connect(HOST, servers["rogue_leaf"].port, 5)
+    assert info.value.reason == P.EXPIRY_UNCONFIRMED and info.value.verdict.expired
+    assert servers["rogue_leaf"].requests == []  # not one application byte
+    [report] = agent.reports.read()
+    assert report["validation-result"] == "expiry_unconfirmed"
+    assert report["served-certificate-chain"][0]["pin-sha256"] == pki.pins["rogue_leaf"]
+    # the real server still connects (its key is pinned), and the time it tells over that
+    # pinned connection is authenticated: once it is past the expiry, the pins really expired
+    sock, check = agent.open(HOST, servers["leaf"].port, 5)
+    assert check.verdict.reason == P.MATCHED and exchange(sock) == b"HELLO\n"
+    assert agent.server_time(check, expires + 30)
+    sock, check = agent.open(HOST, servers["rogue_leaf"].port, 5)
+    assert check.verdict.reason == P.EXPIRED_FALLBACK
+    sock.close()
+
+
 @pytest.mark.parametrize("clock", [EPOCH_2000 + 5, None])
 def test_clock_before_the_trusted_floor_is_untrusted(tmp_path: Path, pki: Pki, servers: dict[str, TlsServer],
                                                      clock: int | None) -> None:

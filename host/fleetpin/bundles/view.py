@@ -135,8 +135,11 @@ def _bundle_view(path: Path, data: bytes) -> View:
                          hint="rebuild it with `fleetpin bundle build`") from None
     header = {"format": b.format, "fleet": b.fleet, "version": b.version, "issued": b.issued,
               "channel": b.channel, "key_ids": [k.hex() for k in b.key_ids]}
+    policy_obj: dict[str, Any] = {"domains": [r.to_obj() for r in b.policy.rules], "unpinned": b.policy.unpinned}
+    if b.policy.clock_lead:
+        policy_obj["clock_lead"] = b.policy.clock_lead
     return View(
-        path=path, kind=BUNDLE, policy_obj={"domains": [r.to_obj() for r in b.policy.rules], "unpinned": b.policy.unpinned},
+        path=path, kind=BUNDLE, policy_obj=policy_obj,
         policy=b.policy, ca_certs=[ca_cert(bytes(c)) for c in b.ca_certs], report=dict(b.report), header=header,
         digest=b.digest, size=b.size, signers=None if b.signers is None else b.signers.to_obj(), data=data,
     )

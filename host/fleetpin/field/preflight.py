@@ -279,7 +279,8 @@ def check_server(view: View, server: Server, ders: list[bytes], now: int) -> Ser
     result.chain = _describe(dc.digests, ders, view.ca_certs)
     # The device's time floor is at least the bundle's issue time: a clock below it is not believed.
     floor = view.header["issued"] if view.kind == BUNDLE and view.header else 0
-    result.verdict = v = dev_policy.decide(view.policy, host, dc.digests, now, dc.verified, floor)
+    # `now` is taken as authenticated time (a device that knows the time): expiry as the rule says.
+    result.verdict = v = dev_policy.decide(view.policy, host, dc.digests, now, dc.verified, floor, now)
     rule = server.rule
     if rule is not None:
         result.pins = [PinStatus(d, label, [depth for depth, c in dc.digests if c == d], d == v.matched_pin)
