@@ -1,30 +1,23 @@
-# pinagent.agent: boot through the store, time, pinned connections with reports, and
-# test_connect (helpers: agent_support.py; uploads and reports over the service:
-# test_agent_service.py). Runs unchanged under CPython and on the MicroPython VM.
+# pinagent.agent: boot through the store, time, pinned connections with reports (helpers:
+# agent_support.py; uploads, reports and test_connect over the service: test_agent_service.py).
+# Runs unchanged under CPython and on the MicroPython VM.
 
 import hashlib
 
 from agent_support import (
     BACKUP,
     EXPIRES,
-    E_CONNECT,
-    E_FLEET,
-    E_SIGNATURE,
     FLEET,
     GOOD,
     NOW,
     V1_ISSUED,
     WRONG,
     FakeTls,
-    R,
     _agent,
     _board,
     _bundle,
-    _refused,
     _reports,
-    _upload,
 )
-from faultfs import FaultFS
 from support import raises, read_vector
 
 from pinagent import connect as C
@@ -50,37 +43,6 @@ def test_boot_with_the_clock_at_2000_keeps_the_installed_bundle():
     assert info["mode"] == S.MODE_OK and info["bundle_version"] == 1 and info["clock"] == "floor"
     a = _agent(_board("v1.bin"), clock=None)
     assert a.identify()["clock"] == "unset" and a.state.mode == S.MODE_OK
-
-
-def test_a_board_without_fleet_config_adopts_the_bundles_fleet():
-    a = _agent(_board("v1.bin"), fleet=None)
-    assert a.state.mode == S.MODE_OK and a.fleet == FLEET
-    e = _refused(_upload, a, _bundle("v2_other_fleet.bin"))
-    assert e.code == E_FLEET
-
-
-def test_empty_flash_is_safe_mode_and_refuses_every_connection():
-    tls = FakeTls()
-    tls.chains["chain-leaf.example"] = GOOD
-    a = _agent(FaultFS(), tls=tls)
-    assert a.identify()["mode"] == S.MODE_SAFE and not a.identify()["trust"]
-    e = raises(C.NoBundle, a.connect, "chain-leaf.example", 443)
-    assert e.verdict.reason == C.NO_BUNDLE and not e.verdict.allowed and tls.calls == []
-    assert a.test_connect("chain-leaf.example", 443)["reason"] == C.NO_BUNDLE
-    assert _reports(a) == []  # safe mode says why in IDENTIFY; no flash wear per refusal
-    e = _refused(_upload, a, _bundle("v1.bin"))
-    assert e.code == E_SIGNATURE and "reprovision" in e.reason
-
-
-def test_a_corrupt_bundle_boots_safe_and_a_signed_bundle_repairs_it():
-    ffs = _board("v1.bin")
-    slot = bytearray(ffs.files[R + "bundle.bin"])
-    slot[100] ^= 1
-    ffs.files[R + "bundle.bin"] = bytes(slot)
-    a = _agent(ffs)
-    assert a.state.mode == S.MODE_SAFE and a.identify()["problems"]
-    assert _upload(a, _bundle("v1.bin"))["installed"]
-    assert a.state.mode == S.MODE_OK and a.identify()["bundle_version"] == 1
 
 
 # ---- connect
@@ -198,32 +160,6 @@ def test_tls_failure_and_network_failure():
     assert r["validation-result"] == "tls_failed" and "Common Name" in r["detail"]
     e = raises(C.NetworkError, a.connect, "nowhere.example", 443)
     assert e.verdict is None and len(_reports(a)) == 1  # nothing was decided: no report
-
-
-def test_reports_can_be_disabled_by_the_bundle():
-    tls = FakeTls()
-    tls.chains["chain-leaf.example"] = WRONG
-    a = _agent(_board("v1.bin"), tls=tls)
-    _upload(a, _bundle("v3_reports_off.bin"))
-    raises(C.PinBlocked, a.connect, "chain-leaf.example", 443)
-    assert _reports(a) == []
-
-
-def test_test_connect_answers_the_verdict():
-    tls = FakeTls()
-    tls.chains["chain-leaf.example"] = GOOD
-    tls.chains["report.example"] = WRONG
-    tls.chains["strict.example"] = GOOD
-    a = _agent(_board("v1.bin"), tls=tls)
-    ok = a.test_connect("chain-leaf.example", 443)
-    assert ok["allowed"] and ok["reason"] == "matched" and ok["matched_label"] == "primary"
-    assert ok["rule"] == "chain-leaf.example" and ok["matched_depth"] == 0 and len(ok["chain"]) == 3
-    assert tls.sockets[0].closed and tls.sockets[0].sent == b""  # the handshake is the test
-    bad = a.test_connect("strict.example", 443)
-    assert not bad["allowed"] and bad["reason"] == "mismatch" and bad["expired"]
-    e = _refused(a.test_connect, "nowhere.example", 443)
-    assert e.code == E_CONNECT and "nowhere.example:443" in e.reason
-    assert len(_reports(a)) == 1
 
 
 def test_reboot_and_trusted_time():

@@ -1,11 +1,14 @@
-# pinagent.agent as the service Handler: bundle upload, read_bundle, reports (helpers:
-# agent_support.py). Runs unchanged under CPython and on the MicroPython VM.
+# pinagent.agent as the service Handler: bundle upload, read_bundle, reports, test_connect, and
+# the boot cases a signed upload repairs (helpers: agent_support.py). These load the service
+# modules (a refusal is a service.ServiceError), so they live apart from test_agent.py: both
+# fit the VM's heap next to the whole agent. Runs unchanged under CPython and on the MicroPython VM.
 
 import hashlib
 
 from agent_support import (
     E_BUNDLE,
     E_CHANGED,
+    E_CONNECT,
     E_DIGEST,
     E_FLEET,
     E_INCOMPLETE,
@@ -15,6 +18,7 @@ from agent_support import (
     E_ROLLBACK,
     E_SIGNATURE,
     E_STORAGE,
+    FLEET,
     GOOD,
     NOW,
     WRONG,
@@ -172,3 +176,63 @@ def test_clear_without_a_read_is_refused_unless_empty():
     b = _agent(ffs.reboot())  # rebooted between the host's read and its clear
     e = _refused(b.clear_reports, len(b.reports.export()))
     assert e.code == E_CHANGED
+
+
+# ---- boot cases an upload repairs, and test_connect
+
+
+def test_a_board_without_fleet_config_adopts_the_bundles_fleet():
+    a = _agent(_board("v1.bin"), fleet=None)
+    assert a.state.mode == S.MODE_OK and a.fleet == FLEET
+    e = _refused(_upload, a, _bundle("v2_other_fleet.bin"))
+    assert e.code == E_FLEET
+
+
+def test_empty_flash_is_safe_mode_and_refuses_every_connection():
+    tls = FakeTls()
+    tls.chains["chain-leaf.example"] = GOOD
+    a = _agent(FaultFS(), tls=tls)
+    assert a.identify()["mode"] == S.MODE_SAFE and not a.identify()["trust"]
+    e = raises(C.NoBundle, a.connect, "chain-leaf.example", 443)
+    assert e.verdict.reason == C.NO_BUNDLE and not e.verdict.allowed and tls.calls == []
+    assert a.test_connect("chain-leaf.example", 443)["reason"] == C.NO_BUNDLE
+    assert _reports(a) == []  # safe mode says why in IDENTIFY; no flash wear per refusal
+    e = _refused(_upload, a, _bundle("v1.bin"))
+    assert e.code == E_SIGNATURE and "reprovision" in e.reason
+
+
+def test_a_corrupt_bundle_boots_safe_and_a_signed_bundle_repairs_it():
+    ffs = _board("v1.bin")
+    slot = bytearray(ffs.files[R + "bundle.bin"])
+    slot[100] ^= 1
+    ffs.files[R + "bundle.bin"] = bytes(slot)
+    a = _agent(ffs)
+    assert a.state.mode == S.MODE_SAFE and a.identify()["problems"]
+    assert _upload(a, _bundle("v1.bin"))["installed"]
+    assert a.state.mode == S.MODE_OK and a.identify()["bundle_version"] == 1
+
+
+def test_reports_can_be_disabled_by_the_bundle():
+    tls = FakeTls()
+    tls.chains["chain-leaf.example"] = WRONG
+    a = _agent(_board("v1.bin"), tls=tls)
+    _upload(a, _bundle("v3_reports_off.bin"))
+    raises(C.PinBlocked, a.connect, "chain-leaf.example", 443)
+    assert _reports(a) == []
+
+
+def test_test_connect_answers_the_verdict():
+    tls = FakeTls()
+    tls.chains["chain-leaf.example"] = GOOD
+    tls.chains["report.example"] = WRONG
+    tls.chains["strict.example"] = GOOD
+    a = _agent(_board("v1.bin"), tls=tls)
+    ok = a.test_connect("chain-leaf.example", 443)
+    assert ok["allowed"] and ok["reason"] == "matched" and ok["matched_label"] == "primary"
+    assert ok["rule"] == "chain-leaf.example" and ok["matched_depth"] == 0 and len(ok["chain"]) == 3
+    assert tls.sockets[0].closed and tls.sockets[0].sent == b""  # the handshake is the test
+    bad = a.test_connect("strict.example", 443)
+    assert not bad["allowed"] and bad["reason"] == "mismatch" and bad["expired"]
+    e = _refused(a.test_connect, "nowhere.example", 443)
+    assert e.code == E_CONNECT and "nowhere.example:443" in e.reason
+    assert len(_reports(a)) == 1
