@@ -216,8 +216,15 @@ def _close(sock):
 
 def open_pinned(adapter, policy, ca_certs, host, port, timeout=None, now=None, time_floor=0, trusted_time=None):
     """Opens a pinned TLS connection; returns (socket, check) with check.verdict allowed, or
-    raises NetworkError / PinBlocked / TlsRefused carrying the verdict."""
-    check = PinCheck(policy, host, now, time_floor, True, trusted_time)
+    raises NetworkError / PinBlocked / TlsRefused carrying the verdict. The host is made
+    canonical first (policy.canonical_host) and the adapter connects to that spelling; a host
+    without one is refused (INVALID_HOST) before anything touches the network."""
+    canon = _policy.canonical_host(host)
+    check = PinCheck(policy, canon if canon is not None else host, now, time_floor, True, trusted_time)
+    if canon is None:
+        v = check.verdict = _policy.decide(policy, host, [], now, True, time_floor, trusted_time)
+        raise PinBlocked(v.reason, v, "not a host name or canonical IP literal", host, port, check)
+    host = canon
     try:
         sock = adapter.open(host, port, timeout, ca_certs, check)
     except NetworkError as e:

@@ -224,6 +224,25 @@ def test_open_pinned_errors_carry_the_verdict():
     assert e.verdict is None and e.host == "chain-leaf.example" and e.port == 443 and "ECONNREFUSED" in str(e)
 
 
+def test_open_pinned_connects_to_the_canonical_host_only():
+    root, inter, leaf, _ = _certs()
+    pol = P.Policy.from_obj({"domains": [{"host": "chain-leaf.example", "pins": [{"pin": _pin("chain-leaf")}],
+                                          "expires": LATER}, {"host": "10.0.0.5", "pins": [{"pin": _pin("chain-leaf")}],
+                                                              "expires": LATER}]})
+    # a spelling getaddrinfo would read as another address, or a port in the name: refused
+    # before any connection, so nothing reaches the network under a name no rule saw
+    for host in ("0x0a.0.0.5", "167772165", "10.0.0.05", "chain-leaf.example:443", "chain-leaf.example\x00.evil"):
+        ad = FakeAdapter([root, inter, leaf])
+        e = raises(C.PinBlocked, C.open_pinned, ad, pol, [root], host, 443, 5, NOW, 0)
+        assert e.reason == P.INVALID_HOST and ad.calls == [], host
+    # the adapter gets the canonical host: the name the policy judged is the name TLS checks
+    for host, canonical in (("CHAIN-LEAF.example.", "chain-leaf.example"), ("::ffff:10.0.0.5", "10.0.0.5")):
+        ad = FakeAdapter([root, inter, leaf])
+        sock, check = C.open_pinned(ad, pol, [root], host, 443, 5, NOW, 0)
+        assert ad.calls[0][0] == canonical and check.verdict.host == canonical
+        assert check.verdict.reason == P.MATCHED and check.verdict.rule.host == canonical
+
+
 def test_a_socket_the_check_never_approved_is_closed_unused():
     root, inter, leaf, other = _certs()
     ad = FakeAdapter([root, inter, leaf], run_check=False)

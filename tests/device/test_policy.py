@@ -158,6 +158,45 @@ def test_ip_literals_match_exactly():
     assert _rule_host(p, "10.0.0.50") is None
 
 
+def test_other_spellings_of_a_pinned_address_never_skip_its_rule():
+    # getaddrinfo (lwIP's ipaddr_aton, like inet_aton) reads each of these as a pinned address:
+    # compared as text they would match no rule and get plain CA validation.
+    p = _policy([_dom("10.0.0.5"), _dom("127.0.0.1"), _dom("fd00::1")])
+    for host in ("127.1", "0x7f.0.0.1", "0177.0.0.1", "2130706433", "10.0.0.05", "10.0.5", "0x0a000005",
+                 "10.0.0.0x5", "127.0.0.1.0x0", "a.0x1f", "1.2.3.4.5", "api.example.com:443", "10.0.0.5:443",
+                 "[fd00::1]", "fd00::1%eth0", "fd00::g", "fd00:::1", "1:2:3:4:5:6:7:8:9", "::ffff:10.0.0.05"):
+        v = P.decide(p, host, CHAIN, NOW, True)
+        assert v.allowed is False and v.reason == P.INVALID_HOST, host
+    # spellings of the same address in canonical form (RFC 5952) find the rule
+    for host, canonical in (("fd00:0::1", "fd00::1"), ("FD00:0:0:0:0:0:0:0001", "fd00::1"),
+                            ("::ffff:10.0.0.5", "10.0.0.5"), ("::FFFF:a00:5", "10.0.0.5"),
+                            ("0:0:0:0:0:ffff:127.0.0.1", "127.0.0.1")):
+        v = P.decide(p, host, CHAIN, NOW, True)
+        assert v.host == canonical and v.rule is not None and v.rule.host == canonical, host
+        assert v.reason == P.MATCHED, host
+
+
+def test_canonical_host():
+    for text, canonical in (("API.Example.com.", "api.example.com"), ("10.0.0.5", "10.0.0.5"),
+                            ("1:0:0:1:0:0:0:1", "1:0:0:1::1"), ("1:0:0:0:1:0:0:1", "1::1:0:0:1"),
+                            ("1:0:1:0:1:0:1:0", "1:0:1:0:1:0:1:0"), ("::", "::"), ("::1", "::1"),
+                            ("2001:DB8:0:0:1::1", "2001:db8::1:0:0:1"), ("64:ff9b::1.2.3.4", "64:ff9b::102:304"),
+                            ("1-2.example", "1-2.example"), ("3com.com", "3com.com")):
+        assert P.canonical_host(text) == canonical, text
+    for text in ("", ".", "a..b", "-" * 64 + ".com", "a" * 250 + ".com", None, 5):
+        assert P.canonical_host(text) is None, text
+
+
+def test_rules_are_canonicalised_and_non_canonical_ip_rules_refused():
+    p = _policy([_dom("fd00:0::1"), _dom("::ffff:10.0.0.5")])
+    assert [r.host for r in p.rules] == ["fd00::1", "10.0.0.5"]
+    e = _err({"domains": [_dom("fd00::1"), _dom("FD00:0:0::1")]})
+    assert e.field == "domains[1].host" and "same names" in e.reason
+    for host in ("127.1", "0x7f.0.0.1", "2130706433", "10.0.0.05", "api.example.com:443", "fd00::1%1"):
+        e = _dom_err(_dom(host))
+        assert e.field == "domains[0].host", host
+
+
 # --- decision ---------------------------------------------------------------------------
 
 

@@ -224,6 +224,28 @@ def test_a_spoofed_clock_past_expiry_does_not_let_a_rogue_ca_through(tmp_path: P
     sock.close()
 
 
+@pytest.mark.parametrize("host", ["127.1", "0x7f.0.0.1", "0177.0.0.1", "2130706433", "127.0.0.01",
+                                  "device.test:443", "[::1]"])
+def test_other_spellings_of_an_address_are_refused_before_any_connection(tmp_path: Path, pki: Pki, host: str,
+                                                                         servers: dict[str, TlsServer]) -> None:
+    # the bundle pins 127.0.0.1; getaddrinfo reads every one of these as that address (or a
+    # name with a port), and compared as text none would find the rule
+    rule = pinned(pki, host="127.0.0.1")
+    agent = board(tmp_path, make_bundle(pki, [rule, pinned(pki)]))
+    with pytest.raises(C.PinBlocked) as info:
+        agent.connect(host, servers["rogue_leaf"].port, 5)
+    assert info.value.reason == P.INVALID_HOST
+    assert servers["rogue_leaf"].server_names == [] and servers["rogue_leaf"].failed == []  # no TCP, no TLS
+
+
+def test_the_canonical_name_is_the_name_tls_checks(tmp_path: Path, pki: Pki, servers: dict[str, TlsServer],
+                                                   verification_always_on: list[Any]) -> None:
+    agent = board(tmp_path, make_bundle(pki, [pinned(pki)]))
+    sock, check = agent.open("DEVICE.Test.", servers["leaf"].port, 5)
+    assert check.verdict.reason == P.MATCHED and check.verdict.host == HOST and exchange(sock) == b"HELLO\n"
+    assert servers["leaf"].server_names == [HOST] and verification_always_on[-1][2] == HOST
+
+
 @pytest.mark.parametrize("clock", [EPOCH_2000 + 5, None])
 def test_clock_before_the_trusted_floor_is_untrusted(tmp_path: Path, pki: Pki, servers: dict[str, TlsServer],
                                                      clock: int | None) -> None:
