@@ -29,7 +29,13 @@ while the update service keeps running, so one signed bundle over serial repairs
 
 Reports: every blocked or report-only verdict is recorded through pinagent.reports (read over
 serial, never sent over the network), except in safe mode, where each refusal is the same and
-IDENTIFY already says why (recording them would only wear the flash).
+IDENTIFY already says why (recording them would only wear the flash). The serial console is not
+authenticated, so nothing on it erases reports: a host acknowledges what it read (ack_reports).
+
+Sessions: when a serial session ends (the I/O loop calls Service.end_session: idle, or serving
+stopped), an upload never committed and the READ_REPORTS snapshot are dropped, so their buffers
+(up to 32 KB) go back to the heap before the application runs. TEST_CONNECT reaches only hosts
+the installed bundle has a rule for: the cable is no way to make the device probe its network.
 """
 
 try:
@@ -48,7 +54,7 @@ from . import connect as _connect
 from . import reports as _reports
 from . import signers as _signers
 from . import store as _store
-from .policy import MATCHED, REPORT_ONLY_MISMATCH
+from .policy import MATCHED, REPORT_ONLY_MISMATCH, canonical_host
 
 CONNECT_TIMEOUT = const(10)  # seconds, TEST_CONNECT and connect() without a timeout
 FLOOR_STEP = const(3600)  # trusted times closer than this to the floor are not written to flash
@@ -132,7 +138,7 @@ class Agent:
         self.reboot_requested = False
         self._incoming = None
         self._committed = None  # (sha256, answer) of the last commit, for a repeated commit
-        self._served = None  # the report log bytes READ_REPORTS served, for CLEAR_REPORTS
+        self._served = None  # the report log bytes of the current READ_REPORTS read-through
         self._trusted = 0  # newest authenticated time seen since boot (the floor lags it by < FLOOR_STEP)
 
     # ---- boot and time
@@ -284,9 +290,10 @@ class Agent:
         except Exception:
             free = None
         try:
-            pending = self.reports.stats()["entries"]
+            pending = self.reports.pending()
+            kept = len(self.reports._entries)
         except Exception:
-            pending = None
+            pending = kept = None
         problems = [p[:_MAX_PROBLEM] for p in st.problems[:_MAX_PROBLEMS]]
         return {
             "device_id": self.device_id,
@@ -303,6 +310,7 @@ class Agent:
             "trust": st.signers is not None,
             "free": free,
             "reports": pending,
+            "reports_kept": kept,
             "problems": problems,
         }
 
@@ -376,29 +384,28 @@ class Agent:
 
     def read_reports(self, offset, length):
         if offset == 0 or self._served is None:
-            # One snapshot per read-through: the chunks of one read are consistent, and
-            # CLEAR_REPORTS compares the log with exactly these bytes.
+            # One snapshot per read-through: the chunks of one read are consistent.
             self._served = self.reports.export()
         data = self._served
         if offset > len(data):
             raise _refuse("E_RANGE", "offset %d past the log's %d bytes" % (offset, len(data)))
         return len(data), memoryview(data)[offset:offset + length]
 
-    def clear_reports(self, size):
-        served = self._served
-        if served is None or len(served) != size:
-            served = size if self.reports.stats()["entries"] == 0 else None
-            if served is None:
-                raise _refuse("E_CHANGED", "read the reports again before clearing them")
-        try:
-            ok = self.reports.clear(served)
-        except _reports.ReportsChanged as e:
-            raise _refuse("E_CHANGED", e.reason)
-        if not ok:
-            raise _refuse("E_STORAGE", "the report log could not be rewritten")
+    def ack_reports(self, seq):
+        acked = self.reports.ack(seq)
+        return {"acked": acked, "pending": self.reports.pending()}
+
+    def end_session(self):
+        self._incoming = None
         self._served = None
 
     def test_connect(self, host, port):
+        canon = canonical_host(host)
+        b = self.state.decoded if self.state is not None else None
+        if canon is None or (b is not None and b.policy.rule_for(canon) is None):
+            raise _refuse("E_CONNECT", "%r: no rule for this host in the installed bundle (TEST_CONNECT "
+                                       "reaches pinned hosts only)" % (host[:64],))
+        host = canon
         try:
             sock, check = self.open(host, port)
         except _connect.NetworkError as e:

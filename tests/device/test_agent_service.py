@@ -7,8 +7,6 @@ import hashlib
 
 from agent_support import (
     E_BUNDLE,
-    E_CHANGED,
-    E_CONNECT,
     E_DIGEST,
     E_FLEET,
     E_INCOMPLETE,
@@ -21,7 +19,6 @@ from agent_support import (
     FLEET,
     GOOD,
     NOW,
-    WRONG,
     FakeTls,
     R,
     _agent,
@@ -146,39 +143,7 @@ def test_read_bundle_serves_the_installed_bytes():
     assert _agent(FaultFS()).read_bundle(0, 10) == (0, b"")
 
 
-# ---- reports over the service
-
-
-def test_clear_reports_only_what_was_read():
-    tls = FakeTls()
-    tls.chains["chain-leaf.example"] = WRONG
-    a = _agent(_board("v1.bin"), tls=tls)
-    a.clear_reports(0)  # empty: succeeds
-    raises(C.PinBlocked, a.connect, "chain-leaf.example", 443)
-    total, _ = a.read_reports(0, 512)
-    raises(C.PinBlocked, a.connect, "chain-leaf.example", 443)  # merged: same length, new count
-    assert len(a.reports.export()) == total
-    e = _refused(a.clear_reports, total)
-    assert e.code == E_CHANGED and len(_reports(a)) == 1
-    total, _ = a.read_reports(0, 512)
-    a.clear_reports(total)
-    assert _reports(a) == [] and a.identify()["reports"] == 0
-    e = _refused(a.read_reports, 10000, 10)
-    assert e.code == E_RANGE
-
-
-def test_clear_without_a_read_is_refused_unless_empty():
-    tls = FakeTls()
-    tls.chains["chain-leaf.example"] = WRONG
-    ffs = _board("v1.bin")
-    a = _agent(ffs, tls=tls)
-    raises(C.PinBlocked, a.connect, "chain-leaf.example", 443)
-    b = _agent(ffs.reboot())  # rebooted between the host's read and its clear
-    e = _refused(b.clear_reports, len(b.reports.export()))
-    assert e.code == E_CHANGED
-
-
-# ---- boot cases an upload repairs, and test_connect
+# ---- boot cases an upload repairs
 
 
 def test_a_board_without_fleet_config_adopts_the_bundles_fleet():
@@ -210,29 +175,3 @@ def test_a_corrupt_bundle_boots_safe_and_a_signed_bundle_repairs_it():
     assert a.state.mode == S.MODE_SAFE and a.identify()["problems"]
     assert _upload(a, _bundle("v1.bin"))["installed"]
     assert a.state.mode == S.MODE_OK and a.identify()["bundle_version"] == 1
-
-
-def test_reports_can_be_disabled_by_the_bundle():
-    tls = FakeTls()
-    tls.chains["chain-leaf.example"] = WRONG
-    a = _agent(_board("v1.bin"), tls=tls)
-    _upload(a, _bundle("v3_reports_off.bin"))
-    raises(C.PinBlocked, a.connect, "chain-leaf.example", 443)
-    assert _reports(a) == []
-
-
-def test_test_connect_answers_the_verdict():
-    tls = FakeTls()
-    tls.chains["chain-leaf.example"] = GOOD
-    tls.chains["report.example"] = WRONG
-    tls.chains["strict.example"] = GOOD
-    a = _agent(_board("v1.bin"), tls=tls)
-    ok = a.test_connect("chain-leaf.example", 443)
-    assert ok["allowed"] and ok["reason"] == "matched" and ok["matched_label"] == "primary"
-    assert ok["rule"] == "chain-leaf.example" and ok["matched_depth"] == 0 and len(ok["chain"]) == 3
-    assert tls.sockets[0].closed and tls.sockets[0].sent == b""  # the handshake is the test
-    bad = a.test_connect("strict.example", 443)
-    assert not bad["allowed"] and bad["reason"] == "mismatch" and bad["expired"]
-    e = _refused(a.test_connect, "nowhere.example", 443)
-    assert e.code == E_CONNECT and "nowhere.example:443" in e.reason
-    assert len(_reports(a)) == 1

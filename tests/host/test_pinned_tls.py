@@ -344,12 +344,19 @@ def test_test_connect_and_reports_through_the_service(tmp_path: Path, pki: Pki, 
         if len(data) >= total:
             break
     assert b'"validation-result":"tls_failed"' in data and total == len(data)
-    clear = client.clear_reports(total)
-    run(clear)
-    assert clear.ok and agent.reports.read() == []
+    seq = agent.reports.read()[0]["seq"]
+    ack = client.ack_reports(seq)
+    run(ack)
+    assert ack.result == {"acked": seq, "pending": 0} and len(agent.reports.read()) == 1  # kept
     nowhere = client.test_connect("localhost", 1)
     run(nowhere)
     assert nowhere.error.name == "connect"
+    # no rule for the name: the device does not connect at all (the cable is no network probe)
+    seen = len(servers["leaf"].server_names)
+    unpinned = client.test_connect("elsewhere.test", servers["leaf"].port)
+    run(unpinned)
+    assert unpinned.error.name == "connect" and "no rule" in unpinned.error.message
+    assert len(servers["leaf"].server_names) == seen and servers["leaf"].failed == []
 
 
 def test_device_test_codes_match_the_service() -> None:

@@ -18,7 +18,8 @@ REASON_TEXT: dict[str, str] = {
     dev_policy.NO_POLICY: "no rule for this host: CA validation decided",
     dev_policy.NO_POLICY_BLOCKED: "no rule for this host, and unpinned = \"block\"",
     dev_policy.UNVERIFIED: "CA validation decides here, and the chain was not verified",
-    dev_policy.INVALID_HOST: "the host name is empty or has an empty label",
+    dev_policy.INVALID_HOST: "not a host name or a canonical IP literal (IPv4 as a dotted quad, IPv6 without port, "
+    "brackets or zone): devices refuse it before any lookup",
     dev_connect.TLS_FAILED: "the chain does not validate against the CA certificates the device trusts: "
     "its TLS handshake fails before any pin counts",
 }
