@@ -194,8 +194,36 @@ def test_fp016_ca_certificate_expiring(policies: Policies, pki: Pki) -> None:
     assert ids(path, now=later) == ["FP016"]
 
 
+@pytest.mark.parametrize("written, canonical", [("fd00:0::1", "fd00::1"), ("::ffff:10.0.0.5", "10.0.0.5"),
+                                                ("FD00::1", "fd00::1"), ("API.device.test", "api.device.test"),
+                                                ("api.device.test.", "api.device.test")])
+def test_fp017_a_host_not_written_as_devices_compare_it(policies: Policies, written: str, canonical: str) -> None:
+    path = policies.write(domain(policies.good_pins, host=written))
+    findings = lint(load_view(path, lenient=True), now=NOW)
+    assert [(f.rule, f.severity) for f in findings] == [("FP017", "error")]
+    assert repr(written) in findings[0].message and repr(canonical) in findings[0].message
+    assert ids(policies.write(domain(policies.good_pins, host=canonical))) == []
+
+
+def test_fp017_in_a_built_bundle(policies: Policies, fleetpin: Callable[..., Any], tmp_path: Path) -> None:
+    keys = _keys(fleetpin, tmp_path)
+    path = policies.write(domain(policies.good_pins, host="fd00:0:0::1"))
+    out = tmp_path / "b.fpb"
+    assert fleetpin("bundle", "build", path, "--fleet", "f", "--version", "1", "--key", keys, "-o", out,
+                    "--allow-lint-errors", env={"FLEETPIN_KEY_PASSPHRASE": PASS}).exit_code == 0
+    result = fleetpin("bundle", "lint", out, "--json")
+    assert result.exit_code == 1 and [f["rule"] for f in json.loads(result.stdout)["findings"]] == ["FP017"]
+
+
+@pytest.mark.parametrize("host", ["127.1", "0x7f.0.0.1", "0177.0.0.1", "2130706433", "10.0.0.05",
+                                  "api.device.test:443"])
+def test_a_host_with_no_canonical_form_is_refused(policies: Policies, fleetpin: Callable[..., Any], host: str) -> None:
+    result = fleetpin("bundle", "lint", policies.write(domain(policies.good_pins, host=host)))
+    assert result.exit_code == 2 and "domain[0].host" in result.stderr
+
+
 def test_every_rule_has_a_severity_and_a_hint() -> None:
-    assert sorted(RULES) == [f"FP{i:03d}" for i in range(1, 17)]
+    assert sorted(RULES) == [f"FP{i:03d}" for i in range(1, 18)]
     assert all(r.severity in ("error", "warning", "info") and r.hint and r.title for r in RULES.values())
 
 

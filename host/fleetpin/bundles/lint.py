@@ -76,6 +76,9 @@ RULES: dict[str, LintRule] = {r.id: r for r in (
              "check the host name (--chain HOST=FILE) or add a [[domain]] for it"),
     LintRule("FP016", WARNING, "a CA certificate has expired or expires soon",
              "ship the CA's successor in [bundle] ca_certs before it expires"),
+    LintRule("FP017", ERROR, "a host is not written the way devices compare it",
+             "write the host in canonical form (lowercase, no trailing dot; IPv6 as RFC 5952, an IPv4-mapped "
+             "address as IPv4): the policy must say exactly what devices match"),
 )}
 
 # A subset of the Public Suffix List (https://publicsuffix.org), NOT the list itself.
@@ -144,6 +147,10 @@ def lint(view: View, chains: Sequence[ServedChain] = (), *, now: int, max_horizo
 def _domain_findings(view: View, r: Rule, now: int, horizon: int, warn_days: int) -> list[Finding]:
     out: list[Finding] = []
     host = r.host
+    written = view.written_hosts[r.index] if r.index < len(view.written_hosts) else host
+    if written != host:
+        out.append(Finding("FP017", ERROR, f"domain[{r.index}] host {written!r}: devices compare it as {host!r}",
+                           host))
     if r.enforce and len(r.pins) < 2:
         out.append(Finding("FP001", ERROR, f"{host}: {len(r.pins)} pin, enforced", host))
     left = days_left(r.expires, now)
