@@ -1,12 +1,15 @@
 """Pinned TLS connections, the runtime-independent part: the verify-callback state machine and
 the one call that opens a connection through an injected TLS adapter.
 
-    check = PinCheck(policy, host, now, time_floor)
+    check = PinCheck(policy, host, now, time_floor, trusted_time=None)
     check.on_cert(der, depth) -> 0 | 1      the verify callback (mbedTLS: top first, leaf last at
                                             depth 0); decides at depth 0; never raises
     check.verdict                           pinagent.policy.Verdict, or None before depth 0
 
-    sock, check = open_pinned(adapter, policy, ca_certs, host, port, timeout, now, time_floor)
+    sock, check = open_pinned(adapter, policy, ca_certs, host, port, timeout, now, time_floor, trusted_time)
+
+now, time_floor and trusted_time are policy.decide's (trusted_time: the newest authenticated
+time, which alone can confirm that pins expired).
 
 The adapter (pinagent.io.tls on the ESP32, fleetpin.sim.tls on CPython) does the I/O:
 
@@ -117,13 +120,15 @@ class PinCheck:
     order; `subjects`: {depth: subject CN} (for reports; None if unreadable); `verdict`: set at
     depth 0; `detail`: why the check failed, if it did."""
 
-    __slots__ = ("policy", "host", "now", "time_floor", "chain", "subjects", "verdict", "detail", "want_subjects")
+    __slots__ = ("policy", "host", "now", "time_floor", "trusted_time", "chain", "subjects", "verdict", "detail",
+                 "want_subjects")
 
-    def __init__(self, policy, host, now, time_floor=0, subjects=True):
+    def __init__(self, policy, host, now, time_floor=0, subjects=True, trusted_time=None):
         self.policy = policy
         self.host = host
         self.now = now
         self.time_floor = time_floor or 0
+        self.trusted_time = trusted_time
         self.chain = []
         self.subjects = {}
         self.verdict = None
@@ -167,7 +172,8 @@ class PinCheck:
             return 0
         # leaf first, as policy.decide and the reports expect
         chain = sorted(self.chain, key=_depth_of)
-        self.verdict = _policy.decide(self.policy, self.host, chain, self.now, True, self.time_floor)
+        self.verdict = _policy.decide(self.policy, self.host, chain, self.now, True, self.time_floor,
+                                      self.trusted_time)
         return 0 if self.verdict.allowed else 1
 
     def _block(self, reason, detail):
@@ -208,10 +214,17 @@ def _close(sock):
         pass
 
 
-def open_pinned(adapter, policy, ca_certs, host, port, timeout=None, now=None, time_floor=0):
+def open_pinned(adapter, policy, ca_certs, host, port, timeout=None, now=None, time_floor=0, trusted_time=None):
     """Opens a pinned TLS connection; returns (socket, check) with check.verdict allowed, or
-    raises NetworkError / PinBlocked / TlsRefused carrying the verdict."""
-    check = PinCheck(policy, host, now, time_floor)
+    raises NetworkError / PinBlocked / TlsRefused carrying the verdict. The host is made
+    canonical first (policy.canonical_host) and the adapter connects to that spelling; a host
+    without one is refused (INVALID_HOST) before anything touches the network."""
+    canon = _policy.canonical_host(host)
+    check = PinCheck(policy, canon if canon is not None else host, now, time_floor, True, trusted_time)
+    if canon is None:
+        v = check.verdict = _policy.decide(policy, host, [], now, True, time_floor, trusted_time)
+        raise PinBlocked(v.reason, v, "not a host name or canonical IP literal", host, port, check)
+    host = canon
     try:
         sock = adapter.open(host, port, timeout, ca_certs, check)
     except NetworkError as e:

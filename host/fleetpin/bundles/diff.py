@@ -159,5 +159,5 @@ def _chain_changes(old: View, new: View, chain: ServedChain, now: int) -> list[d
 
 def _verdict(view: View, chain: ServedChain, host: str, t: int) -> dict[str, Any]:
     dc = device_chain(chain, host, view.ca_certs, t)
-    v = dev_policy.decide(view.policy, host, dc.digests, t, dc.verified)
+    v = dev_policy.decide(view.policy, host, dc.digests, t, dc.verified, 0, t)  # t: authenticated time
     return {"allowed": v.allowed, "reason": v.reason}

@@ -2,7 +2,7 @@
 
 Each rule has an id, a severity and a fix hint (RULES). `lint(view, chains, ...)` returns the
 findings for a fleetpin.bundles.view.View; chains (what servers present now) enable the rules
-that need them (FP002, FP003, FP011, FP012, FP015). FP017 to FP023 are the limits the device
+that need them (FP002, FP003, FP011, FP012, FP015). FP018 to FP024 are the limits the device
 enforces on a bundle (pinagent.bundle), one rule each. Severities: error = a likely outage or a
 bundle that cannot work (`bundle lint` exits 1, `bundle build` refuses to sign); warning =
 a risk to look at; info = worth knowing.
@@ -91,27 +91,30 @@ RULES: dict[str, LintRule] = {r.id: r for r in (
              "check the host name (--chain HOST=FILE) or add a [[domain]] for it"),
     LintRule("FP016", WARNING, "a CA certificate has expired or expires soon",
              "ship the CA's successor in [bundle] ca_certs before it expires"),
+    LintRule("FP017", ERROR, "a host is not written the way devices compare it",
+             "write the host in canonical form (lowercase, no trailing dot; IPv6 as RFC 5952, an IPv4-mapped "
+             "address as IPv4): the policy must say exactly what devices match"),
     # The limits the device enforces on a bundle (pinagent.bundle): one rule each, so a bundle
     # that would be refused is refused here, naming the limit, before anything is signed.
-    LintRule("FP017", ERROR, f"more CA certificates than a device accepts ({dev_bundle.MAX_CERTS})",
+    LintRule("FP018", ERROR, f"more CA certificates than a device accepts ({dev_bundle.MAX_CERTS})",
              "list only the CAs the domains chain to (their roots or the intermediates they pin), "
              f"at most {dev_bundle.MAX_CERTS}; fleetpin bundle fetch-cas shows which CA each server needs"),
-    LintRule("FP018", ERROR, f"a CA certificate larger than a device accepts ({dev_bundle.MAX_CERT} bytes)",
+    LintRule("FP019", ERROR, f"a CA certificate larger than a device accepts ({dev_bundle.MAX_CERT} bytes)",
              "use the CA's own certificate (DER), not a bundle file; a certificate this large is rare: "
              "pick another CA of the chain"),
-    LintRule("FP019", ERROR, "a CA certificate the device's certificate parser refuses",
+    LintRule("FP020", ERROR, "a CA certificate the device's certificate parser refuses",
              "replace it with the CA's DER-encoded X.509 v3 certificate: the device refuses the whole bundle"),
-    LintRule("FP020", ERROR, f"the policy is larger than a bundle's payload may be ({dev_bundle.MAX_PAYLOAD} bytes)",
+    LintRule("FP021", ERROR, f"the policy is larger than a bundle's payload may be ({dev_bundle.MAX_PAYLOAD} bytes)",
              "split the fleet's domains, use a wildcard for many hosts of one domain, drop pin labels "
              "or report settings; a signer-set rotation (--new-signers) adds about 150 bytes a key"),
-    LintRule("FP021", ERROR, f"the signed bundle would be larger than a device accepts ({dev_bundle.MAX_BUNDLE} bytes)",
+    LintRule("FP022", ERROR, f"the signed bundle would be larger than a device accepts ({dev_bundle.MAX_BUNDLE} bytes)",
              "fewer or smaller CA certificates, or fewer domains"),
-    LintRule("FP022", ERROR, "report settings outside what a device accepts",
+    LintRule("FP023", ERROR, "report settings outside what a device accepts",
              "in [report]: enabled = true or false, max_entries "
              + "{}..{}, max_bytes {}..{}".format(*dev_bundle._REPORT_LIMITS["max_entries"],
                                                  *dev_bundle._REPORT_LIMITS["max_bytes"])),
-    LintRule("FP023", WARNING, "the bundle is within 10% of a device size limit",
-             "the next domain or CA certificate may not fit: trim the policy before it does (FP020, FP021)"),
+    LintRule("FP024", WARNING, "the bundle is within 10% of a device size limit",
+             "the next domain or CA certificate may not fit: trim the policy before it does (FP021, FP022)"),
 )}
 
 # What lint cannot see: limits on what `bundle build` takes from its options (the fleet id,
@@ -195,24 +198,24 @@ def _limit_findings(view: View) -> list[Finding]:
     out: list[Finding] = []
     cas = view.ca_certs
     if len(cas) > dev_bundle.MAX_CERTS:
-        out.append(Finding("FP017", ERROR, f"{len(cas)} CA certificates: a device accepts at most "
+        out.append(Finding("FP018", ERROR, f"{len(cas)} CA certificates: a device accepts at most "
                                            f"{dev_bundle.MAX_CERTS} and refuses the whole bundle (BundleTooLarge)"))
     for i, ca in enumerate(cas):
         if len(ca.der) > dev_bundle.MAX_CERT:
-            out.append(Finding("FP018", ERROR, f"CA certificate {i} ({ca.subject}) is {len(ca.der)} bytes: a device "
+            out.append(Finding("FP019", ERROR, f"CA certificate {i} ({ca.subject}) is {len(ca.der)} bytes: a device "
                                                f"accepts at most {dev_bundle.MAX_CERT} (BundleTooLarge)"))
         try:
             dev_der.spki_of_certificate(ca.der)
         except dev_der.DerError as e:
-            out.append(Finding("FP019", ERROR, f"CA certificate {i} ({ca.subject}): the device's parser says: "
+            out.append(Finding("FP020", ERROR, f"CA certificate {i} ({ca.subject}): the device's parser says: "
                                                f"{e} (BundleSchemaError)"))
     report = view.report or {}
     for key, value in report.items():
         limits = dev_bundle._REPORT_LIMITS.get(key)
         if key == "enabled" and not isinstance(value, bool):
-            out.append(Finding("FP022", ERROR, f"report.enabled = {value!r}: not true or false"))
+            out.append(Finding("FP023", ERROR, f"report.enabled = {value!r}: not true or false"))
         elif limits is not None and (type(value) is not int or not limits[0] <= value <= limits[1]):
-            out.append(Finding("FP022", ERROR, f"report.{key} = {value!r}: a device accepts an integer in "
+            out.append(Finding("FP023", ERROR, f"report.{key} = {value!r}: a device accepts an integer in "
                                                f"{limits[0]}..{limits[1]}"))
     if view.kind == BUNDLE and view.size is not None:
         size, payload = view.size, None
@@ -222,10 +225,10 @@ def _limit_findings(view: View) -> list[Finding]:
         size = largest_envelope(payload, [len(ca.der) for ca in cas])
         estimate = "up to "
         if payload > dev_bundle.MAX_PAYLOAD:
-            out.append(Finding("FP020", ERROR, f"the payload (policy and report settings) is {payload} bytes: a device "
+            out.append(Finding("FP021", ERROR, f"the payload (policy and report settings) is {payload} bytes: a device "
                                                f"accepts at most {dev_bundle.MAX_PAYLOAD} (BundleTooLarge)"))
         if size > dev_bundle.MAX_BUNDLE:
-            out.append(Finding("FP021", ERROR, f"the bundle would be {estimate}{size} bytes once signed: a device "
+            out.append(Finding("FP022", ERROR, f"the bundle would be {estimate}{size} bytes once signed: a device "
                                                f"accepts at most {dev_bundle.MAX_BUNDLE} (BundleTooLarge)"))
     near = []
     if payload is not None and NEAR_LIMIT * dev_bundle.MAX_PAYLOAD < payload <= dev_bundle.MAX_PAYLOAD:
@@ -233,13 +236,17 @@ def _limit_findings(view: View) -> list[Finding]:
     if NEAR_LIMIT * dev_bundle.MAX_BUNDLE < size <= dev_bundle.MAX_BUNDLE:
         near.append(f"bundle {estimate}{size} of {dev_bundle.MAX_BUNDLE} bytes")
     if near:
-        out.append(Finding("FP023", WARNING, "close to the device's limits: " + ", ".join(near)))
+        out.append(Finding("FP024", WARNING, "close to the device's limits: " + ", ".join(near)))
     return out
 
 
 def _domain_findings(view: View, r: Rule, now: int, horizon: int, warn_days: int) -> list[Finding]:
     out: list[Finding] = []
     host = r.host
+    written = view.written_hosts[r.index] if r.index < len(view.written_hosts) else host
+    if written != host:
+        out.append(Finding("FP017", ERROR, f"domain[{r.index}] host {written!r}: devices compare it as {host!r}",
+                           host))
     if r.enforce and len(r.pins) < 2:
         out.append(Finding("FP001", ERROR, f"{host}: {len(r.pins)} pin, enforced", host))
     left = days_left(r.expires, now)

@@ -264,7 +264,8 @@ def print_inspect(obj: dict[str, Any]) -> None:
         click.echo(f"  digest {h['digest']}  {h['size']} bytes")
         for s in obj["signatures"]["signed_by"]:
             click.echo(f"  signed by {s['name'] or '(unnamed)'} ({s['key_id']}): verified")
-    click.echo(f"domains ({len(obj['domains'])}); hosts without a rule: {obj['unpinned']}")
+    lead = f"; the clock may lead trusted time by {obj['clock_lead']} s at expiry" if obj["clock_lead"] else ""
+    click.echo(f"domains ({len(obj['domains'])}); hosts without a rule: {obj['unpinned']}{lead}")
     for d in obj["domains"]:
         sub = " (and subdomains)" if d["include_subdomains"] else ""
         left = d["days_left"]

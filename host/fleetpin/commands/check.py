@@ -36,8 +36,9 @@ RUNTIMES = ("device", "micropython", "wasm")
 @click.option("--host", required=True, help="The server name the device connects to (its server_hostname).")
 @click.argument("chain_path", metavar="CHAIN", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--now", "now_text", metavar="ISO8601|unknown",
-              help="The device's clock, e.g. 2026-05-01T12:00:00Z (default: this machine's clock); "
-              "'unknown' = a device whose clock was never set.")
+              help="The device's clock, e.g. 2026-05-01T12:00:00Z (default: this machine's clock), taken as "
+              "authenticated time (on a device only a signed bundle or a pinned server can prove that pins "
+              "expired); 'unknown' = a device whose clock was never set.")
 @click.option("--ca", "ca_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Trust anchors (PEM/DER) to verify the chain against: the CA certificates your bundle ships.")
 @click.option("--unverified", is_flag=True,
