@@ -253,15 +253,15 @@ class Sock:
 class Agent:
     def __init__(self):
         self.calls, self.times = 0, []
-    def connect(self, host, port, timeout=None):
+    def open(self, host, port, timeout=None):
         self.calls += 1
         print("connect", host, port, timeout)
         if self.calls == 1:
             self.sock = Sock(b"HTTP/1.0 200 OK\\r\\nServer: x\\r\\nDate: Fri, 01 May 2026 12:00:00 GMT\\r\\n\\r\\n{}")
-            return self.sock
+            return self.sock, "the check"
         raise PinBlocked("mismatch", None, "no pinned key in the chain", host, port)
-    def trusted_time(self, t):
-        self.times.append(t)
+    def server_time(self, check, t):
+        self.times.append((check, t))
 
 agent = Agent()
 app.main(agent)
@@ -296,4 +296,4 @@ def test_the_readme_application_builds_and_handles_a_blocked_pin(fleetpin: Calla
     assert "config: 200 2 bytes" in lines
     assert sum(line.startswith("pin blocked: mismatch") for line in lines) == 3  # then main() returned
     assert "request b'GET /v1/config HTTP/1.0\\r\\nHost: api.example.com\\r\\n\\r\\n'" in lines
-    assert "trusted [1777636800] calls 4" in lines  # the Date of the pinned response, as POSIX seconds
+    assert "trusted [('the check', 1777636800)] calls 4" in lines  # the pinned response's Date, with its check

@@ -122,8 +122,8 @@ def largest_envelope(payload_size: int, cert_sizes: Sequence[int]) -> int:
     header = canonical_json({"format": dev_bundle.FORMAT, "fleet": "f" * 64, "version": dev_bundle.MAX_VERSION,
                              "issued": dev_bundle.MAX_TIME, "channel": dev_signers.DEVELOPMENT,
                              "key_ids": ["0" * 16] * dev_bundle.MAX_SIGS})
-    return (len(dev_bundle.MAGIC) + 2 + len(header) + 4 + payload_size + 1 + sum(2 + n for n in cert_sizes)
-            + 1 + dev_bundle.MAX_SIGS * (dev_bundle.KEY_ID_SIZE + dev_bundle.SIG_SIZE))
+    signatures: int = dev_bundle.MAX_SIGS * (dev_bundle.KEY_ID_SIZE + dev_bundle.SIG_SIZE)
+    return len(dev_bundle.MAGIC) + 2 + len(header) + 4 + payload_size + 1 + sum(2 + n for n in cert_sizes) + 1 + signatures
 
 
 def build_bundle(

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+
 from fleetpin import output
 from fleetpin.line.boards import load_boards
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from fleetpin import output
 from fleetpin.bundles.build import build_bundle, load_bundle_source
 from fleetpin.bundles.chains import load_chains
 from fleetpin.bundles.diff import diff_views
@@ -30,10 +31,9 @@ from fleetpin.bundles.lint import (
 )
 from fleetpin.bundles.view import View, iso_date, load_view, view_of_source
 from fleetpin.device_errors import hint_for
-from fleetpin import output
-from fleetpin.output import secho
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.files import write_atomic
+from fleetpin.output import secho
 from fleetpin.pki import keys
 from fleetpin.pki.signing import CommandSigner, LocalKeySigner, Signer
 from fleetpin.times import now as clock_now

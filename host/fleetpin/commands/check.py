@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from fleetpin import output
 from fleetpin.bundles.build import load_bundle_source
 from fleetpin.bundles.chains import (
     Verification,
@@ -22,7 +23,6 @@ from fleetpin.bundles.chains import (
     verify_chain,
 )
 from fleetpin.bundles.verdicts import hint_for, reason_text
-from fleetpin import output
 from fleetpin.errors import FleetpinError
 from fleetpin.times import iso8601, parse_now
 from pinagent.connect import TLS_FAILED

@@ -9,11 +9,11 @@ from pathlib import Path
 import click
 
 from fleetpin import formats
-from fleetpin.output import secho
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.files import write_atomic, write_output
 from fleetpin.formats import FORMATS
 from fleetpin.formats.common import TRUSTKIT_FORMATS, ExportWarning, load_policy_source
+from fleetpin.output import secho
 
 
 def print_warnings(warnings: list[ExportWarning]) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from fleetpin.output import secho
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.files import write_atomic, write_output
 from fleetpin.formats.android_import import NEVER, import_android
+from fleetpin.output import secho
 from fleetpin.times import parse_time
 
 FORMATS = ("android",)

@@ -58,6 +58,9 @@ keys and CSRs are always pinned on the host.
 \b
 Output: `<pin>  depth N  <subject>` for certificates, `<pin>  <kind>
 <description>` for keys and CSRs; `# source` headers when there are several.
+A name with bytes its string type does not allow is shown escaped (\\xNN): the
+certificate is pinned all the same. With several inputs, as with sha256sum, one
+that cannot be read is reported on stderr and the others are still pinned.
 
 \b
 Examples:
@@ -68,8 +71,9 @@ Examples:
   fleetpin pin --passphrase-file pass.txt --json encrypted.key
 
 \b
-Exit codes: 0 ok, 1 server refused / TLS failure / runtimes disagree,
-2 unreadable input (missing file, unknown format, wrong passphrase)."""
+Exit codes: 0 ok, 1 server refused / TLS failure / runtimes disagree / one
+of several inputs could not be pinned, 2 a single input unreadable (missing
+file, unknown format, wrong passphrase)."""
 
 
 @click.command("pin", help=HELP)

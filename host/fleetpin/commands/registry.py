@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+
 from fleetpin import output
 from fleetpin.errors import UsageError
 from fleetpin.files import write_atomic
