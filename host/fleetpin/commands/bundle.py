@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from fleetpin import output
+from fleetpin import output, passphrase
 from fleetpin.bundles.build import build_bundle, load_bundle_source
 from fleetpin.bundles.chains import load_chains
 from fleetpin.bundles.diff import diff_views
@@ -76,7 +76,7 @@ def _signers_for(key_args: tuple[Path, ...], sign_command: str | None, passphras
 @click.option("--issued", "issued_text", metavar="ISO8601|@SECONDS",
               help="issue time, e.g. 2026-05-01T12:00:00Z or @1777636800 (default: now)")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"file holding the key passphrase (else ${keys.PASSPHRASE_ENV}, else a prompt)")
+              help=passphrase.OPTION_HELP)
 @click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--allow-lint-errors", is_flag=True,
               help="sign even if `fleetpin bundle lint` finds errors (printed loudly): for emergencies only")

@@ -35,8 +35,8 @@ RUNTIMES = ("device", "micropython", "wasm")
               type=click.Path(dir_okay=False, path_type=Path), help="The pin policy (see examples/policy.toml).")
 @click.option("--host", required=True, help="The server name the device connects to (its server_hostname).")
 @click.argument("chain_path", metavar="CHAIN", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--now", "now_text", metavar="ISO8601|unknown",
-              help="The device's clock, e.g. 2026-05-01T12:00:00Z (default: this machine's clock), taken as "
+@click.option("--now", "now_text", metavar="ISO8601|@SECONDS|unknown",
+              help="The device's clock, e.g. 2026-05-01T12:00:00Z or @1777636800 (default: this machine's clock), taken as "
               "authenticated time (on a device only a signed bundle or a pinned server can prove that pins "
               "expired); 'unknown' = a device whose clock was never set.")
 @click.option("--ca", "ca_path", type=click.Path(dir_okay=False, path_type=Path),

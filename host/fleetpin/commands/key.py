@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
+from fleetpin import passphrase
 from fleetpin.bundles.build import canonical_json
 from fleetpin.errors import UsageError
 from fleetpin.files import write_atomic
 from fleetpin.pki import keys
 from fleetpin.pki.certs import read_input
 
-_PASSPHRASE_HELP = f"file holding the passphrase (else ${keys.PASSPHRASE_ENV}, else a prompt)"
+_PASSPHRASE_HELP = passphrase.OPTION_HELP
 
 
 @click.group()

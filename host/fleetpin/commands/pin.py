@@ -83,8 +83,7 @@ file, unknown format, wrong passphrase)."""
 @click.option("--ca", "ca_file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
               help="Validate --host chains against only these PEM CA certificates.")
 @click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
-              help="File holding the passphrase of encrypted private keys / PKCS#12 (else $FLEETPIN_KEY_PASSPHRASE, "
-                   "else a prompt on a terminal).")
+              help="Passphrase of encrypted private keys / PKCS#12: " + passphrase.OPTION_HELP + ".")
 @click.option("--timeout", default=10.0, show_default=True, metavar="SECONDS",
               help="Give up on a --host that has not completed the TLS handshake by then.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of records.")

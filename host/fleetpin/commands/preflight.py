@@ -30,7 +30,7 @@ if TYPE_CHECKING:
                    "name sent (SNI) and checked.")
 @click.option("--trust", "trust_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Verify the bundle's signatures against this signer set first (fleetpin key signers).")
-@click.option("--now", "now_text", metavar="ISO8601",
+@click.option("--now", "now_text", metavar="ISO8601|@SECONDS",
               help="Evaluate at this time instead of now, e.g. 2027-03-01 (will devices still connect then?).")
 @click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds to wait for each server's TLS handshake.")
