@@ -372,3 +372,69 @@ class MqttBroker:
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+
+
+# ---- RAM: the same modules on the 64-bit unix port and the 32-bit wasm VM
+
+RAM_APP = REPO / "tests" / "unixport" / "clients_ram.py"
+RAM_MODULES = ("pinagent.agent", "pinagent.io.tls", "pinagent.tlsctx", "pinagent.http", "mqtt")
+
+
+def mpy_lib(tmp: Path) -> Path:
+    """The agent (as device/manifest.py ships it) and the test MQTT client compiled to .mpy, as
+    `fleetpin image build` installs modules; plus the socket shim. For the unix port's sys.path."""
+    from fleetpin import agent_files
+
+    lib = tmp / "mpy-lib"
+    for f in agent_files.read_manifest():
+        if f.in_package:
+            out = lib / f.name[:-3]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.with_suffix(".mpy").write_bytes(agent_files.compiled(f))
+    (lib / "mqtt.mpy").write_bytes(agent_files.compile_mpy(MQTT_CLIENT, "mqtt.py"))
+    (lib / "socket.py").write_text(SOCKET_SHIM)
+    return lib
+
+
+def run_ram(mp: Path, tmp: Path, lib: Path, job: dict[str, Any], heap_kb: int) -> tuple[str, dict[str, int]]:
+    """clients_ram.py under a hard heap: ("ok", figures), ("memory", {}) or ("modules", {"modules": n})."""
+    path = tmp / f"ram-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps({"fleet": FLEET, "device_id": "unix-01", **job}))
+    done = run_micropython(mp, RAM_APP, [str(path)], [lib], heap_kb)
+    for line in done.stdout.splitlines():
+        if line.startswith("RAM "):
+            return "ok", json.loads(line[4:])
+        if line.startswith("MODULES "):
+            return "modules", {"modules": int(line.split()[1])}
+    if "MEMORY" in done.stdout or "MemoryError" in done.stderr:
+        return "memory", {}
+    raise AssertionError(f"clients_ram.py failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+def modules_on_wasm() -> int:
+    """Live bytes of RAM_MODULES imported from .mpy on the 32-bit WebAssembly VM."""
+    from fleetpin import agent_files
+    from fleetpin.vm import wasm
+
+    files = {**wasm.device_files(compiled=True),
+             f"{wasm.VM_DEVICE_DIR}/mqtt.mpy": agent_files.compile_mpy(MQTT_CLIENT, "mqtt.py")}
+    steps = ["import sys\nsys.path[:0] = [%r]\ndel sys\nimport gc" % wasm.VM_DEVICE_DIR]
+    steps += [f"import {m}" for m in RAM_MODULES]
+    run = wasm.run_steps(steps, files, heap_kb=256)
+    failed = next((s for s in run.steps if s.error is not None), None)
+    if failed is not None:
+        raise wasm.VMError(failed.error or "")
+    return run.steps[-1].heap_used - run.steps[0].heap_used
+
+
+def smallest_heap(fits: Any, low_kb: int = 16, high_kb: int = 1024) -> int:
+    """The smallest heap (KB) for which fits(kb) is true, by bisection (fits is monotonic)."""
+    if not fits(high_kb):
+        raise AssertionError(f"does not fit even {high_kb} KB")
+    while high_kb - low_kb > 1:
+        mid = (low_kb + high_kb) // 2
+        if fits(mid):
+            high_kb = mid
+        else:
+            low_kb = mid
+    return high_kb

@@ -282,3 +282,34 @@ def test_mqtt_with_a_client_certificate(mp: Path, tmp_path: Path, flash: Path, b
     r = got["without_cert"]
     # the pin check allowed the chain; the broker refused the handshake: a TLS failure
     assert (r["ok"], r["error"], r["verdict"], r["stage"]) == (False, "TlsRefused", "tls_failed", "connect"), r
+
+
+# ---- RAM: each client together with the agent within the whole-life target
+
+
+TARGET_KB = 64  # the agent's whole-life heap target on an ESP32 (32-bit)
+
+
+def test_a_pinned_get_and_an_mqtt_publish_fit_the_heap_target(mp: Path, tmp_path: Path, flash: Path, https: Any,
+                                                               broker: Any) -> None:
+    """The unix port is 64-bit: the same objects take more heap than on the 32-bit ESP32. The
+    ratio is measured in this run, on the same modules (.mpy, as `fleetpin image build` installs
+    them): live heap on the unix port / live heap on the 32-bit WebAssembly VM. The agent's
+    modules are counted apart: a production build freezes them into the firmware (README), and
+    the 64 KB target is for everything else, here 64 KB x the ratio on top of the modules."""
+    from clients_support import modules_on_wasm, mpy_lib, run_ram
+
+    lib = mpy_lib(tmp_path)
+    status, unix = run_ram(mp, tmp_path, lib, {"root": str(flash), "scenario": "modules"}, 1024)
+    ratio = unix["modules"] / modules_on_wasm()
+    assert 1.2 < ratio < 2.0, ratio  # a 64-bit build: pointers twice as wide, bytecode as long
+    jobs = {"get": {"scenario": "get", "url": f"https://{HOST}:{https['legit'].port}/4k"},
+            "mqtt": {"scenario": "mqtt", "server": HOST, "port": broker.ports["legit"]}}
+    for name, job in jobs.items():
+        status, big = run_ram(mp, tmp_path, lib, {"root": str(flash), **job}, 1024)
+        assert status == "ok", (name, status)
+        heap_kb = int((big["modules"] + TARGET_KB * 1024 * ratio) // 1024)
+        status, figures = run_ram(mp, tmp_path, lib, {"root": str(flash), **job}, heap_kb)
+        print(f"RESULT: {name}: fits -X heapsize={heap_kb}K = modules {big['modules'] // 1024} KB + "
+              f"{TARGET_KB} KB x {ratio:.2f} (64-bit/32-bit): {status}")
+        assert status == "ok", f"{name} does not fit {TARGET_KB} KB (ESP32 estimate) next to the agent"

@@ -1,5 +1,5 @@
 # Runs on MicroPython too (the pinned-client tests run it on the unix port): no typing, no
-# f-strings, no imports beyond socket. Not shipped to boards: applications bring their own
+# f-strings, no imports but socket (at connect: the wasm VM has none). Not shipped to boards: applications bring their own
 # MQTT client (micropython-lib's umqtt.simple has this interface).
 """A minimal MQTT 3.1.1 client (QoS 0) with the interface of micropython-lib's umqtt.simple,
 written from the MQTT 3.1.1 specification, for the simulation and the tests:
@@ -18,9 +18,6 @@ SSLContext or anything with its wrap_socket), calls ssl.wrap_socket(sock, server
 `address` (an extra, for loopback tests whose names do not resolve): the (ip, port) to connect
 to instead of resolving `server`; TLS still sees `server`.
 """
-
-import socket
-
 
 class MQTTException(Exception):
     pass
@@ -48,6 +45,8 @@ class MQTTClient:
         self.cb = f
 
     def connect(self, clean_session=True, timeout=None):
+        import socket
+
         if self.address is not None:
             addr = socket.getaddrinfo(self.address[0], self.address[1])[0][-1]
         else:
