@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 TARGET_KB = 64
 
@@ -54,14 +55,14 @@ def run() -> None:
               f"wasm VM (32-bit): ratio {ratio:.2f}")
         with HttpsServer(pki, "leaf") as https, \
                 MqttBroker({"legit": (pki.chain_pem("leaf"), pki.leaf.key_pem, None)}, tmp) as broker:
-            jobs = {
+            jobs: dict[str, dict[str, Any]] = {
                 "agent booted, no connection": {"scenario": "boot"},
                 "pinned GET, 4 KB body": {"scenario": "get", "url": f"https://device.test:{https.port}/4k"},
                 "MQTT connect + publish": {"scenario": "mqtt", "server": "device.test", "port": broker.ports["legit"]},
             }
             print(f"   {'':30} {'peak, unix':>11} {'ESP32 est.':>11} {'data, unix':>11} {'ESP32 est.':>11}")
-            for name, job in jobs.items():
-                job = {"root": str(flash), **job}
+            for name, scenario in jobs.items():
+                job = {"root": str(flash), **scenario}
                 _, figures = run_ram(mp, tmp, lib, job, 1024)
                 peak = smallest_heap(lambda kb: run_ram(mp, tmp, lib, job, kb)[0] == "ok")  # noqa: B023
                 data = peak - figures["modules"] / 1024

@@ -270,7 +270,7 @@ class HttpsServer(ThreadingHTTPServer):
             self.failed.append(f"{type(e).__name__}: {e}")
             return
         try:
-            self.RequestHandlerClass(tls, client_address, self)
+            self.RequestHandlerClass(tls, client_address, self)  # type: ignore[arg-type]
         finally:
             tls.close()
 

@@ -173,7 +173,7 @@ def test_a_redirect_is_decided_by_the_target_hosts_rule(mp: Path, tmp_path: Path
     with HttpsServer(other, "leaf") as other_ok, HttpsServer(other, "renewed_leaf") as other_unpinned, \
             HttpsServer(free, "leaf") as free_ok:
         base = f"https://{HOST}:{https['legit'].port}/redirect?to="
-        cases = [
+        cases: list[dict[str, Any]] = [
             {"id": "to_pinned", "kind": "requests", "method": "GET", "url": base + f"https://other.test:{other_ok.port}/json"},
             {"id": "to_mismatch", "kind": "requests", "method": "GET",
              "url": base + f"https://other.test:{other_unpinned.port}/json"},
