@@ -98,6 +98,7 @@ def test_pinned_requests_reach_only_the_pinned_server(mp: Path, tmp_path: Path, 
     got = run_app(mp, tmp_path, flash, cases)
     legit = got["legit"]
     assert legit["ok"] and legit["status"] == 200 and legit["last_verdict"] == "matched"
+    assert legit["global_requests_loaded"] is False  # nothing patched, nothing loaded
     assert legit["length"] == 4096 and legit["sha256"] == __import__("hashlib").sha256(BODY_4K).hexdigest()
     for name in REFUSED:
         assert_refused(got[name], name)

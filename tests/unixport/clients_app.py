@@ -74,6 +74,7 @@ def case_requests(agent, case):
         return error_result(e, "request")
     out = response_result(r)
     out["last_verdict"] = agent.last_verdict.reason
+    out["global_requests_loaded"] = "requests" in sys.modules  # the pinned client leaves it alone
     return out
 
 
