@@ -212,6 +212,7 @@ class Client:
             target = split_url(url)
             if host is not None and target[0] != host:
                 _drop(hdrs, "authorization")  # credentials stay with the host they were given for
+                _drop(hdrs, "host")
             host = target[0]
             resp, location = self._once(method, target, hdrs, data, timeout)
             if resp.status_code not in _REDIRECTS or location is None:
@@ -326,10 +327,10 @@ def join_url(target, location):
 
 def _request_head(method, host, port, path, hdrs, data):
     _no_crlf(method)
+    out = [method, " ", path, " HTTP/1.1\r\n"]
     if not _has(hdrs, "host"):
         name = ("[%s]" % host) if ":" in host else host
-        hdrs["Host"] = name if port == 443 else "%s:%d" % (name, port)
-    out = [method, " ", path, " HTTP/1.1\r\n"]
+        out.append("Host: %s\r\n" % (name if port == 443 else "%s:%d" % (name, port)))
     for k in hdrs:
         if k.lower() in ("content-length", "connection", "transfer-encoding"):
             continue  # this client frames the body itself

@@ -122,7 +122,8 @@ def test_redirects_open_a_pinned_connection_to_the_target():
     assert r.content == b"there"
     assert [c[:2] for c in tls.calls] == [("open", HOST), ("open", "intermediate.example")]
     second = tls.sockets[1].sent
-    assert second.startswith(b"GET /next HTTP/1.1\r\n")  # 302: GET, no body
+    assert second.startswith(b"GET /next HTTP/1.1\r\nHost: intermediate.example\r\n")  # 302: GET, no body
+    assert b"chain-leaf" not in second
     assert b"Authorization" not in second and b"form" not in second  # credentials stay with their host
     # 307 keeps the method and the body; same host keeps the credentials
     tls.responses[HOST] = [_response(307, b"", [("Location", "/again"), ("Content-Length", "0")]),
