@@ -4,6 +4,9 @@ and serves the update protocol as the service Handler.
     agent = Agent(fs, clock, device_id, fleet, tls_adapter)
     agent.boot()                                  loads the installed bundle (never raises)
     sock = agent.connect(host, port, timeout)     THE call for application code (pinned TLS)
+    ctx = agent.tls_context()                     the same check for clients that take an
+                                                  SSLContext (asyncio, MQTT): pinagent.tlsctx
+    agent.requests.get(url, ...)                  pinned HTTP, `requests`' interface: pinagent.http
     Service(agent)                                the serial update service (service.Handler)
 
 fs: a pinagent.store.FS (pinagent.io.flash on the board). clock(): POSIX seconds, or None when
@@ -140,6 +143,7 @@ class Agent:
         self._committed = None  # (sha256, answer) of the last commit, for a repeated commit
         self._served = None  # the report log bytes of the current READ_REPORTS read-through
         self._trusted = 0  # newest authenticated time seen since boot (the floor lags it by < FLOOR_STEP)
+        self._http = None  # pinagent.http.Client, made on first use of .requests
 
     # ---- boot and time
 
@@ -234,30 +238,44 @@ class Agent:
 
     # ---- pinned connections
 
-    def open(self, host, port, timeout=None):
-        """connect() that also returns the check: (socket, connect.PinCheck)."""
+    def pin_check(self, host, port=None):
+        """(check, ca_certs) for one handshake with `host`: a fresh connect.PinCheck under the
+        installed bundle's policy, the clock and the time floor, and the bundle's CA certificates.
+        Safe mode raises NoBundle (recorded as the last verdict)."""
         st = self.state
         if st is None:
             st = self.boot()
         now = self.now()
-        if timeout is None:
-            timeout = CONNECT_TIMEOUT
         b = st.decoded
         if b is None:
             v = _connect.make_verdict(host, _connect.NO_BUNDLE, (), None, self.clock_state(now) == "trusted")
             self.last_verdict = v
             raise _connect.NoBundle(v.reason, v, "safe mode: " + st.mode, host, port)
+        return _connect.PinCheck(b.policy, host, now, st.time_floor, True, self.trusted_now()), b.ca_certs
+
+    def record(self, check, port, error=None):
+        """Records the outcome of a handshake `check` saw: the verdict as .last_verdict, and a
+        failure report when it was refused (`error`, a ConnectError) or allowed report-only.
+        Returns `error` (so: raise agent.record(check, port, e))."""
+        v = check.verdict if error is None else error.verdict
+        self.last_verdict = v
+        if v is not None and (error is not None or v.reason == REPORT_ONLY_MISMATCH):
+            self._report(v, port, check, check.now)
+        return error
+
+    def open(self, host, port, timeout=None):
+        """connect() that also returns the check: (socket, connect.PinCheck)."""
+        # the canonical spelling, as rules are written: what the check and TLS both see (a host
+        # without one is refused by open_pinned before anything touches the network)
+        canon = canonical_host(host) if isinstance(host, str) else None
+        check, ca_certs = self.pin_check(canon if canon is not None else host, port)
+        if timeout is None:
+            timeout = CONNECT_TIMEOUT
         try:
-            sock, check = _connect.open_pinned(self.tls, b.policy, b.ca_certs, host, port, timeout, now, st.time_floor,
-                                               self.trusted_now())
+            sock, check = _connect.open_pinned(self.tls, None, ca_certs, host, port, timeout, check=check)
         except _connect.ConnectError as e:
-            self.last_verdict = e.verdict
-            if e.verdict is not None:
-                self._report(e.verdict, port, e.check, now)
-            raise
-        self.last_verdict = check.verdict
-        if check.verdict.reason == REPORT_ONLY_MISMATCH:
-            self._report(check.verdict, port, check, now)
+            raise self.record(check, port, e)
+        self.record(check, port)
         return sock, check
 
     def connect(self, host, port, timeout=None):
@@ -265,6 +283,24 @@ class Agent:
         pinagent.connect.ConnectError (NetworkError, PinBlocked, TlsRefused, NoBundle) that
         carries the verdict. The verdict of the last attempt is in .last_verdict."""
         return self.open(host, port, timeout)[0]
+
+    def tls_context(self):
+        """An SSLContext stand-in for clients that take one (asyncio, MQTT clients, your own):
+        every wrap_socket runs the same pin check as connect(). See pinagent.tlsctx."""
+        from .tlsctx import PinnedContext
+
+        return PinnedContext(self)
+
+    @property
+    def requests(self):
+        """A pinned HTTP client with the interface of MicroPython's `requests` (pinagent.http),
+        loaded on first use: agent.requests.get(url, ...)."""
+        client = self._http
+        if client is None:
+            from .http import Client
+
+            client = self._http = Client(self)
+        return client
 
     def _report(self, verdict, port, check, now):
         if not self.report_enabled:

@@ -340,6 +340,12 @@ class VirtualBoard:
         return self.line.port
 
     @property
+    def agent(self) -> Any:
+        """The running agent, as an application on the board holds it (app.main(agent)); None on
+        the micropython runtime, whose agent lives in another process."""
+        return getattr(self._core, "agent", None)
+
+    @property
     def device_id(self) -> str | None:
         return read_config(self.flash).get("device_id")
 

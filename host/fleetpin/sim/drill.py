@@ -44,6 +44,7 @@ from fleetpin.pki import keys
 from fleetpin.pki.certs import parse_host
 from fleetpin.pki.signing import LocalKeySigner
 from fleetpin.sim.board import VirtualBoard
+from fleetpin.sim.broker import MqttApp, SimBroker
 from fleetpin.sim.pki import Pki, make_pki, pin_of_key
 from fleetpin.sim.tlsserver import TlsServer
 from pinagent.connect import ConnectError
@@ -89,6 +90,8 @@ class World:
     failures: list[str] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
     stack: ExitStack = field(default_factory=ExitStack)
+    broker: SimBroker | None = None  # the MQTT broker of the API (under the API's name and keys)
+    apps: list[MqttApp] = field(default_factory=list)
     _t0: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -183,7 +186,47 @@ class World:
             self.log(f"  {b.device_id} [{b.bundle_label}] app asks {server} for the time: {outcome}")  # type: ignore[attr-defined]
         return results
 
+    # ---- an application on a device: MQTT through the agent's pinned context
+
+    def start_app(self, board: VirtualBoard, pki: Pki, leaf: str) -> MqttApp | None:
+        """Starts the MQTT broker (presenting `leaf` of `pki` under the API's name) and an
+        application on `board` that talks to it through agent.tls_context(); None on a runtime
+        whose agent lives in another process (only the cpython board runtime runs apps)."""
+        if board.agent is None:
+            self.log(f"  {board.device_id}: no MQTT application (the {board.runtime} runtime runs none)")
+            return None
+        if self.broker is None:
+            self.broker = SimBroker(pki.chain_pem(leaf), getattr(pki, leaf).key_pem).__enter__()
+        app = MqttApp(lambda: board.agent, board.device_id or "app", API, self.broker.port).start()
+        self.apps.append(app)
+        self.log(f"  {board.device_id} runs an MQTT application through its pinned TLS context")
+        return app
+
+    def rotate_broker(self, pki: Pki, leaf: str) -> None:
+        """The broker moves to `leaf`'s key: open connections drop, as at a broker restart."""
+        if self.broker is not None:
+            self.broker.serve(pki.chain_pem(leaf), getattr(pki, leaf).key_pem)
+
+    def app_alive(self, app: MqttApp | None, what: str, connects: int = 0) -> None:
+        """Expects the application to be connected (at least `connects` connections made so far)
+        and its messages to come back through the broker."""
+        if app is None:
+            return
+        end = time.monotonic() + 10
+        while len(app.connects) < connects and time.monotonic() < end:
+            time.sleep(0.02)
+        ok = len(app.connects) >= connects and app.wait_for_messages(app.received, 10)
+        self.log(f"  {app.client_id} MQTT: {'messages flowing' if ok else 'NO MESSAGES'}, {app.received} so far; "
+                 f"connections {', '.join(app.connects)}; refused {len(app.refusals)}")
+        self.expect(ok, f"{what}: the MQTT application on {app.client_id} is connected and its messages flow")
+        self.expect(not app.refusals, f"{what}: the MQTT application was never refused ({app.refusals})")
+
     def close(self) -> None:
+        for app in self.apps:
+            app.stop()
+        if self.broker is not None:
+            self.broker.__exit__(None, None, None)
+            self.broker = None
         for srv in self.servers.values():
             srv.__exit__(None, None, None)
         self.servers.clear()
@@ -304,17 +347,26 @@ def _new_key_pin() -> str:
 def primary_key_lost(w: World) -> None:
     p = w.pki
     w.start_pinned()
+    app = w.start_app(w.boards[0], p, "leaf")  # its broker shares the API's name and keys
     verdicts = w.connect_all("api")
     w.expect(all(v["allowed"] and v["matched_label"] == "primary" for v in verdicts.values()), "v1 devices match the primary key")
+    w.app_alive(app, "v1, primary key", connects=1)
     w.log("INCIDENT: the primary private key is lost; the server switches to the backup key")
     w.serve("api", p, "backup_leaf")
+    w.rotate_broker(p, "backup_leaf")
     verdicts = w.connect_all("api")
     w.expect(all(v["allowed"] and v["matched_label"] == "backup" for v in verdicts.values()),
              "every device keeps connecting through the backup pin, no update needed")
+    w.app_alive(app, "after the rotation to the backup key", connects=2)
     w.log("follow-up: bundle v2 promotes the backup and ships a new backup pin")
     v2 = w.bundle(2, [("primary", p.backup_leaf.pin), ("backup", _new_key_pin())], [p.root.der])
     for b in w.boards:
         w.update(b, v2, "v2")
+    w.rotate_broker(p, "backup_leaf")  # the broker restarts: the application reconnects under v2
+    w.app_alive(app, "with bundle v2", connects=3)
+    if app is not None:
+        w.expect(app.connects[:3] == ["matched/primary", "matched/backup", "matched/primary"],
+                 "the application matched the primary pin, then the backup, then v2's primary (the same key)")
     w.account("api")
 
 
