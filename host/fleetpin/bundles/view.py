@@ -32,6 +32,7 @@ from fleetpin.bundles.build import BundleSource, source_from_document
 from fleetpin.bundles.policy import policy_from_doc, read_toml
 from fleetpin.errors import UsageError
 from fleetpin.pki.certs import host_name, raw_spki_of_tbs, read_input
+from fleetpin.times import iso8601
 from pinagent import bundle as dev_bundle
 from pinagent import pins as dev_pins
 from pinagent.policy import Policy, Rule, canonical_host, normalise_host
@@ -297,7 +298,7 @@ def _spki_digest(der: bytes) -> bytes:
 
 
 def iso_date(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso8601(ts) or ""
 
 
 def days_left(ts: int, now: int) -> int:
