@@ -185,6 +185,39 @@ def test_power_cut_anywhere_in_a_signer_rotation():
     assert check.seen.get(1) and check.seen.get(2)
 
 
+def test_power_cut_anywhere_in_a_rotation_then_a_damaged_bundle():
+    # Issue 12, item 4: after the cut the board boots (old or new, as above); then one bit of
+    # bundle.bin goes bad and it boots again. Whatever it recovers to, the signer set and the
+    # highest version it trusted before the damage must not go back.
+    b0, old = fake_bundle(1, S1, size=SIZE), fake_bundle(2, S1, size=SIZE)
+    new = fake_bundle(3, S1, size=SIZE, rotate=S2)
+    base = _board([b0, old])
+    check = _Boots((2, old), (3, new), S1, S2)
+    seen = {}
+
+    def damaged(ffs, completed):
+        check(ffs, completed)
+        first = _store(ffs.reboot())
+        st = first.boot()
+        after = first.fs.os.reboot()
+        after.files[R + "bundle.bin"] = _flip(after.files[R + "bundle.bin"], SIZE // 2)
+        again = _store(after).boot()
+        assert again.signers == st.signers, (st.version, again.version, again.problems)
+        assert again.max_version >= st.version, (again.max_version, st.version)
+        seen[(st.version, again.version)] = seen.get((st.version, again.version), 0) + 1
+
+    cuts = _sweep(base, lambda store, ffs: store.install(new), damaged)
+    _report("rotation, then one bit of bundle.bin damaged", cuts, check)
+    print("RESULT: power loss, rotation then damage: (version before, version recovered) %s" % sorted(seen.items()))
+    assert seen.get((3, 2)), seen  # rotated, then recovered to the bundle before the rotation
+
+
+def _flip(data, i):
+    b = bytearray(data)
+    b[i] ^= 0x01
+    return bytes(b)
+
+
 def test_power_cut_anywhere_in_the_first_install_on_a_factory_board():
     new = fake_bundle(1, S1, size=SIZE)
     check = _Boots(None, (1, new), S1, S1)
