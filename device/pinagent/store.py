@@ -529,7 +529,6 @@ class Store:
         if st.bundle is not None:
             st.mode = MODE_RECOVERED if st.source == BUNDLE_PREV else MODE_OK
         st.saved = saved == (st.max_version, st.signers) and saved[1] is not None
-        saved = None
         if st.signers is None:
             st.signers = spare_signers
         if st.signers is None:

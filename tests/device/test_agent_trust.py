@@ -1,30 +1,18 @@
 # pinagent.agent and issue 12 ("trust hardening"): what a board trusts after a rotation, a
 # recovery, a one-key rotation or an invalid key, and a bundle's identity, through the agent with
-# the signed vectors of tests/vectors/make_bundle_vectors.py on a tests/device/faultfs.py board.
-# Its own module (not test_agent.py): the VM loads each module in a fresh heap, and test_agent's
-# is near the 100 KB the runner allows. Runs unchanged under CPython and on the MicroPython VM.
+# the signed vectors of tests/vectors/make_bundle_vectors.py (helpers: agent_support.py; a module
+# of its own for the VM's heap). Runs unchanged under CPython and on the MicroPython runtimes.
 
 import hashlib
 import json
 
+from agent_support import E_BUNDLE, E_SIGNATURE, R, _agent, _bundle, _refused, _signers, _upload
 from faultfs import FaultFS
 from support import read_vector
 
+from pinagent import connect as C  # noqa: F401  (imported first, on its own: less garbage per VM step)
 from pinagent import store as S
-from pinagent.agent import Agent
-
-E_SIGNATURE, E_BUNDLE = 10, 11  # service error codes (device/PROTOCOL.md; see test_agent.py)
-FLEET = "acme-sensors"
-NOW = 1767225600
-R = "/fleetpin/"
-
-
-def _signers():
-    return read_vector("bundle/signers_prod.json")
-
-
-def _bundle(name):
-    return read_vector("agent/" + name)
+from pinagent.agent import Agent  # noqa: F401  (likewise)
 
 
 def _board(installed):
@@ -32,30 +20,6 @@ def _board(installed):
     ffs.files[R + "signers.bin"] = _signers()
     ffs.files[R + "bundle.bin"] = S.encode_slot(_signers(), installed)
     return ffs
-
-
-def _agent(ffs):
-    a = Agent(S.FS(ffs, ffs.open), lambda: NOW, "a0b1c2d3e4f5", FLEET, None)
-    a.boot()
-    return a
-
-
-def _upload(agent, data):
-    agent.write_begin(len(data), hashlib.sha256(data).digest())
-    for off in range(0, len(data), 187):
-        agent.write_chunk(off, memoryview(data)[off:off + 187])
-    return agent.write_commit()
-
-
-def _refused(fn, *args):
-    """The ServiceError fn raised (anything with a code and a reason)."""
-    try:
-        fn(*args)
-    except Exception as e:
-        if getattr(e, "code", None) is None or type(e).__name__ != "ServiceError":
-            raise AssertionError("expected ServiceError, got %s: %s" % (type(e).__name__, e))
-        return e
-    raise AssertionError("expected ServiceError, nothing was raised")
 
 
 def _vector(name):
