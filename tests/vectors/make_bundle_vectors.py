@@ -4,13 +4,17 @@
 
 The device has no signer, so every bundle the device tests decode is made here, with fixed test
 keys (private scalars derived from their names: NEVER use them for anything else) and RFC 6979
-deterministic signatures: running the script again gives the same bytes. The CA certificate is
-self-signed with a fixed key, fixed dates and a deterministic signature too.
+deterministic signatures with low s (fleetpin.pki.signing): running the script again gives the
+same bytes. The CA certificate is self-signed with a fixed key, fixed dates and a deterministic
+signature too.
 
 Files:
   signers_prod.json   production signer set: keys "everyday" (A) and "backup" (B)
   signers_dev.json    development signer set: "dev1", "dev2"
   signers_new.json    the production set a rotation bundle installs: "next" (C), "next-backup" (E)
+  signers_t2.json     A, B and C, stating threshold 2 and rotation_threshold 3
+  signers_negated.json  A, B and A's negation (x, p - y): a set only an older agent could have
+                      stored; the device loads it without key checks and counts the pair once
   <case>.bin          one bundle per case
   cases.json          {case: {"file", "trust", "fleet", "installed", "now", "floor", "error",
                       "reason" (substring of the error's reason) or "expect" (fields of the
