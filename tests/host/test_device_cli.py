@@ -4,6 +4,7 @@ unchanged, interrupted updates retried, a noisy line, and the errors a technicia
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -19,7 +20,7 @@ import serial
 
 from fleetpin.field.transport import DeviceRefused, Transport
 from fleetpin.sim.board import VirtualBoard
-from fleetpin.sim.demo_bundles import FILLER_PINS, demo_bundle, demo_signer_set
+from fleetpin.sim.demo_bundles import FILLER_PINS, demo_bundle, demo_signer, demo_signer_set
 from fleetpin.sim.pki import Pki
 from pinagent.reports import Reports
 
@@ -41,18 +42,27 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
     v9 = demo_bundle(FLEET, 9, {"api.example.com": [P1]})  # signed by a key the device trusts...
     made["bad_signature"] = v9[:-1] + bytes([v9[-1] ^ 1])  # ...but not over these bytes
-    # a key rotation signed by the everyday key alone (one key may not replace the set), as a tool
-    # without fleetpin's own check would build it
-    from unittest import mock
-
-    with mock.patch("fleetpin.bundles.build.check_thresholds"):
-        made["rotate_one_key"] = demo_bundle(FLEET, 2, {"api.example.com": [P2]},
-                                             new_signers=demo_signer_set("next", "backup"))
+    # a key rotation signed by the everyday key alone (one key may not replace the set), made
+    # with the low-level encoder, as a tool without fleetpin's own checks would make it
+    made["rotate_one_key"] = _raw_rotation(2, demo_signer_set("next", "backup"), demo_signer("everyday"))
     out = {}
     for name, data in made.items():
         (d / f"{name}.bin").write_bytes(data)
         out[name] = d / f"{name}.bin"
     return out
+
+
+def _raw_rotation(version: int, new_set: bytes, signer: Any) -> bytes:
+    from fleetpin.bundles.build import canonical_json
+    from pinagent import bundle as dev_bundle
+
+    header = {"format": 1, "fleet": FLEET, "version": version, "issued": int(time.time()) - 3600,
+              "channel": "production", "key_ids": [signer.info.key_id]}
+    policy = {"domains": [{"host": "api.example.com", "expires": 1893456000,
+                           "pins": [{"pin": P2, "label": "primary"}, {"pin": P3, "label": "backup"}]}]}
+    signed = dev_bundle.encode_signed(canonical_json(header), canonical_json({"policy": policy, "signers": json.loads(new_set)}), [])
+    digest = hashlib.sha256(signed).digest()
+    return dev_bundle.encode_bundle(signed, [(signer.info.key_id_bytes, signer.sign_digest(digest))])
 
 
 @pytest.fixture
@@ -107,8 +117,6 @@ def test_update_shows_the_diff_installs_checks_and_leaves_a_receipt(
     assert "- old.example.com (no longer pinned" in out
     assert "digest checked" in out
     rec = json.loads(receipt.read_text())
-    import hashlib
-
     new_sha = hashlib.sha256(bundles["v2"].read_bytes()).hexdigest()
     assert rec["result"] == "installed" and rec["device_id"] == "dev-1" and rec["error"] is None
     old_bytes, new_bytes = bundles["v1"].read_bytes(), bundles["v2"].read_bytes()

@@ -11,7 +11,6 @@ signers_prod.json). Anyone can recompute them: NEVER let a real device trust the
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from typing import Any
 
@@ -47,12 +46,10 @@ def demo_bundle(
     domains: dict[str, list[str]],
     ca_der: list[bytes] | None = None,
     issued: int | None = None,
-    signer: str | tuple[str, ...] = "everyday",
+    signer: str = "everyday",
     enforce: dict[str, bool] | None = None,
-    new_signers: bytes | None = None,
 ) -> bytes:
-    """A production bundle pinning each host to its pins (first pin "primary", others "backup-N"),
-    signed by the demo key(s) `signer`; new_signers (demo_signer_set bytes): a key rotation."""
+    """A production bundle pinning each host to its pins (first pin "primary", others "backup-N")."""
     policy: dict[str, Any] = {"domains": []}
     for host, pins in domains.items():
         d: dict[str, Any] = {
@@ -71,8 +68,7 @@ def demo_bundle(
         version=version,
         issued=int(time.time()) - 3600 if issued is None else issued,
         development=False,
-        signers=[demo_signer(n) for n in ((signer,) if isinstance(signer, str) else signer)],
-        new_signers=None if new_signers is None else json.loads(new_signers),
+        signers=[demo_signer(signer)],
     )
 
 
