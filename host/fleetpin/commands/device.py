@@ -118,8 +118,9 @@ def info(port: str, baud: int, timeout: float, as_json: bool) -> None:
         ("agent", f"{ident.get('agent')} (protocol {ident.get('proto')})"),
         ("fleet", ident.get("fleet")),
         ("mode", ident.get("mode")),
-        ("bundle", f"v{ident.get('bundle_version')}  sha256 {ident.get('bundle_sha256')}"
+        ("bundle", f"v{ident.get('bundle_version')}  id {ident.get('bundle_id') or '?'}  sha256 {ident.get('bundle_sha256')}"
          if ident.get("bundle_version") is not None else "none (safe mode: every pinned connection is refused)"),
+        ("signers", _signers_row(ident.get("signers"))),
         ("clock", ident.get("clock")),
         ("reports", "unknown" if pending is None else f"{pending} pending, {len(reports)} kept "
                                                        f"({head.get('total', '?')} recorded in all)"),
@@ -128,6 +129,14 @@ def info(port: str, baud: int, timeout: float, as_json: bool) -> None:
         click.echo(f"{k:>8}: {v}")
     for p in ident.get("problems") or []:
         click.echo(f"{'problem':>8}: {p}")
+
+
+def _signers_row(trust: Any) -> str:
+    if not isinstance(trust, dict) or not isinstance(trust.get("ids"), list):
+        return "not reported"
+    n = len(trust["ids"])
+    return (f"{', '.join(trust['ids'])}: {trust.get('threshold')} of {n} sign a bundle, "
+            f"{trust.get('rotation_threshold')} of {n} change the signer set")
 
 
 # ---- update --------------------------------------------------------------------------------
@@ -227,7 +236,7 @@ def update(bundle_file: Path, port: str, baud: int, timeout: float, as_json: boo
     data, new = _load_bundle(bundle_file)
     new_sha = hashlib.sha256(data).hexdigest()
     rec = Receipt(port=port, bundle_file=str(bundle_file))
-    rec.new = {"version": new.version, "sha256": new_sha}
+    rec.new = {"version": new.version, "sha256": new_sha, "id": new.digest.hex()}
     if receipt is not None:
         check_writable(receipt)  # the default place (the current directory) is checked the same way
     else:
@@ -280,14 +289,16 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
     ident = _identify(t)
     rec.device_id = ident.get("device_id")
     rec.fleet = ident.get("fleet")
-    rec.old = {"version": ident.get("bundle_version"), "sha256": ident.get("bundle_sha256")}
+    rec.old = {"version": ident.get("bundle_version"), "sha256": ident.get("bundle_sha256"), "id": ident.get("bundle_id")}
     old_version = ident.get("bundle_version")
     if new.fleet != ident.get("fleet"):
         raise _Refused(
             f"the bundle is for fleet {new.fleet!r}, the device {rec.device_id} is in fleet {ident.get('fleet')!r} (nothing sent)",
             hint="build the bundle for the device's fleet, or check you have the right device",
         )
-    if ident.get("bundle_sha256") == new_sha:
+    # A bundle is its signed bytes (pinagent.bundle): another encoding of the installed bundle
+    # (a signature's s or n - s) is installed already. Agents before bundle ids: the file digest.
+    if ("bundle_id" in ident and ident["bundle_id"] == rec.new["id"]) or ident.get("bundle_sha256") == new_sha:
         rec.result = "already-installed"
         if not as_json:
             click.echo(f"{rec.device_id}: bundle v{new.version} ({_short(new_sha)}) is already installed; nothing to do")
@@ -298,6 +309,7 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
             f"bundle v{new.version} is {word} the installed v{old_version} on {rec.device_id} (nothing sent)",
             hint="devices never go back: build the bundle with a version above " + str(old_version),
         )
+    signed_line = _check_signers(ident, new)
     installed = t.read_all("bundle") if old_version is not None else None
     if installed is not None and hashlib.sha256(installed).hexdigest() != ident.get("bundle_sha256"):
         raise FleetpinError("the installed bundle read back does not match the digest the device reports",
@@ -307,6 +319,8 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
         click.echo(f"device {rec.device_id} (fleet {rec.fleet}): bundle "
                    f"{'v' + str(old_version) if old_version is not None else 'none (safe mode)'} -> v{new.version}")
         _print_diff(diff)
+        if signed_line:
+            click.echo(signed_line)
     if not yes:
         if not click.confirm(f"Install bundle v{new.version} on {rec.device_id}?", default=False, err=True):
             rec.result = "aborted"
@@ -315,7 +329,7 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
         task = bar.add_task("send", total=len(data))
         result = t.upload(data, lambda done, total: bar.update(task, completed=done))
     after = _identify(t)
-    rec.new = {"version": after.get("bundle_version"), "sha256": after.get("bundle_sha256")}
+    rec.new = {"version": after.get("bundle_version"), "sha256": after.get("bundle_sha256"), "id": after.get("bundle_id")}
     if after.get("bundle_sha256") != new_sha:
         raise FleetpinError(
             f"the device answered the commit ({result}) but now reports bundle {_short(after.get('bundle_sha256'))}, "
@@ -327,6 +341,29 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
         click.secho(f"installed: {rec.device_id} now runs bundle v{after.get('bundle_version')} ({_short(new_sha)}), "
                     "digest checked", fg="green")
     return {"diff": diff}
+
+
+def _check_signers(ident: dict[str, Any], new: Any) -> str | None:
+    """The confirmation's line on who signed and what the device needs (its IDENTIFY "signers":
+    trusted key ids and thresholds); _Refused before anything is sent if too few of the device's
+    keys signed. None for agents that do not say (they check it themselves)."""
+    trust = ident.get("signers")
+    if not isinstance(trust, dict) or not isinstance(trust.get("ids"), list):
+        return None
+    ids = [k.hex() for k in new.key_ids]
+    signed = [k for k in ids if k in trust["ids"]]
+    rotation = new.signers is not None
+    why = "a signer-set change" if rotation else "a bundle"
+    needed = trust.get("rotation_threshold" if rotation else "threshold", 2 if rotation else 1)
+    if not signed:
+        raise _Refused(f"not signed by a key the device trusts ({why} needs {needed} of its keys) (nothing sent)",
+                       hint="sign it with a key of the device's signer set (fleetpin device info shows its key ids)")
+    if len(signed) < needed:
+        raise _Refused(
+            f"{why} needs {needed} of the device's keys, signed by {len(signed)} ({', '.join(signed)}) (nothing sent)",
+            hint="sign it with more keys of the device's signer set (fleetpin bundle verify --trust shows who signed)")
+    return (f"  signed by {', '.join(signed)}: {len(signed)} of the device's {len(trust['ids'])} keys; "
+            f"{why} needs {needed}")
 
 
 # ---- reports, test-connect, reboot ---------------------------------------------------------

@@ -4,9 +4,12 @@ One JSON file per attempt, written atomically (temp file, then rename) so a rece
 whole or absent. Fields:
     format 1, kind "device-update", result ("installed" | "already-installed" | "refused" |
     "failed" | "aborted"), error and hint (null on success), port, device_id, fleet,
-    old {version, sha256}, new {version, sha256} (what the device reported afterwards, or the
-    bundle's own fields when it never got that far), bundle_file, started and finished (RFC 3339
-    UTC), duration_s, transfer (wire bytes sent, retransmissions), tool ("fleetpin X.Y").
+    old {version, sha256, id}, new {version, sha256, id} (what the device reported afterwards, or
+    the bundle's own fields when it never got that far), bundle_file, started and finished (RFC
+    3339 UTC), duration_s, transfer (wire bytes sent, retransmissions), tool ("fleetpin X.Y").
+    `id` is the bundle's identity: the SHA-256 of its signed bytes (pinagent.bundle), the same
+    for every encoding of one bundle; `sha256` is of the file's bytes, for the transfer check.
+    (Agents before bundle ids report no id: null.)
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ class Receipt:
     hint: str | None = None
     device_id: str | None = None
     fleet: str | None = None
-    old: dict[str, Any] = field(default_factory=lambda: {"version": None, "sha256": None})
-    new: dict[str, Any] = field(default_factory=lambda: {"version": None, "sha256": None})
+    old: dict[str, Any] = field(default_factory=lambda: {"version": None, "sha256": None, "id": None})
+    new: dict[str, Any] = field(default_factory=lambda: {"version": None, "sha256": None, "id": None})
     finished: str | None = None
     duration_s: float | None = None
     transfer: dict[str, int] = field(default_factory=dict)

@@ -226,18 +226,48 @@ def load_private_key(path: Path, passphrase: bytes) -> ec.EllipticCurvePrivateKe
     return key
 
 
-def signer_set_obj(infos: list[PublicKeyInfo]) -> dict[str, Any]:
-    """The device's signer set for these keys (validated by pinagent.signers itself)."""
+def signer_set_obj(infos: list[PublicKeyInfo], threshold: int = 1, rotation_threshold: int = 2) -> dict[str, Any]:
+    """The device's signer set for these keys (validated by pinagent.signers itself, with its key
+    checks). threshold: signatures an ordinary bundle needs; rotation_threshold: signatures a
+    bundle that changes the set needs. Defaults (1 and 2) are left out of the object, as the
+    device writes it."""
     roles = {i.role for i in infos}
     if len(roles) > 1:
         raise UsageError("a signer set holds keys of one role only (production or development)", hint="make one set per channel")
-    obj = {
+    obj: dict[str, Any] = {
         "format": dev_signers.FORMAT,
         "channel": infos[0].role if infos else dev_signers.PRODUCTION,
         "signers": [{"id": i.key_id, "key": i.point.hex(), "name": i.name} for i in infos],
     }
-    try:
-        dev_signers.signers_from_obj(obj)
-    except dev_signers.SignerSetError as e:
-        raise UsageError(e.reason, hint="a device trusts at least two keys: the everyday key and an offline backup") from None
+    if threshold != 1:
+        obj["threshold"] = threshold
+    if rotation_threshold != 2:
+        obj["rotation_threshold"] = rotation_threshold
+    check_signer_set(obj)
     return obj
+
+
+def threshold_text(threshold: int, rotation_threshold: int, keys_count: int) -> str:
+    """How many of a set's keys a bundle needs, in words."""
+    verb = "signs" if threshold == 1 else "sign"
+    return (f"{threshold} of {keys_count} keys {verb} a bundle, {rotation_threshold} of {keys_count} "
+            "change the signer set")
+
+
+def check_signer_set(obj: Any, where: str = "") -> Any:
+    """The pinagent.signers.SignerSet of obj, checked as a device checks a NEW set (keys on the
+    curve, no key twice, thresholds in range); UsageError naming the rule otherwise."""
+    try:
+        return dev_signers.signers_from_obj(obj)
+    except dev_signers.SignerSetError as e:
+        name = type(e).__name__
+        hints = {
+            "SignerThresholdInvalid": "1 <= threshold <= rotation threshold <= keys, and a rotation threshold of at "
+                                      "least 2 (no single key may change the set)",
+            "SignerKeyInvalid": "every key must be a P-256 public key on the curve: regenerate NAME.pub.json with "
+                                "`fleetpin key new` or `fleetpin key import`",
+            "SignerKeyRepeated": "one private key may appear once only (a key and its negation are the same key)",
+        }
+        text = e.reason if name == "SignerSetError" else f"{name}: {e.reason}"
+        raise UsageError(f"{where}: {text}" if where else text,
+                         hint=hints.get(name, "a device trusts at least two keys: the everyday key and an offline backup")) from None
