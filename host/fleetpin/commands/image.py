@@ -9,7 +9,8 @@ import click
 
 from fleetpin.errors import UsageError
 from fleetpin.line.boards import MIB, default_boards_dir, flash_size_label, get_board, parse_flash_size
-from fleetpin.line.image import build_image, verify_image
+from fleetpin.line.image import build_image, bundle_identity, verify_image
+from fleetpin.line.registry import DEFAULT_PATH, Registry, refuse_older_bundle
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 _boards_dir = click.option(
@@ -40,6 +41,10 @@ def _read(path: Path) -> bytes:
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 @click.option("--device-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="An agent's device/ folder with its manifest.py (default: the agent that ships with fleetpin).")
+@click.option("--registry", "registry_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_PATH,
+              show_default=True, help="Device registry (SQLite) to check the bundle against, if the file exists.")
+@click.option("--allow-older-bundle", is_flag=True,
+              help="Build even if the registry has seen a newer bundle for the fleet (a deliberate downgrade).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @_boards_dir
 def build(
@@ -50,6 +55,8 @@ def build(
     flash_size: str | None,
     out_dir: Path,
     device_dir: Path | None,
+    registry_path: Path,
+    allow_older_bundle: bool,
     as_json: bool,
     boards_dir: Path | None,
 ) -> None:
@@ -60,10 +67,19 @@ def build(
     The filesystem's start is read from the firmware's own partition table; a firmware for
     another chip, an app that does not fit, or a table that does not fit the flash size is
     refused. Writes OUT/firmware.bin, OUT/fs.bin and OUT/manifest.json.
+
+    \b
+    A bundle older than the newest one the registry has seen for its fleet (boards were
+    provisioned with it) is refused unless --allow-older-bundle: a board imaged with it would
+    accept every bundle since, retired ones included.
     """
     b = get_board(board, boards_dir or default_boards_dir())
     size = parse_flash_size(flash_size) if flash_size else b.flash_sizes[0] * MIB
-    m = build_image(b, _read(firmware), _read(bundle), _read(signers), size, out_dir, device_dir)
+    bundle_data = _read(bundle)
+    if registry_path.is_file() and not allow_older_bundle:  # no registry yet: nothing seen
+        fleet, version = bundle_identity(bundle_data)
+        refuse_older_bundle(Registry(registry_path), fleet, version, str(bundle))
+    m = build_image(b, _read(firmware), bundle_data, _read(signers), size, out_dir, device_dir)
     if as_json:
         click.echo(json.dumps(m, indent=2))
         return
