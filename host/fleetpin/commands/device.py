@@ -330,7 +330,7 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
     rec.new = {"version": after.get("bundle_version"), "sha256": after.get("bundle_sha256")}
     if after.get("bundle_sha256") != new_sha:
         raise FleetpinError(
-            f"the device answered the commit ({result}) but now reports bundle {_short(after.get('bundle_sha256'))}, "
+            f"the device answered the commit ({_p(result)}) but now reports bundle {_short(after.get('bundle_sha256'))}, "
             f"not {_short(new_sha)}",
             hint="run fleetpin device info; then run the update again",
         )
