@@ -183,7 +183,7 @@ def test_vm_runner_reports_passes_failures_and_modules_too_big(tmp_path: Path) -
     assert lines[-1] == "3 passed, 2 failed, 0 skipped, 0 heap-unproven", done.stdout + done.stderr
     assert done.returncode == 1
     assert "FAIL test_vmbad::test_b_wrong\n" in done.stdout and "one is not two" in done.stdout
-    assert "test_vmbig: does not fit a 100 KB heap" in done.stdout
+    assert "test_vmbig: does not fit a 128 KB heap" in done.stdout
 
     only = _runner("-k", "a_ok", bad)
     assert only.stdout.strip().splitlines()[-1] == "1 passed, 0 failed, 0 skipped, 0 heap-unproven" and only.returncode == 0

@@ -92,7 +92,9 @@ def verdict_on_cpython(obj: dict[str, Any], host: str, ders: list[bytes], now: i
                        verified: bool) -> dict[str, Any]:
     from pinagent import pins, policy
 
-    verdict = policy.decide(policy.Policy.from_obj(obj), host, pins.chain_digests(ders), now, verified)
+    # `now` is taken as authenticated time (a device that knows the time), so expired pins fall
+    # back as the rule says; a device whose clock alone moved past an expiry keeps the pins.
+    verdict = policy.decide(policy.Policy.from_obj(obj), host, pins.chain_digests(ders), now, verified, 0, now)
     result: dict[str, Any] = verdict.to_obj()
     return result
 
@@ -108,7 +110,7 @@ ders = []
 for i in range(args["count"]):
     with open(ROOT + "/chain/%d.der" % i, "rb") as f:
         ders.append(f.read())
-v = policy.decide(p, args["host"], pins.chain_digests(ders), args["now"], args["verified"])
+v = policy.decide(p, args["host"], pins.chain_digests(ders), args["now"], args["verified"], 0, args["now"])
 print("FLEETPIN-VERDICT " + json.dumps(v.to_obj()))
 """
 

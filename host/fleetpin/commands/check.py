@@ -6,13 +6,13 @@ CPython or on the MicroPython VM, so what this command says is what the agent de
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
 import click
 
+from fleetpin import output
 from fleetpin.bundles.build import load_bundle_source
 from fleetpin.bundles.chains import (
     Verification,
@@ -24,7 +24,7 @@ from fleetpin.bundles.chains import (
 )
 from fleetpin.bundles.verdicts import hint_for, reason_text
 from fleetpin.errors import FleetpinError
-from fleetpin.times import parse_now
+from fleetpin.times import iso8601, parse_now
 from pinagent.connect import TLS_FAILED
 
 RUNTIMES = ("device", "micropython", "wasm")
@@ -35,9 +35,10 @@ RUNTIMES = ("device", "micropython", "wasm")
               type=click.Path(dir_okay=False, path_type=Path), help="The pin policy (see examples/policy.toml).")
 @click.option("--host", required=True, help="The server name the device connects to (its server_hostname).")
 @click.argument("chain_path", metavar="CHAIN", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--now", "now_text", metavar="ISO8601|unknown",
-              help="The device's clock, e.g. 2026-05-01T12:00:00Z (default: this machine's clock); "
-              "'unknown' = a device whose clock was never set.")
+@click.option("--now", "now_text", metavar="ISO8601|@SECONDS|unknown",
+              help="The device's clock, e.g. 2026-05-01T12:00:00Z or @1777636800 (default: this machine's clock), taken as "
+              "authenticated time (on a device only a signed bundle or a pinned server can prove that pins "
+              "expired); 'unknown' = a device whose clock was never set.")
 @click.option("--ca", "ca_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Trust anchors (PEM/DER) to verify the chain against: the CA certificates your bundle ships.")
 @click.option("--unverified", is_flag=True,
@@ -125,57 +126,49 @@ def check(policy_path: Path, host: str, chain_path: Path, now_text: str | None, 
 
 
 def _iso(seconds: int | None) -> str:
-    if seconds is None:
-        return "unknown"
-    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return iso8601(seconds) or "unknown"
 
 
 def print_report(verdict: dict[str, Any], certificates: list[dict[str, Any]], off_path: list[dict[str, Any]],
                  verification: Verification, now: int | None, chain_path: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False, soft_wrap=True)
-    if not console.is_terminal:  # piped or captured: rich would assume 80 columns and cut pins
-        console.width = max(console.width, 120)
+    console = output.console()
     rule = verdict["rule"]
     labels = {} if rule is None else {p["pin"]: p.get("label") or "(no label)" for p in rule["pins"]}
-    table = Table(title=f"{verdict['host']}: {chain_path.name}", title_justify="left")
-    table.add_column("depth", justify="right")
-    table.add_column("pin (sha256 of SPKI)", no_wrap=True, min_width=44)  # a cut pin is useless
-    table.add_column("subject CN", overflow="fold")
-    table.add_column("in policy", overflow="fold")
+    table = output.Table("depth", "pin (sha256 of SPKI)", "subject CN", "in policy",
+                         title=f"{verdict['host']}: {chain_path.name}", right=("depth",))
     for cert in certificates:
-        mark = ""
+        mark = output.assemble()
         if cert["depth"] == verdict["matched_depth"]:
-            mark = f"[green]✓ matched[/green] ({labels.get(cert['pin'], '')})"
+            mark = output.assemble(("✓ matched", "green"), f" ({labels.get(cert['pin'], '')})")
         elif cert["pin"] in labels:
             counted = cert["depth"] == 0 or verdict["verified"]
-            mark = labels[cert["pin"]] + ("" if counted else " [yellow](not counted: chain unverified)[/yellow]")
+            mark = output.assemble(labels[cert["pin"]], ("" if counted else (" (not counted: chain unverified)", "yellow")))
         if not cert["sent"]:
-            mark = (mark + " " if mark else "") + "[dim](the anchor: not sent)[/dim]"
-        table.add_row(str(cert["depth"]), cert["pin"], cert["subject_cn"] or "-", mark)
-    console.print(table)
+            mark = output.assemble(mark, (" (the anchor: not sent)" if mark.plain else "(the anchor: not sent)", "dim"))
+        table.add(str(cert["depth"]), cert["pin"], cert["subject_cn"] or "-", mark)
+    table.print(console)
+
+    def say(*parts: str | tuple[str, str]) -> None:
+        console.print(output.assemble(*parts))
+
     for cert in off_path:
-        pinned = " [yellow](pinned, but never seen by the device)[/yellow]" if cert["pin"] in labels else ""
-        console.print(f"not on the verified path (the device ignores it): {cert['subject_cn'] or '-'} "
-                      f"{cert['pin']}{pinned}")
+        pinned = cert["pin"] in labels
+        say(f"not on the verified path (the device ignores it): {cert['subject_cn'] or '-'} {cert['pin']}",
+            (" (pinned, but never seen by the device)", "yellow") if pinned else "")
 
     if rule is None:
-        console.print("rule:      none for this host")
+        say("rule:      none for this host")
     else:
         mode = "enforced" if rule["enforce"] else "report-only"
         sub = ", include_subdomains" if rule["include_subdomains"] else ""
-        console.print(f"rule:      {rule['host']}{sub} ({mode}), expires {_iso(rule['expires'])}, "
-                      f"on_expiry {rule['on_expiry']}")
+        say(f"rule:      {rule['host']}{sub} ({mode}), expires {_iso(rule['expires'])}, on_expiry {rule['on_expiry']}")
         for pin, label in labels.items():
-            console.print(f"           pin {pin}  {label}")
+            say(f"           pin {pin}  {label}")
     if verification.verified:
-        console.print(f"verified:  yes, against {verification.anchor}")
+        say(f"verified:  yes, against {verification.anchor}")
     else:
-        console.print(f"verified:  no ({verification.error})")
+        say(f"verified:  no ({verification.error})")
     clock = _iso(now) + ("" if verdict["clock_trusted"] else " (untrusted)")
-    console.print(f"clock:     {clock}" + (", pins expired" if verdict["expired"] else ""))
-    word = "[bold green]ALLOWED[/bold green]" if verdict["allowed"] else "[bold red]BLOCKED[/bold red]"
-    console.print(f"verdict:   {word} ({verdict['reason']}): {reason_text(verdict['reason'])}")
-
+    say(f"clock:     {clock}" + (", pins expired" if verdict["expired"] else ""))
+    word = ("ALLOWED", "bold green") if verdict["allowed"] else ("BLOCKED", "bold red")
+    say("verdict:   ", word, f" ({verdict['reason']}): {reason_text(verdict['reason'])}")

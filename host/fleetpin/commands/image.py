@@ -41,6 +41,9 @@ def _read(path: Path) -> bytes:
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 @click.option("--device-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="An agent's device/ folder with its manifest.py (default: the agent that ships with fleetpin).")
+@click.option("--app", "app", type=click.Path(exists=True, path_type=Path), metavar="FILE_OR_DIR",
+              help="Your application: a .py file (installed as the `app` module) or a folder of modules with "
+                   "app.py; main.py runs app.main(agent) after the agent boots.")
 @click.option("--registry", "registry_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_PATH,
               show_default=True, help="Device registry (SQLite) to check the bundle against, if the file exists.")
 @click.option("--allow-older-bundle", is_flag=True,
@@ -55,18 +58,27 @@ def build(
     flash_size: str | None,
     out_dir: Path,
     device_dir: Path | None,
+    app: Path | None,
     registry_path: Path,
     allow_older_bundle: bool,
     as_json: bool,
     boards_dir: Path | None,
 ) -> None:
-    """Compile the agent to .mpy and put it, main.py, the bundle, the signer set and the device
-    configuration into a LittleFS image placed where this firmware mounts its filesystem.
+    """Compile the agent (and --app, your application) to .mpy and put them, main.py, the
+    bundle, the signer set and the device configuration into a LittleFS image placed where this
+    firmware mounts its filesystem.
 
     \b
     The filesystem's start is read from the firmware's own partition table; a firmware for
     another chip, an app that does not fit, or a table that does not fit the flash size is
     refused. Writes OUT/firmware.bin, OUT/fs.bin and OUT/manifest.json.
+
+    \b
+    The application: main.py boots the agent, serves field updates on the console for 3 s,
+    then imports `app` and calls app.main(agent); open every TLS connection with
+    agent.connect(host, port) (pinned, CA-validated). --app app.py installs one file as
+    /lib/app.mpy; --app DIR installs every module of DIR under /lib (it must hold app.py
+    or an app/ package). Both are compiled with mpy-cross, as the agent is.
 
     \b
     A bundle older than the newest one the registry has seen for its fleet (boards were
@@ -79,13 +91,15 @@ def build(
     if registry_path.is_file() and not allow_older_bundle:  # no registry yet: nothing seen
         fleet, version = bundle_identity(bundle_data)
         refuse_older_bundle(Registry(registry_path), fleet, version, str(bundle))
-    m = build_image(b, _read(firmware), bundle_data, _read(signers), size, out_dir, device_dir)
+    m = build_image(b, _read(firmware), bundle_data, _read(signers), size, out_dir, device_dir, app)
     if as_json:
         click.echo(json.dumps(m, indent=2))
         return
-    click.echo(f"image {m['image_id'][:16]}  board {b.name}  flash {flash_size_label(size)}  fleet {m['content']['fleet']}")
+    click.echo(f"image {m['image_id']}  board {b.name}  flash {flash_size_label(size)}  fleet {m['content']['fleet']}")
     for r in m["regions"]:
         click.echo(f"  {r['file']:<13} at 0x{r['offset']:06x}  {r['size']:>8} bytes  sha256 {r['sha256'][:16]}")
+    if m["content"].get("app"):
+        click.echo(f"  application: {', '.join(m['content']['app'])}")
     click.echo(f"  {len(m['content']['files'])} files in the filesystem; written to {out_dir}")
 
 
@@ -99,4 +113,4 @@ def verify(image_dir: Path, as_json: bool, boards_dir: Path | None) -> None:
     if as_json:
         click.echo(json.dumps({"ok": True, "image_id": img.image_id, "board": img.board.name, "regions": img.regions}, indent=2))
     else:
-        click.echo(f"ok: image {img.image_id[:16]} for {img.board.name}: regions match, filesystem mounts, files match")
+        click.echo(f"ok: image {img.image_id} for {img.board.name}: regions match, filesystem mounts, files match")

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from fleetpin import output, passphrase
 from fleetpin.errors import FleetpinError, UsageError
-from fleetpin.pki.certs import KeyRecord, load_all
+from fleetpin.pki.certs import KeyRecord, PasswordSource, load_file, load_host, parse_host
 
 RUNTIMES = ("host", "device", "micropython", "wasm")
 
@@ -57,6 +58,9 @@ keys and CSRs are always pinned on the host.
 \b
 Output: `<pin>  depth N  <subject>` for certificates, `<pin>  <kind>
 <description>` for keys and CSRs; `# source` headers when there are several.
+A name with bytes its string type does not allow is shown escaped (\\xNN): the
+certificate is pinned all the same. With several inputs, as with sha256sum, one
+that cannot be read is reported on stderr and the others are still pinned.
 
 \b
 Examples:
@@ -64,11 +68,12 @@ Examples:
   fleetpin pin --host api.example.com:443
   fleetpin pin --host api.internal:8443 --ca corp-root.pem --json
   fleetpin pin backup.key backup.csr
-  FLEETPIN_KEY_PASSWORD=... fleetpin pin --json encrypted.key
+  fleetpin pin --passphrase-file pass.txt --json encrypted.key
 
 \b
-Exit codes: 0 ok, 1 server refused / TLS failure / runtimes disagree,
-2 unreadable input (missing file, unknown format, wrong passphrase)."""
+Exit codes: 0 ok, 1 server refused / TLS failure / runtimes disagree / one
+of several inputs could not be pinned, 2 a single input unreadable (missing
+file, unknown format, wrong passphrase)."""
 
 
 @click.command("pin", help=HELP)
@@ -77,16 +82,15 @@ Exit codes: 0 ok, 1 server refused / TLS failure / runtimes disagree,
               help="A live server whose presented chain to pin (repeatable).")
 @click.option("--ca", "ca_file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
               help="Validate --host chains against only these PEM CA certificates.")
-@click.option("--password", envvar="FLEETPIN_KEY_PASSWORD", metavar="TEXT",
-              help="Passphrase of encrypted private keys / PKCS#12. Prefer env FLEETPIN_KEY_PASSWORD "
-                   "(a command line is visible to other users) or the prompt on a terminal.")
+@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Passphrase of encrypted private keys / PKCS#12: " + passphrase.OPTION_HELP + ".")
 @click.option("--timeout", default=10.0, show_default=True, metavar="SECONDS",
               help="Give up on a --host that has not completed the TLS handshake by then.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of records.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="host", show_default=True,
               help="Who computes certificate pins: the host, the device agent under CPython, "
                    "on real MicroPython (the unix port), or on the WebAssembly MicroPython VM.")
-def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, password: str | None,
+def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, passphrase_file: Path | None,
         timeout: float, as_json: bool, runtime: str) -> None:
     if not files and not hosts:
         raise UsageError("nothing to pin", hint="give certificate/key files, or --host HOST:PORT (see --help)")
@@ -94,13 +98,9 @@ def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, p
         raise UsageError("--ca only applies to --host", hint="to pin a CA certificate, pass it as a FILE")
 
     def ask_password(source: str) -> bytes | None:
-        if password is not None:
-            return password.encode()
-        if _interactive():
-            return str(click.prompt(f"Passphrase for {source}", hide_input=True, err=True)).encode()
-        return None
+        return passphrase.read(passphrase_file, prompt=f"passphrase for {source}").encode()
 
-    records = load_all(files, hosts, ca_file, ask_password, timeout)
+    records, failed = _load_each(files, hosts, ca_file, ask_password, timeout)
     pins = {i: r.pin for i, r in enumerate(records)}
     computed_by = {i: "host" for i in pins}
     disagreements: list[str] = []
@@ -120,7 +120,11 @@ def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, p
     if as_json:
         click.echo(json.dumps([_as_json(r, pins[i], computed_by[i]) for i, r in enumerate(records)], indent=2))
     else:
-        _print_text(records, pins)
+        _print_text(records, pins, several=len(files) + len(hosts) > 1)
+    if failed:
+        total = len(files) + len(hosts)
+        raise FleetpinError(f"{len(failed)} of {total} inputs could not be pinned: {', '.join(failed)}",
+                            hint="see the error for each above; the others were pinned")
     if disagreements:
         raise FleetpinError(
             f"the device agent ({runtime}) and the host disagree on {len(disagreements)} pin(s): "
@@ -129,16 +133,34 @@ def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, p
         )
 
 
-def _interactive() -> bool:
-    return sys.stdin.isatty()
+def _load_each(files: Sequence[Path], hosts: Sequence[str], ca_file: Path | None, password: PasswordSource,
+               timeout: float) -> tuple[list[KeyRecord], list[str]]:
+    """The records of every input, in order. As sha256sum does, an input that cannot be read is
+    reported on stderr and the others are still pinned (the command then exits 1); a single
+    input that fails is simply the error."""
+    targets = [parse_host(h) for h in hosts]  # a malformed HOST:PORT is a usage error before anything
+    loads: list[tuple[str, Callable[[], list[KeyRecord]]]] = [
+        *((str(f), functools.partial(load_file, f, password)) for f in files),
+        *((str(t), functools.partial(load_host, t, ca_file, timeout)) for t in targets),
+    ]
+    if len(loads) == 1:
+        return loads[0][1](), []
+    records: list[KeyRecord] = []
+    failed: list[str] = []
+    for name, load in loads:
+        try:
+            records += load()
+        except FleetpinError as e:
+            failed.append(name)
+            output.error(str(e), e.hint)
+    return records, failed
 
 
 def _where(record: KeyRecord) -> str:
     return f"{record.source}#{record.index}"
 
 
-def _print_text(records: Sequence[KeyRecord], pins: dict[int, str]) -> None:
-    several = len({r.source for r in records}) > 1
+def _print_text(records: Sequence[KeyRecord], pins: dict[int, str], several: bool) -> None:
     source = None
     for i, r in enumerate(records):
         if several and r.source != source:

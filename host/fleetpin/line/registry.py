@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.times import iso8601
 
 DEFAULT_PATH = Path("fleetpin-registry.sqlite")
 _SCHEMA = """
@@ -85,7 +86,6 @@ class Registry:
             rows = db.execute(sql + " ORDER BY id", args).fetchall()
         return [Attempt(**dict(zip(["id", *_COLUMNS], r))) for r in rows]
 
-
     def note_bundle(self, fleet: str, version: int, sha256: str, when: float) -> None:
         """Records that boards of `fleet` got this bundle (kept once, with when it was first seen)."""
         with self._lock, self._connect() as db:
@@ -116,10 +116,16 @@ def refuse_older_bundle(registry: Registry, fleet: str, version: int, where: str
         )
 
 
+def export_obj(a: Attempt) -> dict[str, object]:
+    """An attempt as exports show it: every field, times in ISO 8601 (UTC), plus its duration."""
+    return {**asdict(a), "started": iso8601(a.started), "ended": iso8601(a.ended),
+            "seconds": round(a.ended - a.started, 3)}
+
+
 def to_csv(attempts: list[Attempt]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["id", *_COLUMNS])
+    w = csv.DictWriter(buf, fieldnames=["id", *_COLUMNS, "seconds"])
     w.writeheader()
     for a in attempts:
-        w.writerow(asdict(a))
+        w.writerow(export_obj(a))
     return buf.getvalue()

@@ -195,7 +195,10 @@ def run_steps(
     wall_ms = (time.perf_counter() - started) * 1000
     if done.returncode != 0 or not done.stdout.strip():
         raise VMError(f"the VM runner failed (exit {done.returncode}):\n{done.stderr.decode(errors='replace')}")
-    reply = json.loads(done.stdout.splitlines()[-1])
+    try:
+        reply = json.loads(done.stdout.splitlines()[-1])
+    except ValueError as e:
+        raise VMError(f"the VM runner's reply is not JSON ({e}; {len(done.stdout)} bytes): it was cut short") from None
     return VMRun(
         load_ms=reply["load_ms"],
         heap_initial=reply["heap_initial"],
