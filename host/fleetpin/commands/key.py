@@ -72,6 +72,26 @@ def new(kind: str | None, name: str | None, role: str, out_dir: Path, passphrase
         click.echo(f"  private key {key_path}: take it offline now", err=True)
 
 
+@key.command("reencrypt")
+@click.argument("key_file", metavar="KEY.key.pem", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), help=_PASSPHRASE_HELP)
+@click.option("--new-passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="file holding a new passphrase (default: keep the current one)")
+def reencrypt(key_file: Path, passphrase_file: Path | None, new_passphrase_file: Path | None) -> None:
+    """Rewrite an encrypted private key with today's key derivation (scrypt N=2^14, r=8, p=5).
+
+    Keys made by older fleetpin versions (PBKDF2 at 2,048 iterations) still work everywhere;
+    this makes a stolen copy of the file far costlier to attack. The key itself (and so its
+    key id, pin and signatures) does not change. Old copies of the file (backups) keep the
+    old protection: replace them too.
+    """
+    passphrase = keys.read_passphrase(passphrase_file, confirm=False)
+    new_passphrase = keys.read_passphrase(new_passphrase_file, confirm=True, prompt="new key passphrase") \
+        if new_passphrase_file is not None else None
+    p = keys.reencrypt_private_key(key_file, passphrase, new_passphrase)
+    click.echo(f"{key_file}: re-encrypted (scrypt N={p['n']}, r={p['r']}, p={p['p']}; AES-256-CBC)")
+
+
 @key.command("import")
 @click.argument("public_key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--id", "name", required=True, help="key name")
