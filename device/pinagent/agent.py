@@ -222,23 +222,29 @@ class Agent:
 
     def _verify(self, data, signers_bytes, installed_version):
         """store.Store's verify: the signed bundle against a signer set (module docstring of
-        pinagent.store). At boot (installed_version None) no rollback, same-version or
-        from-the-future check: a clock reading 2000 must not reject the installed bundle."""
-        # The trusted set is already trusted: loaded without the key checks a NEW set gets at
-        # install (pinagent.signers), so a set an older agent stored never bricks the board.
-        trusted = _signers.load_signers(signers_bytes, False)
-        fleet = self.fleet
+        pinagent.store). At boot (installed_version None) the installed bundle is decoded, not
+        verified again: its signatures were checked when it was installed, and the store has
+        just checked the slot's digest (pinagent.bundle, "Trust is established at install"). No
+        rollback, same-version or from-the-future check then either: a clock reading 2000 must
+        not reject the installed bundle. pinagent.signers is loaded only for an update, or for
+        a bundle that carries a new signer set."""
         if installed_version is None:
-            if fleet is None:
-                fleet = _bundle.parse_envelope(data).header["fleet"]
-            b = _bundle.decode_bundle(data, trusted, fleet, None, None, 0, True)
+            b = _bundle.decode_bundle(data, None, self.fleet, None, None, 0, True)
         else:
-            if fleet is None:
+            if self.fleet is None:
                 raise _bundle.BundleWrongFleet("this device has no fleet configured")
+            from . import signers as _signers
+
+            # The trusted set is already trusted: loaded without the key checks a NEW set gets at
+            # install (pinagent.signers), so a set an older agent stored never bricks the board.
+            trusted = _signers.load_signers(signers_bytes, False)
             floor = self.state.time_floor if self.state is not None else 0
-            b = _bundle.decode_bundle(data, trusted, fleet, installed_version, self.now(), floor)
-        nxt = signers_bytes if b.signers is None else _signers.dump_signers(b.signers)
-        return _store.Verified(b, b.version, b.issued, nxt)
+            b = _bundle.decode_bundle(data, trusted, self.fleet, installed_version, self.now(), floor)
+        if b.signers is None:
+            return _store.Verified(b, b.version, b.issued, signers_bytes)
+        from . import signers as _signers
+
+        return _store.Verified(b, b.version, b.issued, _signers.dump_signers(b.signers))
 
     # ---- pinned connections
 
