@@ -22,9 +22,6 @@ handshake's own exceptions (OSError, ValueError with mbedTLS's verify text) pass
 connect.open_pinned to classify. The raw socket is closed on every failure.
 """
 
-from pinagent.connect import NetworkError, error_text
-
-
 class VerificationOff(Exception):
     """The TLS context would not verify the chain: refused before any connection."""
 
@@ -71,6 +68,8 @@ class EspTls:
             sock.settimeout(timeout)
             sock.connect(addr[-1])
         except Exception as e:
+            from pinagent.connect import NetworkError, error_text
+
             if sock is not None:
                 _close(sock)
             raise NetworkError("network", None, error_text(e))
