@@ -20,7 +20,7 @@ from pinagent import store as dev_store
 
 MODULES = ["pinagent", "pinagent.der", "pinagent.pins", "pinagent.policy", "pinagent.ecdsa", "pinagent.signers",
            "pinagent.bundle", "pinagent.connect", "pinagent.store", "pinagent.reports", "pinagent.agent",
-           "pinagent.link", "pinagent.service", "pinagent.io",
+           "pinagent.policy_load", "pinagent.handler", "pinagent.link", "pinagent.service", "pinagent.io",
            "pinagent.io.flash", "pinagent.io.tls", "pinagent.io.console"]
 BOOT = ("AG = pinagent.agent.Agent(pinagent.store.FS(os, open), lambda: NOW, 'bench-1', %r, None)\n"
         "AG.boot()\nassert AG.state.mode == 'ok', AG.state.mode")

@@ -1,4 +1,4 @@
-# The whole life of a board, on real MicroPython (the unix port), for bench/bench_agent.py, which
+# The life of a board, on real MicroPython (the unix port), for bench/bench_agent.py, which
 # starts it under a hard heap (-X heapsize) with this folder, the agent and the board's main.py on
 # MICROPYPATH, and talks to it as a host would: stdin and stdout are the board's console (the
 # update protocol), stderr carries the figures ("FP ..." lines).
@@ -6,16 +6,19 @@
 #   micropython -X heapsize=N -c "import mp_agent_life" < host bytes > device bytes 2> figures
 #
 # The job (mp_agent_job.json beside this file): flash (a folder mounted at /fleetpin, as the
-# board's LittleFS), rounds, window_ms, host ("api.bench.test"), good and bad (ports of loopback
-# TLS servers: one serves the pinned chain, one a chain the bundle does not pin), first (the
-# version installed at the start), update (whether a host connects in the listening window).
+# board's LittleFS), rounds, app_rounds, window_ms, host ("api.bench.test"), good and bad (ports of
+# loopback TLS servers: one serves the pinned chain, one a chain the bundle does not pin), first
+# (the version installed at the start), update (whether a host connects in the listening window).
 #
-# Each round is one wake of the board, as main.py runs it: main.start() boots the agent from
-# flash; console.serve() is the listening window (with a host: HELLO, IDENTIFY, an update with
-# its signature check, the reports read and acknowledged, REBOOT); then the application: a
-# pinned connection (allowed, one line exchanged) and one the pin check refuses (a report
-# written). Then the agent is dropped (the reboot) and the next round boots again from what the
-# last one left in flash. Printed after each stage: live heap after a collection.
+# A round is a wake of the board, as main.py runs it: main.start() boots the agent from flash;
+# console.serve() is the listening window (with a host: HELLO, IDENTIFY, an update with its
+# signature check, the reports read and acknowledged, REBOOT, which ends the session); then the
+# application, app_rounds times: a pinned connection (allowed, one line exchanged) and one the
+# pin check refuses (a report written). A process starts like a board after reset; a second
+# round in it boots again from what the last one left in flash, with the modules the last one
+# loaded still there (and the strings they interned, which MicroPython never frees): more than
+# a board holds after machine.reset(), so later rounds are the harder ones. Printed after each
+# stage: live heap after a collection.
 import gc
 import sys
 
@@ -66,7 +69,7 @@ class _Os:
 
 
 def _start(board, fs):
-    # main.start() with the board's file system passed in
+    # main.start(), with the board's file system passed in
     try:
         from pinagent.io import console
     except Exception as e:
@@ -110,20 +113,17 @@ def main():
     vfs = None
     import os
 
-    from pinagent.store import FS
-
-    fs = FS(_Os(os, job["flash"]), open)
-    os = None
-    import main as board  # the board's main.py, source compiled here as on the board
-
     _say("FP start", START, _mem())
     version = job["first"]
     for i in range(job["rounds"]):
-        console, agent = _start(board, fs)
+        import main as board  # the board's main.py, source compiled here as on the board
+        from pinagent.store import FS
+
+        console, agent = _start(board, FS(_Os(os, job["flash"]), open))
         st = agent.state
         if console is None or st is None or st.mode != "ok" or st.version != version:
             raise AssertionError("boot: %r" % ((agent if console is None else (st.mode, st.version, st.problems)),))
-        st = None
+        st = FS = None
         _say("FP booted", i, _mem())
         console.serve(agent, window_ms=job["window_ms"], ctrl_c_after=False, reset=_noop)
         if job["update"]:
@@ -131,9 +131,10 @@ def main():
             if agent.state.version != version:
                 raise AssertionError("update: version %r, expected %d" % (agent.state.version, version))
         _say("FP served", i, _mem())
-        _app(agent, job)
-        _say("FP app", i, _mem())
-        console = agent = None  # the reboot
+        for j in range(job["app_rounds"]):
+            _app(agent, job)
+            _say("FP app", i, _mem())
+        board = console = agent = None  # the reboot, but main.py and pinagent stay loaded (below)
         _say("FP round", i, _mem())
     _say("FP done", _mem())
 
