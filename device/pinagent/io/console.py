@@ -119,7 +119,7 @@ class StdioPort:
 
 class BrokenAgent:
     """Stands in when the agent cannot even be built (e.g. out of memory): IDENTIFY says why,
-    REBOOT works, everything else is refused as unsupported (service.Handler's requests)."""
+    REBOOT works, every other request is refused as unsupported (service.Handler's requests)."""
 
     def __init__(self, error):
         self.error = "%s: %s" % (type(error).__name__, error)
@@ -134,32 +134,13 @@ class BrokenAgent:
     def end_session(self):
         pass
 
-    def read_bundle(self, offset, length):
-        _unsupported("read_bundle")
+    def __getattr__(self, name):  # read_bundle, write_begin, ...: refused
+        def unsupported(*args):
+            from pinagent import service
 
-    def write_begin(self, size, sha256):
-        _unsupported("write_begin")
+            raise service.ServiceError(service.E_UNSUPPORTED, name)
 
-    def write_chunk(self, offset, data):
-        _unsupported("write_chunk")
-
-    def write_commit(self):
-        _unsupported("write_commit")
-
-    def read_reports(self, offset, length):
-        _unsupported("read_reports")
-
-    def ack_reports(self, seq):
-        _unsupported("ack_reports")
-
-    def test_connect(self, host, port):
-        _unsupported("test_connect")
-
-
-def _unsupported(what):
-    from pinagent import service
-
-    raise service.ServiceError(service.E_UNSUPPORTED, what)
+        return unsupported
 
 
 def _open(agent, session):
