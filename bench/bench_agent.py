@@ -1,29 +1,35 @@
 """The agent's RAM as the board would hold it, and its boot time, on real MicroPython (the unix
 port, -X heapsize: a hard heap, garbage collected as on a board), with ESP32 estimates.
 
-The whole life (bench/mp_agent_life.py, on MicroPython; this process is the host): the board's
-own main.py boots the agent from flash (a 3-domain bundle with its CA certificates; the config
-names the fleet), serves the listening window, and runs the application: a pinned connection to
-a loopback TLS server (fleetpin.sim.tlsserver, 127.0.0.1) that serves a 3-certificate chain the
+A wake (bench/mp_agent_life.py, on MicroPython; this process is the host): the board's own
+main.py boots the agent from flash (a 3-domain bundle with its CA certificates; the config names
+the fleet), serves the listening window, and runs the application: a pinned connection to a
+loopback TLS server (fleetpin.sim.tlsserver, 127.0.0.1) that serves a 3-certificate chain the
 bundle pins, and one to a server whose chain it does not pin (refused: a report written). With a
 host, the window carries a real session from fleetpin.field.transport (the CLI's own code) over
-the process's stdin/stdout: HELLO, PING, IDENTIFY, one full update (the next version; the
-device verifies its signature), the reports read and acknowledged, REBOOT. ROUNDS such wakes in
-one process, each booting from what the last one left in flash; the live heap at the end of each
-round must not grow. Without a host: the steady state (the window passes, nothing else loaded).
+the process's stdin/stdout: HELLO, PING, IDENTIFY, one full update (the next version; the device
+verifies its signature), the reports read and acknowledged, REBOOT. Scenarios (SCENARIOS):
+  - a host updates at every wake: ROUNDS processes one after the other on one flash (a process
+    starts as a board after reset), each one wake;
+  - no host: one wake, then the application ROUNDS times (the steady state);
+  - ROUNDS wakes in one process, keeping what each loaded (and the strings MicroPython interned,
+    which it never frees): more than a board holds, the worst case.
+The live heap must not grow between rounds or application runs.
 
-For each: the smallest -X heapsize the whole life passes in (bisection, 1 KB), with the agent
-loaded from .mpy (as `fleetpin image build` installs it) and from source. This port is 64-bit:
-the same modules take more heap than on the 32-bit ESP32. The ratio is measured in the same run
-on the same modules (.mpy): live heap here / live heap on the 32-bit WebAssembly VM
-(bench_heap_runtimes). ESP32 estimate = heap here / ratio. Targets: the whole life within 64 KB
-(ESP32 estimate) from .mpy, and passing here under -X heapsize of 64 KB x the ratio.
+For each: the smallest -X heapsize from which the life passes (bisection in 1 KB steps, then
+checked upwards: near it the outcome is not monotonic), with the agent loaded from .mpy (as
+`fleetpin image build` installs it) and from source. This port is 64-bit: the same modules take
+more heap than on the 32-bit ESP32. The ratio is measured in the same run on the same modules
+(.mpy): live heap here / live heap on the 32-bit WebAssembly VM (bench_heap_runtimes). ESP32
+estimate = heap here / ratio. Targets: the whole life within 64 KB (ESP32 estimate) from .mpy,
+and passing here under -X heapsize of 64 KB x the ratio.
 
-Boot time: from the modules' import (main.py compiled, pinagent loaded from .mpy) through the
-agent's boot (store, bundle, policy, reports) to the first pin decision on a 3-certificate chain
-(the verify callback's work for a handshake, not the handshake itself), timed here and estimated
-for an ESP32 at 240 MHz with the pidigits calibration of bench_ecdsa (+-2x; reading .mpy files
-from the board's flash is not modelled). Target: at most 50 ms.
+Boot time: a wake with nothing loaded (main.py compiled, pinagent loaded from .mpy, the agent
+booted from flash, the first pin decision on a 3-certificate chain: the verify callback's work for
+a handshake, not the handshake itself); the same with every module loaded (the agent's own work);
+the decision alone. Timed here and estimated for an ESP32 at 240 MHz with the pidigits calibration
+of bench_ecdsa (+-2x; reading .mpy files from the board's flash is not modelled). Target: at most
+50 ms.
 """
 
 from __future__ import annotations
