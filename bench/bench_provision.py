@@ -53,8 +53,7 @@ def run() -> None:
         batches = iter(range(10**6))
 
         def registry() -> Registry:
-            # A new batch of boards: a registry that knows none of them. (The mock gives every
-            # board one MAC, so a shared registry would take them all for already provisioned.)
+            # A new batch of boards: a registry that knows none of them.
             return Registry(tmp / f"reg{next(batches)}.sqlite")
 
         def fleetpin(n: int) -> float:
