@@ -33,7 +33,7 @@ from typing import Any
 
 from fleetpin.errors import UsageError
 from fleetpin.line.boards import Board, get_board
-from fleetpin.sim.flashfs import FlashFS
+from fleetpin.sim.flashfs import FlashFS, mac_text
 from fleetpin.sim.line import Faults, Line
 
 RUNTIMES = ("cpython", "micropython")
@@ -75,10 +75,10 @@ class Clock:
         return t.timestamp()
 
 
-def _make_cpython_agent(fs: Any, clock: Clock, cfg: dict[str, Any]) -> Any:
+def _make_cpython_agent(fs: Any, clock: Clock, cfg: dict[str, Any], mac: str) -> Any:
     from pinagent.agent import Agent
 
-    return Agent(fs, clock, cfg.get("device_id"), cfg.get("fleet"), _sim_tls())
+    return Agent(fs, clock, cfg.get("device_id"), cfg.get("fleet"), _sim_tls(), mac=mac)
 
 
 def _sim_tls() -> Any:
@@ -116,7 +116,7 @@ class _CPythonCore:
         from pinagent.service import Service
 
         b = self.b
-        self.agent = _make_cpython_agent(b.flash.store_fs(), b.clock, read_config(b.flash))
+        self.agent = _make_cpython_agent(b.flash.store_fs(), b.clock, read_config(b.flash), b.mac)
         self.agent.boot()
         self.svc = Service(self.agent)
         self.link = DeviceLink(self.svc.dispatch)
@@ -147,7 +147,7 @@ class _VmCore:
         prelude = (
             "from pinagent.agent import Agent\n"
             "def make_agent(fs, clock, cfg):\n"
-            "    return Agent(fs, clock, cfg.get('device_id'), cfg.get('fleet'), None)\n"
+            f"    return Agent(fs, clock, cfg.get('device_id'), cfg.get('fleet'), None, mac={self.b.mac!r})\n"
         )
         return prelude + (_HERE / "vm_main.py").read_text()
 
@@ -291,6 +291,7 @@ class VirtualBoard:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="fleetpin-board-")
             flash = Path(self._tmpdir.name) / "flash.img"
         self.flash_path = Path(flash)
+        self.mac = mac_text(self.flash_path)  # the base MAC its ROM bootloader reports too (a board is its flash)
         self._provision = (device_id, fleet, seed_bundle, signers)
         self.flash: FlashFS = None  # type: ignore[assignment]
         self.line: Line = None  # type: ignore[assignment]

@@ -13,7 +13,7 @@ The bootloader is fleetpin.sim.rom (esp32-mock-bootloader with its SPI flash mem
 the flash file) in its own process: unplug() kills it, as pulling the cable would. Its flash is
 4 MiB and it reports a 4 MB flash chip whatever the board file allows, so an image built for a
 bigger flash is refused by esptool ("flash too small"); a smaller chip cannot be emulated.
-Each station reports a base MAC derived from its flash file (sim.rom.board_mac), so the
+Each station reports a base MAC derived from its flash file (sim.flashfs.board_mac; its agent reports the same one), so the
 registry tells them apart; a board whose config.json (written by `fleetpin image build`) has
 no device_id gets a stable one from the flash file's name: slot1.img -> "sim-slot1".
 """
