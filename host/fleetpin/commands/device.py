@@ -26,7 +26,9 @@ import click
 from fleetpin.device_errors import is_refusal
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.field.receipts import Receipt, check_writable, default_path, utc_now, write_receipt
+from fleetpin.field.reports import parse_report_log, parse_time
 from fleetpin.field.transport import DEFAULT_BAUD, Transport
+from fleetpin.line.registry_url import ENV_VAR, URL_HELP
 from pinagent import bundle as dev_bundle
 
 PORT_HELP = "serial port of the device (e.g. /dev/ttyUSB0, COM3, or a `fleetpin sim board` pty)"
@@ -65,26 +67,6 @@ def _identify(t: Transport) -> dict[str, Any]:
     return dict(info)
 
 
-def _report_lines(log: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(counters, reports) of the report log (JSON lines; the first is the counters)."""
-    head: dict[str, Any] = {}
-    entries: list[dict[str, Any]] = []
-    for i, raw in enumerate(log.split(b"\n")):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            continue
-        if not isinstance(obj, dict):
-            continue
-        if i == 0 and "fleetpin-reports" in obj:
-            head = obj
-        else:
-            entries.append(obj)
-    return head, entries
-
-
 def _short(digest: Any) -> str:
     return str(digest)[:16] if digest else "none"
 
@@ -99,7 +81,7 @@ def info(port: str, baud: int, timeout: float, as_json: bool) -> None:
     with _session(port, baud, timeout) as t:
         ident = _identify(t)
         try:
-            head, reports = _report_lines(t.read_all("reports"))
+            head, reports = parse_report_log(t.read_all("reports"))
             pending: int | None = len(reports)
         except FleetpinError:
             head, pending = {}, None
@@ -328,25 +310,58 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
 @device.command("reports")
 @_port_options
 @click.option("--clear", is_flag=True, help="clear the reports after reading them (only those read are cleared)")
-def reports(port: str, baud: int, timeout: float, as_json: bool, clear: bool) -> None:
-    """The device's pin-failure reports (HPKP/TrustKit fields), least recently seen first."""
-    with _session(port, baud, timeout) as t:
-        log = t.read_all("reports")
-        head, entries = _report_lines(log)
-        cleared = False
-        if clear:
-            t.call(t.client.clear_reports(len(log)), "CLEAR_REPORTS")
-            cleared = True
+@click.option("--store", is_flag=True, help="record them in the registry (per device, deduplicated), before any --clear")
+@click.option("--registry", "registry_url", envvar=ENV_VAR, default=None, metavar="URL", help="with --store: " + URL_HELP)
+def reports(port: str, baud: int, timeout: float, as_json: bool, clear: bool, store: bool, registry_url: str | None) -> None:
+    """The device's pin-failure reports (HPKP/TrustKit fields), least recently seen first.
+
+    --store records them in the registry the line and the fleet share (`fleetpin fleet status`
+    shows them): a report read twice counts once. --json prints a document `fleetpin fleet
+    import` takes later: the reports, the ring's counters, and the device (IDENTIFY).
+    """
+    reg = None
+    if store:
+        from fleetpin.field.fleet import store_reports
+        from fleetpin.line.registry import Registry, display_url
+
+        reg = Registry(registry_url)  # a bad URL or schema stops here, before the device is touched
+    try:
+        with _session(port, baud, timeout) as t:
+            ident = _identify(t)
+            read_at = utc_now()
+            log = t.read_all("reports")
+            head, entries = parse_report_log(log)
+            doc = {"device": _device_fields(ident), "read_at": read_at, "counters": head, "reports": entries}
+            stored = None
+            if reg is not None:  # before --clear: reports that could not be stored stay on the device
+                stored = store_reports(reg, doc, seen_at=parse_time(read_at))
+            cleared = False
+            if clear:
+                t.call(t.client.clear_reports(len(log)), "CLEAR_REPORTS")
+                cleared = True
+    finally:
+        if reg is not None:
+            reg.close()
     if as_json:
-        click.echo(json.dumps({"counters": head, "reports": entries, "cleared": cleared}, sort_keys=True))
+        out = {**doc, "cleared": cleared}
+        if stored is not None:
+            out["stored"] = {"added": stored.added, "merged": stored.merged}
+        click.echo(json.dumps(out, sort_keys=True))
         return
     if not entries:
         click.echo(f"no pending reports ({head.get('total', 0)} recorded in all, {head.get('dropped', 0)} dropped)")
     for r in entries:
         click.echo(f"{r.get('date-time')}  {r.get('hostname')}:{r.get('port')}  x{r.get('count', 1)}  "
                    f"{r.get('validation-result')}  (last {r.get('last-seen')})")
+    if stored is not None and reg is not None:
+        click.echo(f"stored for {stored.device_id} in {display_url(reg.url)}: {stored.added} new, {stored.merged} already there")
     if cleared:
         click.echo(f"cleared {len(entries)} reports")
+
+
+def _device_fields(ident: dict[str, Any]) -> dict[str, Any]:
+    """What the registry keeps of a device's IDENTIFY answer."""
+    return {k: ident.get(k) for k in ("device_id", "mac", "fleet", "bundle_version", "bundle_sha256")}
 
 
 def _host_port(text: str) -> tuple[str, int]:

@@ -12,7 +12,16 @@ from rich.console import Console
 from rich.table import Table
 
 from fleetpin.files import write_atomic
-from fleetpin.line.registry import ENV_VAR, STATES, URL_HELP, Registry, attempts_csv, display_url, head_revision, migrate
+from fleetpin.line.registry import (
+    ENV_VAR,
+    STATES,
+    URL_HELP,
+    Registry,
+    attempts_csv,
+    display_url,
+    head_revision,
+    migrate,
+)
 
 _registry_opt = click.option("--registry", "url", envvar=ENV_VAR, default=None, metavar="URL", help=URL_HELP)
 

@@ -16,7 +16,6 @@ new entry the agent starts for the same failure after a clear is a new row.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from fleetpin.errors import UsageError
+from fleetpin.field.reports import iso, parse_time
 from fleetpin.line.registry import CONFIRMED, Registry, boards_t, devices_t, greatest, lockouts_t, reports_t, upsert
 
 PREFLIGHT, DRILL = "preflight", "drill"
@@ -37,68 +37,6 @@ class StoreResult:
     device_id: str
     added: int  # reports not stored before
     merged: int  # reports already stored (count and last seen brought up to date)
-
-
-# ---- reading report documents ------------------------------------------------------------------
-
-
-def parse_report_log(log: bytes | str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(counters, reports) of the agent's report log: JSON lines, the first the ring's counters."""
-    text = log.decode("utf-8", "replace") if isinstance(log, bytes) else log
-    head: dict[str, Any] = {}
-    entries: list[dict[str, Any]] = []
-    for i, line in enumerate(text.split("\n")):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(obj, dict):
-            continue
-        if i == 0 and "fleetpin-reports" in obj:
-            head = obj
-        else:
-            entries.append(obj)
-    return head, entries
-
-
-def parse_report_file(text: str) -> dict[str, Any]:
-    """A saved report file -> {"counters", "reports", "device", "read_at"}: the document
-    `fleetpin device reports --json` prints (its "device" and "read_at" are there since this
-    registry; older files have neither), or the agent's log itself."""
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            obj = json.loads(stripped)
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict) and isinstance(obj.get("reports"), list):
-            device = obj.get("device") if isinstance(obj.get("device"), dict) else None
-            return {"counters": obj.get("counters") or {}, "reports": list(obj["reports"]), "device": device,
-                    "read_at": parse_time(obj.get("read_at"))}
-    head, entries = parse_report_log(stripped)
-    if not head and not entries:
-        raise UsageError("not a report file: neither `fleetpin device reports --json` output nor an agent's report log",
-                         hint="save the reports with: fleetpin device reports --port PORT --json > FILE")
-    return {"counters": head, "reports": entries, "device": None, "read_at": None}
-
-
-def parse_time(text: Any) -> float | None:
-    """RFC 3339 UTC as the agent and this tool write it ("2026-01-01T00:00:00Z") -> POSIX seconds."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.timestamp()
-
-
-def iso(t: float | None) -> str | None:
-    return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _mac(value: Any) -> str | None:

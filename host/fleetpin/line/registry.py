@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -49,12 +48,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import URL, make_url
 
-from ..errors import FleetpinError, UsageError
+from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.line.registry_url import DEFAULT_URL, ENV_VAR, URL_HELP, resolve_url  # noqa: F401  (re-exported)
 
-DEFAULT_URL = "sqlite:///fleetpin-registry.sqlite"
-ENV_VAR = "FLEETPIN_REGISTRY"
-URL_HELP = ("Registry database: sqlite:///PATH (or a plain path) or postgresql://USER@HOST/DB "
-            f"[env {ENV_VAR}; default {DEFAULT_URL}].")
 BUSY_TIMEOUT_S = 60.0  # SQLite: how long a writer waits for another station's transaction
 DEFAULT_LEASE_S = 120.0  # a claim not renewed for this long may be taken over (stations renew every third of it)
 _PG_MIGRATE_LOCK = 0x666C7470  # pg_advisory_xact_lock key held while migrating ("fltp")
@@ -199,13 +195,6 @@ class Claim:
 
 
 # ---- URLs and engines -----------------------------------------------------------------------
-
-
-def resolve_url(url: str | Path | None = None) -> str:
-    """--registry, else $FLEETPIN_REGISTRY, else the default SQLite file."""
-    if url is None or url == "":
-        url = os.environ.get(ENV_VAR) or DEFAULT_URL
-    return str(url) if isinstance(url, str) else f"sqlite:///{url}"
 
 
 def engine_url(url: str | Path | None = None) -> URL:
