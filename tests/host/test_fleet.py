@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from pg import pg_server, pg_url, url  # noqa: F401  (fixtures)
 
 from fleetpin.errors import UsageError
 from fleetpin.field import fleet as F
 from fleetpin.field.reports import parse_report_file
 from fleetpin.line.registry import Registry, make_engine
-from pg import pg_server, pg_url, url  # noqa: F401  (fixtures)
 
 MAC = "aa:bb:cc:00:00:01"
 T0 = 1_800_000_000.0
