@@ -30,6 +30,13 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+def _console() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal:  # a pipe or a log gets whole columns, not a table squeezed to 80
+        console.width = max(console.width, 200)
+    return console
+
+
 @click.group()
 def registry() -> None:
     """The registry the line's stations share: every provisioning attempt, and one row per
@@ -67,7 +74,7 @@ def list_(url: str | None, mac: str | None, as_json: bool) -> None:
             a.result,
             a.error or "",
         )
-    Console().print(t)
+    _console().print(t)
 
 
 @registry.command("boards")
@@ -85,7 +92,7 @@ def boards(url: str | None, state: str | None, as_json: bool) -> None:
     for b in rows:
         t.add_row(b.mac, b.state, b.station, b.image_id[:12], b.bundle_sha256[:12], _when(b.updated_at), str(b.takeovers or ""),
                   b.error or "")
-    Console().print(t)
+    _console().print(t)
     click.echo(", ".join(f"{sum(b.state == s for b in rows)} {s}" for s in STATES))
 
 

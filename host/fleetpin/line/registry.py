@@ -220,10 +220,14 @@ def engine_url(url: str | Path | None = None) -> URL:
 
 
 def display_url(url: str | Path | None) -> str:
+    """The URL as the user gave it, for messages: a plain path as sqlite:///PATH, no password."""
+    text = resolve_url(url)
+    if "://" not in text:
+        return f"sqlite:///{text}"
     try:
-        return engine_url(url).render_as_string(hide_password=True)
-    except UsageError:
-        return str(url)
+        return make_url(text).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return text
 
 
 def make_engine(url: str | Path | None = None) -> Engine:

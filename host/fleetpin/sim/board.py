@@ -33,7 +33,7 @@ from typing import Any
 
 from fleetpin.errors import UsageError
 from fleetpin.line.boards import Board, get_board
-from fleetpin.sim.flashfs import FlashFS, mac_text
+from fleetpin.sim.flashfs import FlashError, FlashFS, mac_text
 from fleetpin.sim.line import Faults, Line
 
 RUNTIMES = ("cpython", "micropython")
@@ -41,6 +41,10 @@ CONFIG = "/fleetpin/config.json"
 SIGNERS = "/fleetpin/signers.bin"
 BUNDLE = "/fleetpin/bundle.bin"
 _HERE = Path(__file__).resolve().parent
+
+
+class FlashInUse(FlashError):
+    """Another virtual board is running from this flash file."""
 
 
 class Clock:
@@ -299,6 +303,7 @@ class VirtualBoard:
         self._lock = threading.RLock()  # one feed or reset at a time
         self._flash_lock = threading.RLock()
         self._pending_reboot = False
+        self._held: Any = None  # the flash file, locked while the board runs
         self.boots = 0
 
     # ---- lifecycle
@@ -306,6 +311,7 @@ class VirtualBoard:
     def start(self) -> VirtualBoard:
         self.flash = FlashFS.open_image(self.flash_path, self.board)
         try:
+            self._hold_flash()
             self._provision_flash(*self._provision)
             self.line = Line(self._on_receive, self.baud, self.faults)
             self._core = _VmCore(self) if self.runtime == "micropython" else _CPythonCore(self)
@@ -316,12 +322,30 @@ class VirtualBoard:
             raise
         return self
 
+    def _hold_flash(self) -> None:
+        """A board runs in one place: a second board booting the same flash file (a virtual
+        station given a board another one is running, a second `fleetpin sim board`) is refused,
+        instead of two agents writing one filesystem. The lock goes with this process."""
+        import fcntl
+
+        held = open(self.flash_path, "rb")  # noqa: SIM115  (kept open while the board runs)
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            held.close()
+            raise FlashInUse(f"{self.flash_path}: this board is already running (its flash file is in use)",
+                             hint="stop the other board (or station) first") from None
+        self._held = held
+
     def stop(self) -> None:
         if self._core is not None:
             self._core.stop()
             self._core = None
         if self.line is not None:
             self.line.close()
+        if self._held is not None:
+            self._held.close()
+            self._held = None
         if self.flash is not None:
             self.flash.close()
         if self._tmpdir is not None:

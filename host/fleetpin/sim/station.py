@@ -33,7 +33,7 @@ from typing import Any
 from fleetpin.errors import FleetpinError
 from fleetpin.line.boards import get_board
 from fleetpin.line.provision import Confirm, ConfirmFailed, Station, agent_confirm
-from fleetpin.sim.board import VirtualBoard
+from fleetpin.sim.board import FlashInUse, VirtualBoard
 from fleetpin.sim.flashfs import FlashError
 
 ROM_START_TIMEOUT = 10.0
@@ -172,6 +172,8 @@ def station_confirm(stations: Sequence[VirtualStation], *, timeout: float = 10.0
             raise ConfirmFailed(f"{port} is not the port of a virtual station")
         try:
             board = station.reset_into_agent(**board_kwargs)
+        except FlashInUse as e:  # the same board at two stations (a shared flash file)
+            raise ConfirmFailed(f"the board is running at another station: {e}", hint="check it there") from None
         except FlashError as e:
             raise ConfirmFailed(
                 f"agent not answering: the board does not boot from its flash ({e})",
