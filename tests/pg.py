@@ -6,8 +6,8 @@ directory that user owns, listening on 127.0.0.1 and a free port, trust authenti
 only). One server per test session (`pg_server`); each test that wants a clean database asks
 `pg_url` for a fresh one.
 
-Use from a test module:  `from pg import pg_server, pg_url, url  # noqa: F401` (fixtures; `url`
-runs a test twice, on a fresh SQLite file and on a fresh PostgreSQL database).
+Fixtures (tests/conftest.py makes them available to every test): `pg_server`, `pg_url`, and `url`,
+which runs a test twice: on a fresh SQLite file and on a fresh PostgreSQL database.
 Use from elsewhere:      `with PgServer.started() as srv: url = srv.url(srv.create_database("x"))`.
 """
 
@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 RUN_AS = ("nobody", "nogroup")
+UNAVAILABLE: list[str] = []  # why the server could not start here (tests/conftest.py says it once, at the end)
 
 
 class PgUnavailable(Exception):
@@ -128,6 +129,7 @@ def pg_server() -> Iterator[PgServer]:
     except (PgUnavailable, OSError, subprocess.SubprocessError) as e:
         with contextlib.suppress(Exception):
             srv.stop()  # type: ignore[possibly-undefined]
+        UNAVAILABLE.append(str(e))
         pytest.skip(f"PostgreSQL cannot start here: {e}")
     try:
         yield srv

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from pg import pg_server, pg_url, url  # noqa: F401  (fixtures)
 
 from fleetpin.errors import UsageError
 from fleetpin.field import fleet as F

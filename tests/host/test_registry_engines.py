@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from pg import pg_server, pg_url, url  # noqa: F401  (fixtures)
 
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.line import registry as R

@@ -29,7 +29,6 @@ from fleetpin.line.image import LoadedImage, build_image, verify_image
 from fleetpin.line.registry import CLAIMED, CONFIRMED, FAILED, WRITTEN, Registry
 from fleetpin.sim.board import BUNDLE as FS_BUNDLE
 from fleetpin.sim.flashfs import FlashFS, mac_text
-from pg import pg_server, pg_url, url  # noqa: F401  (fixtures)
 from pinagent.store import encode_slot
 
 ESP32 = get_board("esp32")

@@ -29,8 +29,7 @@ from fleetpin.line.provision import (
 from fleetpin.line.registry import Registry
 from fleetpin.sim.board import BUNDLE as FS_BUNDLE
 from fleetpin.sim.board import VirtualBoard
-from fleetpin.sim.flashfs import FlashError, FlashFS, blank_image
-from fleetpin.sim.flashfs import board_mac
+from fleetpin.sim.flashfs import FlashError, FlashFS, blank_image, board_mac
 from fleetpin.sim.station import StationError, VirtualStation, VirtualStations
 from pinagent.store import encode_slot
 
