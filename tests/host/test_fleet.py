@@ -85,6 +85,7 @@ def test_reports_deduplicated_and_fleet_status(url: str) -> None:
         mism = {(m["host"], m["mode"]): (m["devices"], m["sample"]) for m in st["mismatches"]}
         assert mism == {("api.example", "enforced"): (2, ["dev-1", "dev-2"]), ("mqtt.example", "report-only"): (1, ["dev-1"])}
         assert st["not_seen"]["devices"] == 1 and st["not_seen"]["sample"][0]["device_id"] == "dev-3"
+        assert F.recount(reg) == 2 and F.fleet_status(reg, sample=5)["mismatches"] == st["mismatches"]  # kept exactly at ingest
         locks = {lk["source"]: lk for lk in st["lockouts"]}
         assert (locks["preflight"]["devices"], locks["preflight"]["sample"], locks["preflight"]["line_boards"]) == (1, ["dev-2"], 1)
         assert (locks["preflight"]["host"], locks["preflight"]["port"], locks["preflight"]["bundle_version"]) == ("api.example", 443, 4)
@@ -101,6 +102,36 @@ def test_reports_deduplicated_and_fleet_status(url: str) -> None:
         assert F.record_preflight(reg, "c" * 64, 4, {"servers": [{"host": "api.example", "port": 443, "status": "ok"}]}) == 0
         assert F.record_drill(reg, [{"scenario": "emergency-rotation", "devices": []}]) == 0
         assert F.fleet_status(reg)["lockouts"] == []
+
+
+def test_counts_stay_exact_with_technicians_storing_at_once(url: str) -> None:
+    """8 threads store 200 devices' reports on the same hosts at once (some devices twice): the
+    devices per host kept at ingest equal a recount from the reports, and no deadlock."""
+    import threading
+
+    hosts = ["a.example", "b.example", "c.example"]
+    errors: list[BaseException] = []
+
+    def technician(reg: Registry, i: int) -> None:
+        try:
+            for d in range(i * 25, i * 25 + 30):  # 5 devices overlap with the next technician's
+                dev = f"dev-{d % 200}"
+                reps = [_report(f"k{h}", hosts[(d + h) % 3], "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", 1, h % 2 == 0, dev)
+                        for h in range(2)]
+                F.store_reports(reg, reps)
+        except BaseException as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    with Registry(url) as reg:
+        threads = [threading.Thread(target=technician, args=(reg, i)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        kept = F.fleet_status(reg, sample=0)["mismatches"]
+        F.recount(reg)
+        assert F.fleet_status(reg, sample=0)["mismatches"] == kept and sum(m["devices"] for m in kept) == 400
 
 
 def test_a_newer_file_of_a_device_is_not_overwritten_by_an_older_one(url: str) -> None:

@@ -26,7 +26,17 @@ import sqlalchemy as sa
 
 from fleetpin.errors import UsageError
 from fleetpin.field.reports import iso, parse_time
-from fleetpin.line.registry import CONFIRMED, Registry, boards_t, devices_t, greatest, lockouts_t, reports_t, upsert
+from fleetpin.line.registry import (
+    CONFIRMED,
+    Registry,
+    boards_t,
+    devices_t,
+    greatest,
+    lockouts_t,
+    mismatch_counts_t,
+    reports_t,
+    upsert,
+)
 
 PREFLIGHT, DRILL = "preflight", "drill"
 LOCKED_OUT = ("UNREACHABLE", "blocked")  # drill outcomes counted as locked out
@@ -56,7 +66,7 @@ def _report_row(device_id: str, r: Mapping[str, Any], seen: float, now: float) -
     count = r.get("count")
     return dict(device_id=device_id, report_key=key, first_seen=first if first is not None else seen,
                 last_seen=last if last is not None else seen, count=count if isinstance(count, int) and count > 0 else 1,
-                hostname=r.get("hostname"), port=port if isinstance(port, int) else None, noted_hostname=r.get("noted-hostname"),
+                hostname=str(r.get("hostname") or ""), port=port if isinstance(port, int) else None, noted_hostname=r.get("noted-hostname"),
                 enforce=enforce if isinstance(enforce, bool) else None, allowed=allowed if isinstance(allowed, bool) else None,
                 validation_result=r.get("validation-result"), bundle_version=version if isinstance(version, int) else None,
                 body=json.dumps(dict(r), sort_keys=True, separators=(",", ":")), stored_at=now)
@@ -107,9 +117,13 @@ def store_reports(reg: Registry, doc: Mapping[str, Any] | Sequence[Mapping[str, 
         }))
         if not rows:
             return StoreResult(dev, 0, 0)
-        known = {(k, f) for k, f in conn.execute(sa.select(reports_t.c.report_key, reports_t.c.first_seen)
-                                                 .where(reports_t.c.device_id == dev))}
-        added = sum(1 for r in rows if (r["report_key"], r["first_seen"]) not in known)
+        # (the upsert above locks the device's row: two readings of one device are stored in turn)
+        r = reports_t.c
+        known = {(k, f) for k, f in conn.execute(sa.select(r.report_key, r.first_seen).where(r.device_id == dev))}
+        fresh = [row for row in rows if (row["report_key"], row["first_seen"]) not in known]
+        added = len(fresh)
+        had = {(h, _mode(e)) for h, e in conn.execute(sa.select(r.hostname, r.enforce).where(r.device_id == dev).distinct())}
+        new_pairs = sorted({(row["hostname"], _mode(row["enforce"])) for row in fresh} - had)  # sorted: one lock order
         rins = upsert(conn, reports_t)
         conn.execute(rins.on_conflict_do_update(index_elements=["device_id", "report_key", "first_seen"], set_={
             "count": greatest(rins.excluded["count"], reports_t.c["count"]),
@@ -117,7 +131,29 @@ def store_reports(reg: Registry, doc: Mapping[str, Any] | Sequence[Mapping[str, 
             "body": sa.case((rins.excluded.last_seen >= reports_t.c.last_seen, rins.excluded.body), else_=reports_t.c.body),
             "stored_at": rins.excluded.stored_at,
         }), rows)
+        if new_pairs:  # this device reported these hosts (in these modes) for the first time
+            cins = upsert(conn, mismatch_counts_t)
+            conn.execute(cins.on_conflict_do_update(index_elements=["hostname", "mode"], set_={
+                "devices": mismatch_counts_t.c.devices + cins.excluded.devices}),
+                [{"hostname": h, "mode": m, "devices": 1} for h, m in new_pairs])
     return StoreResult(dev, added, len(rows) - added)
+
+
+def _mode_sql(enforce: Any) -> Any:
+    return sa.case((enforce.is_(None), sa.literal("no-rule")), (enforce == sa.true(), sa.literal("enforced")),
+                   else_=sa.literal("report-only"))
+
+
+def recount(reg: Registry) -> int:
+    """Recomputes the devices per host and mode from the reports themselves (store_reports keeps
+    them as it goes; this is for reports loaded by other means). Returns how many (host, mode)."""
+    r = reports_t.c
+    with reg.transaction() as conn:
+        conn.execute(mismatch_counts_t.delete())
+        pairs = (sa.select(r.hostname, _mode_sql(r.enforce).label("mode"), sa.func.count(sa.distinct(r.device_id)))
+                 .group_by(r.hostname, r.enforce))
+        conn.execute(mismatch_counts_t.insert().from_select(["hostname", "mode", "devices"], pairs))
+        return conn.scalar(sa.select(sa.func.count()).select_from(mismatch_counts_t)) or 0
 
 
 def lockouts_from_preflight(report: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -177,22 +213,21 @@ def fleet_status(reg: Registry, *, not_seen_since: float | None = None, sample: 
     mode (enforced, report-only, no-rule) the devices that reported mismatches; devices not seen
     since a time; the lockouts found, with the devices (and boards still on the line) they
     concern; the line's boards per state."""
-    d, r, b, lk = devices_t.c, reports_t.c, boards_t.c, lockouts_t.c
+    d, r, b, lk, mc = devices_t.c, reports_t.c, boards_t.c, lockouts_t.c, mismatch_counts_t.c
     count = sa.func.count()
     with reg.transaction(write=False) as conn:
         total = conn.scalar(sa.select(count).select_from(devices_t)) or 0
         by_version = [{"bundle_version": v, "devices": n} for v, n in conn.execute(
             sa.select(d.bundle_version, count).group_by(d.bundle_version).order_by(d.bundle_version.desc().nulls_last()))]
-        # distinct (host, mode, device) first: one pass over the covering index reports_host_mode
-        pairs = sa.select(r.hostname, r.enforce, r.device_id).group_by(r.hostname, r.enforce, r.device_id).subquery()
+        # the devices per host and mode are kept as reports arrive (counting them here would read
+        # every report); the sample comes from the index reports_host_mode
         mismatches = []
-        for host, enforce, n in conn.execute(sa.select(pairs.c.hostname, pairs.c.enforce, count)
-                                             .group_by(pairs.c.hostname, pairs.c.enforce)
-                                             .order_by(count.desc(), pairs.c.hostname)):
-            same_mode = r.enforce.is_(None) if enforce is None else r.enforce == enforce
+        for host, mode, n in conn.execute(sa.select(mc.hostname, mc.mode, mc.devices).where(mc.devices > 0)
+                                          .order_by(mc.devices.desc(), mc.hostname, mc.mode)):
+            same_mode = {"no-rule": r.enforce.is_(None), "enforced": r.enforce == sa.true()}.get(mode, r.enforce == sa.false())
             ids = list(conn.scalars(sa.select(r.device_id).where(r.hostname == host, same_mode)
                                     .group_by(r.device_id).order_by(r.device_id).limit(sample)))
-            mismatches.append({"host": host, "mode": _mode(enforce), "devices": n, "sample": ids})
+            mismatches.append({"host": host, "mode": mode, "devices": n, "sample": ids})
         stale: dict[str, Any] | None = None
         if not_seen_since is not None:
             old = d.last_seen < not_seen_since

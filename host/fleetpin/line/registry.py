@@ -118,6 +118,11 @@ reports_t = sa.Table(
     sa.Column("body", sa.Text, nullable=False), sa.Column("stored_at", sa.Float, nullable=False),
     sa.UniqueConstraint("device_id", "report_key", "first_seen", name="reports_dedup"),
 )
+mismatch_counts_t = sa.Table(  # per host and mode, how many devices reported it: kept at ingest
+    "mismatch_counts", metadata,
+    sa.Column("hostname", sa.Text, primary_key=True), sa.Column("mode", sa.Text, primary_key=True),
+    sa.Column("devices", sa.Integer, nullable=False),
+)
 lockouts_t = sa.Table(
     "lockouts", metadata,
     sa.Column("id", _BIGID, primary_key=True, autoincrement=True),

@@ -1,7 +1,8 @@
 """Shared registry: one `boards` row per MAC (the claim: claimed -> written -> confirmed, or
-failed), the fleet's `devices` and deduplicated `reports`, and the `lockouts` a preflight (per bundle
-digest) or a drill (per scenario) found. Backfills `boards` from the attempts a 0.1 registry recorded (the last attempt of
-each MAC decides: provisioned/already-provisioned -> confirmed, failed -> failed).
+failed), the fleet's `devices`, their deduplicated `reports` and the `mismatch_counts` per host
+kept with them, and the `lockouts` a preflight (per bundle digest) or a drill (per scenario)
+found. Backfills `boards` from the attempts a 0.1 registry recorded (the last attempt of each MAC
+decides: provisioned/already-provisioned -> confirmed, failed -> failed).
 
 Revision ID: 0002
 Revises: 0001
@@ -78,6 +79,12 @@ def upgrade() -> None:
         sa.UniqueConstraint("device_id", "report_key", "first_seen", name="reports_dedup"),
     )
     op.create_index("reports_host_mode", "reports", ["hostname", "enforce", "device_id"])
+    op.create_table(  # per host and mode (enforced, report-only, no-rule), the devices that reported it
+        "mismatch_counts",
+        sa.Column("hostname", sa.Text, primary_key=True),
+        sa.Column("mode", sa.Text, primary_key=True),
+        sa.Column("devices", sa.Integer, nullable=False),
+    )
     op.create_table(
         "lockouts",
         sa.Column("id", _BIGID, primary_key=True, autoincrement=True),
@@ -108,6 +115,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for t in ("lockouts", "reports", "devices", "boards"):
+    for t in ("lockouts", "mismatch_counts", "reports", "devices", "boards"):
         op.drop_table(t)
     op.drop_index("attempts_image", "attempts")
