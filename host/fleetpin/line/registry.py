@@ -304,11 +304,15 @@ def known_revisions() -> list[str]:
 
 
 def _state(conn: Connection) -> tuple[str | None, bool]:
-    """(alembic revision, has any fleetpin table) of the database."""
+    """(alembic revision, has any fleetpin table) of the database. The table is looked for
+    first: a station migrating a fresh database commits both at once, so a reader that sees its
+    table then sees its revision too (the other order could read "no revision" just before that
+    commit and "a table" just after it, which is what a fleetpin 0.1 file looks like)."""
     from alembic.runtime.migration import MigrationContext
 
+    exists = sa.inspect(conn).has_table("attempts")
     rev = MigrationContext.configure(conn).get_current_revision()
-    return rev, rev is not None or sa.inspect(conn).has_table("attempts")
+    return rev, exists or rev is not None
 
 
 def _newer(url: str | Path | None, rev: str) -> NewerSchemaError:
@@ -505,23 +509,28 @@ class Registry:
         if token is None:
             raise ValueError(f"claim outcome {claim.outcome if isinstance(claim, Claim) else '?'} holds no board")  # a caller bug
         now = self.clock()
+        vals: dict[str, Any] = {"state": to, "updated_at": now}
+        if lease is not None:
+            vals["lease_until"] = now + lease
+        if to == FAILED:
+            vals["error"] = error or "failed"
+        b = boards_t.c
         with self.transaction() as conn:
-            row = conn.execute(sa.select(boards_t).where(boards_t.c.mac == mac).with_for_update()).one_or_none()
+            # one statement when the step applies (the row lock is the UPDATE's); the reasons it
+            # does not are read only then
+            moved = conn.execute(boards_t.update().where(b.mac == mac, b.token == token, b.state.in_(sources)).values(**vals)
+                                 .returning(*boards_t.c)).one_or_none()
+            if moved is not None:
+                return Board(**moved._asdict())
+            row = conn.execute(sa.select(boards_t).where(b.mac == mac)).one_or_none()
             if row is None or row.token != token:
                 who = "nobody" if row is None else f"station {row.station} ({row.state})"
                 raise ClaimLost(f"board {mac}: this station's claim is gone; the board is now held by {who}",
                                 hint="do not record this board from here; its current holder finishes it")
-            if row.state == to and to != WRITTEN:  # a retry of the same step: nothing changes
+            if row.state == to:  # a retry of the same step: nothing changes
                 return Board(**row._asdict())
-            if row.state not in sources:
-                raise ClaimLost(f"board {mac} is {row.state}: it cannot become {to}", hint="claim it again to start over")
-            vals: dict[str, Any] = {"state": to, "updated_at": now}
-            if lease is not None:
-                vals["lease_until"] = now + lease
-            if to == FAILED:
-                vals["error"] = error or "failed"
-            conn.execute(boards_t.update().where(boards_t.c.mac == mac, boards_t.c.token == token).values(**vals))
-            return Board(**{**row._asdict(), **vals})
+            raise ClaimLost(f"board {mac} is {row.state}: it cannot become {to}", hint="claim it again to start over")
+
 
     def renew(self, claim: Claim, lease: float = DEFAULT_LEASE_S) -> None:
         """Extends a live claim (call it during long writes); ClaimLost if it was taken over."""
