@@ -211,6 +211,32 @@ def test_auto_migrate_and_missing(tmp_path: Path) -> None:
         Registry(tmp_path / "none.sqlite", create=False)
 
 
+def test_a_database_created_meanwhile_is_not_taken_for_an_old_one(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stations starting together on an empty database: one creates the schema (committing its
+    tables and revision at once) exactly while another looks at what is there. The other must
+    see a current database, never 'tables but no revision', which is what fleetpin 0.1 left."""
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.engine.reflection import Inspector
+
+    armed = [True]
+
+    def meanwhile(real):  # type: ignore[no-untyped-def]
+        def look(*args, **kw):  # type: ignore[no-untyped-def]
+            got = real(*args, **kw)
+            if armed[0]:  # right after this station's first look, another one creates everything
+                armed[0] = False
+                R.migrate(url)
+            return got
+        return look
+
+    monkeypatch.setattr(Inspector, "has_table", meanwhile(Inspector.has_table))
+    monkeypatch.setattr(MigrationContext, "get_current_revision", meanwhile(MigrationContext.get_current_revision))
+    if url.startswith("sqlite"):
+        Path(url.removeprefix("sqlite:///")).touch()  # migrate() creates no missing file
+    with Registry(url) as reg:
+        assert not armed[0] and reg.schema_revision() == R.head_revision()
+
+
 def test_refuses_a_newer_schema(url: str) -> None:
     Registry(url).close()
     engine = R.make_engine(url)
