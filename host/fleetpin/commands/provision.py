@@ -122,11 +122,11 @@ def provision_cmd(
         raise UsageError("--virtual and --port exclude each other", hint="simulate stations or flash real ones, not both")
     if sim_dir is not None and virtual is None:
         raise UsageError("--sim-dir only goes with --virtual", hint="add --virtual N")
-    image = verify_image(image_dir, boards_dir)  # never flash an image that does not check out
-    if image.board.name != board:
-        raise UsageError(f"the image is for {image.board.name}, not {board}", hint="build an image for this board")
     with contextlib.ExitStack() as stack:
-        reg = stack.enter_context(Registry(registry_url))  # before any station starts: a bad URL or schema stops here
+        reg = stack.enter_context(Registry(registry_url))  # first: a registry this station cannot use stops it here
+        image = verify_image(image_dir, boards_dir)  # never flash an image that does not check out
+        if image.board.name != board:
+            raise UsageError(f"the image is for {image.board.name}, not {board}", hint="build an image for this board")
         if virtual is not None:
             from fleetpin.sim.station import VirtualStations
 
