@@ -267,3 +267,40 @@ def test_cli_json_summary_registry_and_exit_code(tmp_path: Path, image: LoadedIm
         [("a", RESULT_SAME, "ana"), ("b", RESULT_FAILED, "ana"), (good.port, RESULT_SAME, "ana")],
         [("b", RESULT_FAILED, "ana"), ("a", RESULT_SAME, "ana"), (good.port, RESULT_SAME, "ana")],
     )
+
+
+# ---- the registry's claim ----------------------------------------------------------------------
+
+
+def test_a_station_keeps_its_claim_while_it_writes_and_stops_when_it_loses_it(tmp_path: Path, image: LoadedImage, boards: Any) -> None:
+    import sqlalchemy as sa
+
+    from fleetpin.line.registry import BUSY, CLAIMED, CONFIRMED
+
+    reg = Registry(tmp_path / "r.sqlite")
+    slow, stolen = boards(), boards()
+    seen: dict[str, Any] = {}
+
+    def events(station: Station, event: str, detail: dict[str, Any]) -> None:
+        if event != "progress" or station.name in seen:
+            return
+        if station.name == "slow":  # a write far longer than the lease: the station renews its claim meanwhile
+            time.sleep(1.5)
+            seen["slow"] = reg.claim(slow.mac, station="other:/dev/ttyUSB9", image_id=image.image_id,
+                                     bundle_sha256=image.bundle_sha256, lease=0.5)
+        else:  # another station took the board over (as after this one's lease ran out)
+            with reg.engine.begin() as conn:
+                conn.execute(sa.text("UPDATE boards SET token = 'theirs', station = 'other:/dev/ttyUSB9' WHERE mac = :m"),
+                             {"m": stolen.mac})
+            seen["stolen"] = True
+            time.sleep(0.5)  # the next renewal finds out
+
+    results = provision([Station("slow", slow.port), Station("stolen", stolen.port)], image, opts(lease=0.5), reg, events=events)
+    r = {x.station: x for x in results}
+    assert r["slow"].result == RESULT_OK and seen["slow"].outcome == BUSY and seen["slow"].holder.endswith(slow.port)
+    assert reg.board(slow.mac).state == CONFIRMED  # type: ignore[union-attr]
+    assert r["stolen"].result == RESULT_FAILED and (r["stolen"].error or "").startswith("claim lost:")
+    assert "fs.bin" not in r["stolen"].regions  # it stopped writing
+    row = reg.board(stolen.mac)
+    assert row is not None and (row.state, row.token, row.station) == (CLAIMED, "theirs", "other:/dev/ttyUSB9")  # left to its holder
+    assert [a.result for a in reg.attempts(stolen.mac)] == [RESULT_FAILED]
