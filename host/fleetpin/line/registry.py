@@ -9,9 +9,9 @@ What it holds:
     claimed -> written -> confirmed, or failed with the reason. Taking a claim is one short
     transaction that locks the board's row (PostgreSQL: INSERT .. ON CONFLICT DO NOTHING, then
     SELECT .. FOR UPDATE; SQLite: BEGIN IMMEDIATE), so two stations that get the same board at
-    once cannot both be told to write it. Each claim has a token; every later step names it, so a
-    station whose claim was taken over (its lease ran out: it was killed, or hung) cannot move
-    the board's state any more. A retry by the same station, for the same image, resumes its
+    once cannot both be told to write it. A station renews its claim while it works; each claim
+    has a token, and every later step names it, so a station whose claim was taken over (its
+    lease ran out: it was killed, hung, or cut off) cannot move the board's state any more. A retry by the same station, for the same image, resumes its
     claim (same token). A board confirmed with the same image is skipped, whichever station
     confirmed it.
   - `devices`, `reports`, `lockouts`: the fleet's side (fleetpin.field.fleet reads and writes
@@ -256,8 +256,7 @@ def make_engine(url: str | Path | None = None) -> Engine:
         cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
             cur.execute("PRAGMA journal_mode = WAL")  # readers never block the writer, nor it them
-        cur.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; WAL keeps it consistent
-        cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute("PRAGMA synchronous = FULL")  # a commit survives a power cut: this is the line's record
         cur.close()
 
     @event.listens_for(engine, "begin")
