@@ -270,7 +270,7 @@ def test_missing_port_and_bad_bundle_file(fleetpin: Any, tmp_path: Path, board: 
 # ---- reports, reboot, test-connect ---------------------------------------------------------------
 
 
-def test_reports_are_read_and_cleared(fleetpin: Any, board: Any, tmp_path: Path) -> None:
+def test_reports_are_read_and_acknowledged_never_erased(fleetpin: Any, board: Any, tmp_path: Path) -> None:
     from fleetpin.line.boards import get_board
     from fleetpin.sim.flashfs import FlashFS
 
@@ -282,13 +282,17 @@ def test_reports_are_read_and_cleared(fleetpin: Any, board: Any, tmp_path: Path)
     assert json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)["pending_reports"] == 1
     r = fleetpin("device", "reports", "--port", b.port)
     assert r.exit_code == 0 and "api.example.com:443" in r.stdout and "pin_mismatch" in r.stdout
-    r = fleetpin("device", "reports", "--port", b.port, "--clear", "--json")
-    assert r.exit_code == 0 and json.loads(r.stdout)["cleared"] is True
+    r = fleetpin("device", "reports", "--port", b.port, "--ack", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["acked"] == {"acked": 1, "pending": 0}
     out = json.loads(fleetpin("device", "reports", "--port", b.port, "--json").stdout)
-    assert out["reports"] == [] and out["counters"]["total"] == 1
+    assert len(out["reports"]) == 1 and out["pending"] == 0 and out["counters"]["total"] == 1  # kept
+    assert json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)["pending_reports"] == 0
+    r = fleetpin("device", "reports", "--port", b.port)
+    assert "no pending reports (1 kept" in r.stdout and "[acknowledged]" in r.stdout
+    assert fleetpin("device", "reports", "--port", b.port, "--clear").exit_code == 2  # no such thing
 
 
-def test_reports_are_stored_in_the_registry_before_they_are_cleared(fleetpin: Any, board: Any, tmp_path: Path) -> None:
+def test_reports_are_stored_in_the_registry_before_they_are_acknowledged(fleetpin: Any, board: Any, tmp_path: Path) -> None:
     import sqlalchemy as sa
 
     from fleetpin.line.boards import get_board
@@ -300,23 +304,24 @@ def test_reports_are_stored_in_the_registry_before_they_are_cleared(fleetpin: An
         Reports(f.store_fs()).add({"date-time": "2026-01-01T00:00:00Z", "hostname": "api.example.com", "port": 443,
                                    "validation-result": "mismatch", "enforce-pinning": True, "device-id": "dev-1"})
     b = board(flash=flash)
-    # a registry this fleetpin cannot use: nothing is stored, so nothing is cleared either
+    # a registry this fleetpin cannot use: nothing is stored, so nothing is acknowledged either
     newer = f"sqlite:///{tmp_path / 'newer.sqlite'}"
     Registry(newer).close()
     with sa.create_engine(newer).begin() as conn:
         conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
-    r = fleetpin("device", "reports", "--port", b.port, "--store", "--clear", "--registry", newer)
+    r = fleetpin("device", "reports", "--port", b.port, "--store", "--ack", "--registry", newer)
     assert r.exit_code == 1 and "newer than this fleetpin" in r.stderr
     assert json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)["pending_reports"] == 1
 
     reg = f"sqlite:///{tmp_path / 'reg.sqlite'}"
     r = fleetpin("device", "reports", "--port", b.port, "--store", "--registry", reg, "--json")
     out = json.loads(r.stdout)
-    assert r.exit_code == 0 and out["stored"] == {"added": 1, "merged": 0} and out["cleared"] is False
+    assert r.exit_code == 0 and out["stored"] == {"added": 1, "merged": 0} and out["acked"] is None
     assert out["device"]["device_id"] == "dev-1" and out["device"]["mac"] == b.mac and out["read_at"].endswith("Z")
     (tmp_path / "saved.json").write_text(r.stdout)
-    r = fleetpin("device", "reports", "--port", b.port, "--store", "--clear", "--registry", reg)
-    assert r.exit_code == 0 and "0 new, 1 already there" in r.stdout and "cleared 1 reports" in r.stdout
+    r = fleetpin("device", "reports", "--port", b.port, "--store", "--ack", "--registry", reg)
+    assert r.exit_code == 0 and "0 new, 1 already there" in r.stdout and "acknowledged 1 report(s)" in r.stdout
+    assert json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)["pending_reports"] == 0
     st = json.loads(fleetpin("fleet", "status", "--registry", reg, "--json").stdout)
     assert st["devices"] == 1 and [(m["host"], m["mode"], m["sample"]) for m in st["mismatches"]] == [("api.example.com", "enforced", ["dev-1"])]
     # what a technician saved with --json goes into another registry as it is

@@ -143,7 +143,7 @@ def test_attempts_audit_log(url: str) -> None:
         assert [x.id for x in reg.attempts(MAC)] == [i]
         with pytest.raises(ValueError):
             reg.record(Attempt(MAC, "esp32", "i", "b", "s", "p", "o", 1.0, 2.0, "bogus"))
-        assert R.attempts_csv(reg.attempts()).splitlines()[0].startswith("id,mac,board")
+        assert R.to_csv(reg.attempts()).splitlines()[0].startswith("id,mac,board")
 
 
 # ---- schema versions ------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import click
 from fleetpin.device_errors import is_refusal
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.field.receipts import Receipt, check_writable, default_path, utc_now, write_receipt
-from fleetpin.field.reports import parse_report_log, parse_time
+from fleetpin.field.reports import parse_report_log, report_time
 from fleetpin.field.transport import DEFAULT_BAUD, Transport
 from fleetpin.line.registry_url import ENV_VAR, URL_HELP
 from pinagent import bundle as dev_bundle
@@ -67,6 +67,12 @@ def _identify(t: Transport) -> dict[str, Any]:
     return dict(info)
 
 
+def _pending(head: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reports not acknowledged yet (an entry without seq, from an older agent, is pending)."""
+    acked = head.get("acked", 0)
+    return [e for e in entries if not isinstance(e.get("seq"), int) or e["seq"] > acked]
+
+
 def _short(digest: Any) -> str:
     return str(digest)[:16] if digest else "none"
 
@@ -82,7 +88,7 @@ def info(port: str, baud: int, timeout: float, as_json: bool) -> None:
         ident = _identify(t)
         try:
             head, reports = parse_report_log(t.read_all("reports"))
-            pending: int | None = len(reports)
+            pending: int | None = len(_pending(head, reports))
         except FleetpinError:
             head, pending = {}, None
     ident["pending_reports"] = pending
@@ -97,7 +103,8 @@ def info(port: str, baud: int, timeout: float, as_json: bool) -> None:
         ("bundle", f"v{ident.get('bundle_version')}  sha256 {ident.get('bundle_sha256')}"
          if ident.get("bundle_version") is not None else "none (safe mode: every pinned connection is refused)"),
         ("clock", ident.get("clock")),
-        ("reports", "unknown" if pending is None else f"{pending} pending ({head.get('total', '?')} recorded since the last clear)"),
+        ("reports", "unknown" if pending is None else f"{pending} pending, {len(reports)} kept "
+                                                       f"({head.get('total', '?')} recorded in all)"),
     ]
     for k, v in rows:
         click.echo(f"{k:>8}: {v}")
@@ -309,16 +316,19 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
 
 @device.command("reports")
 @_port_options
-@click.option("--clear", is_flag=True, help="clear the reports after reading them (only those read are cleared)")
-@click.option("--store", is_flag=True, help="record them in the registry (per device, deduplicated), before any --clear")
+@click.option("--ack", is_flag=True,
+              help="acknowledge the reports read: they stay on the device (nothing erases them over the cable) "
+                   "but are no longer pending, and newer reports overwrite them first")
+@click.option("--store", is_flag=True, help="record them in the registry (per device, deduplicated), before any --ack")
 @click.option("--registry", "registry_url", envvar=ENV_VAR, default=None, metavar="URL", help="with --store: " + URL_HELP)
-def reports(port: str, baud: int, timeout: float, as_json: bool, clear: bool, store: bool, registry_url: str | None) -> None:
+def reports(port: str, baud: int, timeout: float, as_json: bool, ack: bool, store: bool, registry_url: str | None) -> None:
     """The device's pin-failure reports (HPKP/TrustKit fields), least recently seen first.
 
-    --store records them in the registry the line and the fleet share (`fleetpin fleet status`
-    shows them): a report read twice counts once. --json prints a document `fleetpin fleet
-    import` takes later: the reports, the ring's counters, and the device (IDENTIFY).
-    """
+    Reports are never erased over serial (anyone with a cable could wipe an attack's traces):
+    --ack marks those read as seen. --store records them in the registry the line and the fleet
+    share (`fleetpin fleet status` shows them; a report read twice counts once), before any
+    --ack. --json prints a document `fleetpin fleet import` takes later: the reports, the
+    ring's counters, and the device (IDENTIFY)."""
     reg = None
     if store:
         from fleetpin.field.fleet import store_reports
@@ -329,34 +339,36 @@ def reports(port: str, baud: int, timeout: float, as_json: bool, clear: bool, st
         with _session(port, baud, timeout) as t:
             ident = _identify(t)
             read_at = utc_now()
-            log = t.read_all("reports")
-            head, entries = parse_report_log(log)
-            doc = {"device": _device_fields(ident), "read_at": read_at, "counters": head, "reports": entries}
+            head, entries = parse_report_log(t.read_all("reports"))
+            pending = _pending(head, entries)
             stored = None
-            if reg is not None:  # before --clear: reports that could not be stored stay on the device
-                stored = store_reports(reg, doc, seen_at=parse_time(read_at))
-            cleared = False
-            if clear:
-                t.call(t.client.clear_reports(len(log)), "CLEAR_REPORTS")
-                cleared = True
+            if reg is not None:  # before --ack: reports that could not be stored stay pending
+                stored = store_reports(reg, {"device": _device_fields(ident), "counters": head, "reports": entries},
+                                       seen_at=report_time(read_at))
+            acked = None
+            if ack and isinstance(head.get("total"), int):
+                acked = t.call(t.client.ack_reports(head["total"]), "ACK_REPORTS")
     finally:
         if reg is not None:
             reg.close()
     if as_json:
-        out = {**doc, "cleared": cleared}
+        doc = {"device": _device_fields(ident), "read_at": read_at, "counters": head, "reports": entries,
+               "pending": len(pending), "acked": acked}
         if stored is not None:
-            out["stored"] = {"added": stored.added, "merged": stored.merged}
-        click.echo(json.dumps(out, sort_keys=True))
+            doc["stored"] = {"added": stored.added, "merged": stored.merged}
+        click.echo(json.dumps(doc, sort_keys=True))
         return
-    if not entries:
-        click.echo(f"no pending reports ({head.get('total', 0)} recorded in all, {head.get('dropped', 0)} dropped)")
+    if not pending:
+        click.echo(f"no pending reports ({len(entries)} kept, {head.get('total', 0)} recorded in all, "
+                   f"{head.get('dropped', 0)} dropped)")
     for r in entries:
+        mark = "" if r in pending else "  [acknowledged]"
         click.echo(f"{r.get('date-time')}  {r.get('hostname')}:{r.get('port')}  x{r.get('count', 1)}  "
-                   f"{r.get('validation-result')}  (last {r.get('last-seen')})")
+                   f"{r.get('validation-result')}  (last {r.get('last-seen')}){mark}")
     if stored is not None and reg is not None:
         click.echo(f"stored for {stored.device_id} in {display_url(reg.url)}: {stored.added} new, {stored.merged} already there")
-    if cleared:
-        click.echo(f"cleared {len(entries)} reports")
+    if acked is not None:
+        click.echo(f"acknowledged {len(pending)} report(s); they stay on the device until newer ones overwrite them")
 
 
 def _device_fields(ident: dict[str, Any]) -> dict[str, Any]:
@@ -381,7 +393,10 @@ def _host_port(text: str) -> tuple[str, int]:
 @click.argument("address", metavar="HOST[:PORT]")
 @_port_options
 def test_connect(address: str, port: str, baud: int, timeout: float, as_json: bool) -> None:
-    """Ask the device itself to open a pinned TLS connection: its own verdict, from its network."""
+    """Ask the device itself to open a pinned TLS connection: its own verdict, from its network.
+
+    Only hosts the installed bundle has a rule for (the cable is no way to make the device probe
+    other hosts): any other is refused with the error `connect`, before the device connects."""
     host, tcp_port = _host_port(address)
     with _session(port, baud, timeout) as t:
         verdict = t.call(t.client.test_connect(host, tcp_port), "TEST_CONNECT")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
 
+from fleetpin import output
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.line.registry_url import ENV_VAR, URL_HELP
 from fleetpin.sim.drill import DRILLS, DrillResult, run_drill
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 STATUS_STYLE = {"connected": "green", "updated": "cyan", "blocked": "yellow", "UNREACHABLE": "bold red"}
 
@@ -51,13 +54,13 @@ def drill(scenario: str, devices: int, as_json: bool, record: bool, registry_url
         from fleetpin.line.registry import Registry
 
         reg = Registry(registry_url)  # a bad URL or schema stops here, before any drill runs
-    console = Console()
+    console = output.console()
     results: list[DrillResult] = []
     for n in names:
         d = DRILLS[n]
         if not as_json:
-            console.rule(f"[bold]drill: {d.title}[/bold] ({n})")
-            console.print(d.story)
+            output.heading(console, f"drill: {d.title} ({n})")
+            console.print(d.story, markup=False)
         echo = (lambda line: None) if as_json else (lambda line: console.print(line, markup=False, highlight=False))
         r = run_drill(n, devices=devices, echo=echo)
         results.append(r)
@@ -70,7 +73,8 @@ def drill(scenario: str, devices: int, as_json: bool, record: bool, registry_url
         with reg:
             locked = record_drill(reg, [r.to_obj() for r in results])
         if not as_json:
-            console.print(f"recorded in {display_url(reg.url)}: {locked} of {len(results)} scenario(s) left devices locked out")
+            console.print(f"recorded in {display_url(reg.url)}: {locked} of {len(results)} scenario(s) left devices locked out",
+                          markup=False)
     if as_json:
         click.echo(json.dumps([r.to_obj() for r in results], indent=2))
     failed = [r.name for r in results if not r.passed]
@@ -79,14 +83,12 @@ def drill(scenario: str, devices: int, as_json: bool, record: bool, registry_url
 
 
 def print_result(console: Console, r: DrillResult) -> None:
-    table = Table(title=f"{r.name}: every device accounted for", title_justify="left")
-    for col in ("device", "bundle", "status", "last verdict"):
-        table.add_column(col)
+    table = output.Table("device", "bundle", "status", "last verdict", title=f"{r.name}: every device accounted for")
     for o in r.outcomes:
         style = STATUS_STYLE.get(o.status, "")
-        table.add_row(o.device, o.bundle, f"[{style}]{o.status}[/{style}]" if style else o.status, o.detail)
-    console.print(table)
+        table.add(o.device, o.bundle, output.styled(o.status, style) if style else o.status, o.detail)
+    table.print(console)
     for f in r.failures:
-        console.print(f"[red]FAILED:[/red] {f}")
-    verdict = "[green]PASSED[/green]" if r.passed else "[red]FAILED[/red]"
-    console.print(f"{verdict} in {r.seconds:.1f} s\n")
+        console.print(output.assemble(("FAILED: ", "red"), f))
+    verdict = ("PASSED", "green") if r.passed else ("FAILED", "red")
+    console.print(output.assemble(verdict, f" in {r.seconds:.1f} s\n"))

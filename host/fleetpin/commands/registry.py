@@ -3,38 +3,27 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
+from fleetpin import output
 from fleetpin.files import write_atomic
 from fleetpin.line.registry import (
     ENV_VAR,
     STATES,
     URL_HELP,
     Registry,
-    attempts_csv,
     display_url,
+    export_obj,
     head_revision,
     migrate,
+    to_csv,
 )
+from fleetpin.times import iso8601
 
 _registry_opt = click.option("--registry", "url", envvar=ENV_VAR, default=None, metavar="URL", help=URL_HELP)
-
-
-def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _console() -> Console:
-    console = Console(highlight=False)
-    if not console.is_terminal:  # a pipe or a log gets whole columns, not a table squeezed to 80
-        console.width = max(console.width, 200)
-    return console
 
 
 @click.group()
@@ -58,13 +47,14 @@ def list_(url: str | None, mac: str | None, as_json: bool) -> None:
     with Registry(url, create=False) as reg:
         rows = reg.attempts(mac.lower() if mac else None)
     if as_json:
-        click.echo(json.dumps([asdict(a) for a in rows], indent=2))
+        click.echo(json.dumps([export_obj(a) for a in rows], indent=2))
         return
-    t = Table("#", "ended", "mac", "board", "image", "bundle", "station", "operator", "result", "error")
+    t = output.Table("#", "ended", "mac", "board", "image", "bundle", "station", "operator", "result", "error",
+                     right=("#",))
     for a in rows:
-        t.add_row(
+        t.add(
             str(a.id),
-            _when(a.ended),
+            iso8601(a.ended),
             a.mac or "-",
             a.board,
             a.image_id[:12],
@@ -74,7 +64,7 @@ def list_(url: str | None, mac: str | None, as_json: bool) -> None:
             a.result,
             a.error or "",
         )
-    _console().print(t)
+    t.print(output.console())
 
 
 @registry.command("boards")
@@ -86,14 +76,17 @@ def boards(url: str | None, state: str | None, as_json: bool) -> None:
     with Registry(url, create=False) as reg:
         rows = reg.boards(state)
     if as_json:
-        click.echo(json.dumps([{k: v for k, v in asdict(b).items() if k != "token"} for b in rows], indent=2))
+        click.echo(json.dumps([{k: v for k, v in asdict(b).items() if k != "token"}
+                               | {"claimed_at": iso8601(b.claimed_at), "updated_at": iso8601(b.updated_at),
+                                  "lease_until": iso8601(b.lease_until)} for b in rows], indent=2))
         return
-    t = Table("mac", "state", "station", "image", "bundle", "updated", "taken over", "error")
+    t = output.Table("mac", "state", "station", "image", "bundle", "updated", "taken over", "error", right=("taken over",))
     for b in rows:
-        t.add_row(b.mac, b.state, b.station, b.image_id[:12], b.bundle_sha256[:12], _when(b.updated_at), str(b.takeovers or ""),
-                  b.error or "")
-    _console().print(t)
-    click.echo(", ".join(f"{sum(b.state == s for b in rows)} {s}" for s in STATES))
+        t.add(b.mac, b.state, b.station, b.image_id[:12], b.bundle_sha256[:12], iso8601(b.updated_at), str(b.takeovers or ""),
+              b.error or "")
+    out = output.console()
+    t.print(out)
+    out.print(", ".join(f"{sum(b.state == s for b in rows)} {s}" for s in STATES))
 
 
 @registry.command()
@@ -105,7 +98,7 @@ def export(url: str | None, fmt: str, out: Path | None) -> None:
     """Export every attempt as CSV or JSON."""
     with Registry(url, create=False) as reg:
         rows = reg.attempts()
-    text = attempts_csv(rows) if fmt == "csv" else json.dumps([asdict(a) for a in rows], indent=2) + "\n"
+    text = to_csv(rows) if fmt == "csv" else json.dumps([export_obj(a) for a in rows], indent=2) + "\n"
     if out is None:
         click.echo(text, nl=False)
     else:

@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from fleetpin.errors import UsageError
-from fleetpin.field.reports import iso, parse_time
+from fleetpin.field.reports import report_time
 from fleetpin.line.registry import (
     CONFIRMED,
     Registry,
@@ -37,6 +37,7 @@ from fleetpin.line.registry import (
     reports_t,
     upsert,
 )
+from fleetpin.times import iso8601
 
 PREFLIGHT, DRILL = "preflight", "drill"
 LOCKED_OUT = ("UNREACHABLE", "blocked")  # drill outcomes counted as locked out
@@ -54,8 +55,8 @@ def _mac(value: Any) -> str | None:
 
 
 def _report_row(device_id: str, r: Mapping[str, Any], seen: float, now: float) -> dict[str, Any]:
-    first = parse_time(r.get("date-time"))
-    last = parse_time(r.get("last-seen")) or first
+    first = report_time(r.get("date-time"))
+    last = report_time(r.get("last-seen")) or first
     key = r.get("key")
     if not isinstance(key, str) or not key:  # a report without the ring's key: key it as the agent does
         from pinagent.reports import report_key
@@ -231,14 +232,14 @@ def fleet_status(reg: Registry, *, not_seen_since: float | None = None, sample: 
         stale: dict[str, Any] | None = None
         if not_seen_since is not None:
             old = d.last_seen < not_seen_since
-            stale = {"since": iso(not_seen_since), "devices": conn.scalar(sa.select(count).select_from(devices_t).where(old)) or 0,
-                     "sample": [{"device_id": i, "mac": m, "last_seen": iso(t)} for i, m, t in conn.execute(
+            stale = {"since": iso8601(not_seen_since), "devices": conn.scalar(sa.select(count).select_from(devices_t).where(old)) or 0,
+                     "sample": [{"device_id": i, "mac": m, "last_seen": iso8601(t)} for i, m, t in conn.execute(
                          sa.select(d.device_id, d.mac, d.last_seen).where(old).order_by(d.last_seen, d.device_id).limit(sample))]}
         lockouts = []
         seen_in_field = sa.exists().where(d.mac == b.mac)
         for row in conn.execute(sa.select(lockouts_t).order_by(lk.source.desc(), lk.subject, lk.host, lk.port)):
             entry: dict[str, Any] = {"source": row.source, "host": row.host or None, "port": row.port or None,
-                                     "reason": row.reason, "found_at": iso(row.found_at)}
+                                     "reason": row.reason, "found_at": iso8601(row.found_at)}
             if row.source == PREFLIGHT:
                 on_bundle = d.bundle_sha256 == row.subject
                 entry |= {"bundle_sha256": row.subject, "bundle_version": row.bundle_version,

@@ -46,7 +46,7 @@ def parse_report_file(text: str) -> dict[str, Any]:
         if isinstance(obj, dict) and isinstance(obj.get("reports"), list):
             device = obj.get("device") if isinstance(obj.get("device"), dict) else None
             return {"counters": obj.get("counters") or {}, "reports": list(obj["reports"]), "device": device,
-                    "read_at": parse_time(obj.get("read_at"))}
+                    "read_at": report_time(obj.get("read_at"))}
     head, entries = parse_report_log(stripped)
     if not head and not entries:
         raise UsageError("not a report file: neither `fleetpin device reports --json` output nor an agent's report log",
@@ -54,7 +54,7 @@ def parse_report_file(text: str) -> dict[str, Any]:
     return {"counters": head, "reports": entries, "device": None, "read_at": None}
 
 
-def parse_time(text: Any) -> float | None:
+def report_time(text: Any) -> float | None:
     """RFC 3339 UTC as the agent and this tool write it ("2026-01-01T00:00:00Z") -> POSIX seconds."""
     if not isinstance(text, str) or not text:
         return None
@@ -65,7 +65,3 @@ def parse_time(text: Any) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     return when.timestamp()
-
-
-def iso(t: float | None) -> str | None:
-    return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

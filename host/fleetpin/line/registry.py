@@ -50,6 +50,7 @@ from sqlalchemy.engine.url import URL, make_url
 
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.line.registry_url import DEFAULT_URL, ENV_VAR, URL_HELP, resolve_url  # noqa: F401  (re-exported)
+from fleetpin.times import iso8601
 
 BUSY_TIMEOUT_S = 60.0  # SQLite: how long a writer waits for another station's transaction
 DEFAULT_LEASE_S = 120.0  # a claim not renewed for this long may be taken over (stations renew every third of it)
@@ -566,10 +567,16 @@ class Registry:
             return [Board(**r._asdict()) for r in conn.execute(q)]
 
 
-def attempts_csv(attempts: list[Attempt]) -> str:
+def export_obj(a: Attempt) -> dict[str, object]:
+    """An attempt as exports show it: every field, times in ISO 8601 (UTC), plus its duration."""
+    return {**asdict(a), "started": iso8601(a.started), "ended": iso8601(a.ended),
+            "seconds": round(a.ended - a.started, 3)}
+
+
+def to_csv(attempts: list[Attempt]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["id", *_ATTEMPT_COLUMNS])
+    w = csv.DictWriter(buf, fieldnames=["id", *_ATTEMPT_COLUMNS, "seconds"])
     w.writeheader()
     for a in attempts:
-        w.writerow(asdict(a))
+        w.writerow(export_obj(a))
     return buf.getvalue()
