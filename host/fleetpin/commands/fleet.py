@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
+from fleetpin import output
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.field.fleet import fleet_status, status_csv, store_reports
 from fleetpin.field.reports import parse_report_file
@@ -98,33 +97,35 @@ def status(url: str | None, since: str | None, sample: int, fmt: str | None, out
 
 
 def _print_status(st: dict[str, Any], where: str) -> None:
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console.width = max(console.width, 140)
-    console.print(f"[bold]{st['devices']} devices[/bold] in {where}")
-    t = Table("bundle version", "devices", title="devices per bundle version", title_justify="left")
+    out = output.console()
+    out.print(output.assemble((f"{st['devices']} devices", "bold"), f" in {where}"))
+    t = output.Table("bundle version", "devices", title="devices per bundle version", right=("devices",))
     for v in st["by_bundle_version"]:
-        t.add_row(str(v["bundle_version"]) if v["bundle_version"] is not None else "unknown", str(v["devices"]))
-    console.print(t)
-    t = Table("host", "mode", "devices", "some of them", title="devices that reported mismatches, per host", title_justify="left")
-    for m in st["mismatches"]:
-        style = "red" if m["mode"] == "enforced" else "yellow"
-        t.add_row(str(m["host"]), f"[{style}]{m['mode']}[/{style}]", str(m["devices"]), " ".join(m["sample"]))
-    console.print(t if st["mismatches"] else "no mismatches reported")
+        t.add(str(v["bundle_version"]) if v["bundle_version"] is not None else "unknown", str(v["devices"]))
+    t.print(out)
+    if st["mismatches"]:
+        t = output.Table("host", "mode", "devices", "some of them", title="devices that reported mismatches, per host",
+                         right=("devices",))
+        for m in st["mismatches"]:
+            t.add(m["host"] or "-", output.styled(m["mode"], "red" if m["mode"] == "enforced" else "yellow"), str(m["devices"]),
+                  " ".join(m["sample"]))
+        t.print(out)
+    else:
+        out.print("no mismatches reported")
     if st["not_seen"] is not None:
         n = st["not_seen"]
-        console.print(f"[bold]{n['devices']}[/bold] devices not seen since {n['since']}"
-                      + (": " + ", ".join(f"{s['device_id']} ({s['last_seen'][:10]})" for s in n["sample"]) if n["sample"] else ""))
+        some = ": " + ", ".join(f"{s['device_id']} ({s['last_seen'][:10]})" for s in n["sample"]) if n["sample"] else ""
+        out.print(output.assemble((str(n["devices"]), "bold"), f" devices not seen since {n['since']}{some}"))
     if st["lockouts"]:
-        t = Table("found by", "bundle / scenario", "server", "devices", "on the line, not seen yet", "reason",
-                  title="would be locked out", title_justify="left")
+        t = output.Table("found by", "bundle / scenario", "server", "devices", "on the line, not seen yet", "reason",
+                         title="would be locked out", right=("devices", "on the line, not seen yet"))
         for lk in st["lockouts"]:
             what = lk.get("scenario") or f"v{lk.get('bundle_version')} {str(lk.get('bundle_sha256'))[:12]}"
             server = f"{lk['host']}:{lk['port']}" if lk["host"] else "-"
-            t.add_row(f"{lk['source']} {(lk['found_at'] or '')[:10]}", what, server, f"[red]{lk['devices']}[/red]",
-                      str(lk["line_boards"]), lk["reason"] or "")
-        console.print(t)
+            t.add(f"{lk['source']} {(lk['found_at'] or '')[:10]}", what, server, output.styled(str(lk["devices"]), "red"),
+                  str(lk["line_boards"]), lk["reason"] or "")
+        t.print(out)
     else:
-        console.print("no lockout recorded (fleetpin preflight --record, fleetpin drill --record)")
+        out.print("no lockout recorded (fleetpin preflight --record, fleetpin drill --record)")
     if st["line_boards"]:
-        console.print("line: " + ", ".join(f"{n} {s}" for s, n in st["line_boards"].items()) + " boards")
+        out.print("line: " + ", ".join(f"{n} {s}" for s, n in st["line_boards"].items()) + " boards")
