@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -126,9 +127,37 @@ def fleet_status(url: str, devices: list[tuple], reports: list[tuple], now: floa
         t = time.perf_counter()
         st = status(reg, not_seen_since=now - 60 * 86400)
         times.append(time.perf_counter() - t)
+    plans = _explain(reg, now) if reg.dialect == "postgresql" else []
     reg.close()
     assert st["devices"] == DEVICES and len(st["mismatches"]) == len(HOSTS)
-    return {"load": load, "recount": recounted, "first": times[0], "best": min(times[1:]), "median": sorted(times[1:])[1]}
+    return {"plans": plans, "load": load, "recount": recounted, "first": times[0], "best": min(times[1:]), "median": sorted(times[1:])[1]}
+
+
+def _explain(reg: Any, now: float) -> list[str]:
+    """EXPLAIN ANALYZE of every statement fleet status runs (one of each kind): the 3 slowest,
+    with the plan node that does the work."""
+    import sqlalchemy as sa
+
+    from fleetpin.field.fleet import fleet_status as status
+
+    seen: dict[str, tuple[str, Any]] = {}
+
+    def grab(conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool) -> None:
+        seen.setdefault(" ".join(statement.split())[:70], (statement, params))
+
+    sa.event.listen(reg.engine, "before_cursor_execute", grab)
+    status(reg, not_seen_since=now - 60 * 86400)
+    sa.event.remove(reg.engine, "before_cursor_execute", grab)
+    timed = []
+    with reg.engine.connect() as conn:
+        for statement, params in seen.values():
+            if not statement.lstrip().upper().startswith("SELECT"):
+                continue
+            plan = [r[0] for r in conn.exec_driver_sql("EXPLAIN (ANALYZE) " + statement, params)]
+            ms = float(plan[-1].split(":")[1].split()[0])
+            node = next((line.strip().split("  (")[0].lstrip("-> ") for line in plan if "Scan" in line), plan[0].split("  (")[0])
+            timed.append((ms, f"{ms:6.1f} ms  {node}  <- {' '.join(statement.split())[:60]}..."))
+    return [t for _, t in sorted(timed, reverse=True)[:3]]
 
 
 def run() -> None:
@@ -171,6 +200,8 @@ def run() -> None:
                 print(f"   fleet status, {DEVICES:,} devices / {len(reports):,} reports on {name:10s}: "
                       f"{f['median'] * 1000:6.0f} ms median, {f['best'] * 1000:6.0f} ms best, {f['first'] * 1000:6.0f} ms cold"
                       f"{target} (bulk load {f['load']:.1f} s, recount of devices per host {f['recount']:.1f} s)", flush=True)
+                for line in f["plans"]:
+                    print(f"     EXPLAIN ANALYZE {line}")
         finally:
             if srv is not None:
                 srv.stop()
