@@ -138,7 +138,8 @@ class Agent:
         self.store = _store.Store(fs, self._verify, root)
         self.state = None  # store.BootState
         self.reports = None
-        self.bundle_sha256 = None  # hex SHA-256 of the installed bundle's bytes (what IDENTIFY shows)
+        self.bundle_sha256 = None  # hex SHA-256 of the installed bundle's bytes (transfer read-back)
+        self.bundle_id = None  # hex SHA-256 of its signed bytes: the bundle's identity (pinagent.bundle)
         self.report_enabled = True
         self.last_verdict = None
         self.reboot_requested = False
@@ -173,6 +174,7 @@ class Agent:
             self.reports.max_entries = settings["max_entries"]
         self.report_enabled = settings["enabled"] is True
         self.bundle_sha256 = None if st.bundle is None else hashlib.sha256(st.bundle).digest().hex()
+        self.bundle_id = None if b is None else b.digest.hex()
         if self.fleet is None and b is not None:
             self.fleet = b.fleet
 
@@ -225,12 +227,14 @@ class Agent:
         """store.Store's verify: the signed bundle against a signer set (module docstring of
         pinagent.store). At boot (installed_version None) no rollback, same-version or
         from-the-future check: a clock reading 2000 must not reject the installed bundle."""
-        trusted = _signers.load_signers(signers_bytes)
+        # The trusted set is already trusted: loaded without the key checks a NEW set gets at
+        # install (pinagent.signers), so a set an older agent stored never bricks the board.
+        trusted = _signers.load_signers(signers_bytes, False)
         fleet = self.fleet
         if installed_version is None:
             if fleet is None:
                 fleet = _bundle.parse_envelope(data).header["fleet"]
-            b = _bundle.decode_bundle(data, trusted, fleet, None, None, 0)
+            b = _bundle.decode_bundle(data, trusted, fleet, None, None, 0, True)
         else:
             if fleet is None:
                 raise _bundle.BundleWrongFleet("this device has no fleet configured")
@@ -343,16 +347,27 @@ class Agent:
             "mode": st.mode,
             "bundle_version": st.version,
             "bundle_sha256": self.bundle_sha256,
+            "bundle_id": self.bundle_id,
             "clock": self.clock_state(now),
             "now": now,
             "time_floor": st.time_floor,
             "trusted_time": self.trusted_now(),
             "trust": st.signers is not None,
+            "signers": self._signers_info(),
             "free": free,
             "reports": pending,
             "reports_kept": kept,
             "problems": problems,
         }
+
+    def _signers_info(self):
+        """The trusted set for IDENTIFY: key ids and thresholds (None without a readable set)."""
+        try:
+            t = _signers.load_signers(self.state.signers, False)
+        except Exception:  # none (None), or unreadable
+            return None
+        return {"ids": [s.key_id.hex() for s in t.signers], "threshold": t.threshold,
+                "rotation_threshold": t.rotation_threshold}
 
     def read_bundle(self, offset, length):
         data = self.state.bundle or b""
@@ -418,7 +433,8 @@ class Agent:
             raise _refuse(_code_of(e), _reason_of(e))
         self._incoming = None
         self._loaded()
-        answer = {"version": v.version, "installed": True, "issued": v.issued, "bundle_sha256": self.bundle_sha256}
+        answer = {"version": v.version, "installed": True, "issued": v.issued, "bundle_sha256": self.bundle_sha256,
+                  "bundle_id": self.bundle_id}
         self._committed = (inc.sha256, answer)
         return answer
 

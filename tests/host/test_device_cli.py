@@ -4,6 +4,7 @@ unchanged, interrupted updates retried, a noisy line, and the errors a technicia
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -19,7 +20,7 @@ import serial
 
 from fleetpin.field.transport import DeviceRefused, Transport
 from fleetpin.sim.board import VirtualBoard
-from fleetpin.sim.demo_bundles import FILLER_PINS, demo_bundle, demo_signer_set
+from fleetpin.sim.demo_bundles import FILLER_PINS, demo_bundle, demo_signer, demo_signer_set
 from fleetpin.sim.pki import Pki
 from pinagent.reports import Reports
 
@@ -39,11 +40,29 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "other_fleet": demo_bundle("other", 9, {"api.example.com": [P1]}),
         "stranger": demo_bundle(FLEET, 9, {"api.example.com": [P1]}, signer="stranger"),
     }
+    v9 = demo_bundle(FLEET, 9, {"api.example.com": [P1]})  # signed by a key the device trusts...
+    made["bad_signature"] = v9[:-1] + bytes([v9[-1] ^ 1])  # ...but not over these bytes
+    # a key rotation signed by the everyday key alone (one key may not replace the set), made
+    # with the low-level encoder, as a tool without fleetpin's own checks would make it
+    made["rotate_one_key"] = _raw_rotation(2, demo_signer_set("next", "backup"), demo_signer("everyday"))
     out = {}
     for name, data in made.items():
         (d / f"{name}.bin").write_bytes(data)
         out[name] = d / f"{name}.bin"
     return out
+
+
+def _raw_rotation(version: int, new_set: bytes, signer: Any) -> bytes:
+    from fleetpin.bundles.build import canonical_json
+    from pinagent import bundle as dev_bundle
+
+    header = {"format": 1, "fleet": FLEET, "version": version, "issued": int(time.time()) - 3600,
+              "channel": "production", "key_ids": [signer.info.key_id]}
+    policy = {"domains": [{"host": "api.example.com", "expires": 1893456000,
+                           "pins": [{"pin": P2, "label": "primary"}, {"pin": P3, "label": "backup"}]}]}
+    signed = dev_bundle.encode_signed(canonical_json(header), canonical_json({"policy": policy, "signers": json.loads(new_set)}), [])
+    digest = hashlib.sha256(signed).digest()
+    return dev_bundle.encode_bundle(signed, [(signer.info.key_id_bytes, signer.sign_digest(digest))])
 
 
 @pytest.fixture
@@ -98,12 +117,11 @@ def test_update_shows_the_diff_installs_checks_and_leaves_a_receipt(
     assert "- old.example.com (no longer pinned" in out
     assert "digest checked" in out
     rec = json.loads(receipt.read_text())
-    import hashlib
-
     new_sha = hashlib.sha256(bundles["v2"].read_bytes()).hexdigest()
     assert rec["result"] == "installed" and rec["device_id"] == "dev-1" and rec["error"] is None
-    assert rec["old"] == {"version": 1, "sha256": hashlib.sha256(bundles["v1"].read_bytes()).hexdigest()}
-    assert rec["new"] == {"version": 2, "sha256": new_sha}
+    old_bytes, new_bytes = bundles["v1"].read_bytes(), bundles["v2"].read_bytes()
+    assert rec["old"] == {"version": 1, "sha256": hashlib.sha256(old_bytes).hexdigest(), "id": _bundle_id(old_bytes)}
+    assert rec["new"] == {"version": 2, "sha256": new_sha, "id": _bundle_id(new_bytes)}
     assert rec["started"].endswith("Z") and rec["duration_s"] > 0
     assert version_of(fleetpin, b.port) == 2
     # the same bundle again: nothing to do, exit 0, and a receipt that says so
@@ -119,6 +137,72 @@ def test_declining_changes_nothing_and_is_recorded(fleetpin: Any, board: Any, bu
     assert version_of(fleetpin, b.port) == 1
 
 
+def _bundle_id(data: bytes) -> str:
+    """A bundle's identity: the SHA-256 of its signed bytes (pinagent.bundle)."""
+    from pinagent.bundle import decode_unverified
+
+    return bytes(decode_unverified(data).digest).hex()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_the_confirmation_says_who_signed_and_what_the_device_needs(
+    fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path, runtime: str
+) -> None:
+    # Issue 12, item 5: the technician sees who signed and the device's rule before saying yes.
+    b = board(runtime)
+    r = fleetpin("device", "update", "--port", b.port, bundles["v2"], "--receipt", tmp_path / "r.json", input="n\n")
+    out = r.stdout
+    everyday = json.loads(demo_signer_set())["signers"][0]["id"]
+    assert f"signed by {everyday}: 1 of the device's 2 keys; a bundle needs 1" in out, out
+    info = json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)
+    assert info["signers"] == {"ids": [s["id"] for s in json.loads(demo_signer_set())["signers"]],
+                               "threshold": 1, "rotation_threshold": 2}
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_one_key_rotation_is_refused_before_sending(
+    fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path, runtime: str
+) -> None:
+    b = board(runtime)
+    receipt = tmp_path / "r.json"
+    r = fleetpin("device", "update", "--port", b.port, bundles["rotate_one_key"], "--yes", "--receipt", receipt)
+    assert r.exit_code == 1 and "a signer-set change needs 2 of the device's keys, signed by 1" in r.stderr, r.stderr
+    assert "(nothing sent)" in r.stderr
+    rec = json.loads(receipt.read_text())
+    assert rec["result"] == "refused" and rec["transfer"]["wire_bytes_sent"] < bundles["rotate_one_key"].stat().st_size
+    assert version_of(fleetpin, b.port) == 1
+    # and sent anyway (a host that skips fleetpin's checks), the device refuses it itself
+    with Transport.open(b.port) as t:
+        t.connect()
+        with pytest.raises(DeviceRefused) as refused:
+            t.upload(bundles["rotate_one_key"].read_bytes())
+    assert refused.value.code_name == "signature" and "needs 2" in str(refused.value)
+    assert version_of(fleetpin, b.port) == 1
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_re_encoded_copy_of_the_installed_bundle_is_already_installed(
+    fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path, runtime: str
+) -> None:
+    # Issue 12, item 7: (r, n - s) is the same signature of the same bundle in other bytes. Its
+    # identity (IDENTIFY's bundle_id, receipts) is the digest of the signed bytes, so it is the
+    # installed bundle, not a second v2 to refuse.
+    b = board(runtime, seed="v2")
+    data = bundles["v2"].read_bytes()
+    n = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    copy = data[:-32] + (n - int.from_bytes(data[-32:], "big")).to_bytes(32, "big")
+    path = tmp_path / "v2-copy.bin"
+    path.write_bytes(copy)
+    receipt = tmp_path / "r.json"
+    r = fleetpin("device", "update", "--port", b.port, path, "--yes", "--receipt", receipt, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["result"] == "already-installed"
+    rec = json.loads(receipt.read_text())
+    assert rec["new"]["id"] == rec["old"]["id"] == _bundle_id(data)
+    info = json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)
+    assert info["bundle_id"] == _bundle_id(data)
+
+
 # ---- refusals ------------------------------------------------------------------------------
 
 
@@ -128,7 +212,8 @@ def test_declining_changes_nothing_and_is_recorded(fleetpin: Any, board: Any, bu
     [
         ("other_fleet", "is for fleet 'other', the device dev-1 is in fleet 'acme' (nothing sent)", False),
         ("v2_other", "v2 is the same version as the installed v2", False),
-        ("stranger", "the device refused the bundle: signature: not signed by a trusted key", True),
+        ("stranger", "not signed by a key the device trusts (a bundle needs 1 of its keys) (nothing sent)", False),
+        ("bad_signature", "the device refused the bundle: signature: signature by key", True),
     ],
 )
 def test_refused_bundles_leave_the_device_unchanged(

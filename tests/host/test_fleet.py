@@ -217,3 +217,14 @@ def test_import_saved_files(fleetpin: Any, url: str, tmp_path: Path) -> None:
     with Registry(url) as reg, reg.transaction(write=False) as conn:
         row = conn.execute(sa.text("SELECT mac, fleet, last_seen FROM devices WHERE device_id = 'dev-1'")).one()
     assert (row.mac, row.fleet, row.last_seen) == (MAC, "acme", 1_772_359_200.0)  # read_at, not the file's mtime
+
+
+def test_what_devices_said_is_printed_safely(fleetpin: Any, tmp_path: Path) -> None:
+    """Device ids and host names come from devices: an escape sequence in one is shown escaped,
+    never sent to the terminal (which it could rewrite)."""
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    with Registry(url) as reg:
+        F.store_reports(reg, [_report("k", "evil\x1b[2J.example", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", 1, True,
+                                      "dev\x1b]0;owned\x07")])
+    r = fleetpin("fleet", "status", "--registry", url)
+    assert r.exit_code == 0 and "\x1b" not in r.stdout and "\\x1b[2J" in r.stdout and "\\x07" in r.stdout

@@ -202,6 +202,25 @@ def test_migrates_the_old_sqlite_registry(tmp_path: Path) -> None:
     assert [r[10] for r in _v01_attempts(path)] == ["failed", "provisioned", "failed", "failed"]
 
 
+def test_migrates_a_late_01_file_with_its_bundles(tmp_path: Path) -> None:
+    """Late 0.1 also kept the bundles boards got, per fleet (refuse_older_bundle): kept as they are."""
+    path = tmp_path / "late.sqlite"
+    _legacy_registry(path)
+    with sqlite3.connect(path) as db:
+        db.executescript("CREATE TABLE IF NOT EXISTS bundles (fleet TEXT NOT NULL, version INTEGER NOT NULL, "
+                         "sha256 TEXT NOT NULL, first_seen REAL NOT NULL, PRIMARY KEY (fleet, sha256));")
+        db.execute("INSERT INTO bundles VALUES ('acme', 7, 'c7', 5.0)")
+    db.close()
+    assert R.migrate(path) == ("0001", R.head_revision())
+    with Registry(path) as reg:
+        assert reg.newest_bundle("acme") == (7, "c7")
+        with pytest.raises(R.OlderBundle, match="older than v7"):
+            R.refuse_older_bundle(reg, "acme", 6, "image x")
+        reg.note_bundle("acme", 8, "c8", 9.0)
+        reg.note_bundle("acme", 8, "c8", 10.0)  # kept once
+        assert reg.newest_bundle("acme") == (8, "c8")
+
+
 def test_auto_migrate_and_missing(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     _legacy_registry(path)

@@ -7,6 +7,10 @@ transfers with a progress bar, commits, reads the state back and checks the dige
 a JSON receipt whatever the outcome. An interrupted update leaves the old bundle working (the
 agent commits with one atomic rename) and can simply be run again.
 
+What the device sends is untrusted: its answers are type-checked (fleetpin.field.transport) and
+every text from it goes through `printable` before it is shown; a malformed answer, or an
+installed bundle that does not parse, is a clear error (and, for update, a receipt).
+
 Exit codes: 0 ok, 1 refused or failed (the device unchanged unless the output says otherwise),
 2 usage.
 """
@@ -27,9 +31,10 @@ from fleetpin.device_errors import is_refusal
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.field.receipts import Receipt, check_writable, default_path, utc_now, write_receipt
 from fleetpin.field.reports import parse_report_log, report_time
-from fleetpin.field.transport import DEFAULT_BAUD, Transport
+from fleetpin.field.transport import DEFAULT_BAUD, Transport, check_verdict, printable
 from fleetpin.line.registry_url import ENV_VAR, URL_HELP
 from pinagent import bundle as dev_bundle
+from pinagent import pins as dev_pins
 
 PORT_HELP = "serial port of the device (e.g. /dev/ttyUSB0, COM3, or a `fleetpin sim board` pty)"
 
@@ -63,8 +68,7 @@ def _session(port: str, baud: int, timeout: float) -> Iterator[Transport]:
 
 
 def _identify(t: Transport) -> dict[str, Any]:
-    info = t.call(t.client.identify(), "IDENTIFY")
-    return dict(info)
+    return dict(t.identify())
 
 
 def _pending(head: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -74,7 +78,12 @@ def _pending(head: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[s
 
 
 def _short(digest: Any) -> str:
-    return str(digest)[:16] if digest else "none"
+    return printable(digest, 16) if digest else "none"
+
+
+def _p(value: Any) -> str:
+    """Text from the device, safe to print."""
+    return printable(value)
 
 
 # ---- info ----------------------------------------------------------------------------------
@@ -96,41 +105,58 @@ def info(port: str, baud: int, timeout: float, as_json: bool) -> None:
         click.echo(json.dumps(ident, sort_keys=True))
         return
     rows = [
-        ("device", ident.get("device_id")),
-        ("agent", f"{ident.get('agent')} (protocol {ident.get('proto')})"),
-        ("fleet", ident.get("fleet")),
-        ("mode", ident.get("mode")),
-        ("bundle", f"v{ident.get('bundle_version')}  sha256 {ident.get('bundle_sha256')}"
+        ("device", _p(ident.get("device_id"))),
+        ("agent", f"{_p(ident.get('agent'))} (protocol {_p(ident.get('proto'))})"),
+        ("fleet", _p(ident.get("fleet"))),
+        ("mode", _p(ident.get("mode"))),
+        ("bundle", f"v{_p(ident.get('bundle_version'))}  id {_p(ident.get('bundle_id') or '?')}  "
+                   f"sha256 {_p(ident.get('bundle_sha256'))}"
          if ident.get("bundle_version") is not None else "none (safe mode: every pinned connection is refused)"),
-        ("clock", ident.get("clock")),
+        ("signers", _signers_row(ident.get("signers"))),
+        ("clock", _p(ident.get("clock"))),
         ("reports", "unknown" if pending is None else f"{pending} pending, {len(reports)} kept "
-                                                       f"({head.get('total', '?')} recorded in all)"),
+                                                       f"({_p(head.get('total', '?'))} recorded in all)"),
     ]
     for k, v in rows:
         click.echo(f"{k:>8}: {v}")
     for p in ident.get("problems") or []:
-        click.echo(f"{'problem':>8}: {p}")
+        click.echo(f"{'problem':>8}: {_p(p)}")
+
+
+def _signers_row(trust: Any) -> str:
+    if not isinstance(trust, dict) or not isinstance(trust.get("ids"), list):
+        return "not reported"
+    n = len(trust["ids"])
+    return _p(f"{', '.join(str(i) for i in trust['ids'])}: {trust.get('threshold')} of {n} sign a bundle, "
+              f"{trust.get('rotation_threshold')} of {n} change the signer set")
 
 
 # ---- update --------------------------------------------------------------------------------
 
 
 def _domains(data: bytes | None) -> dict[str, dict[str, Any]]:
-    """host -> {"pins": set of pins, "enforce": bool} of a bundle (no signature check)."""
-    if not data:
+    """host -> {"pins": set of "sha256/..." pins, "enforce": bool} of a bundle, as the device's
+    own decoder reads it (no signature check); BundleError if it is not a bundle (b"" included:
+    None is no bundle)."""
+    if data is None:
         return {}
-    env = dev_bundle.parse_envelope(data)
-    payload = json.loads(bytes(env.payload))
     out: dict[str, dict[str, Any]] = {}
-    for d in payload.get("policy", {}).get("domains", []):
-        pins = {p["pin"] if isinstance(p, dict) else str(p) for p in d.get("pins", [])}
-        out[str(d.get("host"))] = {"pins": pins, "enforce": d.get("enforce", True)}
+    for r in dev_bundle.decode_unverified(data).policy.rules:
+        out[r.host] = {"pins": {"sha256/" + dev_pins.pin_to_text(d) for d in r.pins}, "enforce": r.enforce}
     return out
 
 
 def pin_diff(old: bytes | None, new: bytes) -> list[dict[str, Any]]:
-    """Per domain: what the device will start or stop accepting."""
-    a, b = _domains(old), _domains(new)
+    """Per domain: what the device will start or stop accepting. `old` (from the device) must
+    parse: FleetpinError otherwise."""
+    try:
+        a = _domains(old)
+    except dev_bundle.BundleError as e:
+        raise FleetpinError(f"the installed bundle the device sent does not parse ({type(e).__name__}: "
+                            f"{printable(e.reason)}): nothing sent",
+                            hint="the device's flash or agent may be damaged: check it with fleetpin device info; "
+                                 "re-flash it on the production line if it persists") from None
+    b = _domains(new)
     out: list[dict[str, Any]] = []
     for host in sorted(set(a) | set(b)):
         if host not in a:
@@ -152,7 +178,7 @@ def pin_diff(old: bytes | None, new: bytes) -> list[dict[str, Any]]:
 def _print_diff(diff: list[dict[str, Any]]) -> None:
     for d in diff:
         if d["change"] == "same":
-            click.echo(f"  = {d['domain']}: unchanged")
+            click.echo(f"  = {_p(d['domain'])}: unchanged")
             continue
         mark = {"added": "+", "removed": "-", "changed": "~"}[d["change"]]
         extra = ""
@@ -160,11 +186,11 @@ def _print_diff(diff: list[dict[str, Any]]) -> None:
             extra = " (no longer pinned: CA validation only)"
         elif d.get("enforce_was") is not None and d["enforce"] != d["enforce_was"]:
             extra = " (now enforced)" if d["enforce"] else " (now report-only)"
-        click.echo(f"  {mark} {d['domain']}{extra}")
+        click.echo(f"  {mark} {_p(d['domain'])}{extra}")
         for p in d["accept"]:
-            click.secho(f"      starts accepting {p}", fg="green")
+            click.secho(f"      starts accepting {_p(p)}", fg="green")
         for p in d["stop"]:
-            click.secho(f"      stops accepting  {p}", fg="red")
+            click.secho(f"      stops accepting  {_p(p)}", fg="red")
 
 
 def _load_bundle(path: Path) -> tuple[bytes, Any]:
@@ -209,7 +235,7 @@ def update(bundle_file: Path, port: str, baud: int, timeout: float, as_json: boo
     data, new = _load_bundle(bundle_file)
     new_sha = hashlib.sha256(data).hexdigest()
     rec = Receipt(port=port, bundle_file=str(bundle_file))
-    rec.new = {"version": new.version, "sha256": new_sha}
+    rec.new = {"version": new.version, "sha256": new_sha, "id": new.digest.hex()}
     if receipt is not None:
         check_writable(receipt)  # the default place (the current directory) is checked the same way
     else:
@@ -262,53 +288,82 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
     ident = _identify(t)
     rec.device_id = ident.get("device_id")
     rec.fleet = ident.get("fleet")
-    rec.old = {"version": ident.get("bundle_version"), "sha256": ident.get("bundle_sha256")}
+    rec.old = {"version": ident.get("bundle_version"), "sha256": ident.get("bundle_sha256"), "id": ident.get("bundle_id")}
     old_version = ident.get("bundle_version")
     if new.fleet != ident.get("fleet"):
         raise _Refused(
-            f"the bundle is for fleet {new.fleet!r}, the device {rec.device_id} is in fleet {ident.get('fleet')!r} (nothing sent)",
+            f"the bundle is for fleet {new.fleet!r}, the device {_p(rec.device_id)} is in fleet "
+            f"{_p(repr(ident.get('fleet')))} (nothing sent)",
             hint="build the bundle for the device's fleet, or check you have the right device",
         )
-    if ident.get("bundle_sha256") == new_sha:
+    # A bundle is its signed bytes (pinagent.bundle): another encoding of the installed bundle
+    # (a signature's s or n - s) is installed already. Agents before bundle ids: the file digest.
+    if ("bundle_id" in ident and ident["bundle_id"] == rec.new["id"]) or ident.get("bundle_sha256") == new_sha:
         rec.result = "already-installed"
         if not as_json:
-            click.echo(f"{rec.device_id}: bundle v{new.version} ({_short(new_sha)}) is already installed; nothing to do")
+            click.echo(f"{_p(rec.device_id)}: bundle v{new.version} ({_short(new_sha)}) is already installed; nothing to do")
         return {"diff": []}
     if isinstance(old_version, int) and new.version <= old_version:
         word = "the same version as" if new.version == old_version else "older than"
         raise _Refused(
-            f"bundle v{new.version} is {word} the installed v{old_version} on {rec.device_id} (nothing sent)",
+            f"bundle v{new.version} is {word} the installed v{old_version} on {_p(rec.device_id)} (nothing sent)",
             hint="devices never go back: build the bundle with a version above " + str(old_version),
         )
+    signed_line = _check_signers(ident, new)
     installed = t.read_all("bundle") if old_version is not None else None
     if installed is not None and hashlib.sha256(installed).hexdigest() != ident.get("bundle_sha256"):
         raise FleetpinError("the installed bundle read back does not match the digest the device reports",
                             hint="retry; if it persists the device's flash may be failing")
     diff = pin_diff(installed, data)
     if not as_json:
-        click.echo(f"device {rec.device_id} (fleet {rec.fleet}): bundle "
+        click.echo(f"device {_p(rec.device_id)} (fleet {_p(rec.fleet)}): bundle "
                    f"{'v' + str(old_version) if old_version is not None else 'none (safe mode)'} -> v{new.version}")
         _print_diff(diff)
+        if signed_line:
+            click.echo(signed_line)
     if not yes:
-        if not click.confirm(f"Install bundle v{new.version} on {rec.device_id}?", default=False, err=True):
+        if not click.confirm(f"Install bundle v{new.version} on {_p(rec.device_id)}?", default=False, err=True):
             rec.result = "aborted"
             raise FleetpinError("not installed: you declined", hint="run again and answer y, or pass --yes")
     with _progress(not as_json) as bar:
         task = bar.add_task("send", total=len(data))
         result = t.upload(data, lambda done, total: bar.update(task, completed=done))
     after = _identify(t)
-    rec.new = {"version": after.get("bundle_version"), "sha256": after.get("bundle_sha256")}
+    rec.new = {"version": after.get("bundle_version"), "sha256": after.get("bundle_sha256"), "id": after.get("bundle_id")}
     if after.get("bundle_sha256") != new_sha:
         raise FleetpinError(
-            f"the device answered the commit ({result}) but now reports bundle {_short(after.get('bundle_sha256'))}, "
+            f"the device answered the commit ({_p(result)}) but now reports bundle {_short(after.get('bundle_sha256'))}, "
             f"not {_short(new_sha)}",
             hint="run fleetpin device info; then run the update again",
         )
     rec.result = "installed"
     if not as_json:
-        click.secho(f"installed: {rec.device_id} now runs bundle v{after.get('bundle_version')} ({_short(new_sha)}), "
+        click.secho(f"installed: {_p(rec.device_id)} now runs bundle v{after.get('bundle_version')} ({_short(new_sha)}), "
                     "digest checked", fg="green")
     return {"diff": diff}
+
+
+def _check_signers(ident: dict[str, Any], new: Any) -> str | None:
+    """The confirmation's line on who signed and what the device needs (its IDENTIFY "signers":
+    trusted key ids and thresholds); _Refused before anything is sent if too few of the device's
+    keys signed. None for agents that do not say (they check it themselves)."""
+    trust = ident.get("signers")
+    if not isinstance(trust, dict) or not isinstance(trust.get("ids"), list):
+        return None
+    ids = [k.hex() for k in new.key_ids]
+    signed = [k for k in ids if k in trust["ids"]]
+    rotation = new.signers is not None
+    why = "a signer-set change" if rotation else "a bundle"
+    needed = trust.get("rotation_threshold" if rotation else "threshold", 2 if rotation else 1)
+    if not signed:
+        raise _Refused(f"not signed by a key the device trusts ({why} needs {needed} of its keys) (nothing sent)",
+                       hint="sign it with a key of the device's signer set (fleetpin device info shows its key ids)")
+    if len(signed) < needed:
+        raise _Refused(
+            f"{why} needs {needed} of the device's keys, signed by {len(signed)} ({', '.join(signed)}) (nothing sent)",
+            hint="sign it with more keys of the device's signer set (fleetpin bundle verify --trust shows who signed)")
+    return (f"  signed by {', '.join(signed)}: {len(signed)} of the device's {len(trust['ids'])} keys; "
+            f"{why} needs {needed}")
 
 
 # ---- reports, test-connect, reboot ---------------------------------------------------------
@@ -359,14 +414,14 @@ def reports(port: str, baud: int, timeout: float, as_json: bool, ack: bool, stor
         click.echo(json.dumps(doc, sort_keys=True))
         return
     if not pending:
-        click.echo(f"no pending reports ({len(entries)} kept, {head.get('total', 0)} recorded in all, "
-                   f"{head.get('dropped', 0)} dropped)")
+        click.echo(f"no pending reports ({len(entries)} kept, {_p(head.get('total', 0))} recorded in all, "
+                   f"{_p(head.get('dropped', 0))} dropped)")
     for r in entries:
         mark = "" if r in pending else "  [acknowledged]"
-        click.echo(f"{r.get('date-time')}  {r.get('hostname')}:{r.get('port')}  x{r.get('count', 1)}  "
-                   f"{r.get('validation-result')}  (last {r.get('last-seen')}){mark}")
+        click.echo(f"{_p(r.get('date-time'))}  {_p(r.get('hostname'))}:{_p(r.get('port'))}  x{_p(r.get('count', 1))}  "
+                   f"{_p(r.get('validation-result'))}  (last {_p(r.get('last-seen'))}){mark}")
     if stored is not None and reg is not None:
-        click.echo(f"stored for {stored.device_id} in {display_url(reg.url)}: {stored.added} new, {stored.merged} already there")
+        click.echo(f"stored for {_p(stored.device_id)} in {display_url(reg.url)}: {stored.added} new, {stored.merged} already there")
     if acked is not None:
         click.echo(f"acknowledged {len(pending)} report(s); they stay on the device until newer ones overwrite them")
 
@@ -399,31 +454,31 @@ def test_connect(address: str, port: str, baud: int, timeout: float, as_json: bo
     other hosts): any other is refused with the error `connect`, before the device connects."""
     host, tcp_port = _host_port(address)
     with _session(port, baud, timeout) as t:
-        verdict = t.call(t.client.test_connect(host, tcp_port), "TEST_CONNECT")
+        verdict = check_verdict(t.call(t.client.test_connect(host, tcp_port), "TEST_CONNECT"))
     if as_json:
         click.echo(json.dumps(verdict, sort_keys=True))
     else:
         _print_verdict(host, tcp_port, verdict)
     if not verdict.get("allowed", verdict.get("ok", False)):
-        raise FleetpinError(f"the device refused {host}:{tcp_port}: {verdict.get('reason', 'see the verdict')}",
+        raise FleetpinError(f"the device refused {host}:{tcp_port}: {_p(verdict.get('reason', 'see the verdict'))}",
                             hint="check the pins for this host (fleetpin pin HOST) against the bundle")
 
 
 def _print_verdict(host: str, tcp_port: int, v: dict[str, Any]) -> None:
     """One line for the verdict, then the chain the device saw, depth by depth."""
     ok = bool(v.get("allowed"))
-    why = str(v.get("reason"))
+    why = _p(v.get("reason"))
     if v.get("matched_label") is not None:
-        why += f": pin \"{v['matched_label']}\" at depth {v.get('matched_depth')}"
+        why += f": pin \"{_p(v['matched_label'])}\" at depth {v.get('matched_depth')}"
     if v.get("rule"):
-        why += f" (rule {v['rule']})"
+        why += f" (rule {_p(v['rule'])})"
     if not v.get("clock_trusted", True):
         why += ", clock untrusted"
     click.secho(f"{host}:{tcp_port}: {'ALLOWED' if ok else 'REFUSED'} {why}", fg="green" if ok else "red")
     for c in v.get("chain") or []:
-        click.echo(f"  depth {c.get('depth')}  {c.get('pin')}")
+        click.echo(f"  depth {c.get('depth')}  {_p(c.get('pin'))}")
     if v.get("detail"):
-        click.echo(f"  detail: {v['detail']}")
+        click.echo(f"  detail: {_p(v['detail'])}")
 
 
 @device.command("reboot")
@@ -443,4 +498,5 @@ def reboot(port: str, baud: int, timeout: float, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"rebooted": True, "device": ident}, sort_keys=True))
     else:
-        click.echo(f"rebooted: {ident.get('device_id')} is back, mode {ident.get('mode')}, bundle v{ident.get('bundle_version')}")
+        click.echo(f"rebooted: {_p(ident.get('device_id'))} is back, mode {_p(ident.get('mode'))}, "
+                   f"bundle v{ident.get('bundle_version')}")

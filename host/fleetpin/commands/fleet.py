@@ -12,6 +12,7 @@ from fleetpin import output
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.field.fleet import fleet_status, status_csv, store_reports
 from fleetpin.field.reports import parse_report_file
+from fleetpin.field.transport import printable
 from fleetpin.files import write_atomic
 from fleetpin.line.registry import ENV_VAR, URL_HELP, Registry, display_url
 from fleetpin.times import parse_time
@@ -62,9 +63,9 @@ def import_(files: tuple[Path, ...], url: str | None, device_id: str | None, as_
     else:
         for d in done:
             if "error" in d:
-                click.echo(f"{d['file']}: not stored: {d['error']}", err=True)
+                click.echo(f"{d['file']}: not stored: {printable(d['error'], 400)}", err=True)
             else:
-                click.echo(f"{d['file']}: {d['device_id']}: {d['added']} new, {d['merged']} already there")
+                click.echo(f"{d['file']}: {printable(d['device_id'])}: {d['added']} new, {d['merged']} already there")
         click.echo(f"{len(files) - failed} of {len(files)} files stored in {display_url(reg.url)}")
     if failed:
         raise FleetpinError(f"{failed} file(s) not stored", hint="pass --device ID for files that do not name their device")
@@ -96,6 +97,11 @@ def status(url: str | None, since: str | None, sample: int, fmt: str | None, out
     _print_status(st, display_url(reg.url))
 
 
+def _p(value: Any) -> str:
+    """Text that came from devices (ids, host names, reasons), safe to print on a terminal."""
+    return printable(value if value is not None else "-")
+
+
 def _print_status(st: dict[str, Any], where: str) -> None:
     out = output.console()
     out.print(output.assemble((f"{st['devices']} devices", "bold"), f" in {where}"))
@@ -107,14 +113,14 @@ def _print_status(st: dict[str, Any], where: str) -> None:
         t = output.Table("host", "mode", "devices", "some of them", title="devices that reported mismatches, per host",
                          right=("devices",))
         for m in st["mismatches"]:
-            t.add(m["host"] or "-", output.styled(m["mode"], "red" if m["mode"] == "enforced" else "yellow"), str(m["devices"]),
-                  " ".join(m["sample"]))
+            t.add(_p(m["host"] or "-"), output.styled(m["mode"], "red" if m["mode"] == "enforced" else "yellow"), str(m["devices"]),
+                  " ".join(_p(d) for d in m["sample"]))
         t.print(out)
     else:
         out.print("no mismatches reported")
     if st["not_seen"] is not None:
         n = st["not_seen"]
-        some = ": " + ", ".join(f"{s['device_id']} ({s['last_seen'][:10]})" for s in n["sample"]) if n["sample"] else ""
+        some = ": " + ", ".join(f"{_p(s['device_id'])} ({s['last_seen'][:10]})" for s in n["sample"]) if n["sample"] else ""
         out.print(output.assemble((str(n["devices"]), "bold"), f" devices not seen since {n['since']}{some}"))
     if st["lockouts"]:
         t = output.Table("found by", "bundle / scenario", "server", "devices", "on the line, not seen yet", "reason",
@@ -122,8 +128,8 @@ def _print_status(st: dict[str, Any], where: str) -> None:
         for lk in st["lockouts"]:
             what = lk.get("scenario") or f"v{lk.get('bundle_version')} {str(lk.get('bundle_sha256'))[:12]}"
             server = f"{lk['host']}:{lk['port']}" if lk["host"] else "-"
-            t.add(f"{lk['source']} {(lk['found_at'] or '')[:10]}", what, server, output.styled(str(lk["devices"]), "red"),
-                  str(lk["line_boards"]), lk["reason"] or "")
+            t.add(f"{lk['source']} {(lk['found_at'] or '')[:10]}", _p(what), _p(server), output.styled(str(lk["devices"]), "red"),
+                  str(lk["line_boards"]), _p(lk["reason"] or ""))
         t.print(out)
     else:
         out.print("no lockout recorded (fleetpin preflight --record, fleetpin drill --record)")

@@ -7,6 +7,7 @@ import functools
 import getpass
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from fleetpin import output
 from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.field.transport import printable
 from fleetpin.line.image import LoadedImage, verify_image
 from fleetpin.line.provision import (
     RESULT_FAILED,
@@ -28,7 +30,7 @@ from fleetpin.line.provision import (
     agent_confirm,
     provision,
 )
-from fleetpin.line.registry import DEFAULT_LEASE_S, ENV_VAR, URL_HELP, Registry, display_url
+from fleetpin.line.registry import DEFAULT_LEASE_S, ENV_VAR, URL_HELP, Registry, display_url, refuse_older_bundle
 
 
 def _live_table(stations: list[Station]) -> Table:
@@ -38,13 +40,19 @@ def _live_table(stations: list[Station]) -> Table:
     return t.rich_table()
 
 
+def _shown(value: Any, limit: int = 64) -> str:
+    """Text from a board (untrusted), made printable for a table cell (cells are never markup)."""
+    return printable(value, limit)
+
+
 def _agent_cell(r: StationResult) -> str:
     """What the agent said after reset: its id, the port it came back on, its mode."""
     a = r.agent
     if not a:
         return "-"
-    where = f" on {a['port']}" if a.get("port") else ""
-    return f"{a.get('device_id') or '?'}{where}: {a.get('mode') or '?'}, bundle {str(a.get('bundle_sha256'))[:12]}"
+    where = f" on {_shown(a['port'])}" if a.get("port") else ""
+    return (f"{_shown(a.get('device_id') or '?')}{where}: {_shown(a.get('mode') or '?')}, "
+            f"bundle {_shown(a.get('bundle_sha256'), 12)}")
 
 
 def _summary(results: list[StationResult]) -> output.Table:
@@ -53,8 +61,8 @@ def _summary(results: list[StationResult]) -> output.Table:
     t = output.Table(*columns, right=("seconds",))
     for r in results:
         result = output.styled(r.result, "green" if r.ok else "red")
-        t.add(r.station, r.port, r.mac, result, f"{r.ended - r.started:.1f}",
-              *([_agent_cell(r)] if show_agent else []), r.error or "")
+        t.add(r.station, r.port, _shown(r.mac or "-"), result, f"{r.ended - r.started:.1f}",
+              *([_agent_cell(r)] if show_agent else []), _shown(r.error or "", 400))
     return t
 
 
@@ -72,6 +80,8 @@ def _summary(results: list[StationResult]) -> output.Table:
               help="A station sharing the registry may take over a board this station claimed once it has been silent this long (killed, or cut off).")
 @click.option("--operator", default=None, help="Who runs the line (default: the login name).")
 @click.option("--force", is_flag=True, help="Reflash boards that already hold this image.")
+@click.option("--allow-older-bundle", is_flag=True,
+              help="Provision even if the registry has seen a newer bundle for the image's fleet.")
 @click.option("--no-confirm", is_flag=True, help="Do not wait for the agent to confirm its bundle after reset.")
 @click.option("--confirm-timeout", type=float, default=15.0, show_default=True, help="Seconds to wait for the agent.")
 @click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries after a transient serial error.")
@@ -89,6 +99,7 @@ def provision_cmd(
     claim_lease: float,
     operator: str | None,
     force: bool,
+    allow_older_bundle: bool,
     no_confirm: bool,
     confirm_timeout: float,
     retries: int,
@@ -111,6 +122,12 @@ def provision_cmd(
     --virtual N runs the same line without hardware: N virtual boards in their ROM bootloader
     (esp32-mock-bootloader), flashed by the real esptool, then reset so each boots the agent
     from the flash esptool wrote and answers IDENTIFY on its new port.
+
+    \b
+    The registry keeps the bundles boards were provisioned with, per fleet: an image whose
+    bundle is older than the newest of its fleet is refused before any board is touched
+    (unless --allow-older-bundle), since a board re-imaged with it would accept every bundle
+    since, retired ones included.
     """
     if virtual is None and not ports:
         raise UsageError("no station given", hint="pass --port for each fixture slot, or --virtual N to simulate N")
@@ -123,6 +140,8 @@ def provision_cmd(
         image = verify_image(image_dir, boards_dir)  # never flash an image that does not check out
         if image.board.name != board:
             raise UsageError(f"the image is for {image.board.name}, not {board}", hint="build an image for this board")
+        if not allow_older_bundle and image.bundle_version is not None:
+            refuse_older_bundle(reg, image.fleet, image.bundle_version, f"image {image_dir}")
         if virtual is not None:
             from fleetpin.sim.station import VirtualStations
 
@@ -150,6 +169,8 @@ def _run(stations: list[Station], image: LoadedImage, opts: ProvisionOptions, re
                     live.update(_live_table(stations))
 
             results = provision(stations, image, opts, reg, jobs, refresh)
+    if any(r.ok for r in results) and image.bundle_version is not None:
+        reg.note_bundle(image.fleet, image.bundle_version, image.bundle_sha256, time.time())
     failed = [r for r in results if not r.ok]
     if as_json:
         click.echo(json.dumps({"image_id": image.image_id, "results": [r.as_json() for r in results]}, indent=2))

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from fleetpin import output
+from fleetpin.field.transport import printable
 from fleetpin.files import write_atomic
 from fleetpin.line.registry import (
     ENV_VAR,
@@ -62,7 +63,7 @@ def list_(url: str | None, mac: str | None, as_json: bool) -> None:
             f"{a.station} ({a.port})" if a.station != a.port else a.port,
             a.operator,
             a.result,
-            a.error or "",
+            printable(a.error or "", 400),  # may quote what a board said
         )
     t.print(output.console())
 
@@ -83,7 +84,7 @@ def boards(url: str | None, state: str | None, as_json: bool) -> None:
     t = output.Table("mac", "state", "station", "image", "bundle", "updated", "taken over", "error", right=("taken over",))
     for b in rows:
         t.add(b.mac, b.state, b.station, b.image_id[:12], b.bundle_sha256[:12], iso8601(b.updated_at), str(b.takeovers or ""),
-              b.error or "")
+              printable(b.error or "", 400))
     out = output.console()
     t.print(out)
     out.print(", ".join(f"{sum(b.state == s for b in rows)} {s}" for s in STATES))

@@ -11,9 +11,13 @@ What it holds:
     SELECT .. FOR UPDATE; SQLite: BEGIN IMMEDIATE), so two stations that get the same board at
     once cannot both be told to write it. A station renews its claim while it works; each claim
     has a token, and every later step names it, so a station whose claim was taken over (its
-    lease ran out: it was killed, hung, or cut off) cannot move the board's state any more. A retry by the same station, for the same image, resumes its
-    claim (same token). A board confirmed with the same image is skipped, whichever station
+    lease ran out: it was killed, hung, or cut off) cannot move the board's state any more. A
+    retry by the same station, for the same image, resumes its claim (same token). A board confirmed with the same image is skipped, whichever station
     confirmed it.
+  - `bundles`: per fleet, the bundles boards were provisioned with (version, SHA-256, first
+    seen), so that an image whose bundle is older than the newest one seen is refused
+    (refuse_older_bundle): a board re-imaged with an old bundle would accept every bundle since,
+    retired ones included, from anyone with a cable;
   - `devices`, `reports`, `lockouts`: the fleet's side (fleetpin.field.fleet reads and writes
     them): devices by id (and base MAC, which joins them to `boards`), their pin-failure reports
     deduplicated, and what a preflight or a drill found would lock devices out.
@@ -73,6 +77,10 @@ class OlderSchemaError(FleetpinError):
     """The database needs `fleetpin registry migrate` before this fleetpin can use it."""
 
 
+class OlderBundle(FleetpinError):
+    """An image's bundle is older than the newest the registry has seen for its fleet."""
+
+
 class ClaimLost(FleetpinError):
     """The board's claim is no longer this station's (taken over after its lease ran out, or
     reclaimed): the station must not go on writing or recording the board."""
@@ -100,6 +108,11 @@ boards_t = sa.Table(
     sa.Column("token", sa.Text, nullable=False), sa.Column("lease_until", sa.Float, nullable=False),
     sa.Column("claimed_at", sa.Float, nullable=False), sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("error", sa.Text), sa.Column("takeovers", sa.Integer, nullable=False, server_default="0"),
+)
+bundles_t = sa.Table(
+    "bundles", metadata,
+    sa.Column("fleet", sa.Text, primary_key=True), sa.Column("sha256", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False), sa.Column("first_seen", sa.Float, nullable=False),
 )
 devices_t = sa.Table(
     "devices", metadata,
@@ -369,10 +382,15 @@ def migrate(url: str | Path | None = None, *, engine: Engine | None = None) -> t
             eng.dispose()
 
 
+def missing_file(url: str | Path | None) -> bool:
+    """Whether the registry is a SQLite file that does not exist (yet)."""
+    u = engine_url(url)
+    return u.get_backend_name() == "sqlite" and not Path(str(u.database)).exists()
+
+
 def _refuse_missing_file(url: str | Path | None) -> None:
     """A SQLite registry that does not exist is not created by reading or migrating it."""
-    u = engine_url(url)
-    if u.get_backend_name() == "sqlite" and not Path(str(u.database)).exists():
+    if missing_file(url):
         raise UsageError(f"no registry at {display_url(url)}", hint="pass --registry (or set $FLEETPIN_REGISTRY), or provision a board first")
 
 
@@ -559,12 +577,38 @@ class Registry:
             r = conn.execute(sa.select(boards_t).where(boards_t.c.mac == mac.lower())).one_or_none()
         return None if r is None else Board(**r._asdict())
 
+    def note_bundle(self, fleet: str, version: int, sha256: str, when: float) -> None:
+        """Records that boards of `fleet` got this bundle (kept once, with when it was first seen)."""
+        with self.transaction() as conn:
+            conn.execute(upsert(conn, bundles_t).values(fleet=fleet, version=version, sha256=sha256, first_seen=when)
+                         .on_conflict_do_nothing(index_elements=["fleet", "sha256"]))
+
+    def newest_bundle(self, fleet: str) -> tuple[int, str] | None:
+        """(version, sha256) of the newest bundle boards of `fleet` were provisioned with."""
+        q = (sa.select(bundles_t.c.version, bundles_t.c.sha256).where(bundles_t.c.fleet == fleet)
+             .order_by(bundles_t.c.version.desc(), bundles_t.c.first_seen).limit(1))
+        with self.transaction(write=False) as conn:
+            row = conn.execute(q).first()
+        return None if row is None else (int(row[0]), str(row[1]))
+
     def boards(self, state: str | None = None) -> list[Board]:
         q = sa.select(boards_t).order_by(boards_t.c.mac)
         if state is not None:
             q = q.where(boards_t.c.state == state)
         with self.transaction(write=False) as conn:
             return [Board(**r._asdict()) for r in conn.execute(q)]
+
+
+def refuse_older_bundle(registry: Registry, fleet: str, version: int, where: str) -> None:
+    """OlderBundle if the registry has seen a newer bundle for `fleet` than `version`."""
+    newest = registry.newest_bundle(fleet)
+    if newest is not None and version < newest[0]:
+        raise OlderBundle(
+            f"{where}: bundle v{version} of fleet {fleet!r} is older than v{newest[0]}, which boards of that fleet "
+            f"were provisioned with (registry {display_url(registry.url)}): a board imaged with it would accept every "
+            f"bundle from v{version + 1} on, retired ones included",
+            hint=f"build the image with bundle v{newest[0]} or newer; to go back on purpose, pass --allow-older-bundle",
+        )
 
 
 def export_obj(a: Attempt) -> dict[str, object]:

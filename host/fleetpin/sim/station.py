@@ -36,7 +36,7 @@ from fleetpin.line.provision import Confirm, ConfirmFailed, Station, agent_confi
 from fleetpin.sim.board import FlashInUse, VirtualBoard
 from fleetpin.sim.flashfs import FlashError
 
-ROM_START_TIMEOUT = 10.0
+ROM_START_TIMEOUT = 60.0  # seconds; returns as soon as the ROM is up (a loaded machine starts Python slowly)
 
 
 class StationError(FleetpinError):

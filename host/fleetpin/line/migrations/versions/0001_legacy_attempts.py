@@ -1,6 +1,7 @@
-"""The registry as fleetpin 0.1 left it (host/fleetpin/registry.py): one `attempts` row per
-provisioning attempt. A database made by that code has exactly this table and index and no
-alembic_version table: migrate() stamps it at this revision, then upgrades.
+"""The registry as fleetpin 0.1 left it (its single SQLite module): one `attempts` row per
+provisioning attempt. A database made by that code has this table and index (late 0.1 added a
+`bundles` table too, which 0002 keeps) and no alembic_version table: migrate() stamps it at this
+revision, then upgrades.
 
 Revision ID: 0001
 Revises: (none)

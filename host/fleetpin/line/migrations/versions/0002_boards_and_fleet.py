@@ -1,4 +1,5 @@
-"""Shared registry: one `boards` row per MAC (the claim: claimed -> written -> confirmed, or
+"""Shared registry: the `bundles` boards were provisioned with, per fleet (late 0.1 files have
+that table already: it is kept); one `boards` row per MAC (the claim: claimed -> written -> confirmed, or
 failed), the fleet's `devices`, their deduplicated `reports` and the `mismatch_counts` per host
 kept with them, and the `lockouts` a preflight (per bundle digest) or a drill (per scenario)
 found. Backfills `boards` from the attempts a 0.1 registry recorded (the last attempt of each MAC
@@ -23,6 +24,14 @@ _BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincr
 
 def upgrade() -> None:
     op.create_index("attempts_image", "attempts", ["image_id", "result"])
+    if not sa.inspect(op.get_bind()).has_table("bundles"):  # a registry file of late 0.1 has it already
+        op.create_table(
+            "bundles",
+            sa.Column("fleet", sa.Text, primary_key=True),
+            sa.Column("sha256", sa.Text, primary_key=True),
+            sa.Column("version", sa.Integer, nullable=False),
+            sa.Column("first_seen", sa.Float, nullable=False),
+        )
     boards = op.create_table(
         "boards",
         sa.Column("mac", sa.Text, primary_key=True),
@@ -115,6 +124,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for t in ("lockouts", "mismatch_counts", "reports", "devices", "boards"):
+    for t in ("lockouts", "mismatch_counts", "reports", "devices", "boards", "bundles"):
         op.drop_table(t)
     op.drop_index("attempts_image", "attempts")
