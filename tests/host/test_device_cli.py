@@ -377,6 +377,44 @@ def test_reports_are_read_and_acknowledged_never_erased(fleetpin: Any, board: An
     assert fleetpin("device", "reports", "--port", b.port, "--clear").exit_code == 2  # no such thing
 
 
+def test_reports_are_stored_in_the_registry_before_they_are_acknowledged(fleetpin: Any, board: Any, tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from fleetpin.line.boards import get_board
+    from fleetpin.line.registry import Registry
+    from fleetpin.sim.flashfs import FlashFS
+
+    flash = tmp_path / "flash.img"
+    with FlashFS.open_image(flash, get_board("esp32")) as f:
+        Reports(f.store_fs()).add({"date-time": "2026-01-01T00:00:00Z", "hostname": "api.example.com", "port": 443,
+                                   "validation-result": "mismatch", "enforce-pinning": True, "device-id": "dev-1"})
+    b = board(flash=flash)
+    # a registry this fleetpin cannot use: nothing is stored, so nothing is acknowledged either
+    newer = f"sqlite:///{tmp_path / 'newer.sqlite'}"
+    Registry(newer).close()
+    with sa.create_engine(newer).begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
+    r = fleetpin("device", "reports", "--port", b.port, "--store", "--ack", "--registry", newer)
+    assert r.exit_code == 1 and "newer than this fleetpin" in r.stderr
+    assert json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)["pending_reports"] == 1
+
+    reg = f"sqlite:///{tmp_path / 'reg.sqlite'}"
+    r = fleetpin("device", "reports", "--port", b.port, "--store", "--registry", reg, "--json")
+    out = json.loads(r.stdout)
+    assert r.exit_code == 0 and out["stored"] == {"added": 1, "merged": 0} and out["acked"] is None
+    assert out["device"]["device_id"] == "dev-1" and out["device"]["mac"] == b.mac and out["read_at"].endswith("Z")
+    (tmp_path / "saved.json").write_text(r.stdout)
+    r = fleetpin("device", "reports", "--port", b.port, "--store", "--ack", "--registry", reg)
+    assert r.exit_code == 0 and "0 new, 1 already there" in r.stdout and "acknowledged 1 report(s)" in r.stdout
+    assert json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)["pending_reports"] == 0
+    st = json.loads(fleetpin("fleet", "status", "--registry", reg, "--json").stdout)
+    assert st["devices"] == 1 and [(m["host"], m["mode"], m["sample"]) for m in st["mismatches"]] == [("api.example.com", "enforced", ["dev-1"])]
+    # what a technician saved with --json goes into another registry as it is
+    other = f"sqlite:///{tmp_path / 'office.sqlite'}"
+    r = fleetpin("fleet", "import", str(tmp_path / "saved.json"), "--registry", other)
+    assert r.exit_code == 0 and "dev-1: 1 new, 0 already there" in r.stdout
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_reboot_waits_for_the_device_to_come_back(fleetpin: Any, board: Any, runtime: str) -> None:
     b = board(runtime)

@@ -163,6 +163,7 @@ def test_main_serves_a_window_then_runs_the_app(board: Board, monkeypatch: pytes
     info = calls[0].result
     assert info["mode"] == S.MODE_OK and info["fleet"] == FLEET and info["bundle_version"] == 1
     assert info["device_id"] == "a0b1c2d3e4f5" and info["clock"] in ("trusted", "floor", "unset")
+    assert info["mac"] == "a0:b1:c2:d3:e4:f5"  # machine.unique_id(): the base MAC esptool read on the line
     # the session went idle for 30 s, then the app ran with the agent
     assert len(ran) == 1 and 30_000 <= ran[0][0] < 32_000 and ran[0][1].state.mode == S.MODE_OK
 

@@ -198,6 +198,16 @@ def device_id():
         return "unknown"
 
 
+def base_mac():
+    """The base MAC as esptool prints it (aa:bb:cc:dd:ee:ff): machine.unique_id() on the ESP32."""
+    try:
+        import machine
+
+        return ":".join("%02x" % b for b in machine.unique_id())
+    except Exception:
+        return None
+
+
 def board_agent(fs=None, tls_adapter=None):
     """The agent over the board's flash (pinagent.io.flash), RTC and native TLS, booted."""
     from pinagent.agent import Agent
@@ -209,6 +219,6 @@ def board_agent(fs=None, tls_adapter=None):
     fleet = flash.read_config(fs).get("fleet")
     if not isinstance(fleet, str) or not fleet:
         fleet = None  # adopt the installed bundle's
-    agent = Agent(fs, posix_clock, device_id(), fleet, tls_adapter or EspTls())
+    agent = Agent(fs, posix_clock, device_id(), fleet, tls_adapter or EspTls(), mac=base_mac())
     agent.boot()
     return agent

@@ -30,7 +30,9 @@ import click
 from fleetpin.device_errors import is_refusal
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.field.receipts import Receipt, check_writable, default_path, utc_now, write_receipt
+from fleetpin.field.reports import parse_report_log, report_time
 from fleetpin.field.transport import DEFAULT_BAUD, Transport, check_verdict, printable
+from fleetpin.line.registry_url import ENV_VAR, URL_HELP
 from pinagent import bundle as dev_bundle
 from pinagent import pins as dev_pins
 
@@ -69,27 +71,6 @@ def _identify(t: Transport) -> dict[str, Any]:
     return dict(t.identify())
 
 
-def _report_lines(log: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(counters, reports) of the report log (JSON lines; the first is the counters). Lines that
-    are not JSON objects are skipped: the log comes from the device."""
-    head: dict[str, Any] = {}
-    entries: list[dict[str, Any]] = []
-    for i, raw in enumerate(log.split(b"\n")):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            continue
-        if not isinstance(obj, dict):
-            continue
-        if i == 0 and "fleetpin-reports" in obj:
-            head = obj
-        else:
-            entries.append(obj)
-    return head, entries
-
-
 def _pending(head: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The reports not acknowledged yet (an entry without seq, from an older agent, is pending)."""
     acked = head.get("acked", 0)
@@ -115,7 +96,7 @@ def info(port: str, baud: int, timeout: float, as_json: bool) -> None:
     with _session(port, baud, timeout) as t:
         ident = _identify(t)
         try:
-            head, reports = _report_lines(t.read_all("reports"))
+            head, reports = parse_report_log(t.read_all("reports"))
             pending: int | None = len(_pending(head, reports))
         except FleetpinError:
             head, pending = {}, None
@@ -393,20 +374,44 @@ def _check_signers(ident: dict[str, Any], new: Any) -> str | None:
 @click.option("--ack", is_flag=True,
               help="acknowledge the reports read: they stay on the device (nothing erases them over the cable) "
                    "but are no longer pending, and newer reports overwrite them first")
-def reports(port: str, baud: int, timeout: float, as_json: bool, ack: bool) -> None:
+@click.option("--store", is_flag=True, help="record them in the registry (per device, deduplicated), before any --ack")
+@click.option("--registry", "registry_url", envvar=ENV_VAR, default=None, metavar="URL", help="with --store: " + URL_HELP)
+def reports(port: str, baud: int, timeout: float, as_json: bool, ack: bool, store: bool, registry_url: str | None) -> None:
     """The device's pin-failure reports (HPKP/TrustKit fields), least recently seen first.
 
     Reports are never erased over serial (anyone with a cable could wipe an attack's traces):
-    --ack marks those read as seen."""
-    with _session(port, baud, timeout) as t:
-        head, entries = _report_lines(t.read_all("reports"))
-        pending = _pending(head, entries)
-        acked = None
-        if ack and isinstance(head.get("total"), int):
-            acked = t.call(t.client.ack_reports(head["total"]), "ACK_REPORTS")
+    --ack marks those read as seen. --store records them in the registry the line and the fleet
+    share (`fleetpin fleet status` shows them; a report read twice counts once), before any
+    --ack. --json prints a document `fleetpin fleet import` takes later: the reports, the
+    ring's counters, and the device (IDENTIFY)."""
+    reg = None
+    if store:
+        from fleetpin.field.fleet import store_reports
+        from fleetpin.line.registry import Registry, display_url
+
+        reg = Registry(registry_url)  # a bad URL or schema stops here, before the device is touched
+    try:
+        with _session(port, baud, timeout) as t:
+            ident = _identify(t)
+            read_at = utc_now()
+            head, entries = parse_report_log(t.read_all("reports"))
+            pending = _pending(head, entries)
+            stored = None
+            if reg is not None:  # before --ack: reports that could not be stored stay pending
+                stored = store_reports(reg, {"device": _device_fields(ident), "counters": head, "reports": entries},
+                                       seen_at=report_time(read_at))
+            acked = None
+            if ack and isinstance(head.get("total"), int):
+                acked = t.call(t.client.ack_reports(head["total"]), "ACK_REPORTS")
+    finally:
+        if reg is not None:
+            reg.close()
     if as_json:
-        click.echo(json.dumps({"counters": head, "reports": entries, "pending": len(pending), "acked": acked},
-                              sort_keys=True))
+        doc = {"device": _device_fields(ident), "read_at": read_at, "counters": head, "reports": entries,
+               "pending": len(pending), "acked": acked}
+        if stored is not None:
+            doc["stored"] = {"added": stored.added, "merged": stored.merged}
+        click.echo(json.dumps(doc, sort_keys=True))
         return
     if not pending:
         click.echo(f"no pending reports ({len(entries)} kept, {_p(head.get('total', 0))} recorded in all, "
@@ -415,8 +420,15 @@ def reports(port: str, baud: int, timeout: float, as_json: bool, ack: bool) -> N
         mark = "" if r in pending else "  [acknowledged]"
         click.echo(f"{_p(r.get('date-time'))}  {_p(r.get('hostname'))}:{_p(r.get('port'))}  x{_p(r.get('count', 1))}  "
                    f"{_p(r.get('validation-result'))}  (last {_p(r.get('last-seen'))}){mark}")
+    if stored is not None and reg is not None:
+        click.echo(f"stored for {_p(stored.device_id)} in {display_url(reg.url)}: {stored.added} new, {stored.merged} already there")
     if acked is not None:
         click.echo(f"acknowledged {len(pending)} report(s); they stay on the device until newer ones overwrite them")
+
+
+def _device_fields(ident: dict[str, Any]) -> dict[str, Any]:
+    """What the registry keeps of a device's IDENTIFY answer."""
+    return {k: ident.get(k) for k in ("device_id", "mac", "fleet", "bundle_version", "bundle_sha256")}
 
 
 def _host_port(text: str) -> tuple[str, int]:
