@@ -43,7 +43,7 @@ from fleetpin.field.transport import DeviceRefused, Transport
 from fleetpin.pki import keys
 from fleetpin.pki.certs import parse_host
 from fleetpin.pki.signing import LocalKeySigner
-from fleetpin.sim.board import VirtualBoard
+from fleetpin.sim.board import DEFAULT_RUNTIME, VirtualBoard
 from fleetpin.sim.broker import MqttApp, SimBroker
 from fleetpin.sim.pki import Pki, make_pki, pin_of_key
 from fleetpin.sim.tlsserver import TlsServer
@@ -575,10 +575,11 @@ class DrillResult:
         }
 
 
-def run_drill(name: str, devices: int = 3, echo: Callable[[str], None] = lambda s: None) -> DrillResult:
+def run_drill(name: str, devices: int = 3, echo: Callable[[str], None] = lambda s: None,
+              runtime: str = DEFAULT_RUNTIME) -> DrillResult:
     drill = DRILLS[name]
     started = time.monotonic()
-    w = World(name, devices, "cpython", echo)
+    w = World(name, devices, runtime, echo)
     try:
         drill.run(w)
     except FleetpinError as e:
