@@ -1,7 +1,8 @@
 """`fleetpin sim board`: a virtual board on a pseudo-terminal, for trying fleetpin without
-hardware (and for tests and demos). It runs the real agent (on CPython or on the MicroPython
-VM) with its flash in an image file that survives restarts, a settable clock, loopback-only
-network, and optionally the line rate and line faults of a real cable."""
+hardware (and for tests and demos). It runs the real agent -- by default device/main.py on
+MicroPython's unix port with mbedTLS, else on CPython or on the WebAssembly VM -- with its flash
+in an image file that survives restarts, a settable clock, loopback-only network, and optionally
+the line rate and line faults of a real cable."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import click
 
 from fleetpin.errors import UsageError
-from fleetpin.sim.board import RUNTIMES, VirtualBoard
+from fleetpin.sim.board import DEFAULT_RUNTIME, RUNTIMES, VirtualBoard
 from fleetpin.sim.line import Faults
 
 
@@ -32,8 +33,10 @@ def _read(path: Path | None, what: str) -> bytes | None:
 
 
 @sim.command("board")
-@click.option("--runtime", type=click.Choice(RUNTIMES), default="cpython", show_default=True,
-              help="run the agent on CPython or on the MicroPython VM")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=DEFAULT_RUNTIME, show_default=True,
+              help="micropython: device/main.py on MicroPython's unix port (mbedTLS, littlefs, a hard heap), "
+                   "as on the board; cpython: the agent in this process (TLS through Python's ssl); "
+                   "wasm: the agent on the WebAssembly VM (no TLS)")
 @click.option("--flash", type=click.Path(dir_okay=False, path_type=Path),
               help="flash image file (created blank if missing; kept across runs). Default: a temporary one")
 @click.option("--board", "board_name", default="esp32", show_default=True, help="board definition (fleetpin boards)")
