@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 import serial
+from runtimes import runtime_params
 
 from fleetpin.field.transport import DeviceRefused, Transport
 from fleetpin.sim.board import VirtualBoard
 from fleetpin.sim.demo_bundles import FILLER_PINS, demo_bundle, demo_signer, demo_signer_set
 from fleetpin.sim.pki import Pki
 from pinagent.reports import Reports
-from runtimes import runtime_params
 
 FLEET = "acme"
 RUNTIMES = runtime_params()

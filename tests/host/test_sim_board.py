@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import serial
+from runtimes import needs_unix_port, runtime_params
 
 from fleetpin.errors import UsageError
 from fleetpin.field.transport import Transport
@@ -22,7 +23,6 @@ from fleetpin.sim.demo_bundles import demo_signer_set, sized_bundle
 from fleetpin.sim.flashfs import FlashError, FlashFS
 from fleetpin.sim.line import Faults
 from pinagent.store import encode_slot
-from runtimes import needs_unix_port, runtime_params
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "bundle"
 ESP32 = get_board("esp32")

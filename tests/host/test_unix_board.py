@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import serial
+from runtimes import needs_unix_port
 
 from fleetpin.field.transport import Transport
 from fleetpin.line.boards import MIB, get_board
@@ -22,7 +23,6 @@ from fleetpin.sim.demo_bundles import demo_bundle, demo_signer_set
 from fleetpin.sim.firmware import stand_in_firmware
 from fleetpin.sim.flashfs import FlashFS
 from fleetpin.sim.pki import Pki
-from runtimes import needs_unix_port
 
 pytestmark = needs_unix_port
 

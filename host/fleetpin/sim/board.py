@@ -61,6 +61,7 @@ SIGNERS = "/fleetpin/signers.bin"
 BUNDLE = "/fleetpin/bundle.bin"
 _HERE = Path(__file__).resolve().parent
 UNIXPORT = _HERE / "unixport"  # the board support for the "micropython" runtime (MicroPython code)
+SOFT_RESET_MIN_S = 0.5  # a board that soft-resets at once boots again no faster than this
 
 
 class FlashInUse(FlashError):
@@ -220,7 +221,7 @@ class _VmCore:
     def feed(self, data: bytes) -> None:
         self._send(data)
 
-    def _read_err(self, proc: subprocess.Popen[bytes]) -> None:
+    def _read_err(self, proc: subprocess.Popen[bytes], started: float) -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             self.stderr.append(line.decode(errors="replace").rstrip())
@@ -375,7 +376,7 @@ class _UnixCore:
         proc = self.proc
         self._out = threading.Thread(target=self._read_out, args=(proc,), daemon=True, name="board stdout")
         self._out.start()
-        threading.Thread(target=self._read_err, args=(proc,), daemon=True, name="board stderr").start()
+        threading.Thread(target=self._read_err, args=(proc, time.monotonic()), daemon=True, name="board stderr").start()
 
     def feed(self, data: bytes) -> None:
         """Bytes from the line into the console; what the board's input buffer cannot take is
@@ -403,7 +404,7 @@ class _UnixCore:
             self.b.line.send(chunk)
         proc.stdout.close()
 
-    def _read_err(self, proc: subprocess.Popen[bytes]) -> None:
+    def _read_err(self, proc: subprocess.Popen[bytes], started: float) -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             if line.startswith(self.RESET_REQUEST):
@@ -416,7 +417,9 @@ class _UnixCore:
         if proc is not self.proc:
             return  # killed by a reset or stop
         if code == 0:  # a soft reset (SystemExit, Ctrl-D at the REPL): the board boots again
-            self.b._reboot_soon()
+            time.sleep(max(0.0, SOFT_RESET_MIN_S - (time.monotonic() - started)))  # a reset loop, not a busy one
+            if proc is self.proc:
+                self.b._reboot_soon()
         else:
             self.stderr.append(f"the board's process ended with code {code}")
 

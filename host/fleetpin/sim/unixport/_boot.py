@@ -28,11 +28,11 @@ with open(sys.argv[1]) as _f:
     _cfg = json.load(_f)
 _console_tty = open(_cfg["tty"], "rb")  # the console becomes this session's controlling terminal
 
-import board_machine  # noqa: E402
-import board_micropython  # noqa: E402
-import board_socket  # noqa: E402
-import board_time  # noqa: E402
-import flashbdev  # noqa: E402
+import board_machine
+import board_micropython
+import board_socket
+import board_time
+import flashbdev
 
 board_machine.init(bytes.fromhex(_cfg["mac"]))
 board_micropython.init(_cfg["isig"], _cfg["vintr"])

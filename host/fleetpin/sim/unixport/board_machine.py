@@ -1,8 +1,9 @@
 # `machine` on the virtual board: what the agent uses of the ESP32's machine module, the rest is
 # the unix port's own. unique_id() is the board's base MAC (6 bytes, as on the ESP32); reset()
 # never returns: it asks the host (the board's power supply) to power-cycle the process.
-import machine as _machine
 import sys
+
+import machine as _machine
 
 _mac = b"\x00" * 6
 

@@ -3,8 +3,9 @@
 # data. The unix port turns SIGINT into KeyboardInterrupt (and kbd_intr(-1) restores SIGINT's
 # default: the process would die), so the console here is a pseudo-terminal whose line
 # discipline sends SIGINT for the character only while it is enabled (ISIG on, VINTR = c).
-import micropython as _micropython
 import termios
+
+import micropython as _micropython
 
 _isig = 1  # termios ISIG bit and VINTR index of the host's platform (init() sets them)
 _vintr = 0
