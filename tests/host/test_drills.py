@@ -1,13 +1,19 @@
-"""Every drill scenario is a test: it must pass, and a drill that bricks a device must fail."""
+"""Every drill scenario is a test: it must pass, and a drill that bricks a device must fail. The
+boards run device/main.py on MicroPython's unix port (the default runtime); one scenario also
+runs on the CPython stand-in."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from runtimes import needs_unix_port
 
 from fleetpin.sim import drill as drills
 from fleetpin.sim.drill import DRILLS, World, run_drill
 
 
+@needs_unix_port
 @pytest.mark.parametrize("name", sorted(DRILLS))
 def test_scenario_passes_and_accounts_for_every_device(name: str) -> None:
     lines: list[str] = []
@@ -17,14 +23,24 @@ def test_scenario_passes_and_accounts_for_every_device(name: str) -> None:
     assert len(result.outcomes) == 3
     assert all(o.status in ("connected", "updated") for o in result.outcomes), result.outcomes
     assert lines and lines == result.timeline
+    assert result.runtime == "micropython"  # device/main.py on the unix port, TLS on mbedTLS
 
 
+def test_the_cpython_stand_in_plays_a_drill_too(fleetpin) -> None:  # type: ignore[no-untyped-def]
+    result = run_drill("emergency-rotation", devices=2, runtime="cpython")
+    assert result.passed, result.failures
+    r = fleetpin("drill", "rogue-ca", "--devices", "1", "--runtime", "cpython", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["passed"] is True and json.loads(r.stdout)[0]["runtime"] == "cpython"
+
+
+@needs_unix_port
 def test_ca_distrusted_rescues_exactly_the_stranded_devices() -> None:
     result = run_drill("ca-distrusted", devices=4)
     by_status = {o.device: o.status for o in result.outcomes}
     assert by_status == {"dev-00": "updated", "dev-01": "updated", "dev-02": "connected", "dev-03": "connected"}
 
 
+@needs_unix_port
 def test_a_drill_that_bricks_a_device_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     """A scenario whose rescue never arrives: the stranded devices end UNREACHABLE and the drill fails."""
 
@@ -43,6 +59,7 @@ def test_a_drill_that_bricks_a_device_fails(monkeypatch: pytest.MonkeyPatch) -> 
     assert any("ended unreachable (mismatch)" in f for f in result.failures)
 
 
+@needs_unix_port
 def test_drill_cli_exit_codes(fleetpin) -> None:  # type: ignore[no-untyped-def]
     assert fleetpin("drill", "wrong-pin", "--devices", "1").exit_code == 0
     assert fleetpin("drill", "no-such-scenario").exit_code == 2

@@ -35,6 +35,7 @@ import collections
 import datetime as dt
 import json
 import os
+import signal
 import struct
 import subprocess
 import tempfile
@@ -44,7 +45,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fleetpin.errors import UsageError
+from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.line.boards import Board, get_board
 from fleetpin.sim.flashfs import FlashError, FlashFS, board_mac, mac_text
 from fleetpin.sim.line import Faults, Line
@@ -337,7 +338,11 @@ class _UnixCore:
         from fleetpin.vm import unix
 
         b = self.b
-        binary = unix.executable()
+        try:
+            binary = unix.executable()
+        except FleetpinError as e:
+            raise FleetpinError(f"a virtual board on the micropython runtime needs the unix port: {e}",
+                                hint=f"{e.hint}; or use the CPython stand-in (--runtime cpython)") from None
         self._install_agent()
         self.write_clock()
         flash = b.flash
@@ -427,7 +432,7 @@ class _UnixCore:
         proc, self.proc = self.proc, None
         if proc is not None:
             try:
-                os.killpg(proc.pid, 9)  # the power is cut: the whole session, at once
+                os.killpg(proc.pid, signal.SIGKILL)  # the power is cut: the board's session, at once
             except OSError:
                 pass
             proc.wait(5)
@@ -443,7 +448,12 @@ class _UnixCore:
 
 
 class VirtualBoard:
-    """One virtual board (a context manager): start() opens the pty and boots the agent."""
+    """One virtual board (a context manager): start() opens the pty and boots the agent.
+
+    `flash` is the host's view of the flash image (FlashFS), opened at each boot. On the
+    "micropython" runtime the board's own process writes the file while it runs, so that view
+    is the flash as it was at boot: open the file again to see what the board wrote since, and
+    never write through it while the board runs. heap_kb: the GC heap (HEAP_KB by runtime)."""
 
     def __init__(
         self,
@@ -493,7 +503,9 @@ class VirtualBoard:
             self._hold_flash()
             self._provision_flash(*self._provision)
             self.line = Line(self._on_receive, self.baud, self.faults)
-            self._core = {"micropython": _UnixCore, "cpython": _CPythonCore, "wasm": _VmCore}[self.runtime](self)
+            cores: dict[str, type[_UnixCore | _CPythonCore | _VmCore]] = {
+                "micropython": _UnixCore, "cpython": _CPythonCore, "wasm": _VmCore}
+            self._core = cores[self.runtime](self)
             self._boot()
             self.line.start()
         except BaseException:

@@ -563,10 +563,12 @@ class DrillResult:
     failures: list[str]
     timeline: list[str]
     seconds: float
+    runtime: str = DEFAULT_RUNTIME  # where the boards' agents ran (fleetpin.sim.board.RUNTIMES)
 
     def to_obj(self) -> dict[str, Any]:
         return {
             "scenario": self.name,
+            "runtime": self.runtime,
             "passed": self.passed,
             "devices": [o.__dict__ for o in self.outcomes],
             "failures": self.failures,
@@ -588,5 +590,5 @@ def run_drill(name: str, devices: int = 3, echo: Callable[[str], None] = lambda 
         w.close()
     if not w.outcomes:
         w.failures.append("no device was accounted for")
-    return DrillResult(name, not w.failures, w.outcomes, w.failures, w.timeline, time.monotonic() - started)
+    return DrillResult(name, not w.failures, w.outcomes, w.failures, w.timeline, time.monotonic() - started, runtime)
 
