@@ -51,7 +51,7 @@ def _read(path: Path | None, what: str) -> bytes | None:
               help="signer set file to store as the factory trust anchor")
 @click.option("--heap-kb", type=click.IntRange(16, 65536),
               help="GC heap in KB (micropython: -X heapsize, a hard limit; the unix port is a 64-bit build, "
-                   "about 1.6x the ESP32's need). Default: " + ", ".join(f"{r} {k}" for r, k in HEAP_KB.items()))
+                   "about 1.4x the ESP32's need). Default: " + ", ".join(f"{r} {k}" for r, k in HEAP_KB.items()))
 @click.option("--json", "as_json", is_flag=True, help="print the port and settings as one JSON line")
 def board(runtime: str, flash: Path | None, board_name: str, baud: int | None, faults: str | None,
           device_id: str | None, fleet: str | None, clock: str, seed_bundle: Path | None, signers: Path | None,

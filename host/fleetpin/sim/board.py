@@ -222,7 +222,7 @@ class _VmCore:
     def feed(self, data: bytes) -> None:
         self._send(data)
 
-    def _read_err(self, proc: subprocess.Popen[bytes], started: float) -> None:
+    def _read_err(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             self.stderr.append(line.decode(errors="replace").rstrip())
