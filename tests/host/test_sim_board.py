@@ -1,5 +1,5 @@
 """Virtual boards: the flash image file (LittleFS at the board's fs_start, surviving restarts and
-kills), the line (rate, faults), and boards on both runtimes booting from their flash."""
+kills), the line (rate, faults), and boards on every runtime booting from their flash."""
 
 from __future__ import annotations
 

@@ -163,7 +163,7 @@ class _CPythonCore:
 
 
 class _VmCore:
-    """The agent on the MicroPython VM; the flash image follows the VM's file operations."""
+    """The agent on the WebAssembly MicroPython VM ("wasm"); the flash image follows the VM's file operations."""
 
     def __init__(self, board: VirtualBoard) -> None:
         self.b = board
