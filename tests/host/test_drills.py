@@ -27,7 +27,7 @@ def test_scenario_passes_and_accounts_for_every_device(name: str) -> None:
 
 
 def test_the_cpython_stand_in_plays_a_drill_too(fleetpin) -> None:  # type: ignore[no-untyped-def]
-    result = run_drill("emergency-rotation", devices=2, runtime="cpython")
+    result = run_drill("pins-expired", devices=3, runtime="cpython")  # its application runs in this process
     assert result.passed, result.failures
     r = fleetpin("drill", "rogue-ca", "--devices", "1", "--runtime", "cpython", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)[0]["passed"] is True and json.loads(r.stdout)[0]["runtime"] == "cpython"
@@ -68,8 +68,10 @@ def test_drill_cli_exit_codes(fleetpin) -> None:  # type: ignore[no-untyped-def]
 def test_an_mqtt_application_stays_connected_across_the_rotation() -> None:
     """primary-key-lost: dev-00 runs an MQTT application through agent.tls_context(); its broker
     rotates with the API (primary -> backup key, then bundle v2) and the application reconnects
-    each time, matching the primary pin, the backup, then v2's primary."""
-    result = run_drill("primary-key-lost", devices=1)
+    each time, matching the primary pin, the backup, then v2's primary. The application runs
+    beside the serial service, in this process: the cpython runtime only (on a board, and on the
+    micropython runtime, main.py serves the console or runs the application, not both)."""
+    result = run_drill("primary-key-lost", devices=1, runtime="cpython")
     assert result.passed, result.failures
     alive = [line for line in result.timeline if "dev-00 MQTT: messages flowing" in line]
     assert len(alive) == 3, result.timeline
@@ -87,7 +89,7 @@ def test_a_drill_whose_broker_moves_to_an_unpinned_key_fails(monkeypatch: pytest
         w.account("api")
 
     monkeypatch.setitem(DRILLS, "unpinned-broker", drills.Drill("unpinned-broker", "t", "t", unpinned_broker))
-    result = run_drill("unpinned-broker", devices=1)
+    result = run_drill("unpinned-broker", devices=1, runtime="cpython")  # the MQTT application: cpython only
     assert not result.passed
     assert any("after: the MQTT application on dev-00 is connected" in f for f in result.failures), result.failures
     assert any("was never refused (['mismatch'" in f for f in result.failures), result.failures

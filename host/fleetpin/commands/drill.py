@@ -96,5 +96,4 @@ def print_result(console: Console, r: DrillResult) -> None:
     for f in r.failures:
         console.print(output.assemble(("FAILED: ", "red"), f))
     verdict = ("PASSED", "green") if r.passed else ("FAILED", "red")
-    console.print(output.assemble(verdict, f" in {r.seconds:.1f} s (agents on {r.runtime})
-"))
+    console.print(output.assemble(verdict, f" in {r.seconds:.1f} s (agents on {r.runtime})\n"))

@@ -63,6 +63,7 @@ BUNDLE = "/fleetpin/bundle.bin"
 _HERE = Path(__file__).resolve().parent
 UNIXPORT = _HERE / "unixport"  # the board support for the "micropython" runtime (MicroPython code)
 SOFT_RESET_MIN_S = 0.5  # a board that soft-resets at once boots again no faster than this
+CONSOLE_KEPT = 65536  # bytes of a micropython board's console output kept for app_output()
 
 
 class FlashInUse(FlashError):
@@ -306,6 +307,8 @@ class _UnixCore:
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr: collections.deque[str] = collections.deque(maxlen=50)
         self.overruns = 0  # bytes the console dropped because the board was not reading (UART overflow)
+        self.console = bytearray()  # what the board wrote on its console since this boot (the last 64 KB)
+        self.console_changed = threading.Condition()
         self._master = -1
         self._out: threading.Thread | None = None
         self._dir = tempfile.TemporaryDirectory(prefix="fleetpin-unixboard-")
@@ -378,6 +381,8 @@ class _UnixCore:
             os.close(slave)
         os.set_blocking(master, False)
         self._master = master
+        with self.console_changed:
+            self.console = bytearray()
         proc = self.proc
         self._out = threading.Thread(target=self._read_out, args=(proc,), daemon=True, name="board stdout")
         self._out.start()
@@ -407,6 +412,11 @@ class _UnixCore:
             if not chunk:
                 break
             self.b.line.send(chunk)
+            with self.console_changed:
+                if proc is self.proc:
+                    self.console += chunk
+                    del self.console[:-CONSOLE_KEPT]
+                    self.console_changed.notify_all()
         proc.stdout.close()
 
     def _read_err(self, proc: subprocess.Popen[bytes], started: float) -> None:
@@ -623,15 +633,50 @@ class VirtualBoard:
 
     # ---- control
 
-    def reset(self) -> None:
+    def reset(self, while_off: Callable[[FlashFS], None] | None = None) -> None:
         """Power cycle: the agent's memory is gone; it boots again from the flash file (the
-        image is remounted from disk, so only what reached the file survives)."""
+        image is remounted from disk, so only what reached the file survives). while_off(flash)
+        runs with the power off, as a programmer writing the flash would."""
         with self._lock, self._flash_lock:
             assert self._core is not None
             self._core.stop()
             self.flash.close()
             self.flash = FlashFS.open_image(self.flash_path, self.board, create=False)
+            if while_off is not None:
+                while_off(self.flash)
             self._boot()
+
+    def install_app(self, source: str) -> None:
+        """micropython runtime: `source` becomes the board's /app.py and the board is power-cycled;
+        main.py runs its main(agent) after the listening window (3 s), as on the board, then
+        serves the protocol again. What it prints is in app_output()."""
+        if not isinstance(self._core, _UnixCore):
+            raise UsageError("install_app puts an /app.py on a micropython virtual board",
+                             hint="on the cpython runtime, run_app(fn) runs fn(agent) in this process")
+        self.reset(lambda flash: flash.write_file("/app.py", source.encode()))
+
+    def app_output(self, marker: str, timeout: float = 20.0) -> str:
+        """micropython runtime: what follows `marker` up to the end of its line, the first time it
+        appears on the console since the last boot (what the board's application printed; the
+        protocol's frames may precede it on the line); FleetpinError if it did not come within
+        `timeout` seconds."""
+        core = self._core
+        if not isinstance(core, _UnixCore):
+            raise UsageError("app_output reads a micropython virtual board's console")
+        want = marker.encode()
+        deadline = time.monotonic() + timeout
+        with core.console_changed:
+            while True:
+                seen = bytes(core.console)
+                at = seen.find(want)
+                end = seen.find(b"\n", at)
+                if at >= 0 and end >= 0:
+                    return seen[at + len(want):end].decode(errors="replace").strip()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise FleetpinError(f"{self.device_id}: the application printed no {marker!r} line within {timeout:g} s",
+                                        hint="; ".join(core.stderr) or "see the board's console")
+                core.console_changed.wait(min(left, 0.5))
 
     def unplug(self) -> None:
         self.line.unplug()
@@ -650,8 +695,8 @@ class VirtualBoard:
         with self._lock:
             core = self._core
             if not isinstance(core, _CPythonCore) or core.agent is None:
-                raise UsageError("an application runs on a cpython virtual board only",
-                                 hint="start the board with runtime='cpython'")
+                raise UsageError("an application runs in this process on a cpython virtual board only",
+                                 hint="on the micropython runtime, install it on the board: install_app(source)")
             return fn(core.agent)
 
 
