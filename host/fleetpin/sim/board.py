@@ -86,6 +86,12 @@ class Clock:
             return None
         return int(self._base + time.monotonic() - self._at)
 
+    def offset(self) -> float | None:
+        """Seconds to add to this host's wall clock to read this clock (None: unset)."""
+        if self._base is None:
+            return None
+        return self._base + time.monotonic() - self._at - time.time()
+
     @staticmethod
     def parse(text: str | None) -> float | None:
         """"now", "unset", or an ISO 8601 time (UTC if no zone) -> POSIX seconds or None."""
@@ -318,8 +324,8 @@ class _UnixCore:
     def write_clock(self) -> None:
         """The board's clock for board_time.py: "unset", or seconds from this host's clock. Written
         in place (the board holds the file open), fixed width, so a read never sees half of it."""
-        t = self.b.clock()
-        text = b"unset" if t is None else b"%d" % round(t - time.time())
+        off = self.b.clock.offset()
+        text = b"unset" if off is None else b"%.3f" % off
         with open(self.clock_file, "r+b" if self.clock_file.exists() else "wb") as f:
             f.write(text.ljust(24) + b"\n")
 

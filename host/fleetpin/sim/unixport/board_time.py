@@ -1,6 +1,6 @@
 # `time` on the virtual board: time() is the board's settable clock, everything else the unix
 # port's. The host keeps the clock in a small file: "unset" (power lost: the board reads
-# 2000-01-01 plus its uptime, as an ESP32 does), or the offset in seconds from the host's clock.
+# 2000-01-01 plus its uptime, as an ESP32 does), or the seconds to add to the host's clock.
 # Seconds are POSIX (this port's epoch is 1970; the ESP32's is 2000: pinagent.io.console converts).
 import time as _time
 
@@ -20,7 +20,7 @@ def time():
     text = _f.read(32)
     if text[:5] == b"unset" or not text:
         return EPOCH_2000 + _time.ticks_diff(_time.ticks_ms(), _start) // 1000
-    return int(_time.time()) + int(text)
+    return int(_time.time() + float(text))
 
 
 def time_ns():
