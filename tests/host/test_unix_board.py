@@ -138,7 +138,9 @@ def main(agent):
 
 def test_ctrl_c_never_stops_a_locked_board(imaged: Path, boards: list[VirtualBoard]) -> None:
     """main.py turns Ctrl-C off first thing and keeps it off (no "repl" in config.json): 0x03
-    bytes on the console, in the window and after it, are only noise to the protocol."""
+    bytes on the console, in the window and after it, are only noise to the protocol. (The unix
+    port would die of the SIGINT; the board support's kbd_intr keeps it a data byte, as the
+    ESP32's UART driver does: device/PORTS.md, the console.)"""
     b = start(boards, flash=imaged)
     with serial.Serial(b.port, 115200, timeout=0.2) as s:
         for _ in range(8):  # across the 3 s window and past it
@@ -183,7 +185,8 @@ def test_a_development_board_hands_the_console_to_the_repl(boards: list[VirtualB
 
 def test_the_board_clock_is_the_virtual_boards(boards: list[VirtualBoard]) -> None:
     """time.time() on the board is the board's settable clock (unset: the ESP32's 2000-01-01
-    after power loss, which the agent reports as unset)."""
+    after power loss, which the agent reports as unset). The unix port's epoch is 1970, the
+    ESP32's 2000 (device/PORTS.md, time)."""
     b = start(boards, clock="unset", fleet=FLEET)
     assert identify(b.port)["clock"] == "unset"
     b.set_clock(1_800_000_000)
@@ -193,7 +196,8 @@ def test_the_board_clock_is_the_virtual_boards(boards: list[VirtualBoard]) -> No
 
 def test_the_heap_is_a_hard_limit(boards: list[VirtualBoard]) -> None:
     """-X heapsize is enforced: below what the agent needs it cannot even be built, and the
-    stand-in that main.py puts up answers IDENTIFY with the MemoryError."""
+    stand-in that main.py puts up answers IDENTIFY with the MemoryError. A 64-bit heap: about
+    1.4 times the ESP32's for the same objects, and mbedTLS is not in it (device/PORTS.md)."""
     assert HEAP_KB["micropython"] == 256
     b = start(boards, heap_kb=96, fleet=FLEET)
     info = identify(b.port)
