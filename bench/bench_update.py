@@ -3,10 +3,11 @@ sending a 4 KB bundle to a virtual board (the real agent, flash in a LittleFS im
 pty whose line rate is enforced at 115200 baud (10 bits per byte, each way), as a ratio to the
 line-rate floor (the bundle's bytes alone: 4096 * 10 / 115200 s), measured in one run.
 
-Rows: CPython agent and MicroPython-VM agent, faults off and with 1% byte faults (drop 0.4%,
+Rows: the board's main.py on MicroPython's unix port (the default runtime), the CPython agent and
+the WebAssembly-VM agent, faults off and with 1% byte faults (drop 0.4%,
 flip 0.4%, duplicate 0.2% of the bytes, each direction, fixed seeds). The time runs from the
 first WRITE_BEGIN byte to the commit's answer: transfer, signature check and flash writes.
-Not modelled: the ESP32's CPU (the agent runs at host speed: CPython, or the VM in Node).
+Not modelled: the ESP32's CPU (the agent runs at host speed: the unix port, CPython, or the VM in Node).
 Each row is the median of 3 seeded runs, or of 5 when those 3 differ by more than 25% (one
 unlucky commit answer on the noisy line is worth ~0.5 x floor).
 """
@@ -43,7 +44,7 @@ def run() -> None:
     new = sized_bundle("bench", 2, SIZE)
     floor = len(new) * 10 / BAUD
     print(f"   bundle {len(new)} bytes at {BAUD} baud: floor {floor * 1000:.0f} ms")
-    for runtime in ("cpython", "micropython"):
+    for runtime in ("micropython", "cpython", "wasm"):
         for label, faults in (("no faults", None), ("1% byte faults", FAULTS_1PCT)):
             times: list[float] = []
             info: dict[str, int] = {}
