@@ -18,3 +18,10 @@ def device_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "main.py").write_text("import pinagent\nprint('agent up')\n")
     (d / "manifest.py").write_text((REPO / "device" / "manifest.py").read_text())
     return d
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fleetpin keeps bundles it built or read in the user's cache directory: never the real one
+    in tests (one per test module's session is enough)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))

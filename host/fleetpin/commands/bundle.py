@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from fleetpin.bundles.build import build_bundle, load_bundle_source
+from fleetpin.bundles.cache import remember
 from fleetpin.bundles.chains import load_chains
 from fleetpin.bundles.diff import diff_views
 from fleetpin.bundles.inspect import check_signatures, inspect_obj, load_trust
@@ -91,6 +92,7 @@ def build(
         development=development, signers=signers, new_signers=new_set,
     )
     write_atomic(out_file, data)
+    remember(data)  # so `device update` can show what it replaces without reading it back
     b = dev_bundle.decode_unverified(data)
     summary = _summary(b)
     if as_json:
@@ -194,6 +196,8 @@ def verify(
     )
     error = result.get("error")
     status = "ok" if error is None else "same_version" if error == "BundleSameVersion" else "refused"
+    if status != "refused":
+        remember(data)
     result = {"result": status, "runtime": runtime, "fleet_checked": fleet_checked, **result}
     if as_json:
         click.echo(json.dumps(result))

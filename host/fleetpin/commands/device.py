@@ -1,11 +1,17 @@
 """`fleetpin device info|update|reports|test-connect|reboot`: one device over a serial cable.
 
 For the field technician: a laptop, a USB cable, one device, no second chance. `update` says
-what it is about to change (the pins each domain will start or stop accepting), refuses what the
-device would refuse before sending a byte (another fleet, an older or the same version), asks,
-transfers with a progress bar, commits, reads the state back and checks the digest, and writes
-a JSON receipt whatever the outcome. An interrupted update leaves the old bundle working (the
-agent commits with one atomic rename) and can simply be run again.
+what it is about to change (the complete difference, as `fleetpin bundle diff` computes it, in
+plain words, security-relevant lines marked), refuses what the device would refuse before
+sending a byte (another fleet, an older or the same version), asks, transfers with a progress
+bar, commits, checks the digest the device reports, and writes a JSON receipt whatever the
+outcome (Ctrl-C included). An interrupted update leaves the old bundle working (the agent
+commits with one atomic rename); run it again and it resumes from the last byte the device
+acknowledged.
+
+The port: -p/--port, else $FLEETPIN_PORT, else the one ESP32-style USB serial device
+(`fleetpin devices` lists them). The installed bundle is shown from the host's bundle cache
+when IDENTIFY's digest names one it has (fleetpin.bundles.cache), and read back otherwise.
 
 Exit codes: 0 ok, 1 refused or failed (the device unchanged unless the output says otherwise),
 2 usage.
@@ -23,21 +29,28 @@ from typing import Any
 
 import click
 
+from fleetpin.bundles.cache import lookup, remember
+from fleetpin.bundles.diff import diff_views
+from fleetpin.bundles.diff_words import describe
+from fleetpin.bundles.view import bundle_view, empty_view
 from fleetpin.device_errors import is_refusal
 from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.field.ports import ENV_PORT, choose_port
 from fleetpin.field.receipts import Receipt, check_writable, default_path, utc_now, write_receipt
 from fleetpin.field.transport import DEFAULT_BAUD, Transport
 from pinagent import bundle as dev_bundle
 
-PORT_HELP = "serial port of the device (e.g. /dev/ttyUSB0, COM3, or a `fleetpin sim board` pty)"
+PORT_HELP = (f"serial port of the device (e.g. /dev/ttyUSB0, COM3, or a `fleetpin sim board` pty); default: "
+             f"${ENV_PORT}, else the one ESP32-style USB serial device (fleetpin devices)")
 
 
 def _port_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--json", "as_json", is_flag=True, help="print the result as JSON")(f)
     f = click.option("--timeout", type=click.FloatRange(0.5, 600), default=10.0, show_default=True,
-                     help="seconds without an answer before giving up")(f)
-    f = click.option("--baud", type=int, default=DEFAULT_BAUD, show_default=True, help="line rate")(f)
-    f = click.option("--port", "-p", required=True, help=PORT_HELP)(f)
+                     help="seconds without a byte from the device before giving up")(f)
+    f = click.option("--baud", "-b", type=click.IntRange(300, 4_000_000), default=DEFAULT_BAUD, show_default=True,
+                     help="line rate")(f)
+    f = click.option("--port", "-p", default=None, help=PORT_HELP)(f)
     return f
 
 
@@ -51,10 +64,12 @@ def device() -> None:
 
 
 @contextmanager
-def _session(port: str, baud: int, timeout: float) -> Iterator[Transport]:
-    t = Transport.open(port, baud, timeout)
+def _session(port: str | None, baud: int, timeout: float) -> Iterator[Transport]:
+    """An open session whose first request was IDENTIFY (t.ident): one round trip less than
+    a PING first."""
+    t = Transport.open(choose_port(port), baud, timeout)
     try:
-        t.connect()
+        t.ident = dict(t.connect(t.client.identify, "IDENTIFY"))
         yield t
     finally:
         t.close()
@@ -85,6 +100,9 @@ def _report_lines(log: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return head, entries
 
 
+_HEAD_READ = 96  # bytes of the report log that hold its counters line
+
+
 def _short(digest: Any) -> str:
     return str(digest)[:16] if digest else "none"
 
@@ -94,15 +112,18 @@ def _short(digest: Any) -> str:
 
 @device.command("info")
 @_port_options
-def info(port: str, baud: int, timeout: float, as_json: bool) -> None:
+def info(port: str | None, baud: int, timeout: float, as_json: bool) -> None:
     """Who the device is and what it runs: identity, agent, fleet, bundle, clock, reports."""
     with _session(port, baud, timeout) as t:
-        ident = _identify(t)
+        ident = t.ident
+        # IDENTIFY counts the pending reports; the log's first line has the counters since the
+        # last clear: one short read, not the whole log
         try:
-            head, reports = _report_lines(t.read_all("reports"))
-            pending: int | None = len(reports)
+            _total, first = t.call(t.client.read_reports(0, _HEAD_READ), "READ_REPORTS")
+            head, _ = _report_lines(first.split(b"\n", 1)[0])
         except FleetpinError:
-            head, pending = {}, None
+            head = {}
+    pending = ident.get("reports")
     ident["pending_reports"] = pending
     if as_json:
         click.echo(json.dumps(ident, sort_keys=True))
@@ -126,56 +147,22 @@ def info(port: str, baud: int, timeout: float, as_json: bool) -> None:
 # ---- update --------------------------------------------------------------------------------
 
 
-def _domains(data: bytes | None) -> dict[str, dict[str, Any]]:
-    """host -> {"pins": set of pins, "enforce": bool} of a bundle (no signature check)."""
-    if not data:
-        return {}
-    env = dev_bundle.parse_envelope(data)
-    payload = json.loads(bytes(env.payload))
-    out: dict[str, dict[str, Any]] = {}
-    for d in payload.get("policy", {}).get("domains", []):
-        pins = {p["pin"] if isinstance(p, dict) else str(p) for p in d.get("pins", [])}
-        out[str(d.get("host"))] = {"pins": pins, "enforce": d.get("enforce", True)}
-    return out
+def full_diff(installed: bytes | None, old_label: str, data: bytes, new_label: str) -> dict[str, Any]:
+    """What `fleetpin bundle diff` reports from the installed bundle (None: safe mode, none)."""
+    old = bundle_view(installed, old_label) if installed is not None else empty_view(old_label)
+    return diff_views(old, bundle_view(data, new_label), [], int(time.time()))
 
 
-def pin_diff(old: bytes | None, new: bytes) -> list[dict[str, Any]]:
-    """Per domain: what the device will start or stop accepting."""
-    a, b = _domains(old), _domains(new)
-    out: list[dict[str, Any]] = []
-    for host in sorted(set(a) | set(b)):
-        if host not in a:
-            out.append({"domain": host, "change": "added", "accept": sorted(b[host]["pins"]), "stop": [],
-                        "enforce": b[host]["enforce"]})
-        elif host not in b:
-            out.append({"domain": host, "change": "removed", "accept": [], "stop": sorted(a[host]["pins"]),
-                        "enforce": None})
-        else:
-            start = sorted(b[host]["pins"] - a[host]["pins"])
-            stop = sorted(a[host]["pins"] - b[host]["pins"])
-            enforce_changed = a[host]["enforce"] != b[host]["enforce"]
-            change = "changed" if start or stop or enforce_changed else "same"
-            out.append({"domain": host, "change": change, "accept": start, "stop": stop, "enforce": b[host]["enforce"],
-                        "enforce_was": a[host]["enforce"]})
-    return out
-
-
-def _print_diff(diff: list[dict[str, Any]]) -> None:
-    for d in diff:
-        if d["change"] == "same":
-            click.echo(f"  = {d['domain']}: unchanged")
-            continue
-        mark = {"added": "+", "removed": "-", "changed": "~"}[d["change"]]
-        extra = ""
-        if d["change"] == "removed":
-            extra = " (no longer pinned: CA validation only)"
-        elif d.get("enforce_was") is not None and d["enforce"] != d["enforce_was"]:
-            extra = " (now enforced)" if d["enforce"] else " (now report-only)"
-        click.echo(f"  {mark} {d['domain']}{extra}")
-        for p in d["accept"]:
-            click.secho(f"      starts accepting {p}", fg="green")
-        for p in d["stop"]:
-            click.secho(f"      stops accepting  {p}", fg="red")
+def _print_diff(d: dict[str, Any]) -> None:
+    lines = describe(d)
+    if not lines:
+        click.echo("  no change to what the device accepts")
+    for line in lines:
+        mark = "!" if line.security else " "
+        text = f"{mark} {'    ' * line.indent}{line.text}"
+        click.secho(text, fg="yellow" if line.security else None, bold=line.security)
+    if any(line.security for line in lines):
+        click.echo("  (! = changes what the device trusts: read these lines before you say yes)")
 
 
 def _load_bundle(path: Path) -> tuple[bytes, Any]:
@@ -184,9 +171,11 @@ def _load_bundle(path: Path) -> tuple[bytes, Any]:
     except OSError as e:
         raise UsageError(f"{path}: cannot read: {e.strerror or e}", hint="pass a bundle built by fleetpin bundle build") from None
     try:
-        return data, dev_bundle.decode_unverified(data)
+        decoded = dev_bundle.decode_unverified(data)
     except dev_bundle.BundleError as e:
         raise UsageError(f"{path}: not a valid bundle: {e.reason}", hint="rebuild it with fleetpin bundle build") from None
+    remember(data)  # the next update of a device that runs it needs no read-back
+    return data, decoded
 
 
 class _Refused(FleetpinError):
@@ -209,39 +198,51 @@ def _progress(enabled: bool) -> Any:
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation (for scripts)")
 @click.option("--receipt", type=click.Path(dir_okay=False, path_type=Path),
               help="where to write the JSON receipt (default: ./receipt-DEVICE-TIME.json)")
-def update(bundle_file: Path, port: str, baud: int, timeout: float, as_json: bool, yes: bool, receipt: Path | None) -> None:
+def update(bundle_file: Path, port: str | None, baud: int, timeout: float, as_json: bool, yes: bool,
+           receipt: Path | None) -> None:
     """Install a signed pin bundle on the device, with a receipt.
 
-    Shows which pins each domain will start or stop accepting, refuses a bundle for another
-    fleet or not newer than the installed one before sending anything, asks (unless --yes),
-    transfers, commits, reads the device's state back and checks the digest. Run it again
-    after an interruption: the old bundle stays in force until the new one is committed.
+    Shows everything the bundle changes (as `fleetpin bundle diff` does, in plain words; lines
+    that change what the device trusts are marked !), refuses a bundle for another fleet or not
+    newer than the installed one before sending anything, asks (unless --yes), transfers,
+    commits and checks the digest the device reports. Interrupted (a pulled cable, Ctrl-C)? The
+    old bundle stays in force and the receipt says where the board was left; run the same
+    command again: it resumes from the last byte the device acknowledged.
     """
     data, new = _load_bundle(bundle_file)
     new_sha = hashlib.sha256(data).hexdigest()
-    rec = Receipt(port=port, bundle_file=str(bundle_file))
-    rec.new = {"version": new.version, "sha256": new_sha}
     if receipt is not None:
         check_writable(receipt)  # the default place (the current directory) is checked the same way
     else:
         check_writable(Path("receipt.json"))
+    port = choose_port(port)
+    rec = Receipt(port=port, bundle_file=str(bundle_file))
+    rec.new = {"version": new.version, "sha256": new_sha}
     t0 = time.monotonic()
     outcome: dict[str, Any] = {}
     transport: Transport | None = None
+    stage = _Stage()
     failing = True
     try:
         transport = Transport.open(port, baud, timeout)
-        transport.connect()
-        outcome = _update(transport, data, new, new_sha, rec, as_json, yes)
+        outcome = _update(transport, data, new, new_sha, rec, as_json, yes, stage)
         failing = False
     except click.exceptions.Abort:  # Ctrl-C or end of input at the prompt
         rec.result, rec.error = "aborted", "interrupted at the confirmation prompt"
+        rec.board_state = stage.board_state(rec, transport)
         raise
+    except KeyboardInterrupt:
+        rec.result = "interrupted"
+        rec.error = f"interrupted (Ctrl-C) while {stage.doing}"
+        rec.board_state = stage.board_state(rec, transport)
+        raise FleetpinError(f"update {rec.error}: {rec.board_state}",
+                            hint="run the same command again: it resumes where the transfer stopped") from None
     except FleetpinError as e:
         if rec.result != "aborted":
             refused = isinstance(e, _Refused) or is_refusal(getattr(e, "code_name", None))
             rec.result = "refused" if refused else "failed"
         rec.error, rec.hint = str(e), e.hint
+        rec.board_state = stage.board_state(rec, transport)
         if rec.result == "failed" and rec.old.get("version") is not None:
             e.hint = (e.hint or "run the command again") + (
                 f"; the device keeps bundle v{rec.old['version']} unless the commit went through "
@@ -269,18 +270,46 @@ def update(bundle_file: Path, port: str, baud: int, timeout: float, as_json: boo
                                "diff": outcome.get("diff"), "receipt": str(path), "transfer": rec.transfer}, sort_keys=True))
 
 
-def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_json: bool, yes: bool) -> dict[str, Any]:
-    ident = _identify(t)
+class _Stage:
+    """Where an update is, to say in the receipt what state an interruption left the board in."""
+
+    def __init__(self) -> None:
+        self.doing = "opening the port"
+        self.sent = False  # a byte of the bundle went out
+        self.committing = False
+        self.total = 0
+
+    def board_state(self, rec: Receipt, t: Transport | None) -> str:
+        old = rec.old.get("version")
+        keeps = f"the device keeps bundle v{old}" if old is not None else "the device keeps no bundle (safe state)"
+        if rec.result in ("installed", "already-installed"):
+            return f"bundle v{rec.new.get('version')} installed"
+        if self.committing:
+            return (f"unknown: the commit of v{rec.new.get('version')} was sent; the device runs v{old} or "
+                    f"v{rec.new.get('version')} (fleetpin device info tells)")
+        if not self.sent:
+            return f"unchanged: {keeps} (nothing of the new bundle sent)"
+        up = t.last_upload if t is not None else None
+        acked = up.acked if up is not None else 0
+        return (f"unchanged: {keeps}; it holds {acked} of {self.total} bytes of v{rec.new.get('version')}, "
+                "kept for a resume until it is reset or another upload begins")
+
+
+def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_json: bool, yes: bool,
+            stage: _Stage) -> dict[str, Any]:
+    stage.doing = "starting the session"
+    ident = dict(t.connect(t.client.identify, "IDENTIFY"))
     rec.device_id = ident.get("device_id")
     rec.fleet = ident.get("fleet")
     rec.old = {"version": ident.get("bundle_version"), "sha256": ident.get("bundle_sha256")}
     old_version = ident.get("bundle_version")
+    old_sha = ident.get("bundle_sha256")
     if new.fleet != ident.get("fleet"):
         raise _Refused(
             f"the bundle is for fleet {new.fleet!r}, the device {rec.device_id} is in fleet {ident.get('fleet')!r} (nothing sent)",
             hint="build the bundle for the device's fleet, or check you have the right device",
         )
-    if ident.get("bundle_sha256") == new_sha:
+    if old_sha == new_sha:
         rec.result = "already-installed"
         if not as_json:
             click.echo(f"{rec.device_id}: bundle v{new.version} ({_short(new_sha)}) is already installed; nothing to do")
@@ -291,35 +320,60 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
             f"bundle v{new.version} is {word} the installed v{old_version} on {rec.device_id} (nothing sent)",
             hint="devices never go back: build the bundle with a version above " + str(old_version),
         )
-    installed = t.read_all("bundle") if old_version is not None else None
-    if installed is not None and hashlib.sha256(installed).hexdigest() != ident.get("bundle_sha256"):
-        raise FleetpinError("the installed bundle read back does not match the digest the device reports",
-                            hint="retry; if it persists the device's flash may be failing")
-    diff = pin_diff(installed, data)
+    installed = None
+    if old_version is not None:
+        installed = lookup(old_sha)  # a bundle this host built, verified or read: no read-back
+        if installed is None:
+            stage.doing = "reading the installed bundle back"
+            installed = t.read_all("bundle")
+            if hashlib.sha256(installed).hexdigest() != old_sha:
+                raise FleetpinError("the installed bundle read back does not match the digest the device reports",
+                                    hint="retry; if it persists the device's flash may be failing")
+            remember(installed)
+    try:
+        d = full_diff(installed, f"installed v{old_version}", data, str(rec.bundle_file))
+    except UsageError as e:  # an installed bundle this host cannot read: say so, do not guess
+        raise FleetpinError(f"cannot show what the update changes: {e}", hint="run fleetpin device info") from None
     if not as_json:
         click.echo(f"device {rec.device_id} (fleet {rec.fleet}): bundle "
                    f"{'v' + str(old_version) if old_version is not None else 'none (safe mode)'} -> v{new.version}")
-        _print_diff(diff)
+        _print_diff(d)
     if not yes:
+        stage.doing = "asking for confirmation"
         if not click.confirm(f"Install bundle v{new.version} on {rec.device_id}?", default=False, err=True):
             rec.result = "aborted"
             raise FleetpinError("not installed: you declined", hint="run again and answer y, or pass --yes")
+    stage.doing, stage.sent, stage.total = "sending the bundle", True, len(data)
     with _progress(not as_json) as bar:
         task = bar.add_task("send", total=len(data))
-        result = t.upload(data, lambda done, total: bar.update(task, completed=done))
-    after = _identify(t)
-    rec.new = {"version": after.get("bundle_version"), "sha256": after.get("bundle_sha256")}
-    if after.get("bundle_sha256") != new_sha:
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done)
+            up = t.last_upload
+            if up is not None and up._commit is not None and not stage.committing:
+                stage.doing, stage.committing = "committing", True
+
+        result = t.upload(data, progress)
+    stage.committing = False
+    got = result.get("bundle_sha256")
+    if got is None:  # an agent whose commit answer carries no digest: ask
+        after = _identify(t)
+        got = after.get("bundle_sha256")
+        result = {**result, "version": after.get("bundle_version")}
+    rec.new = {"version": result.get("version"), "sha256": got}
+    if got != new_sha:
         raise FleetpinError(
-            f"the device answered the commit ({result}) but now reports bundle {_short(after.get('bundle_sha256'))}, "
-            f"not {_short(new_sha)}",
+            f"the device answered the commit ({result}) but reports bundle {_short(got)}, not {_short(new_sha)}",
             hint="run fleetpin device info; then run the update again",
         )
     rec.result = "installed"
+    up = t.last_upload
+    resumed = up.resumed if up is not None else 0
     if not as_json:
-        click.secho(f"installed: {rec.device_id} now runs bundle v{after.get('bundle_version')} ({_short(new_sha)}), "
-                    "digest checked", fg="green")
-    return {"diff": diff}
+        click.secho(f"installed: {rec.device_id} now runs bundle v{result.get('version')} ({_short(new_sha)}), "
+                    "digest checked" + (f" (resumed: {resumed} bytes were already on the device)" if resumed else ""),
+                    fg="green")
+    return {"diff": d}
 
 
 # ---- reports, test-connect, reboot ---------------------------------------------------------
@@ -328,7 +382,7 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
 @device.command("reports")
 @_port_options
 @click.option("--clear", is_flag=True, help="clear the reports after reading them (only those read are cleared)")
-def reports(port: str, baud: int, timeout: float, as_json: bool, clear: bool) -> None:
+def reports(port: str | None, baud: int, timeout: float, as_json: bool, clear: bool) -> None:
     """The device's pin-failure reports (HPKP/TrustKit fields), least recently seen first."""
     with _session(port, baud, timeout) as t:
         log = t.read_all("reports")
@@ -365,7 +419,7 @@ def _host_port(text: str) -> tuple[str, int]:
 @device.command("test-connect")
 @click.argument("address", metavar="HOST[:PORT]")
 @_port_options
-def test_connect(address: str, port: str, baud: int, timeout: float, as_json: bool) -> None:
+def test_connect(address: str, port: str | None, baud: int, timeout: float, as_json: bool) -> None:
     """Ask the device itself to open a pinned TLS connection: its own verdict, from its network."""
     host, tcp_port = _host_port(address)
     with _session(port, baud, timeout) as t:
@@ -398,7 +452,7 @@ def _print_verdict(host: str, tcp_port: int, v: dict[str, Any]) -> None:
 
 @device.command("reboot")
 @_port_options
-def reboot(port: str, baud: int, timeout: float, as_json: bool) -> None:
+def reboot(port: str | None, baud: int, timeout: float, as_json: bool) -> None:
     """Reboot the device and wait until its agent answers again."""
     with _session(port, baud, timeout) as t:
         before = t.client.restarted

@@ -11,8 +11,13 @@ Loss recovery (host behaviour only; the wire format is link.py's):
 - a corrupted frame from the device is most likely the answer to the oldest unanswered
   transmission: that request is sent again at once (a duplicate is answered from the
   device's cache, so guessing wrong costs only its bytes);
-- the timer (rto) adapts to the measured round trip (Jacobson: srtt + 4 rttvar, between
-  min_rto_ms and rto_ms), backs off by doubling on every expiry, and only covers the tail;
+- the timers know the line: given the line's time per byte (byte_ms), each transmission's
+  answer is expected when the request has crossed the line and its answer, of the size the
+  request asks for, has crossed back behind the answers still queued before it; the timer
+  then adds only a margin for what the line does not explain (the device's own time, the
+  OS), which adapts to the measured excess (Jacobson: srtt + 4 rttvar, between min_rto_ms
+  and rto_ms) and grows by half on every expiry. So an answer still on the wire is never
+  asked for again, on a fast line or a slow one;
 - the observed frame loss gives a per-byte error-rate estimate, from which best_payload()
   picks the chunk size that moves the most data per wire byte.
 """
@@ -94,8 +99,9 @@ class VersionMismatch:
 
 
 class _Request:
-    def __init__(self, seq, op, body, exclusive, slow_ms, retransmit):
+    def __init__(self, seq, op, body, exclusive, slow_ms, retransmit, answer=0):
         self.seq = seq
+        self.answer = answer  # expected answer body, bytes (sizes the timer on a slow line)
         self.op = op
         self.body = body
         self.exclusive = exclusive
@@ -117,6 +123,8 @@ class _Tx:
         self.attempt = attempt
         self.nbytes = 0  # handed out so far
         self.sent_at = None  # when its last byte was handed out
+        self.expect = None  # when its answer should have arrived, by the line model
+        self.expect0 = None  # the same, as first predicted (what its round trip is measured by)
         self.retx_at = None  # send the request again if still unanswered then
         self.drain_at = None  # presume its bytes consumed or lost then
         self.resolved = False  # its outcome went into the loss estimate
@@ -128,6 +136,9 @@ class _Tx:
 _DECAY = 0.9
 _ANSWER_GUESS = 9  # wire bytes of an answer never seen (an empty one: flags, header, CRC)
 _MAX_BACKOFF = 12
+_FRAME = 9  # wire bytes of a frame besides its body: two flags, seq, ctl, key, CRC
+_ERROR_ANSWER = 110  # wire bytes an error answer may take (code + message of up to 96 bytes)
+_HARD_ATTEMPTS = 400  # a line that keeps delivering only damaged answers: give up at last
 
 
 def _grow(k):
@@ -150,12 +161,20 @@ class HostLink:
     order others or take long) wait for everything else to finish, and nothing is sent while
     one is outstanding.
 
-    rto_ms is the first timeout and the ceiling of the adaptive one; min_rto_ms its floor
-    (the time a full window takes to drain at the line rate is a sound choice). A request is
-    given up ("timeout") after max_attempts transmissions and max_attempts times its rto.
+    byte_ms is the line's time per byte (10 bits per byte: 10000 / baud), 0 when unknown:
+    each timer then runs from when the answer should have arrived over the line (the request's
+    bytes behind those already handed out, then the answer behind those still expected), and
+    rto_ms / min_rto_ms bound only the margin on top of that (rto_ms before anything was
+    measured). A request is given up ("timeout") after max_attempts transmissions once the
+    device has also been silent (not one byte, even damaged) for max_attempts times its rto:
+    a noisy line that keeps delivering damaged answers is retried (up to _HARD_ATTEMPTS).
     """
 
-    def __init__(self, rto_ms=1000, max_attempts=8, rx_max_frame=2048, min_rto_ms=50):
+    def __init__(self, rto_ms=1000, max_attempts=8, rx_max_frame=2048, min_rto_ms=50, byte_ms=0.0):
+        self.byte_ms = byte_ms
+        self._down_free = 0.0  # when the bytes handed out so far will have crossed to the device
+        self._up_free = 0.0  # when the answers expected so far will have crossed back
+        self.last_rx = None  # when any byte (even damaged) last arrived from the device
         self.rto_ms = rto_ms
         self.min_rto_ms = min_rto_ms
         self.max_attempts = max_attempts
@@ -189,15 +208,26 @@ class HostLink:
         self._hello()
 
     # -- API -------------------------------------------------------------------------------
-    def request(self, op, body=b"", exclusive=False, rto_ms=None, retransmit=True):
+    def reseed(self, seq):
+        """Numbers requests from seq on (before anything was sent): a session that starts at a
+        random number never takes an answer left on the wire by an earlier one for its own."""
+        if self._out or self._partial is not None:
+            raise ValueError("reseed before anything is sent")
+        self._seq = seq & 0xFF
+        for r in self._queue:
+            r.seq = self._seq
+            self._seq = (self._seq + 1) & 0xFF
+
+    def request(self, op, body=b"", exclusive=False, rto_ms=None, retransmit=True, answer=0):
         """Queues a request; returns its sequence number (matched by Response/Failed events).
+        answer: the size of the answer body it expects (a read's length), for its timer.
         rto_ms: its own timeout, for a request the device may take long over (it is still
         probed sooner: a duplicate is answered from the device's cache). retransmit=False: a
         lost transmission fails it with reason "lost" instead of being sent again.
         Raises OversizeFrame if the frame would not fit the device's receive buffer."""
         if MIN_FRAME + len(body) > self.device_max_frame:
             raise OversizeFrame("request of %d bytes, the device takes %d" % (len(body), self.device_max_frame - MIN_FRAME))
-        r = _Request(self._seq, op, bytes(body), exclusive, rto_ms, retransmit)
+        r = _Request(self._seq, op, bytes(body), exclusive, rto_ms, retransmit, answer)
         self._seq = (self._seq + 1) & 0xFF
         self._queue.append(r)
         return r.seq
@@ -232,6 +262,9 @@ class HostLink:
             p[2] = done + take
             self._inflight += take
             tx.nbytes += take
+            if self._down_free < now_ms:
+                self._down_free = now_ms
+            self._down_free += take * self.byte_ms
             if p[2] == len(wire):
                 self._sent(tx, now_ms)
                 self._partial = None
@@ -240,6 +273,8 @@ class HostLink:
 
     def receive_data(self, data, now_ms):
         """Feeds bytes read from the device; returns the events they complete."""
+        if data:
+            self.last_rx = now_ms
         self._dec.feed(data)
         while True:
             try:
@@ -290,8 +325,9 @@ class HostLink:
         return t
 
     def rto(self):
-        """The current retransmission timeout, ms: srtt + 4 rttvar within [min_rto_ms, rto_ms]
-        (rto_ms before the first sample), times 1.5 per expiry since the last sample."""
+        """The current retransmission margin, ms, on top of the line time an answer takes:
+        srtt + 4 rttvar of the measured excess within [min_rto_ms, rto_ms] (rto_ms before the
+        first sample), times 1.5 per expiry since the last sample."""
         return int(min(self.rto_ms, self._base_rto() * _grow(self._backoff)))
 
     def _base_rto(self):
@@ -378,15 +414,27 @@ class HostLink:
         tx.sent_at = now
         if r.first_sent is None:
             r.first_sent = now
+        # The line model: the request reaches the device when its last byte has crossed (behind
+        # every byte handed out before it); its answer crosses back behind the answers still
+        # expected. An error answer may be longer than the one expected: allowed for in the
+        # timer only, not in the schedule of the answers behind it.
+        bm = self.byte_ms
+        arrive = self._down_free if self._down_free > now else now
+        start = self._up_free if self._up_free > arrive else arrive
+        size = _FRAME + r.answer + (r.answer >> 2)  # escapes: DER has ~13%, JSON none
+        tx.expect = tx.expect0 = start + size * bm
+        self._up_free = tx.expect
+        extra = (_ERROR_ANSWER - size) * bm if size < _ERROR_ANSWER else 0
+        due = tx.expect + extra
         if r.slow_ms is None:
-            tx.retx_at = tx.drain_at = now + self.rto()
+            tx.retx_at = tx.drain_at = int(due + self.rto())
         else:
             # probed from the quick rto up, 1.5 times longer each time (a duplicate waits in the
             # device's buffer and is answered from its cache), but its bytes are presumed drained
             # only after its own timeout
             probe = self._base_rto() * _grow(r.timeouts)
-            tx.retx_at = now + int(min(probe, r.slow_ms))
-            tx.drain_at = now + r.slow_ms
+            tx.retx_at = int(due + min(probe, r.slow_ms))
+            tx.drain_at = int(due) + r.slow_ms
 
     def _is_latest(self, tx):
         r = tx.req
@@ -427,7 +475,8 @@ class HostLink:
                 self._events.append(Failed(r.seq, r.op, "lost"))
             return
         budget = self.max_attempts * (r.slow_ms or self.rto_ms)
-        if r.attempts >= self.max_attempts and now - r.first_sent >= budget:
+        heard = self.last_rx if self.last_rx is not None and self.last_rx > r.first_sent else r.first_sent
+        if (r.attempts >= self.max_attempts and now - heard >= budget) or r.attempts >= _HARD_ATTEMPTS:
             del self._out[r.seq]
             if r in self._retx:
                 self._retx.remove(r)
@@ -493,7 +542,18 @@ class HostLink:
                 self._inflight += t.nbytes
             self._observe(tx, True, len(f) + 6)
             if tx.req.slow_ms is None:
-                self._sample_rtt(now - tx.sent_at)
+                excess = now - tx.expect0
+                self._sample_rtt(excess if excess > 0 else 0)
+            late = now - tx.expect
+            if late > 0:
+                # the answers behind it are that much later too (the device took its time)
+                self._up_free += late
+                for t in self._tx:
+                    if t.sent_at is not None:
+                        t.expect += late
+                        if t.retx_at is not None:
+                            t.retx_at += int(late)
+                        t.drain_at += int(late)
         r = self._out.get(seq)
         if r is None or (op != r.op and op != OP_ERROR):
             self.duplicates += 1

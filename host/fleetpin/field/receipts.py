@@ -3,7 +3,8 @@
 One JSON file per attempt, written atomically (temp file, then rename) so a receipt is either
 whole or absent. Fields:
     format 1, kind "device-update", result ("installed" | "already-installed" | "refused" |
-    "failed" | "aborted"), error and hint (null on success), port, device_id, fleet,
+    "failed" | "aborted" | "interrupted": Ctrl-C), error and hint (null on success),
+    board_state (in words: what the device runs and holds after this attempt), port, device_id, fleet,
     old {version, sha256}, new {version, sha256} (what the device reported afterwards, or the
     bundle's own fields when it never got that far), bundle_file, started and finished (RFC 3339
     UTC), duration_s, transfer (wire bytes sent, retransmissions), tool ("fleetpin X.Y").
@@ -22,7 +23,7 @@ from fleetpin import __version__
 from fleetpin.errors import UsageError
 from fleetpin.files import write_atomic
 
-RESULTS = ("installed", "already-installed", "refused", "failed", "aborted")
+RESULTS = ("installed", "already-installed", "refused", "failed", "aborted", "interrupted")
 
 
 def utc_now() -> str:
@@ -37,6 +38,7 @@ class Receipt:
     result: str = "failed"
     error: str | None = None
     hint: str | None = None
+    board_state: str | None = None
     device_id: str | None = None
     fleet: str | None = None
     old: dict[str, Any] = field(default_factory=lambda: {"version": None, "sha256": None})
