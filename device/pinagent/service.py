@@ -19,7 +19,7 @@ import json
 import struct
 
 from . import link as _link
-from .link import E_INTERNAL, E_NO_SESSION, E_VERSION, OP_ERROR, PROTOCOL_VERSION
+from .link import E_BAD_REQUEST, E_INTERNAL, E_NO_SESSION, E_RANGE, E_VERSION, OP_ERROR, PROTOCOL_VERSION
 
 OP_PING = const(0x01)
 OP_IDENTIFY = const(0x02)
@@ -32,11 +32,9 @@ OP_CLEAR_REPORTS = const(0x08)
 OP_TEST_CONNECT = const(0x09)
 OP_REBOOT = const(0x0A)
 
-E_BAD_REQUEST = const(3)
 E_UNKNOWN_OP = const(4)
 E_UNSUPPORTED = const(5)
 E_NO_WRITE = const(6)
-E_RANGE = const(7)
 E_INCOMPLETE = const(8)
 E_DIGEST = const(9)
 E_SIGNATURE = const(10)

@@ -408,6 +408,144 @@ class Read:
         return True
 
 
+def _dec_piece(b):
+    """READ_CACHED's answer: the cached answer's op u8, its total length u16, the piece."""
+    if len(b) < 3:
+        raise BadResponse("READ_CACHED answer shorter than its header")
+    return b[0], b[1] | (b[2] << 8), bytes(b[3:])
+
+
+_PIECE_OVERHEAD = 12  # wire bytes of a READ_CACHED answer besides the piece
+
+
+class LongAnswer:
+    """A request whose answer is long (IDENTIFY's JSON, a verdict, a commit's answer) on a line
+    that may damage it: sent without automatic retransmission. When a transmission is lost,
+    the device is asked for the answer from its cache (READ_CACHED) in pieces as long as the
+    line's error rate pays for, and the request is sent again only if the device never got it.
+    A device that does not know READ_CACHED gets the request again, whole. Completes `call`."""
+
+    def __init__(self, client, call, op, body, decode, exclusive, rto_ms, answer):
+        self.client = client
+        self.call = call
+        self.op = op
+        self.body = body
+        self.decode = decode
+        self.exclusive = exclusive
+        self.rto_ms = rto_ms
+        self.answer = answer
+        self.done = False
+        self.sends = 0
+        self._req = None
+        self._seq = None  # the request whose cached answer is being read
+        self._total = None
+        self._rop = None
+        self._parts = {}
+        self._todo = []
+        self._flying = []  # [Call, offset, end]
+        self._send()
+
+    def _send(self):
+        c = self.client
+        self._req = c._call(self.op, self.body, self.decode, self.exclusive, self.rto_ms,
+                            retransmit=c.no_read_cached, answer=self.answer)
+        self.call.seq = self._req.seq
+        self.sends += 1
+        self._seq = None
+        self._total = None
+        self._parts = {}
+        self._todo = []
+        self._flying = []
+
+    def _finish(self, result=None, error=None):
+        self.call.result = result
+        self.call.error = error
+        self.call.done = True
+        self.done = True
+
+    def _piece(self, off, n):
+        body = struct.pack("<BHH", self._seq, off, n)
+        slow = self.rto_ms if self._total is None else None  # the first waits out a slow request
+        c = self.client._call(_link.OP_READ_CACHED, body, _dec_piece, rto_ms=slow, answer=n + 3)
+        self._flying.append([c, off, off + n])
+
+    def _advance(self):
+        if self.done:
+            return
+        r = self._req
+        if self._seq is None:
+            if not r.done:
+                return
+            if isinstance(r.error, LinkFailure) and r.error.reason == "lost" and not self.client.no_read_cached:
+                self._seq = r.seq  # the answer may be in the device's cache: read it in pieces
+                self._fill()
+                return
+            self._finish(r.result, r.error)
+            return
+        still = []
+        for item in self._flying:
+            c = item[0]
+            if not c.done:
+                still.append(item)
+                continue
+            if c.error is not None:
+                if isinstance(c.error, RemoteError) and c.error.name == "range" and self._total is None:
+                    self._send()  # the device never got the request: send it again
+                    return
+                if isinstance(c.error, RemoteError) and c.error.name == "unknown_op":
+                    self.client.no_read_cached = True  # an older agent: whole answers only
+                    self._send()
+                    return
+                self._finish(None, c.error)
+                return
+            rop, total, data = c.result
+            if self._total is None:
+                self._total, self._rop = total, rop
+                if item[2] < total:
+                    self._todo.append([item[2], total])
+            elif total != self._total:
+                self._finish(None, BadResponse("the cached answer changed while being read"))
+                return
+            self._parts[item[1]] = data
+            if item[1] + len(data) < min(item[2], self._total):
+                if not data:
+                    self._finish(None, BadResponse("an empty piece of the cached answer"))
+                    return
+                self._todo.append([item[1] + len(data), item[2]])
+                self._todo.sort()
+        self._flying = still
+        self._fill()
+        if self._total is None or self._todo or self._flying:
+            return
+        body = b"".join(self._parts[k] for k in sorted(self._parts))[: self._total]
+        if self._rop == _link.OP_ERROR:
+            self._finish(None, RemoteError(body[0] if body else 0, str(body[1:], "utf-8", "replace")))
+            return
+        try:
+            self._finish(self.decode(body), None)
+        except BadResponse as e:
+            self._finish(None, e)
+
+    def _fill(self):
+        if self.done or self._seq is None:
+            return
+        link = self.client.link
+        n = link.best_payload(_PIECE_OVERHEAD, MAX_READ)
+        if self._total is None:
+            if not self._flying and link.connected and link.waiting == 0:
+                self._piece(0, n)
+            return
+        while self._todo and link.connected and link.waiting == 0 and len(self._flying) < link.max_outstanding:
+            r = self._todo[0]
+            off = r[0]
+            k = min(n, r[1] - off)
+            if off + k < r[1]:
+                r[0] = off + k
+            else:
+                self._todo.pop(0)
+            self._piece(off, k)
+
+
 class Client:
     """Host side session: builds requests, lets the link pipeline and retransmit them, and
     turns answers into finished Calls. Sans-I/O: feed bytes and time, write what it returns.
@@ -424,6 +562,7 @@ class Client:
         self.frame_target = frame_target
         self.device = None  # the link_host.Connected event once the device answered HELLO
         self.restarted = 0
+        self.no_read_cached = False  # the device answered READ_CACHED with unknown_op
         self._calls = {}
         self._plans = []
 
@@ -432,7 +571,7 @@ class Client:
         return self._call(OP_PING, data, _dec_bytes, answer=len(data))
 
     def identify(self):
-        return self._call(OP_IDENTIFY, b"", _dec_json, answer=_ANSWER_IDENTIFY)
+        return self._long(OP_IDENTIFY, b"", _dec_json, False, None, _ANSWER_IDENTIFY)
 
     def read_bundle(self, offset, length=MAX_READ):
         return self._call(OP_READ_BUNDLE, struct.pack("<IH", offset, length), _dec_read, answer=min(length, MAX_READ) + 4)
@@ -461,7 +600,7 @@ class Client:
         return c
 
     def write_commit(self):
-        return self._call(OP_WRITE_COMMIT, b"", _dec_json, exclusive=True, rto_ms=self.slow_rto_ms, answer=_ANSWER_COMMIT)
+        return self._long(OP_WRITE_COMMIT, b"", _dec_json, True, self.slow_rto_ms, _ANSWER_COMMIT)
 
     def clear_reports(self, size):
         return self._call(OP_CLEAR_REPORTS, struct.pack("<I", size), _dec_empty, exclusive=True)
@@ -471,7 +610,7 @@ class Client:
         if not 1 <= len(h) <= 253 or not 0 < port < 65536:
             raise ValueError("host of 1 to 253 bytes and port 1-65535")
         body = struct.pack("<H", port) + h
-        return self._call(OP_TEST_CONNECT, body, _dec_json, exclusive=True, rto_ms=self.slow_rto_ms, answer=_ANSWER_VERDICT)
+        return self._long(OP_TEST_CONNECT, body, _dec_json, True, self.slow_rto_ms, _ANSWER_VERDICT)
 
     def reboot(self):
         return self._call(OP_REBOOT, b"", _dec_empty, exclusive=True, rto_ms=self.slow_rto_ms)
@@ -515,6 +654,11 @@ class Client:
         c = Call(op, seq, decode)
         self._calls[seq] = c
         return c
+
+    def _long(self, op, body, decode, exclusive, rto_ms, answer):
+        call = Call(op, None, decode)
+        self._plans.append(LongAnswer(self, call, op, body, decode, exclusive, rto_ms, answer))
+        return call
 
     def _handle(self, events):
         done = []

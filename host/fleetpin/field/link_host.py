@@ -172,6 +172,7 @@ class HostLink:
 
     def __init__(self, rto_ms=1000, max_attempts=8, rx_max_frame=2048, min_rto_ms=50, byte_ms=0.0):
         self.byte_ms = byte_ms
+        self.slow_probe_ms = 0  # a slow request is first probed after at least this (its work takes time)
         self._down_free = 0.0  # when the bytes handed out so far will have crossed to the device
         self._up_free = 0.0  # when the answers expected so far will have crossed back
         self.last_rx = None  # when any byte (even damaged) last arrived from the device
@@ -432,7 +433,7 @@ class HostLink:
             # probed from the quick rto up, 1.5 times longer each time (a duplicate waits in the
             # device's buffer and is answered from its cache), but its bytes are presumed drained
             # only after its own timeout
-            probe = self._base_rto() * _grow(r.timeouts)
+            probe = max(self._base_rto(), self.slow_probe_ms) * _grow(r.timeouts)
             tx.retx_at = int(due + min(probe, r.slow_ms))
             tx.drain_at = int(due) + r.slow_ms
 
@@ -496,7 +497,9 @@ class HostLink:
     def _corrupted_answer(self, now):
         # Answers come in order: a damaged frame is most likely the answer to the oldest
         # transmission not yet answered, nor already taken for lost (blamed for an earlier
-        # damaged frame, or its timer expired).
+        # damaged frame, or its timer expired). The device is answering on time: the loss is
+        # the line's noise, so no timer needs to stretch for it.
+        self._backoff = 0
         for tx in self._tx:
             if tx.sent_at is None:
                 return

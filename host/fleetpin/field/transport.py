@@ -29,6 +29,7 @@ from fleetpin.field.client import BadResponse, Call, Client, LinkFailure, Remote
 
 DEFAULT_BAUD = 115200
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
+SLOW_FIRST_PROBE_MS = 1000  # first probe of a slow request (commit, TEST_CONNECT, REBOOT)
 MIN_MARGIN_MS = 40  # least margin a timer keeps beyond the line time (OS and USB latency)
 
 
@@ -77,6 +78,10 @@ class Transport:
         self.client = Client(rto_ms=rto, slow_rto_ms=max(rto, int(timeout * 1000)), max_attempts=8,
                              min_rto_ms=MIN_MARGIN_MS, byte_ms=BITS_PER_BYTE * 1000.0 / self.baud)
         self.client.link.max_attempts = max(8, int(timeout * 1000 / rto) + 1)
+        # a commit checks a signature in pure Python, a TEST_CONNECT makes a TLS handshake: a
+        # probe sooner would only wait in the device's buffer (a damaged answer is still asked
+        # for at once)
+        self.client.link.slow_probe_ms = SLOW_FIRST_PROBE_MS
         # a fresh session starts at a random sequence number, so an answer still on the wire
         # from an earlier session (an interrupted command) is never taken for one of ours
         self.client.link.reseed(int.from_bytes(os.urandom(1), "little"))
