@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from fleetpin.bundles.cache import lookup, remember
 from fleetpin.bundles.diff import diff_views
@@ -147,10 +149,11 @@ def info(port: str | None, baud: int, timeout: float, as_json: bool) -> None:
 # ---- update --------------------------------------------------------------------------------
 
 
-def full_diff(installed: bytes | None, old_label: str, data: bytes, new_label: str) -> dict[str, Any]:
-    """What `fleetpin bundle diff` reports from the installed bundle (None: safe mode, none)."""
+def full_diff(installed: bytes | None, old_label: str, new: Any) -> dict[str, Any]:
+    """What `fleetpin bundle diff` reports from the installed bundle (None: safe mode, none) to
+    the new bundle's view."""
     old = bundle_view(installed, old_label) if installed is not None else empty_view(old_label)
-    return diff_views(old, bundle_view(data, new_label), [], int(time.time()))
+    return diff_views(old, new, [], int(time.time()))
 
 
 def _print_diff(d: dict[str, Any]) -> None:
@@ -183,9 +186,6 @@ class _Refused(FleetpinError):
 
 
 def _progress(enabled: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
     return Progress(
         TextColumn("sending"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
         console=Console(stderr=True), transient=True, disable=not enabled,
@@ -216,6 +216,7 @@ def update(bundle_file: Path, port: str | None, baud: int, timeout: float, as_js
     else:
         check_writable(Path("receipt.json"))
     port = choose_port(port)
+    new_view = bundle_view(data, str(bundle_file))  # worked out before the line is busy
     rec = Receipt(port=port, bundle_file=str(bundle_file))
     rec.new = {"version": new.version, "sha256": new_sha}
     t0 = time.monotonic()
@@ -225,7 +226,7 @@ def update(bundle_file: Path, port: str | None, baud: int, timeout: float, as_js
     failing = True
     try:
         transport = Transport.open(port, baud, timeout)
-        outcome = _update(transport, data, new, new_sha, rec, as_json, yes, stage)
+        outcome = _update(transport, data, new, new_sha, rec, as_json, yes, stage, new_view)
         failing = False
     except click.exceptions.Abort:  # Ctrl-C or end of input at the prompt
         rec.result, rec.error = "aborted", "interrupted at the confirmation prompt"
@@ -296,7 +297,7 @@ class _Stage:
 
 
 def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_json: bool, yes: bool,
-            stage: _Stage) -> dict[str, Any]:
+            stage: _Stage, new_view: Any) -> dict[str, Any]:
     stage.doing = "starting the session"
     ident = dict(t.connect(t.client.identify, "IDENTIFY"))
     rec.device_id = ident.get("device_id")
@@ -330,8 +331,13 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
                 raise FleetpinError("the installed bundle read back does not match the digest the device reports",
                                     hint="retry; if it persists the device's flash may be failing")
             remember(installed)
+    up = None
+    if yes:
+        # nothing to ask: the transfer starts now and the diff is worked out while it runs
+        stage.doing, stage.sent, stage.total = "sending the bundle", True, len(data)
+        up = t.start_upload(data)
     try:
-        d = full_diff(installed, f"installed v{old_version}", data, str(rec.bundle_file))
+        d = full_diff(installed, f"installed v{old_version}", new_view)
     except UsageError as e:  # an installed bundle this host cannot read: say so, do not guess
         raise FleetpinError(f"cannot show what the update changes: {e}", hint="run fleetpin device info") from None
     if not as_json:
@@ -353,7 +359,7 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
             if up is not None and up._commit is not None and not stage.committing:
                 stage.doing, stage.committing = "committing", True
 
-        result = t.upload(data, progress)
+        result = t.upload(data, progress, up)
     stage.committing = False
     got = result.get("bundle_sha256")
     if got is None:  # an agent whose commit answer carries no digest: ask

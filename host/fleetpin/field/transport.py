@@ -220,12 +220,28 @@ class Transport:
             self.result(fake, what)
         return plan.data or b""
 
-    def upload(self, bundle: bytes, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """Sends and commits a bundle. On a noisy line the link shrinks the chunks to what the
-        error rate pays for and re-sends only the lost ones (fleetpin.field.client.Upload), in the
-        same session: the device keeps every chunk it received."""
-        total = len(bundle)
+    def start_upload(self, bundle: bytes) -> Upload:
+        """Queues the upload (WRITE_BEGIN first) and hands out what the line takes now, so the
+        transfer runs while the caller works; upload(..., up) then sees it through."""
         up: Upload = self.client.upload(bundle)
+        self.last_upload = up
+        out = self.client.data_to_send(self.now_ms())
+        if out:
+            try:
+                self.ser.write(out)
+            except (serial.SerialException, OSError) as e:
+                raise NoAnswer(f"the serial port {self.port} failed: {e}", "port", hint="check the cable, then run the command again") from None
+        return up
+
+    def upload(self, bundle: bytes, progress: Callable[[int, int], None] | None = None, up: Upload | None = None) -> dict[str, Any]:
+        """Sends and commits a bundle (or sees through one start_upload began). On a noisy line
+        the link shrinks the chunks to what the error rate pays for and re-sends only the lost
+        ones (fleetpin.field.client.Upload), in the same session: the device keeps every chunk
+        it received, and a new session resumes from what it acknowledged (WRITE_BEGIN's
+        answer)."""
+        total = len(bundle)
+        if up is None:
+            up = self.client.upload(bundle)
         self.last_upload = up
 
         def report() -> None:
