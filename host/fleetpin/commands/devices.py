@@ -9,7 +9,8 @@ import os
 import click
 
 from fleetpin.errors import FleetpinError
-from fleetpin.field.ports import ENV_PORT, candidates, choose_port
+from fleetpin.field import ports
+from fleetpin.field.ports import ENV_PORT, choose_port
 
 
 @click.command()
@@ -21,7 +22,7 @@ def devices(as_json: bool) -> None:
     \b
     Exit codes: 0 (also when no port is found).
     """
-    found = candidates()
+    found = ports.candidates()
     try:
         chosen: str | None = choose_port(None, found)
     except FleetpinError:
