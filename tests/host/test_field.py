@@ -194,3 +194,68 @@ def test_the_board_is_found_without_p(fleetpin: Any, board: Any, monkeypatch: py
     assert r.exit_code == 2
     r = fleetpin("device", "reports")
     assert r.exit_code == 2 and "no board found" in r.stderr and "fleetpin devices" in r.stderr
+
+
+# ---- a virtual board for the README's walkthrough ---------------------------------------------
+
+_SIM = "import sys\nfrom fleetpin import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+
+
+def _sim_board(tmp_path: Path, *args: str) -> tuple[Any, dict[str, Any], str]:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _SIM, "sim", "board", "--json", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read()
+    return proc, json.loads(line), ""
+
+
+def test_the_walkthrough_works_on_a_virtual_board_in_one_command(fleetpin: Any, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "signers.json").write_bytes(demo_signer_set())
+    (tmp_path / "acme-v7.fpb").write_bytes(demo_bundle("acme-sensors", 7, {"api.example.com": [P1, P2]}))
+    (tmp_path / "acme-v8.fpb").write_bytes(demo_bundle("acme-sensors", 8, {"api.example.com": [P2, P3]}))
+    monkeypatch.chdir(tmp_path)
+    proc, info, _ = _sim_board(tmp_path, "--fleet", "acme-sensors", "--signers", "signers.json",
+                               "--seed-bundle", "acme-v7.fpb", "--link", "./board")
+    try:
+        assert info["link"] == "board" and (tmp_path / "board").is_symlink()
+        env = {"FLEETPIN_PORT": "./board"}
+        r = fleetpin("device", "info", env=env)
+        assert r.exit_code == 0 and "acme-sensors" in r.stdout and "v7" in r.stdout, r.stderr
+        r = fleetpin("device", "update", "acme-v8.fpb", "--yes", env=env)
+        assert r.exit_code == 0 and "bundle v7 -> v8" in r.stdout and "digest checked" in r.stdout, r.stderr
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    assert not (tmp_path / "board").exists()  # the link goes with the board
+
+
+def test_a_blank_virtual_board_says_it_refuses_every_bundle(tmp_path: Path) -> None:
+    proc, info, _ = _sim_board(tmp_path)
+    try:
+        assert info["port"].startswith("/dev/")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert "no signer set and no fleet" in err and "refuses every bundle" in err and "--seed-bundle" in err
+
+
+def test_the_noise_in_sim_board_help_is_one_an_update_survives(fleetpin: Any, board: Any, tmp_path: Path) -> None:
+    import re
+
+    help_text = fleetpin("sim", "board", "--help").stdout
+    example = re.search(r'e\.g\.\s+"([^"]+)"', help_text.replace("\n", " "))
+    assert example is not None, help_text
+    faults = re.sub(r"\s+", "", example.group(1))
+    v1 = demo_bundle(FLEET, 1, {"api.example.com": [P1, P2]})
+    b = board(seed=v1, baud=115200, faults=faults)
+    r = fleetpin("device", "update", "-p", b.port, write(tmp_path, "v2.fpb", sized_bundle(FLEET, 2, 3000)), "--yes",
+                 "--receipt", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stderr
+    assert sum(b.faults.counts.values()) > 0
