@@ -126,7 +126,7 @@ def _dec_ranges(b):
 _ANSWER_IDENTIFY = 512
 _ANSWER_COMMIT = 256
 _ANSWER_VERDICT = 1024
-_ANSWER_BEGIN = 1 + 8 * 31
+_ANSWER_BEGIN = 1 + 8 * 4  # a resume lists a few ranges (a host sends in order); more only cost a timer
 
 
 # Per-frame wire bytes besides the chunk data: flags 2, seq+ctl+key 3, offset 4, crc 4.

@@ -263,9 +263,7 @@ class HostLink:
             p[2] = done + take
             self._inflight += take
             tx.nbytes += take
-            if self._down_free < now_ms:
-                self._down_free = now_ms
-            self._down_free += take * self.byte_ms
+            self._down_free = max(self._down_free, now_ms) + take * self.byte_ms
             if p[2] == len(wire):
                 self._sent(tx, now_ms)
                 self._partial = None
@@ -420,8 +418,8 @@ class HostLink:
         # expected. An error answer may be longer than the one expected: allowed for in the
         # timer only, not in the schedule of the answers behind it.
         bm = self.byte_ms
-        arrive = self._down_free if self._down_free > now else now
-        start = self._up_free if self._up_free > arrive else arrive
+        arrive = max(now, self._down_free)
+        start = max(arrive, self._up_free)
         size = _FRAME + r.answer + (r.answer >> 2)  # escapes: DER has ~13%, JSON none
         tx.expect = tx.expect0 = start + size * bm
         self._up_free = tx.expect
@@ -546,7 +544,7 @@ class HostLink:
             self._observe(tx, True, len(f) + 6)
             if tx.req.slow_ms is None:
                 excess = now - tx.expect0
-                self._sample_rtt(excess if excess > 0 else 0)
+                self._sample_rtt(max(0, excess))
             late = now - tx.expect
             if late > 0:
                 # the answers behind it are that much later too (the device took its time)
