@@ -46,6 +46,10 @@ from pinagent.bundle import MAX_CERTS
 FLEET = "bench"
 FAULTS = {"clean": None, "0.1%": "drop=0.0004,flip=0.0004,dup=0.0002,seed=%d",
           "1%": "drop=0.004,flip=0.004,dup=0.002,seed=%d"}
+# BENCH_UPDATE_LINES=clean,1% runs only those lines (e.g. to time an older fleetpin: PYTHONPATH)
+_ONLY = [x for x in os.environ.get("BENCH_UPDATE_LINES", "").split(",") if x]
+if _ONLY:
+    FAULTS = {k: v for k, v in FAULTS.items() if k in _ONLY}
 CASES = [(2048, 9600)] + [(size, baud) for size in (2048, 8192, 16384) for baud in (115200, 921600)]
 FLEETPIN = [str(Path(sys.executable).with_name("fleetpin"))]
 
@@ -126,7 +130,7 @@ def run_update(board: VirtualBoard, baud: int, path: Path, env: dict[str, str], 
     board._timed = timed  # type: ignore[attr-defined]
     timed.reset()
     t = time.perf_counter()
-    proc = subprocess.Popen(FLEETPIN + ["device", "update", "-p", board.port, "-b", str(baud), str(path), "--yes",
+    proc = subprocess.Popen(FLEETPIN + ["device", "update", "-p", board.port, "--baud", str(baud), str(path), "--yes",
                                         "--json", "--receipt", str(receipt), "--timeout", "20"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if cut is not None:
@@ -164,7 +168,10 @@ def run() -> None:
     env = {**os.environ, "XDG_CACHE_HOME": str(work / "cache")}
     files: dict = {"signers": demo_signer_set()}
     cas = _ca_certs(MAX_CERTS)
-    from fleetpin.bundles import cache as bundle_cache
+    try:
+        from fleetpin.bundles import cache as bundle_cache
+    except ImportError:  # an older fleetpin (PYTHONPATH) keeps no bundles
+        bundle_cache = None
 
     os.environ["XDG_CACHE_HOME"] = str(work / "cache")
     for size in (2048, 8192, 16384):
@@ -172,7 +179,8 @@ def run() -> None:
         old, new = bundle(3, size, with_cas), bundle(4, size, with_cas)
         (work / f"v3-{size}.fpb").write_bytes(old)
         (work / f"v4-{size}.fpb").write_bytes(new)
-        bundle_cache.remember(old)  # the host built v3: its cache has it
+        if bundle_cache is not None:
+            bundle_cache.remember(old)  # the host built v3: its cache has it
         files[size] = (work / f"v3-{size}.fpb", work / f"v4-{size}.fpb")
     start = startup(env)
     print(f"   CLI start-up alone (fleetpin device update --help, best of 3): {start * 1000:.0f} ms; per run, the "
