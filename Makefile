@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.fleetpin-installed
 NPM_STAMP := node_modules/.fleetpin-installed
 
-.PHONY: setup demo test test-cpython test-micropython test-wheel check-device bench clean
+.PHONY: setup demo test test-cpython test-micropython test-micropython-unix test-wheel check-device bench clean
 
 setup: $(PIP_STAMP) $(NPM_STAMP)
 
@@ -24,13 +24,16 @@ demo: setup
 
 # The device-core suite on CPython and on the MicroPython VM, the host tests, and the
 # device code's type check and cross-compilation.
-test: setup check-device test-micropython test-wheel test-cpython
+test: setup check-device test-micropython test-micropython-unix test-wheel test-cpython
 
 test-cpython: setup
 	$(PY) -m pytest
 
 test-micropython: setup
 	$(PY) tools/run_device_tests_vm.py
+
+test-micropython-unix: setup
+	$(PY) tools/run_device_tests_unix.py
 
 # The package is the product: the wheel, installed in a throwaway venv, runs what users run.
 test-wheel: setup

@@ -132,3 +132,12 @@ def run() -> None:
           f"{(kept - code) / 1024:.1f} KB + the larger transient")
     print(f"   with the modules' bytecode loaded from .mpy into RAM: <= {peak / 1024:.1f} KB "
           "(frozen into the firmware, bytecode stays in flash and this is the data figure above)")
+    from bench.unix_timing import median_ms
+
+    setup = ("from pinagent import bundle, signers\nDATA = open('bench/bundle.bin','rb').read()\n"
+             "TRUSTED = signers.load_signers(open('bench/signers.json','rb').read())\n" + PI_SOURCE)
+    real = median_ms(setup, {"decode": decode, "pi": "pi_digits(%d)" % PIDIGITS},
+                     {k.lstrip("/"): v for k, v in files.items()}, rounds=9)
+    real_esp32 = real["decode"] * ESP32_PIDIGITS_MS / real["pi"]
+    print(f"   on real MicroPython 1.29 (unix port): decode_bundle {real['decode']:.2f} ms = "
+          f"{real['decode'] / 1e3 / host_s:.0f}x the host; ESP32 estimate from it {real_esp32:.0f} ms (+-2x)")

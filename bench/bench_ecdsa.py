@@ -164,3 +164,17 @@ def run() -> None:
         % (vm["module"] / 1024, vm["g_table"] / 1024, vm["ladder_state"] / 1024, TRANSIENT_BOUND / 1024, peak / 1024)
     )
     print("   VM heap, allocated per verify (garbage for the GC): %.0f KB" % (vm["allocated"] / 1024))
+    _on_real_micropython(point, digest, sig, host)
+
+
+def _on_real_micropython(point: bytes, digest: bytes, sig: bytes, host_s: float) -> None:
+    """The same verification on real MicroPython (C bigints, as on the board), and the ESP32
+    estimate calibrated there with the same pidigits workload."""
+    from bench.unix_timing import median_ms
+
+    setup = "from pinagent import ecdsa\nPUB = %r\nD = %r\nSIG = %r\n%s\necdsa.verify_p256(PUB, D, SIG)\n" % (
+        point, digest, sig, PI_SOURCE)
+    ms = median_ms(setup, {"verify": "ecdsa.verify_p256(PUB, D, SIG)", "pi": "pi_digits(%d)" % PIDIGITS})
+    esp32 = ms["verify"] * ESP32_PIDIGITS_MS / ms["pi"]
+    print("   on real MicroPython 1.29 (unix port): verify %.2f ms (%.0fx cryptography), pidigits %.2f ms;"
+          " ESP32 estimate from it: %.0f ms per verify (+-2x)" % (ms["verify"], ms["verify"] / 1e3 / host_s, ms["pi"], esp32))

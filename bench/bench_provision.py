@@ -15,6 +15,7 @@ asked IDENTIFY on its new port; the extra time is the confirm step's cost. Media
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
@@ -104,3 +105,41 @@ def run() -> None:
         print(f"     1 board:  {vo:6.2f} s  ratio to plain esptool {vo / b:.2f}; the check adds {vo - o:+.2f} s")
         print(f"     4 boards: {vf:6.2f} s  = {vf / vo:.2f} x one board")
         print(f"   medians of {REPS}; boards are esp32-mock-bootloader on ptys (no baud-rate limit, its flash writes are Python loops)")
+        line_scaling(tmp / "img", tmp)
+
+
+def _provision_processes(image_dir: Path, tmp: Path, boards_per_station: list[int]) -> tuple[float, list[float]]:
+    """`fleetpin provision --virtual N` as the operator runs it, one process per station, all at
+    once; (wall time of the whole line, each board's own seconds). Every board must be confirmed."""
+    procs = []
+    t0 = time.perf_counter()
+    for i, n in enumerate(boards_per_station):
+        argv = [sys.executable, "-m", "fleetpin", "provision", "--board", "esp32", "--image", str(image_dir),
+                "--virtual", str(n), "--registry", str(tmp / f"line-{time.monotonic_ns()}-{i}.sqlite"), "--json"]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    per_board: list[float] = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=900)
+        results = json.loads(out)["results"] if out.strip() else []
+        bad = [r["error"] for r in results if r["result"] != "provisioned"]
+        if proc.returncode != 0 or bad or not results:
+            raise RuntimeError(f"provisioning failed: {bad or err[-500:]}")
+        per_board += [r["seconds"] for r in results]
+    return time.perf_counter() - t0, per_board
+
+
+def line_scaling(image_dir: Path, tmp: Path) -> None:
+    """Issue 18: how a line scales on this PC: the whole command for 1, 4, 8 and 16 boards on one
+    station and for 4 stations of 4, each as a ratio to one board alone (virtual stations: the
+    real esptool through the ROM emulator, then the agent's confirmation)."""
+    print("   the line on this PC (fleetpin provision --virtual, whole command, agent confirmation included):")
+    one_total, one_boards = _provision_processes(image_dir, tmp, [1])
+    one_board = statistics.median(one_boards)
+    print(f"     1 station x  1 board : total {one_total:5.1f} s, per board {one_board:5.2f} s (the unit)")
+    for label, layout in (("1 station x  4 boards", [4]), ("1 station x  8 boards", [8]),
+                          ("1 station x 16 boards", [16]), ("4 stations x 4 boards", [4, 4, 4, 4])):
+        total, boards = _provision_processes(image_dir, tmp, layout)
+        n = sum(layout)
+        print(f"     {label}: total {total:5.1f} s = {total / one_total:4.1f}x one board's command "
+              f"for {n}x the boards; per board {statistics.median(boards):5.2f} s = "
+              f"{statistics.median(boards) / one_board:4.1f}x")

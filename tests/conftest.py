@@ -75,7 +75,7 @@ class CliResult:
 @pytest.fixture
 def fleetpin() -> Callable[..., CliResult]:
     """Runs `fleetpin ARGS...` in-process through cli.main (so exit codes are the real mapping):
-    fleetpin("pin", "x.pem", input="passphrase\\n", env={"FLEETPIN_KEY_PASSWORD": "pw"})."""
+    fleetpin("pin", "x.pem", input="passphrase\\n", env={"FLEETPIN_KEY_PASSPHRASE": "pw"})."""
     from fleetpin.cli import main
 
     def run(*args: str | Path, input: str | None = None, env: dict[str, str | None] | None = None) -> CliResult:

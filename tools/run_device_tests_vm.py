@@ -1,4 +1,9 @@
-"""Runs the device-core tests (tests/device/test_*.py) on the real MicroPython VM, ~100 KB heap.
+"""Runs the device-core tests (tests/device/test_*.py) on the MicroPython 1.27 WebAssembly VM.
+
+This VM is kept for version coverage (1.27 is the release the ESP32 target ships); the heap
+the agent needs is proven on real MicroPython under a hard heap (tools/run_device_tests_unix.py,
+bench_agent). Its heap is 128 KB so a test module, its fixtures and the agent fit beside one
+another (the test modules themselves take 20-30 KB that a board never holds).
 
 Same tests, same asserts as under pytest.  Per test module: one fresh VM (Node process) with the
 repo mirrored in its filesystem (/fp/device/pinagent, /fp/tests/device, /fp/tests/vectors).
@@ -34,14 +39,10 @@ from fleetpin import agent_files
 from fleetpin.errors import FleetpinError
 from fleetpin.vm import wasm
 
-ROOT = Path(__file__).resolve().parents[1]
-TESTS = ROOT / "tests" / "device"
-VECTORS = ROOT / "tests" / "vectors"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from device_tests_common import HOST_PEERS, ROOT, TESTS, VECTORS, helper_modules, pinagent_imports, test_names  # noqa: E402
+
 VM_TESTS = "/fp/tests/device"
-# The host ends of the serial protocol, the device's peer in the link and service tests; they
-# are host code kept MicroPython-compatible for exactly this (fleetpin/field/link_host.py).
-FIELD = ROOT / "host" / "fleetpin" / "field"
-HOST_PEERS = {f"/fp/device/fleetpin/field/{name}": FIELD / name for name in ("__init__.py", "link_host.py", "client.py")}
 VM_VECTORS = "/fp/tests/vectors"
 
 
@@ -57,45 +58,15 @@ class ModuleResult:
     vm_ms: float = 0.0
 
 
-def test_names(path: Path) -> list[str]:
-    """Top-level `def test_*` in the module, sorted (what the VM will call)."""
-    tree = ast.parse(path.read_text(), str(path))
-    return sorted(n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_"))
-
-
-def pinagent_imports(path: Path) -> list[str]:
-    """pinagent modules the test imports, to import each in its own call first (less garbage per call)."""
-    found: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
-            if name.split(".")[0] == "pinagent" and name not in found:
-                found.append(name)
-    # only real modules: "from pinagent.der import parse" yields "pinagent.der.parse" too
-    return [n for n in found if _module_file(n) is not None]
-
-
-def _module_file(dotted: str) -> Path | None:
-    base = ROOT / "device" / Path(*dotted.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def vm_files(test_modules: list[Path], as_source: bool) -> tuple[dict[str, bytes], list[str]]:
     """The mirrored repo: device code, the test helpers and the given test modules (as .mpy
     unless as_source), and the vectors.  Test modules may live elsewhere (e.g. /tmp).
 
     Also returns compile errors; a module that fails to compile is left out (importers then fail).
     """
-    helpers = [p for p in sorted(TESTS.glob("*.py")) if not p.name.startswith("test_")]
+    helpers = helper_modules()
     sources = {f"{VM_TESTS}/{p.name}": p for p in [*helpers, *test_modules]}
-    sources.update(HOST_PEERS)
+    sources.update({f"/fp/device/fleetpin/field/{p.name}": p for p in HOST_PEERS})
     files: dict[str, bytes] = {}
     errors: list[str] = []
     try:
@@ -221,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="*", type=Path, help="test modules (default: tests/device/test_*.py)")
     parser.add_argument("-k", dest="selector", help="only tests whose 'module::name' contains this")
-    parser.add_argument("--heap-kb", type=int, default=100)
+    parser.add_argument("--heap-kb", type=int, default=128)
     parser.add_argument("--strict-heap", action="store_true",
                         help="fail tests that allocate more than the heap within one call")
     parser.add_argument("--source", action="store_true", help="import .py sources (compiled in the VM) instead of .mpy")

@@ -89,7 +89,7 @@ def run_as_user(fleetpin: Path, work: Path, env: dict[str, str]) -> None:
     run("--version")
     run("demo", "--out", "demo")  # keys, bundles, image, provisioning, field update, drills
     d = work / "demo"
-    for runtime in ("host", "device", "micropython"):
+    for runtime in ("host", "device", "micropython", "wasm"):
         out = run("pin", str(d / "pki" / "leaf.pem"), "--runtime", runtime)
         if "sha256/" not in out and len(out.split()) < 2:
             raise SmokeFailed(f"pin --runtime {runtime} printed no pin: {out!r}")

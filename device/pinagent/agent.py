@@ -4,6 +4,9 @@ and serves the update protocol as the service Handler.
     agent = Agent(fs, clock, device_id, fleet, tls_adapter)
     agent.boot()                                  loads the installed bundle (never raises)
     sock = agent.connect(host, port, timeout)     THE call for application code (pinned TLS)
+    ctx = agent.tls_context()                     the same check for clients that take an
+                                                  SSLContext (asyncio, MQTT): pinagent.tlsctx
+    agent.requests.get(url, ...)                  pinned HTTP, `requests`' interface: pinagent.http
     Service(agent)                                the serial update service (service.Handler)
 
 fs: a pinagent.store.FS (pinagent.io.flash on the board). clock(): POSIX seconds, or None when
@@ -12,15 +15,30 @@ or None to adopt the fleet of the installed bundle (a board whose config was los
 tls_adapter: see pinagent.connect (pinagent.io.tls on the board, fleetpin.sim.tls on CPython).
 
 Time: the clock is believed only at or above the time floor (store.BootState.time_floor: the
-newest trusted time seen, at least the installed bundle's issue time). trusted_time(t) records
-a time from a trusted source (raises the floor; written to flash at most hourly).
+newest trusted time kept in flash, at least the installed bundle's issue time). Trusted time is
+the newest time the agent holds authenticated evidence for: the floor, the signed issue time of
+every bundle it verifies, and times the application reports from pinned servers:
+
+    sock, check = agent.open(host, port)          read the server's time t over the connection
+    agent.server_time(check, t)                   taken only if check's verdict is a pin match
+
+trusted_time(t) takes a time from any other authenticated source (never SNTP: anyone on the path
+can answer it). Only trusted time can confirm that pins expired (pinagent.policy, "Expiry and
+time"): a clock moved past an expiry does not switch pinning off. Trusted time rises at once in
+RAM and is written to flash (as the floor) when it moved by FLOOR_STEP or more.
 
 Safe mode (no verifiable bundle): every connection is refused (connect.NoBundle), fail-closed,
 while the update service keeps running, so one signed bundle over serial repairs the board.
 
 Reports: every blocked or report-only verdict is recorded through pinagent.reports (read over
 serial, never sent over the network), except in safe mode, where each refusal is the same and
-IDENTIFY already says why (recording them would only wear the flash).
+IDENTIFY already says why (recording them would only wear the flash). The serial console is not
+authenticated, so nothing on it erases reports: a host acknowledges what it read (ack_reports).
+
+Sessions: when a serial session ends (the I/O loop calls Service.end_session: idle, or serving
+stopped), an upload never committed and the READ_REPORTS snapshot are dropped, so their buffers
+(up to 32 KB) go back to the heap before the application runs. TEST_CONNECT reaches only hosts
+the installed bundle has a rule for: the cable is no way to make the device probe its network.
 """
 
 try:
@@ -39,13 +57,14 @@ from . import connect as _connect
 from . import reports as _reports
 from . import signers as _signers
 from . import store as _store
-from .policy import REPORT_ONLY_MISMATCH
+from .policy import MATCHED, REPORT_ONLY_MISMATCH, canonical_host
 
 CONNECT_TIMEOUT = const(10)  # seconds, TEST_CONNECT and connect() without a timeout
 FLOOR_STEP = const(3600)  # trusted times closer than this to the floor are not written to flash
 MAX_GAPS = const(64)  # separate received pieces of a bundle being written (in-order hosts make 1-8)
 _MAX_PROBLEMS = const(4)
 _MAX_PROBLEM = const(80)
+_MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z
 
 # Bundle and storage errors -> service error codes (names in pinagent.service; PROTOCOL.md)
 _CODES = (
@@ -122,7 +141,9 @@ class Agent:
         self.reboot_requested = False
         self._incoming = None
         self._committed = None  # (sha256, answer) of the last commit, for a repeated commit
-        self._served = None  # the report log bytes READ_REPORTS served, for CLEAR_REPORTS
+        self._served = None  # the report log bytes of the current READ_REPORTS read-through
+        self._trusted = 0  # newest authenticated time seen since boot (the floor lags it by < FLOOR_STEP)
+        self._http = None  # pinagent.http.Client, made on first use of .requests
 
     # ---- boot and time
 
@@ -165,13 +186,37 @@ class Agent:
             return "unset"
         return "trusted" if now >= self.state.time_floor else "floor"
 
-    def trusted_time(self, t):
-        """A time from a trusted source (POSIX seconds): raises the time floor. Written to flash
-        only when it moved by FLOOR_STEP or more. Returns True if it was written."""
+    def trusted_now(self):
+        """The newest authenticated time (POSIX seconds): the floor, or newer evidence in RAM."""
         st = self.state
-        if st is None or not isinstance(t, int) or t < st.time_floor + FLOOR_STEP:
+        floor = st.time_floor if st is not None else 0
+        return self._trusted if self._trusted > floor else floor
+
+    def trusted_time(self, t):
+        """A time from an authenticated source (POSIX seconds; never SNTP): raises trusted time
+        at once, and the time floor in flash when it moved by FLOOR_STEP or more. Returns True if
+        it was written to flash."""
+        st = self.state
+        if st is None or type(t) is not int or t < 0 or t > _MAX_TIME:
+            return False
+        if t > self._trusted:
+            self._trusted = t
+        if t < st.time_floor + FLOOR_STEP:
             return False
         return self.store.raise_time_floor(t)
+
+    def server_time(self, check, t):
+        """A time (POSIX seconds) the application read from a server over a pinned connection:
+        `check` is the connect.PinCheck that open() returned with its socket (or its verdict).
+        Taken as trusted time only if that connection's pin matched (an unpinned or expired-pin
+        connection may be the attacker's); returns True if it was taken."""
+        v = getattr(check, "verdict", check)
+        if v is None or getattr(v, "reason", None) != MATCHED or getattr(v, "allowed", False) is not True:
+            return False
+        if type(t) is not int or t < 0 or t > _MAX_TIME:
+            return False
+        self.trusted_time(t)
+        return True
 
     def _verify(self, data, signers_bytes, installed_version):
         """store.Store's verify: the signed bundle against a signer set (module docstring of
@@ -193,29 +238,44 @@ class Agent:
 
     # ---- pinned connections
 
-    def open(self, host, port, timeout=None):
-        """connect() that also returns the check: (socket, connect.PinCheck)."""
+    def pin_check(self, host, port=None):
+        """(check, ca_certs) for one handshake with `host`: a fresh connect.PinCheck under the
+        installed bundle's policy, the clock and the time floor, and the bundle's CA certificates.
+        Safe mode raises NoBundle (recorded as the last verdict)."""
         st = self.state
         if st is None:
             st = self.boot()
         now = self.now()
-        if timeout is None:
-            timeout = CONNECT_TIMEOUT
         b = st.decoded
         if b is None:
             v = _connect.make_verdict(host, _connect.NO_BUNDLE, (), None, self.clock_state(now) == "trusted")
             self.last_verdict = v
             raise _connect.NoBundle(v.reason, v, "safe mode: " + st.mode, host, port)
+        return _connect.PinCheck(b.policy, host, now, st.time_floor, True, self.trusted_now()), b.ca_certs
+
+    def record(self, check, port, error=None):
+        """Records the outcome of a handshake `check` saw: the verdict as .last_verdict, and a
+        failure report when it was refused (`error`, a ConnectError) or allowed report-only.
+        Returns `error` (so: raise agent.record(check, port, e))."""
+        v = check.verdict if error is None else error.verdict
+        self.last_verdict = v
+        if v is not None and (error is not None or v.reason == REPORT_ONLY_MISMATCH):
+            self._report(v, port, check, check.now)
+        return error
+
+    def open(self, host, port, timeout=None):
+        """connect() that also returns the check: (socket, connect.PinCheck)."""
+        # the canonical spelling, as rules are written: what the check and TLS both see (a host
+        # without one is refused by open_pinned before anything touches the network)
+        canon = canonical_host(host) if isinstance(host, str) else None
+        check, ca_certs = self.pin_check(canon if canon is not None else host, port)
+        if timeout is None:
+            timeout = CONNECT_TIMEOUT
         try:
-            sock, check = _connect.open_pinned(self.tls, b.policy, b.ca_certs, host, port, timeout, now, st.time_floor)
+            sock, check = _connect.open_pinned(self.tls, None, ca_certs, host, port, timeout, check=check)
         except _connect.ConnectError as e:
-            self.last_verdict = e.verdict
-            if e.verdict is not None:
-                self._report(e.verdict, port, e.check, now)
-            raise
-        self.last_verdict = check.verdict
-        if check.verdict.reason == REPORT_ONLY_MISMATCH:
-            self._report(check.verdict, port, check, now)
+            raise self.record(check, port, e)
+        self.record(check, port)
         return sock, check
 
     def connect(self, host, port, timeout=None):
@@ -223,6 +283,24 @@ class Agent:
         pinagent.connect.ConnectError (NetworkError, PinBlocked, TlsRefused, NoBundle) that
         carries the verdict. The verdict of the last attempt is in .last_verdict."""
         return self.open(host, port, timeout)[0]
+
+    def tls_context(self):
+        """An SSLContext stand-in for clients that take one (asyncio, MQTT clients, your own):
+        every wrap_socket runs the same pin check as connect(). See pinagent.tlsctx."""
+        from .tlsctx import PinnedContext
+
+        return PinnedContext(self)
+
+    @property
+    def requests(self):
+        """A pinned HTTP client with the interface of MicroPython's `requests` (pinagent.http),
+        loaded on first use: agent.requests.get(url, ...)."""
+        client = self._http
+        if client is None:
+            from .http import Client
+
+            client = self._http = Client(self)
+        return client
 
     def _report(self, verdict, port, check, now):
         if not self.report_enabled:
@@ -248,9 +326,10 @@ class Agent:
         except Exception:
             free = None
         try:
-            pending = self.reports.stats()["entries"]
+            pending = self.reports.pending()
+            kept = len(self.reports._entries)
         except Exception:
-            pending = None
+            pending = kept = None
         problems = [p[:_MAX_PROBLEM] for p in st.problems[:_MAX_PROBLEMS]]
         return {
             "device_id": self.device_id,
@@ -263,9 +342,11 @@ class Agent:
             "clock": self.clock_state(now),
             "now": now,
             "time_floor": st.time_floor,
+            "trusted_time": self.trusted_now(),
             "trust": st.signers is not None,
             "free": free,
             "reports": pending,
+            "reports_kept": kept,
             "problems": problems,
         }
 
@@ -339,29 +420,28 @@ class Agent:
 
     def read_reports(self, offset, length):
         if offset == 0 or self._served is None:
-            # One snapshot per read-through: the chunks of one read are consistent, and
-            # CLEAR_REPORTS compares the log with exactly these bytes.
+            # One snapshot per read-through: the chunks of one read are consistent.
             self._served = self.reports.export()
         data = self._served
         if offset > len(data):
             raise _refuse("E_RANGE", "offset %d past the log's %d bytes" % (offset, len(data)))
         return len(data), memoryview(data)[offset:offset + length]
 
-    def clear_reports(self, size):
-        served = self._served
-        if served is None or len(served) != size:
-            served = size if self.reports.stats()["entries"] == 0 else None
-            if served is None:
-                raise _refuse("E_CHANGED", "read the reports again before clearing them")
-        try:
-            ok = self.reports.clear(served)
-        except _reports.ReportsChanged as e:
-            raise _refuse("E_CHANGED", e.reason)
-        if not ok:
-            raise _refuse("E_STORAGE", "the report log could not be rewritten")
+    def ack_reports(self, seq):
+        acked = self.reports.ack(seq)
+        return {"acked": acked, "pending": self.reports.pending()}
+
+    def end_session(self):
+        self._incoming = None
         self._served = None
 
     def test_connect(self, host, port):
+        canon = canonical_host(host)
+        b = self.state.decoded if self.state is not None else None
+        if canon is None or (b is not None and b.policy.rule_for(canon) is None):
+            raise _refuse("E_CONNECT", "%r: no rule for this host in the installed bundle (TEST_CONNECT "
+                                       "reaches pinned hosts only)" % (host[:64],))
+        host = canon
         try:
             sock, check = self.open(host, port)
         except _connect.NetworkError as e:

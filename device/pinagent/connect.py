@@ -1,12 +1,17 @@
 """Pinned TLS connections, the runtime-independent part: the verify-callback state machine and
 the one call that opens a connection through an injected TLS adapter.
 
-    check = PinCheck(policy, host, now, time_floor)
+    check = PinCheck(policy, host, now, time_floor, trusted_time=None)
     check.on_cert(der, depth) -> 0 | 1      the verify callback (mbedTLS: top first, leaf last at
                                             depth 0); decides at depth 0; never raises
     check.verdict                           pinagent.policy.Verdict, or None before depth 0
 
-    sock, check = open_pinned(adapter, policy, ca_certs, host, port, timeout, now, time_floor)
+    sock, check = open_pinned(adapter, policy, ca_certs, host, port, timeout, now, time_floor, trusted_time)
+    refusal(check, exception, port) -> PinBlocked | TlsRefused   for a handshake that raised
+    approve(check, sock, port) -> sock      or closes it and raises, unless the check allowed it
+
+now, time_floor and trusted_time are policy.decide's (trusted_time: the newest authenticated
+time, which alone can confirm that pins expired).
 
 The adapter (pinagent.io.tls on the ESP32, fleetpin.sim.tls on CPython) does the I/O:
 
@@ -16,6 +21,10 @@ The adapter (pinagent.io.tls on the ESP32, fleetpin.sim.tls on CPython) does the
         byte is sent: as the verify callback (mbedTLS) or by feeding it the CA-verified chain
         root first, leaf last (CPython). Raises NetworkError for failures before the TLS
         handshake (DNS, TCP, timeout); any other exception means the handshake failed.
+    adapter.wrap(sock, host, ca_certs, check, client_cert=None, do_handshake=True)
+        The same on a socket the caller connected (pinagent.tlsctx: the SSLContext stand-in);
+        client_cert = (cert, key) for mutual TLS. With do_handshake False the handshake may
+        run on the first read or write instead (mbedTLS), where the check sees the chain.
 
 Why the check may assume a CA-verified chain (policy.decide(verified=True)): the adapters only
 run under CERT_REQUIRED, where a chain that fails CA validation aborts the handshake even if the
@@ -117,13 +126,15 @@ class PinCheck:
     order; `subjects`: {depth: subject CN} (for reports; None if unreadable); `verdict`: set at
     depth 0; `detail`: why the check failed, if it did."""
 
-    __slots__ = ("policy", "host", "now", "time_floor", "chain", "subjects", "verdict", "detail", "want_subjects")
+    __slots__ = ("policy", "host", "now", "time_floor", "trusted_time", "chain", "subjects", "verdict", "detail",
+                 "want_subjects")
 
-    def __init__(self, policy, host, now, time_floor=0, subjects=True):
+    def __init__(self, policy, host, now, time_floor=0, subjects=True, trusted_time=None):
         self.policy = policy
         self.host = host
         self.now = now
         self.time_floor = time_floor or 0
+        self.trusted_time = trusted_time
         self.chain = []
         self.subjects = {}
         self.verdict = None
@@ -167,7 +178,8 @@ class PinCheck:
             return 0
         # leaf first, as policy.decide and the reports expect
         chain = sorted(self.chain, key=_depth_of)
-        self.verdict = _policy.decide(self.policy, self.host, chain, self.now, True, self.time_floor)
+        self.verdict = _policy.decide(self.policy, self.host, chain, self.now, True, self.time_floor,
+                                      self.trusted_time)
         return 0 if self.verdict.allowed else 1
 
     def _block(self, reason, detail):
@@ -208,27 +220,50 @@ def _close(sock):
         pass
 
 
-def open_pinned(adapter, policy, ca_certs, host, port, timeout=None, now=None, time_floor=0):
+def open_pinned(adapter, policy, ca_certs, host, port, timeout=None, now=None, time_floor=0, trusted_time=None,
+                check=None):
     """Opens a pinned TLS connection; returns (socket, check) with check.verdict allowed, or
-    raises NetworkError / PinBlocked / TlsRefused carrying the verdict."""
-    check = PinCheck(policy, host, now, time_floor)
+    raises NetworkError / PinBlocked / TlsRefused carrying the verdict. The host is made
+    canonical first (policy.canonical_host) and the adapter connects to that spelling; a host
+    without one is refused (INVALID_HOST) before anything touches the network. `check`: a fresh
+    PinCheck to use (Agent.pin_check's, made for the canonical host), else one is made from
+    policy, the host, now, time_floor and trusted_time."""
+    canon = _policy.canonical_host(host)
+    if check is None:
+        check = PinCheck(policy, canon if canon is not None else host, now, time_floor, True, trusted_time)
+    if canon is None:
+        v = check.verdict = _policy.decide(check.policy, host, [], check.now, True, check.time_floor,
+                                           check.trusted_time)
+        raise PinBlocked(v.reason, v, "not a host name or canonical IP literal", host, port, check)
+    host = canon
     try:
         sock = adapter.open(host, port, timeout, ca_certs, check)
     except NetworkError as e:
         e.host, e.port, e.check = host, port, check
         raise
     except Exception as e:
-        v = check.refused(error_text(e))
-        raise _error_for(v)(v.reason, v, check.detail, host, port, check)
+        raise refusal(check, e, port)
+    return approve(check, sock, port), check
+
+
+def refusal(check, e, port=None):
+    """The PinBlocked or TlsRefused for a handshake that failed with exception `e`: the check's
+    own refusal if it refused, else TLS_FAILED (see PinCheck.refused)."""
+    v = check.refused(error_text(e))
+    return _error_for(v)(v.reason, v, check.detail, check.host, port, check)
+
+
+def approve(check, sock, port=None):
+    """`sock` if the check allowed the chain it saw; otherwise closes `sock` and raises. A socket
+    whose handshake ran without the check (verdict None) is refused too: fail closed."""
     v = check.verdict
     if v is None or not v.allowed:
-        # The adapter returned a socket the check never approved: fail closed, send nothing.
         _close(sock)
         if v is None:
             check.detail = "the TLS adapter did not run the pin check"
-            v = check.verdict = make_verdict(host, NOT_CHECKED, (), None, check.clock_trusted())
-        raise _error_for(v)(v.reason, v, check.detail, host, port, check)
-    return sock, check
+            v = check.verdict = make_verdict(check.host, NOT_CHECKED, (), None, check.clock_trusted())
+        raise _error_for(v)(v.reason, v, check.detail, check.host, port, check)
+    return sock
 
 
 def _error_for(verdict):

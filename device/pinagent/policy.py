@@ -3,15 +3,19 @@
 Policy JSON (what the device reads; the signed bundle wraps it):
 
     {"domains": [<domain>, ...],          required, may be empty
-     "unpinned": "ca" | "block"}          optional, default "ca": hosts without a rule get plain
+     "unpinned": "ca" | "block",          optional, default "ca": hosts without a rule get plain
                                           CA validation ("ca") or are refused ("block")
+     "clock_lead": 0}                     optional, seconds 0..MAX_CLOCK_LEAD, default 0: how far
+                                          the clock may run ahead of trusted time when it says
+                                          pins expired (see "Expiry and time" below)
 
     <domain> = {
       "host": "api.example.com"           exact host (lowercased, one trailing dot removed)
             | "*.example.com"             exactly one label before example.com
             | "**.example.com"            one or more labels before example.com
             | "10.0.0.5" | "fd00::1",     IP literal: exact only (no wildcard, no include_subdomains);
-                                          IPv6 is compared as text, write it as the app passes it
+                                          IPv4 as a dotted quad only; IPv6 is canonicalised
+                                          (RFC 5952; ::ffff:a.b.c.d becomes a.b.c.d)
       "include_subdomains": false,        optional; true = the host itself and every name below it
       "pins": [{"pin": "<base64 SHA-256 of the SPKI, optional sha256/ prefix>",
                 "label": "primary"}, ...],  required, at least one, no duplicates; label optional
@@ -22,6 +26,16 @@ Policy JSON (what the device reads; the signed bundle wraps it):
                                           plain CA validation (as Android does) or keep enforcing
     }
 
+Expiry and time. Falling back to CA validation after `expires` relaxes security, so the clock
+alone (SNTP, which anyone on the path can answer) never decides it. decide() takes two times:
+`now`, the device clock (believed only at or above `time_floor`), and `trusted_time`, the newest
+time the device holds authenticated evidence for (a verified bundle's signed issue time, a time
+a pinned server reported over a pin-matched connection; never below the floor). Pins count as
+expired when the clock (if believed) or trusted time is at or past `expires`; a rule with
+on_expiry "fallback" falls back only when trusted_time + clock_lead >= expires. So a spoofed
+clock can bring an expiry forward by clock_lead seconds at most (0 by default); a mismatch past
+an expiry that trusted time does not confirm is blocked as EXPIRY_UNCONFIRMED, and reported.
+
 Unknown keys are refused everywhere, so a newer policy never silently loses a field on an older
 agent. Wildcards only as a whole leading label ("*." or "**."), never on a single-label base
 (that would cover a whole top-level domain). Two rules covering the same names are refused:
@@ -29,6 +43,15 @@ the same host twice, or "**.x" together with "x" + include_subdomains.
 
 decide() picks the most specific rule: exact host, then "*.", then the longest base domain among
 "**." and include_subdomains rules. Matching is on label boundaries only.
+
+Hosts: a connection's host and every rule's host go through canonical_host(), the one spelling
+they are compared in: lowercase, one trailing dot removed; a name of letters, digits, "-" and
+"_" in labels of 1..63; IPv4 as a dotted quad of decimal numbers without leading zeros (a host
+whose last label is a number or 0x... is an address to getaddrinfo: 127.1, 0x7f.0.0.1,
+0177.0.0.1, 2130706433 and 10.0.0.05 all are, and are refused, not read); IPv6 in RFC 5952 form
+(an IPv4-mapped address becomes its IPv4 form). Anything else (a port, brackets, a zone, a
+space) is INVALID_HOST. The connection is then made to the canonical host, so the name the
+policy judged is the name the TLS stack connects to and checks.
 
 Decision (see decide): leaf pins (depth 0) are sound in any mode, so a leaf match allows even
 when the chain was not CA-verified; intermediate and root pins only count when it was
@@ -49,7 +72,8 @@ EXPIRED_FALLBACK = "expired_fallback"  # pins expired, on_expiry fallback: CA va
 NO_POLICY = "no_policy"  # no rule for the host, unpinned "ca": CA validation decided
 NO_POLICY_BLOCKED = "no_policy_blocked"  # no rule for the host, unpinned "block"
 UNVERIFIED = "unverified"  # a fallback to CA validation, but the chain was not verified
-INVALID_HOST = "invalid_host"  # empty host name or empty label: refused before any lookup
+INVALID_HOST = "invalid_host"  # not a canonical host (canonical_host): refused before any lookup
+EXPIRY_UNCONFIRMED = "expiry_unconfirmed"  # mismatch; the clock says the pins expired, trusted time does not
 
 UNPINNED_CA = "ca"
 UNPINNED_BLOCK = "block"
@@ -62,15 +86,14 @@ ONE_LABEL = 1  # "*.example.com"
 ANY_LABELS = 2  # "**.example.com"
 
 _MAX_EXPIRES = 253402300799  # 9999-12-31T23:59:59Z; larger values are milliseconds by mistake
+MAX_CLOCK_LEAD = 2592000  # 30 days: the most a bundle may let the clock run ahead of trusted time
 _MAX_LABEL = 64
 _HOST_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-_"
 _IPV6_CHARS = "0123456789abcdef:."
+_HEX = "0123456789abcdef"
 _DIGITS = "0123456789"
-# What a connection's host may contain: anything else (a NUL byte, a space, a slash) would be
-# matched here as one string but cut or read differently by getaddrinfo and mbedTLS in C.
-_CONNECT_CHARS = _HOST_CHARS + ".:"
 
-_POLICY_KEYS = ("domains", "unpinned")
+_POLICY_KEYS = ("domains", "unpinned", "clock_lead")
 _DOMAIN_KEYS = ("host", "include_subdomains", "pins", "enforce", "expires", "on_expiry")
 _PIN_KEYS = ("pin", "label")
 
@@ -118,7 +141,7 @@ class Rule:
 
 
 class Policy:
-    __slots__ = ("rules", "unpinned", "_exact", "_one", "_suffix")
+    __slots__ = ("rules", "unpinned", "clock_lead", "_exact", "_one", "_suffix")
 
     @classmethod
     def from_obj(cls, obj):
@@ -128,6 +151,10 @@ class Policy:
         _refuse_unknown(obj, _POLICY_KEYS, "")
         self = cls()
         self.unpinned = _choice(obj, "unpinned", (UNPINNED_CA, UNPINNED_BLOCK), UNPINNED_CA, "unpinned")
+        lead = obj.get("clock_lead", 0)
+        if type(lead) is not int or lead < 0 or lead > MAX_CLOCK_LEAD:  # bool refused too
+            raise PolicyError("clock_lead", "not an integer in 0..%d (seconds)" % MAX_CLOCK_LEAD)
+        self.clock_lead = lead
         domains = _required(obj, "domains", list, "domains")
         self.rules = []
         self._exact = {}  # host -> rule (exact rules, with or without include_subdomains)
@@ -210,23 +237,122 @@ class Verdict:
 
 
 def normalise_host(host):
-    """Lowercase, one trailing dot removed ("FOO.com." == "foo.com")."""
+    """Lowercase, one trailing dot removed ("FOO.com." == "foo.com"). Not a check: see canonical_host."""
     host = host.lower()
     if host and host[-1] == ".":
         host = host[:-1]
     return host
 
 
-def decide(policy, host, chain, now, verified, time_floor=0):
+def canonical_host(host):
+    """The spelling hosts and rules are compared in (module docstring, "Hosts"), or None if
+    `host` is not a host name or an IP literal in a form that has one meaning."""
+    if not isinstance(host, str):
+        return None
+    host = normalise_host(host)
+    if not host or len(host) > 253:
+        return None
+    if ":" in host:
+        return _canonical_ipv6(host)
+    if _numeric_label(host[host.rfind(".") + 1 :]):
+        return host if _is_ipv4(host) else None
+    n = 0  # length of the label so far; a character scan, no list of labels (decide's heap)
+    for c in host:
+        if c == ".":
+            if not n:
+                return None
+            n = 0
+        elif c in _HOST_CHARS and n < 63:
+            n += 1
+        else:
+            return None
+    return host if n else None
+
+
+def _numeric_label(label):
+    # What getaddrinfo would read as a number: digits, or 0x and hex digits (WHATWG "ends in a number").
+    if label[:2] == "0x":
+        return _all_in(label[2:], _HEX)
+    return label != "" and _all_in(label, _DIGITS)
+
+
+def _is_ipv4(text):
+    parts = text.split(".")
+    if len(parts) != 4:
+        return False
+    for p in parts:
+        if not p or len(p) > 3 or not _all_in(p, _DIGITS) or (len(p) > 1 and p[0] == "0") or int(p) > 255:
+            return False
+    return True
+
+
+def _canonical_ipv6(text):
+    if not _all_in(text, _IPV6_CHARS):
+        return None
+    tail = None
+    if "." in text:  # an IPv4 address in the last 32 bits
+        i = text.rfind(":")
+        if not _is_ipv4(text[i + 1 :]):
+            return None
+        b = [int(x) for x in text[i + 1 :].split(".")]
+        tail = ((b[0] << 8) | b[1], (b[2] << 8) | b[3])
+        text = text[: i + 1] + "0:0"
+    halves = text.split("::")
+    if len(halves) > 2:
+        return None
+    groups = _hex_groups(halves[0])
+    if groups is None:
+        return None
+    if len(halves) == 2:
+        rest = _hex_groups(halves[1])
+        if rest is None or len(groups) + len(rest) > 7:
+            return None
+        groups = groups + [0] * (8 - len(groups) - len(rest)) + rest
+    elif len(groups) != 8:
+        return None
+    if tail is not None:
+        groups[6], groups[7] = tail
+    if groups[5] == 0xFFFF and not (groups[0] or groups[1] or groups[2] or groups[3] or groups[4]):
+        g, h = groups[6], groups[7]  # IPv4-mapped: the connection goes to the IPv4 address
+        return "%d.%d.%d.%d" % (g >> 8, g & 255, h >> 8, h & 255)
+    start, length, i = -1, 1, 0  # RFC 5952: the longest run of two or more zero groups, the first if tied
+    while i < 8:
+        j = i
+        while j < 8 and not groups[j]:
+            j += 1
+        if j - i > length:
+            start, length = i, j - i
+        i = j + 1 if j == i else j
+    words = ["%x" % g for g in groups]
+    if start < 0:
+        return ":".join(words)
+    return ":".join(words[:start]) + "::" + ":".join(words[start + length :])
+
+
+def _hex_groups(text):
+    if not text:
+        return []
+    out = []
+    for g in text.split(":"):
+        if not g or len(g) > 4 or not _all_in(g, _HEX):
+            return None
+        out.append(int(g, 16))
+    return out
+
+
+def decide(policy, host, chain, now, verified, time_floor=0, trusted_time=None):
     """The verdict for a connection to `host` that presented `chain`.
 
     chain: list of (depth, 32-byte digest), depth 0 = leaf, as given by pins.chain_digests.
     now: POSIX seconds, or None when the clock is unknown; a clock below time_floor (the newest
-    trusted time seen) is not believed either. verified: the chain passed CA validation
-    (CERT_REQUIRED). Compares raw digests only: no base64, a few small strings per call.
+    trusted time kept in flash) is not believed either. trusted_time: the newest authenticated
+    time (module docstring, "Expiry and time"); None or below the floor means the floor.
+    verified: the chain passed CA validation (CERT_REQUIRED). Compares raw digests only: no
+    base64, a few small strings per call.
     """
     v = Verdict()
-    v.host = host = normalise_host(host)
+    canon = canonical_host(host)
+    v.host = host = canon if canon is not None else (normalise_host(host) if isinstance(host, str) else str(host))
     v.chain = chain
     v.verified = verified = bool(verified)
     v.rule = None
@@ -234,7 +360,7 @@ def decide(policy, host, chain, now, verified, time_floor=0):
     v.matched_depth = -1
     v.clock_trusted = trusted = now is not None and now >= time_floor
     v.expired = False
-    if not host or host[0] == "." or host[-1] == "." or ".." in host or not _all_in(host, _CONNECT_CHARS):
+    if canon is None:
         v.allowed = False
         v.reason = INVALID_HOST
         return v
@@ -246,9 +372,11 @@ def decide(policy, host, chain, now, verified, time_floor=0):
         return _fallback(v, NO_POLICY)
     v.rule = rule
 
-    if trusted and now >= rule.expires:
+    known = time_floor if trusted_time is None or trusted_time < time_floor else trusted_time
+    expires = rule.expires
+    if (trusted and now >= expires) or known >= expires:
         v.expired = True
-        if rule.on_expiry == ON_EXPIRY_FALLBACK:
+        if rule.on_expiry == ON_EXPIRY_FALLBACK and expires - known <= policy.clock_lead:
             return _fallback(v, EXPIRED_FALLBACK)
 
     # Lowest-depth match wins; above the leaf only a CA-verified chain counts.
@@ -264,9 +392,13 @@ def decide(policy, host, chain, now, verified, time_floor=0):
 
     if not rule.enforce:
         return _fallback(v, REPORT_ONLY_MISMATCH)
-    if not trusted and rule.on_expiry == ON_EXPIRY_FALLBACK:
-        # The pins may have expired, in which case CA validation would have decided.
-        return _done(v, False, CLOCK_UNTRUSTED)
+    if rule.on_expiry == ON_EXPIRY_FALLBACK:
+        if not trusted:
+            # The pins may have expired, in which case CA validation would have decided.
+            return _done(v, False, CLOCK_UNTRUSTED)
+        if v.expired:
+            # Only the clock says the pins expired: it may have been set by whoever answered SNTP.
+            return _done(v, False, EXPIRY_UNCONFIRMED)
     return _done(v, False, MISMATCH)
 
 
@@ -354,10 +486,11 @@ def _parse_host(obj, rule, field):
     if "*" in base:
         raise PolicyError(field, "wildcards only as a whole leading label: '*.' or '**.'")
     wide = kind != EXACT or rule.include_subdomains
-    if ":" in base or _last_label_numeric(base):
-        _check_ip(base, field)
+    if ":" in base or _numeric_label(base[base.rfind(".") + 1 :]):
+        base = _check_ip(base, field)
         if wide:
             raise PolicyError(field, "IP literals match exactly: no wildcard, no include_subdomains")
+        host = base
     else:
         _check_labels(base, field)
         if wide and "." not in base:
@@ -367,11 +500,6 @@ def _parse_host(obj, rule, field):
     rule.host = host
     rule.base = base
     rule.kind = kind
-
-
-def _last_label_numeric(host):
-    label = host[host.rfind(".") + 1 :]
-    return label.isdigit()
 
 
 def _check_labels(host, field):
@@ -386,19 +514,15 @@ def _check_labels(host, field):
 
 
 def _check_ip(host, field):
+    """The canonical form of an IP literal rule (canonical_host), or PolicyError."""
     if ":" in host:
-        if host.count(":") < 2:
-            raise PolicyError(field, "not a valid IPv6 literal (no brackets, no port)")
-        for c in host:
-            if c not in _IPV6_CHARS:
-                raise PolicyError(field, "not a valid IPv6 literal (no brackets, no port)")
-        return
-    parts = host.split(".")
-    if len(parts) != 4:
-        raise PolicyError(field, "not a valid IPv4 literal")
-    for p in parts:
-        if not p or not _all_in(p, _DIGITS) or len(p) > 3 or (len(p) > 1 and p[0] == "0") or int(p) > 255:
-            raise PolicyError(field, "not a valid IPv4 literal")
+        canon = _canonical_ipv6(host)
+        if canon is None:
+            raise PolicyError(field, "not a valid IPv6 literal (no brackets, no port, no zone)")
+        return canon
+    if not _is_ipv4(host):
+        raise PolicyError(field, "not a valid IPv4 literal (a dotted quad: 10.0.0.5)")
+    return host
 
 
 _TYPE_NAMES = {list: "a list", str: "a string"}

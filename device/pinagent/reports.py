@@ -1,8 +1,11 @@
 """Pin-failure reports: a bounded ring in flash, deduplicated, with counters that outlive it.
 
-Reports are read out over serial (the update service's READ_REPORTS, then CLEAR_REPORTS) and
+Reports are read out over serial (the update service's READ_REPORTS, then ACK_REPORTS) and
 never sent over the network: certainly not over the pinned connection they report on, which
-is the one connection known to be intercepted or misconfigured.
+is the one connection known to be intercepted or misconfigured. Nothing erases them: the serial
+console has no authentication, and a man in the middle with a cable must not be able to wipe
+his own traces. A host acknowledges what it has read (ack(seq)); acknowledged entries stay until
+newer reports overwrite them, and are the first to go when the ring is full.
 
 Fields follow the HPKP report (RFC 7469 section 3) and TrustKit's, so existing report tooling
 reads them: "date-time" (RFC 3339 UTC, first seen), "hostname", "port", "noted-hostname" (the
@@ -10,15 +13,18 @@ rule's host pattern), "include-subdomains", "enforce-pinning", "effective-expira
 "known-pins" (HPKP syntax: pin-sha256="<base64>"), "served-certificate-chain" (per depth, leaf
 first: {"depth", "pin-sha256", "subject"}) and "validation-result" (the verdict's reason), plus
 "allowed", "chain-verified", "clock-trusted", "bundle-version", "device-id", and the ring's own
-"key", "count", "last-seen".
+"key", "count", "last-seen" and "seq".
 
 On flash (reports.bin) and on the wire the log is JSON lines:
-    {"fleetpin-reports":1,"total":T,"dropped":D}       counters, kept when entries go
+    {"fleetpin-reports":1,"total":T,"dropped":D,"acked":A}   counters, kept when entries go
     {...one report...}                                   least recently seen first
-Bounded by max_bytes (the whole file) and max_entries; when full, the least recently seen entry
-is dropped and counted. A report with the same key as a stored one (SHA-256 of hostname, port,
-noted-hostname, validation-result and the served chain's pins: no timestamps) bumps that entry's
-count and last-seen instead of adding one. Every change rewrites the file atomically (temp +
+"total" counts every failure recorded; each entry's "seq" is the total when it was last seen,
+so sequence numbers only rise; "acked" is the highest the host acknowledged: entries with a
+higher seq are pending (an entry from an older agent, without seq, is pending). Bounded by
+max_bytes (the whole file) and max_entries; when full, the least recently seen acknowledged
+entry is dropped, else the least recently seen one, and counted. A report with the same key as
+a stored one (SHA-256 of hostname, port, noted-hostname, validation-result and the served
+chain's pins: no timestamps) bumps that entry's count, last-seen and seq instead of adding one. Every change rewrites the file atomically (temp +
 rename), so a power cut leaves the old log or the new one. Loading never raises: an unreadable
 log starts empty, a bad line is skipped.
 """
@@ -54,15 +60,11 @@ _SEP = (",", ":")
 
 
 class ReportError(Exception):
-    """A report that is not a JSON object, or a clear refused; `reason` says which."""
+    """A report that is not a JSON object; `reason` says so."""
 
     def __init__(self, reason):
         super().__init__(reason)
         self.reason = reason
-
-
-class ReportsChanged(ReportError):
-    """clear(expect) refused: reports were recorded since the host read them."""
 
 
 def rfc3339(t):
@@ -147,7 +149,7 @@ def _line(obj):
 
 class Reports:
     """The ring over an injected store.FS. add(report) -> ADDED/MERGED/DROPPED; read() -> list
-    of dicts; export() -> the log's bytes (what READ_REPORTS serves); clear(expect); stats()."""
+    of dicts; export() -> the log's bytes (what READ_REPORTS serves); ack(seq); stats()."""
 
     def __init__(self, fs, root=ROOT, max_bytes=MAX_BYTES, max_entries=MAX_ENTRIES):
         self.fs = fs
@@ -156,10 +158,11 @@ class Reports:
         self.root = root
         self.max_bytes = max_bytes
         self.max_entries = max_entries
-        self._entries = None  # [[key, line], ...], least recently seen first; lines, not dicts,
-        # so what stays on the heap is about the size of the file
+        self._entries = None  # [[key, line, seq], ...], least recently seen first; lines, not
+        # dicts, so what stays on the heap is about the size of the file
         self.total = 0
         self.dropped = 0
+        self.acked = 0
         self.bad_lines = 0  # lines skipped at load (not persisted)
         self.write_errors = 0  # failed saves since boot (not persisted; the next save retries)
 
@@ -186,16 +189,18 @@ class Reports:
                 if isinstance(obj, dict) and obj.get("fleetpin-reports") == FORMAT:
                     self.total = _count(obj.get("total"))
                     self.dropped = _count(obj.get("dropped"))
+                    self.acked = min(_count(obj.get("acked")), self.total)
                     continue
             if isinstance(obj, dict) and isinstance(obj.get("key"), str) and _count(obj.get("count")) > 0:
-                self._entries.append([obj["key"], raw])
+                # no seq (an older agent's entry): pending, as if just recorded
+                self._entries.append([obj["key"], raw, _count(obj.get("seq")) or self.total + 1])
             else:
                 self.bad_lines += 1
 
     # ---- encoding
 
     def _header(self):
-        return _line({"fleetpin-reports": FORMAT, "total": self.total, "dropped": self.dropped})
+        return _line({"fleetpin-reports": FORMAT, "total": self.total, "dropped": self.dropped, "acked": self.acked})
 
     def _size(self):
         n = len(self._header()) + 1
@@ -240,6 +245,7 @@ class Reports:
             obj = json.loads(found[1])
             obj["count"] = _count(obj.get("count")) + 1
             obj["last-seen"] = report.get("date-time")
+            obj["seq"] = found[2] = self.total
             found[1] = _line(obj)
             entries.append(found)
             # A repeat of a known failure is kept in RAM (READ_REPORTS serves it) and written to
@@ -253,16 +259,17 @@ class Reports:
             obj["key"] = key
             obj["count"] = 1
             obj["last-seen"] = report.get("date-time")
+            obj["seq"] = self.total
             line = _line(obj)
             if len(line) + len(self._header()) + 2 > self.max_bytes:
                 self.dropped += 1
                 self._save()
                 return DROPPED
-            entries.append([key, line])
+            entries.append([key, line, self.total])
             status = ADDED
             persist = True
         while len(entries) > self.max_entries or self._size() > self.max_bytes:
-            entries.pop(0)
+            entries.pop(self._victim())
             self.dropped += 1
             persist = True
         if persist:
@@ -274,26 +281,39 @@ class Reports:
         self._load()
         return [json.loads(e[1]) for e in self._entries]
 
-    def clear(self, expect=None):
-        """Empties the ring, keeping the counters. expect: the bytes (or the size) of the log the
-        host read; if the log has changed since, ReportsChanged and nothing is cleared. Size alone
-        can miss a merge that keeps the length, so prefer the bytes (or compare digests)."""
+    def _victim(self):
+        # the least recently seen acknowledged entry, else the least recently seen (index 0)
+        for i in range(len(self._entries)):
+            if self._entries[i][2] <= self.acked:
+                return i
+        return 0
+
+    def ack(self, seq):
+        """Acknowledges every entry up to sequence number `seq` (what the host has read): they
+        stay, and are no longer pending. Never goes back, never past `total`; written to flash
+        only when it moved. Returns the acknowledged sequence number."""
         self._load()
-        if expect is not None:
-            current = self.export()
-            if isinstance(expect, int):
-                same = expect == len(current) or not self._entries
-            else:
-                same = bytes(expect) == current or not self._entries
-            if not same:
-                raise ReportsChanged("reports were recorded since they were read")
-        self._entries = []
-        return self._save()
+        seq = min(_count(seq), self.total)
+        if seq > self.acked:
+            self.acked = seq
+            self._save()
+        return self.acked
+
+    def pending(self):
+        """Entries not acknowledged yet."""
+        self._load()
+        n = 0
+        for e in self._entries:
+            if e[2] > self.acked:
+                n += 1
+        return n
 
     def stats(self):
         self._load()
         return {
             "entries": len(self._entries),
+            "pending": self.pending(),
+            "acked": self.acked,
             "bytes": self._size(),
             "total": self.total,
             "dropped": self.dropped,

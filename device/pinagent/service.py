@@ -4,7 +4,8 @@ device/PROTOCOL.md specifies every message. The host side (Client, Upload, plan_
 fleetpin/field/client.py, on the host.
 
 Device:  svc = Service(handler); link = DeviceLink(svc.dispatch); out = link.receive_data(rx)
-         (after writing `out`, reboot if svc.reboot_requested)
+         (after writing `out`, reboot if svc.reboot_requested; svc.end_session() when a session
+         goes idle or serving stops)
 """
 
 try:
@@ -31,6 +32,7 @@ OP_READ_REPORTS = const(0x07)
 OP_CLEAR_REPORTS = const(0x08)
 OP_TEST_CONNECT = const(0x09)
 OP_REBOOT = const(0x0A)
+OP_ACK_REPORTS = const(0x0B)
 
 E_UNKNOWN_OP = const(4)
 E_UNSUPPORTED = const(5)
@@ -120,10 +122,14 @@ class Handler:
         """(total size, bytes of the failure-report log from offset, at most length)."""
         raise ServiceError(E_UNSUPPORTED, "read_reports")
 
-    def clear_reports(self, size):
-        """Clears the report log if it still has `size` bytes (what the host read); succeeds if
-        it is already empty; otherwise E_CHANGED, so reports recorded since are never lost."""
-        raise ServiceError(E_UNSUPPORTED, "clear_reports")
+    def ack_reports(self, seq):
+        """Acknowledges the reports up to sequence number `seq` (what the host read); they are
+        kept. Returns a dict (acked, pending). Nothing on the serial line erases reports."""
+        raise ServiceError(E_UNSUPPORTED, "ack_reports")
+
+    def end_session(self):
+        """The serial session ended (idle, or serving stopped): drop what only it needed (an
+        upload never committed). Must not raise."""
 
     def test_connect(self, host, port):
         """Opens a pinned TLS connection to host:port; returns a dict with the verdict."""
@@ -214,9 +220,13 @@ def _write_commit(svc, h, body):
 
 
 def _clear_reports(svc, h, body):
-    _need(body, 4, "CLEAR_REPORTS")
-    h.clear_reports(_u32(body, 0))
-    return b""
+    # The console is not authenticated: whoever holds a cable must not wipe an attack's traces.
+    raise ServiceError(E_UNSUPPORTED, "reports are never erased over serial: ACK_REPORTS acknowledges them")
+
+
+def _ack_reports(svc, h, body):
+    _need(body, 4, "ACK_REPORTS")
+    return _json(h.ack_reports(_u32(body, 0)))
 
 
 def _test_connect(svc, h, body):
@@ -249,6 +259,7 @@ OPS = {
     OP_CLEAR_REPORTS: ("CLEAR_REPORTS", _clear_reports),
     OP_TEST_CONNECT: ("TEST_CONNECT", _test_connect),
     OP_REBOOT: ("REBOOT", _reboot),
+    OP_ACK_REPORTS: ("ACK_REPORTS", _ack_reports),
 }
 
 
@@ -270,3 +281,10 @@ class Service:
             return OP_ERROR, _link.error_body(e.code, e.reason)
         except Exception as e:  # a handler bug must not take the service down
             return OP_ERROR, _link.error_body(E_INTERNAL, "%s: %s" % (type(e).__name__, e))
+
+    def end_session(self):
+        """Called by the I/O loop when a session went idle or serving stops; never raises."""
+        try:
+            self.handler.end_session()
+        except Exception:
+            pass

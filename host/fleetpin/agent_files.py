@@ -1,4 +1,5 @@
-"""The agent as it ships to boards: the files device/manifest.py names, compiled with mpy-cross.
+"""The agent as it ships to boards: the files device/manifest.py names, compiled with mpy-cross;
+and the application that main.py runs after it (`image build --app`), compiled the same way.
 
 The manifest uses MicroPython's convention (`package(...)`, `module(...)`, `metadata(...)`), so the
 same file that `fleetpin image build` reads also freezes the agent into a firmware build. Only
@@ -13,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetpin.errors import FleetpinError
+from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.resources import shipped_dir
 
 MANIFEST = "manifest.py"
@@ -119,3 +120,63 @@ def board_files(march: str, root: Path | None = None) -> dict[str, bytes]:
         else:
             out["/" + f.name] = f.source.read_bytes()
     return out
+
+
+# --- the application: what main.py runs after the agent boots (`image build --app`) ---------------
+
+APP_MODULE = "app"  # device/main.py imports it and calls app.main(agent)
+_RESERVED = ("pinagent", "main", "boot")  # what the agent and MicroPython's start-up own
+
+
+def app_files(source: Path, march: str) -> dict[str, bytes]:
+    """The application as it goes into the board's filesystem, compiled with mpy-cross as the
+    agent is: a FILE becomes the `app` module (/lib/app.mpy, whatever the file is called); a
+    DIR ships every .py module and package in it under /lib, and must hold app.py or an app/
+    package. UsageError for anything the board could not run: no main(agent), a module that
+    would replace the agent's, files that are not Python modules."""
+    if source.is_file():
+        if source.suffix != ".py":
+            raise UsageError(f"--app {source}: not a .py file", hint="pass the application's .py file or its folder")
+        _check_entry(source)
+        return {f"{FS_LIB}/{APP_MODULE}.mpy": compile_mpy(source, f"{APP_MODULE}.py", march)}
+    if not source.is_dir():
+        raise UsageError(f"--app {source}: no such file or folder", hint="pass the application's .py file or its folder")
+    modules = sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                     and not any(part.startswith(".") for part in p.relative_to(source).parts))
+    other = [p.relative_to(source).as_posix() for p in modules if p.suffix != ".py"]
+    if other:
+        raise UsageError(f"--app {source}: only Python modules ship with the application, not {', '.join(other[:5])}",
+                         hint="put fleet-wide settings in a Python module (config.py); per-device secrets such as "
+                              "Wi-Fi credentials do not belong in an image every board of the line gets")
+    names = {p.relative_to(source).parts[0].removesuffix(".py") for p in modules}
+    clash = sorted(names & set(_RESERVED))
+    if clash:
+        raise UsageError(f"--app {source}: {', '.join(clash)} would replace the agent's own module",
+                         hint="rename it: the agent is pinagent, and main.py/boot.py are MicroPython's start-up")
+    entry = source / f"{APP_MODULE}.py"
+    if not entry.is_file():
+        entry = source / APP_MODULE / "__init__.py"
+    if not entry.is_file():
+        raise UsageError(f"--app {source}: no {APP_MODULE}.py (or {APP_MODULE}/ package) in it",
+                         hint="main.py imports `app` and calls app.main(agent)")
+    _check_entry(entry)
+    out = {}
+    for p in modules:
+        rel = p.relative_to(source).as_posix()
+        out[f"{FS_LIB}/{rel[:-3]}.mpy"] = compile_mpy(p, rel, march)
+    return out
+
+
+def _check_entry(path: Path) -> None:
+    """The entry module must define main(agent): the one thing main.py calls. Checked on the
+    source as CPython parses it (MicroPython's syntax is a subset); mpy-cross has the last word
+    on everything else."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return  # mpy-cross reports the error, with MicroPython's own view of the syntax
+    if not any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "main" for n in tree.body):
+        raise UsageError(f"{path}: no main(agent) function",
+                         hint="device/main.py calls app.main(agent) after the agent boots: define it at the top level")

@@ -11,6 +11,7 @@ import click
 
 from fleetpin import __version__
 from fleetpin.errors import FleetpinError
+from fleetpin.output import error
 
 # The command table: name -> ("module:attribute" of a click command or group, one-line help).
 # `fleetpin --help` reads the help from here, so it imports no command module; a command's
@@ -62,14 +63,17 @@ def cli() -> None:
     """
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, refusal_expected: bool = False) -> int:
+    """Runs one command; returns its exit code. `refusal_expected` (the demo, showing a refusal
+    on purpose) prints a refusal (exit 1) as the expected outcome it is, not as an error."""
     try:
         # Without standalone mode click returns ctx.exit(n)'s code instead of raising.
         rv = cli.main(args=argv, prog_name="fleetpin", standalone_mode=False)
     except FleetpinError as e:
-        click.secho(f"error: {e}", fg="red", err=True)
-        if e.hint:
-            click.echo(f"  next: {e.hint}", err=True)
+        if refusal_expected and e.exit_code == 1:
+            click.echo(f"refused, as expected: {e}")
+            return e.exit_code
+        error(str(e), e.hint)
         return e.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -45,8 +45,8 @@ _ROWS = (
     DeviceError("no_space", "the device's flash is full",
                 "reports or the previous bundle may need clearing", refusal=True),
     DeviceError("changed", "the device's data changed while it was being read", "run the command again"),
-    DeviceError("connect", "the device could not reach the host, or refused its certificate",
-                "check the pins and the network"),
+    DeviceError("connect", "the device could not reach the host, refused its certificate, or has no rule for it",
+                "check the pins and the network; TEST_CONNECT reaches only hosts the bundle has a rule for"),
     DeviceError("internal", "the agent hit an internal error", "note the message, then run fleetpin device info"),
     # the bundle decoder (device and host)
     DeviceError("BundleTooLarge", "the bundle is larger than a device accepts", "fewer domains or CA certificates",

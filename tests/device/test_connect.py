@@ -82,15 +82,26 @@ def test_unpinned_hosts_follow_the_policy():
 
 def test_clock_below_the_floor_is_untrusted():
     _, _, _, other = _certs()
-    # pins expired by the clock, but the clock reads below the floor: not believed
     pol = _policy(expires=NOW - 10)
-    check = C.PinCheck(pol, "chain-leaf.example", NOW, NOW + 100)
+    # the clock reads below the floor: not believed, and the floor is short of the expiry
+    check = C.PinCheck(pol, "chain-leaf.example", NOW - 200, NOW - 100)
     assert check.on_cert(other, 0) == 1 and check.verdict.reason == P.CLOCK_UNTRUSTED
     assert not check.verdict.clock_trusted
-    check = C.PinCheck(pol, "chain-leaf.example", NOW, NOW - 100)
-    assert check.on_cert(other, 0) == 0 and check.verdict.reason == P.EXPIRED_FALLBACK
     check = C.PinCheck(pol, "chain-leaf.example", None, 0)
     assert check.on_cert(other, 0) == 1 and check.verdict.reason == P.CLOCK_UNTRUSTED
+    # a floor past the expiry proves it, whatever the clock reads
+    check = C.PinCheck(pol, "chain-leaf.example", NOW, NOW + 100)
+    assert check.on_cert(other, 0) == 0 and check.verdict.reason == P.EXPIRED_FALLBACK
+
+
+def test_only_trusted_time_confirms_an_expiry():
+    _, _, _, other = _certs()
+    pol = _policy(expires=NOW - 10)
+    # the clock (believed: above the floor) says the pins expired; nothing authenticated does
+    check = C.PinCheck(pol, "chain-leaf.example", NOW, NOW - 100)
+    assert check.on_cert(other, 0) == 1 and check.verdict.reason == P.EXPIRY_UNCONFIRMED
+    check = C.PinCheck(pol, "chain-leaf.example", NOW, NOW - 100, trusted_time=NOW - 10)
+    assert check.on_cert(other, 0) == 0 and check.verdict.reason == P.EXPIRED_FALLBACK
 
 
 def test_the_certificate_buffer_is_not_kept():
@@ -211,6 +222,25 @@ def test_open_pinned_errors_carry_the_verdict():
     e = raises(C.NetworkError, C.open_pinned, FakeAdapter(fail=C.NetworkError("network", None, "ECONNREFUSED")),
                _policy(), [root], "chain-leaf.example", 443, 5, NOW, 0)
     assert e.verdict is None and e.host == "chain-leaf.example" and e.port == 443 and "ECONNREFUSED" in str(e)
+
+
+def test_open_pinned_connects_to_the_canonical_host_only():
+    root, inter, leaf, _ = _certs()
+    pol = P.Policy.from_obj({"domains": [{"host": "chain-leaf.example", "pins": [{"pin": _pin("chain-leaf")}],
+                                          "expires": LATER}, {"host": "10.0.0.5", "pins": [{"pin": _pin("chain-leaf")}],
+                                                              "expires": LATER}]})
+    # a spelling getaddrinfo would read as another address, or a port in the name: refused
+    # before any connection, so nothing reaches the network under a name no rule saw
+    for host in ("0x0a.0.0.5", "167772165", "10.0.0.05", "chain-leaf.example:443", "chain-leaf.example\x00.evil"):
+        ad = FakeAdapter([root, inter, leaf])
+        e = raises(C.PinBlocked, C.open_pinned, ad, pol, [root], host, 443, 5, NOW, 0)
+        assert e.reason == P.INVALID_HOST and ad.calls == [], host
+    # the adapter gets the canonical host: the name the policy judged is the name TLS checks
+    for host, canonical in (("CHAIN-LEAF.example.", "chain-leaf.example"), ("::ffff:10.0.0.5", "10.0.0.5")):
+        ad = FakeAdapter([root, inter, leaf])
+        sock, check = C.open_pinned(ad, pol, [root], host, 443, 5, NOW, 0)
+        assert ad.calls[0][0] == canonical and check.verdict.host == canonical
+        assert check.verdict.reason == P.MATCHED and check.verdict.rule.host == canonical
 
 
 def test_a_socket_the_check_never_approved_is_closed_unused():

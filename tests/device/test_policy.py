@@ -158,6 +158,45 @@ def test_ip_literals_match_exactly():
     assert _rule_host(p, "10.0.0.50") is None
 
 
+def test_other_spellings_of_a_pinned_address_never_skip_its_rule():
+    # getaddrinfo (lwIP's ipaddr_aton, like inet_aton) reads each of these as a pinned address:
+    # compared as text they would match no rule and get plain CA validation.
+    p = _policy([_dom("10.0.0.5"), _dom("127.0.0.1"), _dom("fd00::1")])
+    for host in ("127.1", "0x7f.0.0.1", "0177.0.0.1", "2130706433", "10.0.0.05", "10.0.5", "0x0a000005",
+                 "10.0.0.0x5", "127.0.0.1.0x0", "a.0x1f", "1.2.3.4.5", "api.example.com:443", "10.0.0.5:443",
+                 "[fd00::1]", "fd00::1%eth0", "fd00::g", "fd00:::1", "1:2:3:4:5:6:7:8:9", "::ffff:10.0.0.05"):
+        v = P.decide(p, host, CHAIN, NOW, True)
+        assert v.allowed is False and v.reason == P.INVALID_HOST, host
+    # spellings of the same address in canonical form (RFC 5952) find the rule
+    for host, canonical in (("fd00:0::1", "fd00::1"), ("FD00:0:0:0:0:0:0:0001", "fd00::1"),
+                            ("::ffff:10.0.0.5", "10.0.0.5"), ("::FFFF:a00:5", "10.0.0.5"),
+                            ("0:0:0:0:0:ffff:127.0.0.1", "127.0.0.1")):
+        v = P.decide(p, host, CHAIN, NOW, True)
+        assert v.host == canonical and v.rule is not None and v.rule.host == canonical, host
+        assert v.reason == P.MATCHED, host
+
+
+def test_canonical_host():
+    for text, canonical in (("API.Example.com.", "api.example.com"), ("10.0.0.5", "10.0.0.5"),
+                            ("1:0:0:1:0:0:0:1", "1:0:0:1::1"), ("1:0:0:0:1:0:0:1", "1::1:0:0:1"),
+                            ("1:0:1:0:1:0:1:0", "1:0:1:0:1:0:1:0"), ("::", "::"), ("::1", "::1"),
+                            ("2001:DB8:0:0:1::1", "2001:db8::1:0:0:1"), ("64:ff9b::1.2.3.4", "64:ff9b::102:304"),
+                            ("1-2.example", "1-2.example"), ("3com.com", "3com.com")):
+        assert P.canonical_host(text) == canonical, text
+    for text in ("", ".", "a..b", "-" * 64 + ".com", "a" * 250 + ".com", None, 5):
+        assert P.canonical_host(text) is None, text
+
+
+def test_rules_are_canonicalised_and_non_canonical_ip_rules_refused():
+    p = _policy([_dom("fd00:0::1"), _dom("::ffff:10.0.0.5")])
+    assert [r.host for r in p.rules] == ["fd00::1", "10.0.0.5"]
+    e = _err({"domains": [_dom("fd00::1"), _dom("FD00:0:0::1")]})
+    assert e.field == "domains[1].host" and "same names" in e.reason
+    for host in ("127.1", "0x7f.0.0.1", "2130706433", "10.0.0.05", "api.example.com:443", "fd00::1%1"):
+        e = _dom_err(_dom(host))
+        assert e.field == "domains[0].host", host
+
+
 # --- decision ---------------------------------------------------------------------------
 
 
@@ -221,13 +260,61 @@ def test_report_only_mismatch():
 
 
 def test_expired_fallback_uses_ca_validation():
+    # trusted time (authenticated evidence: a bundle's issue time, a pinned server's time)
+    # confirms the expiry; the clock agrees
     p = _policy([_dom("foo.com", pins=(BACKUP,), on_expiry="fallback")])
-    v = P.decide(p, "foo.com", CHAIN, EXPIRES, True)  # expiry is inclusive
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES, True, 0, EXPIRES)  # expiry is inclusive
     assert v.allowed is True and v.reason == P.EXPIRED_FALLBACK and v.expired is True
-    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 1, False)
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 1, False, 0, EXPIRES + 1)
     assert v.allowed is False and v.reason == P.UNVERIFIED and v.expired is True
-    v = P.decide(p, "foo.com", CHAIN, EXPIRES - 1, True)
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES - 1, True, 0, EXPIRES - 1)
     assert v.allowed is False and v.reason == P.MISMATCH and v.expired is False
+
+
+def test_a_clock_past_expiry_alone_does_not_end_pinning():
+    # An on-path attacker answers SNTP with a time past `expires`: the clock reads EXPIRES + 60,
+    # but nothing authenticated says so (trusted time: the floor, NOW). The pins stay in force.
+    p = _policy([_dom("foo.com", pins=(BACKUP,))])
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 60, True, NOW)
+    assert v.allowed is False and v.reason == P.EXPIRY_UNCONFIRMED
+    assert v.expired is True and v.clock_trusted is True
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 60, True, NOW, NOW + 3600)  # newer, still short of it
+    assert v.allowed is False and v.reason == P.EXPIRY_UNCONFIRMED
+    # a pinned key still connects, whatever the clock says
+    q = _policy([_dom("foo.com")])
+    assert P.decide(q, "foo.com", CHAIN, EXPIRES + 60, True, NOW).reason == P.MATCHED
+    # on_expiry "enforce" never falls back: a plain mismatch, as before
+    r = _policy([_dom("foo.com", pins=(BACKUP,), on_expiry="enforce")])
+    assert P.decide(r, "foo.com", CHAIN, EXPIRES + 60, True, NOW).reason == P.MISMATCH
+
+
+def test_trusted_time_past_expiry_falls_back_even_with_the_clock_unset():
+    p = _policy([_dom("foo.com", pins=(BACKUP,))])
+    for now in (None, EXPIRES - 5, EXPIRES + 5):  # authenticated time is enough on its own
+        v = P.decide(p, "foo.com", CHAIN, now, True, 0, EXPIRES)
+        assert v.allowed is True and v.reason == P.EXPIRED_FALLBACK and v.expired is True, now
+    # a trusted time below the floor counts as the floor
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 1, True, EXPIRES, 5)
+    assert v.reason == P.EXPIRED_FALLBACK
+
+
+def test_clock_lead_bounds_how_far_the_clock_may_run_ahead_of_trusted_time():
+    p = P.Policy.from_obj({"clock_lead": 3600, "domains": [_dom("foo.com", pins=(BACKUP,))]})
+    assert p.clock_lead == 3600 and _policy([]).clock_lead == 0
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 60, True, EXPIRES - 3600)
+    assert v.allowed is True and v.reason == P.EXPIRED_FALLBACK
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 60, True, EXPIRES - 3601)
+    assert v.allowed is False and v.reason == P.EXPIRY_UNCONFIRMED
+    # the lead only lets a trusted clock confirm; the clock below the expiry confirms nothing
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES - 1, True, EXPIRES - 60)
+    assert v.reason == P.MISMATCH and v.expired is False
+
+
+def test_clock_lead_invalid():
+    for bad in (-1, True, "3600", 1.5, P.MAX_CLOCK_LEAD + 1):
+        e = _err({"domains": [], "clock_lead": bad})
+        assert e.field == "clock_lead", bad
+    assert P.Policy.from_obj({"domains": [], "clock_lead": P.MAX_CLOCK_LEAD}).clock_lead == P.MAX_CLOCK_LEAD
 
 
 def test_expired_enforce_keeps_checking_pins():
@@ -242,7 +329,7 @@ def test_expired_enforce_keeps_checking_pins():
 def test_default_on_expiry_is_fallback():
     p = _policy([_dom("foo.com", pins=(BACKUP,))])
     assert p.rules[0].on_expiry == P.ON_EXPIRY_FALLBACK
-    assert P.decide(p, "foo.com", CHAIN, EXPIRES, True).reason == P.EXPIRED_FALLBACK
+    assert P.decide(p, "foo.com", CHAIN, EXPIRES, True, 0, EXPIRES).reason == P.EXPIRED_FALLBACK
 
 
 def test_unknown_clock_is_untrusted():
@@ -257,9 +344,13 @@ def test_unknown_clock_is_untrusted():
 
 def test_clock_below_time_floor_is_untrusted():
     p = _policy([_dom("foo.com", pins=(BACKUP,))])
-    # past expiry by this clock, but the clock is below the floor, so expiry is unknown
-    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 10, True, time_floor=EXPIRES + 100)
+    # the clock is below the floor, so it is not believed and expiry is unknown
+    v = P.decide(p, "foo.com", CHAIN, NOW - 10, True, time_floor=NOW)
     assert v.allowed is False and v.reason == P.CLOCK_UNTRUSTED and v.expired is False
+    assert v.clock_trusted is False
+    # a floor past the expiry is authenticated time: it proves the expiry without the clock
+    v = P.decide(p, "foo.com", CHAIN, EXPIRES + 10, True, time_floor=EXPIRES + 100)
+    assert v.clock_trusted is False and v.reason == P.EXPIRED_FALLBACK and v.expired is True
     v = P.decide(p, "foo.com", CHAIN, EXPIRES + 100, True, time_floor=EXPIRES + 100)
     assert v.clock_trusted is True and v.reason == P.EXPIRED_FALLBACK
 

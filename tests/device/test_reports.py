@@ -174,7 +174,7 @@ def test_export_is_json_lines_with_a_counter_header():
     data = ring.export()
     assert data == ffs.files["/fleetpin/reports.bin"] and data.endswith(b"\n")
     lines = data.split(b"\n")[:-1]
-    assert json.loads(lines[0]) == {"fleetpin-reports": 1, "total": 2, "dropped": 0}
+    assert json.loads(lines[0]) == {"fleetpin-reports": 1, "total": 2, "dropped": 0, "acked": 0}
     assert [json.loads(x)["port"] for x in lines[1:]] == [1, 2]
 
 
@@ -200,22 +200,47 @@ def test_a_bad_line_is_skipped_and_the_rest_kept():
     assert ring.stats()["bad_lines"] == 1 and ring.stats()["total"] == 3
 
 
-def test_clear_keeps_counters_and_refuses_when_changed():
+def test_acknowledged_reports_are_kept_and_only_newer_ones_are_pending():
     ffs, ring = _ring()
+    assert not hasattr(ring, "clear")  # nothing erases reports: they are acknowledged
     ring.add(_report(port=1))
-    seen = ring.export()
-    ring.add(_report(port=1, now=NOW + 9))  # a merge since the host read: same length possible
-    e = raises(RP.ReportsChanged, ring.clear, seen)
-    assert e.reason and len(ring.read()) == 1
-    seen = ring.export()
-    assert ring.clear(seen) is True
-    assert ring.read() == [] and ring.stats()["total"] == 2
     ring.add(_report(port=2))
-    raises(RP.ReportsChanged, ring.clear, 5)
-    ring.clear(len(ring.export()))
-    ring.clear(12345)  # already empty: clearing succeeds whatever was read
+    first, second = ring.read()
+    assert (first["seq"], second["seq"]) == (1, 2) and ring.stats()["pending"] == 2
+    assert ring.ack(first["seq"]) == 1
+    assert len(ring.read()) == 2 and ring.stats()["pending"] == 1 and ring.stats()["acked"] == 1
+    assert ring.ack(0) == 1  # an acknowledgement never goes back
+    assert ring.ack(10 ** 6) == 2  # nor covers reports not recorded yet
+    assert ring.stats()["pending"] == 0 and len(ring.read()) == 2
+    ring.add(_report(port=1, now=NOW + 9))  # seen again: pending again, under a new number
+    assert ring.read()[-1]["seq"] == 3 and ring.stats()["pending"] == 1
     ffs, ring = _reopen(ffs)
-    assert ring.read() == [] and ring.stats()["total"] == 3
+    assert ring.stats()["acked"] == 2 and ring.stats()["pending"] == 1 and len(ring.read()) == 2
+    head = json.loads(ring.export().split(b"\n")[0])
+    assert head["acked"] == 2 and head["total"] == 3
+
+
+def test_newer_reports_overwrite_acknowledged_ones_first():
+    ffs, ring = _ring(max_entries=3)
+    for port in (1, 2, 3):
+        ring.add(_report(port=port))
+    ring.ack(ring.read()[1]["seq"])  # ports 1 and 2 acknowledged
+    ring.add(_report(port=4))
+    assert [e["port"] for e in ring.read()] == [2, 3, 4]
+    ring.add(_report(port=5))
+    assert [e["port"] for e in ring.read()] == [3, 4, 5]  # only then pending ones, oldest first
+    ring.add(_report(port=6))
+    assert [e["port"] for e in ring.read()] == [4, 5, 6] and ring.stats()["dropped"] == 3
+
+
+def test_a_log_from_an_older_agent_is_all_pending():
+    ffs, ring = _ring()
+    entry = _report(port=1)
+    entry.update({"key": RP.report_key(entry), "count": 1, "last-seen": entry["date-time"]})  # no "seq"
+    lines = [{"fleetpin-reports": 1, "total": 1, "dropped": 0}, entry]
+    ffs.files["/fleetpin/reports.bin"] = b"\n".join(json.dumps(x).encode() for x in lines) + b"\n"
+    ffs, ring = _reopen(ffs)
+    assert ring.stats()["pending"] == 1 and ring.read()[0]["port"] == 1
 
 
 def test_write_failures_keep_reports_in_ram_until_the_next_save():

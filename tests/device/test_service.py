@@ -12,7 +12,6 @@ from pinagent import link, service
 from pinagent.link import OP_ERROR, DeviceLink, FrameDecoder, encode_frame
 from pinagent.service import (
     E_BAD_REQUEST,
-    E_CHANGED,
     E_CONNECT,
     E_INTERNAL,
     E_NO_SPACE,
@@ -118,10 +117,9 @@ class FakeHandler(Handler):
     def read_reports(self, offset, length):
         return len(self.reports), bytes(self.reports[offset : offset + length])
 
-    def clear_reports(self, size):
-        if len(self.reports) not in (0, size):
-            raise ServiceError(E_CHANGED, "%d bytes now, %d read" % (len(self.reports), size))
-        self.reports = bytearray()
+    def ack_reports(self, seq):
+        self.acked = max(getattr(self, "acked", 0), seq)
+        return {"acked": self.acked, "pending": 0}
 
     def test_connect(self, host, port):
         if host == "down.example":
@@ -260,7 +258,7 @@ def test_malformed_bodies_are_bad_requests_not_crashes():
     assert error_of(dispatch(h, service.OP_WRITE_CHUNK, bytes(4)))[0] == E_BAD_REQUEST
     assert error_of(dispatch(h, service.OP_READ_BUNDLE, bytes(5)))[0] == E_BAD_REQUEST
     assert error_of(dispatch(h, service.OP_IDENTIFY, b"x"))[0] == E_BAD_REQUEST
-    assert error_of(dispatch(h, service.OP_CLEAR_REPORTS, b""))[0] == E_BAD_REQUEST
+    assert error_of(dispatch(h, service.OP_ACK_REPORTS, b""))[0] == E_BAD_REQUEST
     assert error_of(dispatch(h, service.OP_TEST_CONNECT, b"\x01\xbb"))[0] == E_BAD_REQUEST
     code, msg = error_of(dispatch(h, service.OP_TEST_CONNECT, b"\x01\xbb\xff\xfe"))
     assert (code, msg) == (E_BAD_REQUEST, "TEST_CONNECT: host is not utf-8")
@@ -442,19 +440,18 @@ def test_upload_to_a_silent_device_fails_with_timeout():
     assert up.done and isinstance(up.error, LinkFailure) and up.error.reason == "timeout"
 
 
-def test_reports_read_and_compare_and_clear():
+def test_reports_are_read_then_acknowledged_never_cleared():
     b = Bench()
     first = b.client.read_reports(0)
     b.run()
     total, data = first.result
     assert total == len(b.handler.reports) and data == bytes(b.handler.reports[:512])
-    b.handler.reports.extend(b"new\n")  # recorded after the read: must not be lost
-    stale = b.client.clear_reports(total)
+    ack = b.client.ack_reports(7)
     b.run()
-    assert stale.error.name == "changed" and len(b.handler.reports) == total + 4
-    ok = b.client.clear_reports(total + 4)
-    b.run()
-    assert ok.ok and ok.result is None and len(b.handler.reports) == 0
+    assert ack.ok and ack.result == {"acked": 7, "pending": 0} and len(b.handler.reports) == total
+    assert not hasattr(b.client, "clear_reports")
+    op, body = dispatch(b.handler, service.OP_CLEAR_REPORTS, b"\x00\x00\x00\x00")
+    assert op == OP_ERROR and body[0] == service.E_UNSUPPORTED and len(b.handler.reports) == total
 
 
 def test_requests_before_hello_answer_wait_and_errors_never_block_the_session():

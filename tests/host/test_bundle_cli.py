@@ -166,7 +166,7 @@ def test_verify_refusals_name_the_check(setup: Setup, capsys: pytest.CaptureFixt
     code, out, err = run(capsys, "bundle", "verify", str(setup.root / "b.fpb"), "--trust", str(setup.signers),
                          "--fleet", "other")
     assert code == 1 and "BundleWrongFleet" in err and "next:" in err
-    code, result, err = verify(capsys, setup, "b.fpb", "--now", "1000000000")
+    code, result, err = verify(capsys, setup, "b.fpb", "--now", "@1000000000")
     assert code == 1 and result["error"] == "BundleFromFuture"
     data = bytearray((setup.root / "b.fpb").read_bytes())
     data[30] ^= 1

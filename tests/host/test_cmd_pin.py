@@ -19,7 +19,7 @@ from fleetpin.sim.pki import Pki, PkiFiles, make_pki
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 PINS_JSON = VECTORS / "pins.json"
-RUNTIMES = ["host", "device", "micropython"]
+RUNTIMES = ["host", "device", "micropython", "wasm"]
 PASSWORD = "correct horse"
 
 
@@ -43,8 +43,12 @@ def vector_certs() -> dict[str, dict[str, object]]:
 
 
 def runtime_available(runtime: str) -> None:
-    if runtime == "micropython" and importlib.util.find_spec("fleetpin.vm.wasm") is None:
+    if runtime == "wasm" and importlib.util.find_spec("fleetpin.vm.wasm") is None:
         pytest.skip("fleetpin.vm.wasm not available yet")
+    if runtime == "micropython":
+        from runtimes import require_micropython
+
+        require_micropython()
 
 
 def pins_of(result_stdout: str) -> list[str]:
@@ -104,7 +108,7 @@ def test_chain_file_lists_one_line_per_depth(fleetpin: Callable, runtime: str) -
 
 
 def test_micropython_runtime_starts_one_vm_for_all_files(fleetpin: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
-    runtime_available("micropython")
+    runtime_available("wasm")
     import fleetpin.vm.wasm as mpvm
 
     calls: list[dict[str, bytes]] = []
@@ -116,7 +120,7 @@ def test_micropython_runtime_starts_one_vm_for_all_files(fleetpin: Callable, mon
 
     monkeypatch.setattr(mpvm, "run_steps", counting)
     names = sorted(vector_certs())[:4]
-    result = fleetpin("pin", "--runtime", "micropython", *[VECTORS / "certs" / f"{n}.der" for n in names])
+    result = fleetpin("pin", "--runtime", "wasm", *[VECTORS / "certs" / f"{n}.der" for n in names])
     assert result.exit_code == 0, result.stderr
     assert len(calls) == 1 and sum(name.endswith(".der") for name in calls[0]) == 4
 
@@ -185,7 +189,7 @@ def test_key_and_csr_pins_equal_their_certificates_pin(fleetpin: Callable, tmp_p
     if name == "rsa-pss-params" and form in ("encrypted-pem", "encrypted-der", "traditional-pem"):
         pytest.skip("known limitation: an encrypted RSA-PSS key loses its PSS algorithm on load")
     path = make_key_form(form, VECTORS / "keys" / f"{name}.key.pem", tmp_path)
-    result = fleetpin("pin", "--json", "--password", PASSWORD, path)
+    result = fleetpin("pin", "--json", path, env={"FLEETPIN_KEY_PASSPHRASE": PASSWORD})
     assert result.exit_code == 0, result.stderr
     (record,) = json.loads(result.stdout)
     assert record["pin"] == entry["pin"]
@@ -202,20 +206,24 @@ def test_key_and_csr_lines_name_their_kind(fleetpin: Callable, tmp_path: Path) -
     assert lines == [f"{pin}  private key  EC P-256", f"{pin}  public key  EC P-256", f"{pin}  csr  CN=csr.example"]
 
 
-def test_password_from_environment(fleetpin: Callable, tmp_path: Path) -> None:
+def test_passphrase_from_environment_or_file(fleetpin: Callable, tmp_path: Path) -> None:
     path = make_key_form("encrypted-pem", VECTORS / "keys" / "ec-p256.key.pem", tmp_path)
-    result = fleetpin("pin", path, env={"FLEETPIN_KEY_PASSWORD": PASSWORD})
+    result = fleetpin("pin", path, env={"FLEETPIN_KEY_PASSPHRASE": PASSWORD})
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(str(vector_certs()["ec-p256"]["pin"]))
+    (tmp_path / "pass.txt").write_text(PASSWORD + "\n")
+    result = fleetpin("pin", "--passphrase-file", tmp_path / "pass.txt", path, env={"FLEETPIN_KEY_PASSPHRASE": None})
     assert result.exit_code == 0, result.stderr
     assert result.stdout.startswith(str(vector_certs()["ec-p256"]["pin"]))
 
 
 def test_passphrase_is_asked_for_on_a_terminal(fleetpin: Callable, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import fleetpin.commands.pin as cmd_pin
+    from fleetpin import passphrase
 
-    monkeypatch.setattr(cmd_pin, "_interactive", lambda: True)
+    monkeypatch.setattr(passphrase, "interactive", lambda: True)
     path = make_key_form("encrypted-der", VECTORS / "keys" / "ec-p256.key.pem", tmp_path)
-    result = fleetpin("pin", path, input=PASSWORD + "\n", env={"FLEETPIN_KEY_PASSWORD": None})
+    result = fleetpin("pin", path, input=PASSWORD + "\n", env={"FLEETPIN_KEY_PASSPHRASE": None})
     assert result.exit_code == 0, result.stderr
     assert f"Passphrase for {path}" in result.stderr and PASSWORD not in result.stderr + result.stdout
     assert result.stdout.startswith(str(vector_certs()["ec-p256"]["pin"]))
@@ -224,10 +232,11 @@ def test_passphrase_is_asked_for_on_a_terminal(fleetpin: Callable, tmp_path: Pat
 @pytest.mark.parametrize("form", ["encrypted-pem", "encrypted-der", "traditional-pem"])
 def test_wrong_or_missing_password_exits_2_naming_the_file(fleetpin: Callable, tmp_path: Path, form: str) -> None:
     path = make_key_form(form, VECTORS / "keys" / "ec-p256.key.pem", tmp_path)
-    wrong = fleetpin("pin", "--password", "nope", path)
+    wrong = fleetpin("pin", path, env={"FLEETPIN_KEY_PASSPHRASE": "nope"})
     assert wrong.exit_code == 2 and str(path) in wrong.stderr and "wrong passphrase" in wrong.stderr
-    missing = fleetpin("pin", path, env={"FLEETPIN_KEY_PASSWORD": None})
-    assert missing.exit_code == 2 and str(path) in missing.stderr and "FLEETPIN_KEY_PASSWORD" in missing.stderr
+    missing = fleetpin("pin", path, env={"FLEETPIN_KEY_PASSPHRASE": None})  # and no terminal: no prompt
+    assert missing.exit_code == 2 and str(path) in missing.stderr and "no terminal" in missing.stderr
+    assert "--passphrase-file" in missing.stderr and "FLEETPIN_KEY_PASSPHRASE" in missing.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,12 +270,12 @@ def test_der_chain_pkcs7_and_pkcs12(fleetpin: Callable, tmp_path: Path, pki: Pki
     p12 = tmp_path / "leaf.p12"
     p12.write_bytes(openssl("pkcs12", "-export", "-in", str(pki_files.chain("leaf")), "-inkey",
                             str(pki_files.key("leaf")), "-passout", f"pass:{PASSWORD}"))
-    result = fleetpin("pin", "--json", "--password", PASSWORD, p12)
+    result = fleetpin("pin", "--json", p12, env={"FLEETPIN_KEY_PASSPHRASE": PASSWORD})
     assert result.exit_code == 0, result.stderr
     records = json.loads(result.stdout)
     assert [(r["kind"], r["pin"]) for r in records] == [
         ("private key", pki.pins["leaf"]), ("certificate", pki.pins["leaf"]), ("certificate", pki.pins["intermediate"])]
-    wrong = fleetpin("pin", "--password", "nope", p12)
+    wrong = fleetpin("pin", p12, env={"FLEETPIN_KEY_PASSPHRASE": "nope"})
     assert wrong.exit_code == 2 and "wrong passphrase" in wrong.stderr
 
 

@@ -274,7 +274,7 @@ def test_missing_port_and_bad_bundle_file(fleetpin: Any, tmp_path: Path, board: 
 # ---- reports, reboot, test-connect ---------------------------------------------------------------
 
 
-def test_reports_are_read_and_cleared(fleetpin: Any, board: Any, tmp_path: Path) -> None:
+def test_reports_are_read_and_acknowledged_never_erased(fleetpin: Any, board: Any, tmp_path: Path) -> None:
     from fleetpin.line.boards import get_board
     from fleetpin.sim.flashfs import FlashFS
 
@@ -286,10 +286,14 @@ def test_reports_are_read_and_cleared(fleetpin: Any, board: Any, tmp_path: Path)
     assert json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)["pending_reports"] == 1
     r = fleetpin("device", "reports", "--port", b.port)
     assert r.exit_code == 0 and "api.example.com:443" in r.stdout and "pin_mismatch" in r.stdout
-    r = fleetpin("device", "reports", "--port", b.port, "--clear", "--json")
-    assert r.exit_code == 0 and json.loads(r.stdout)["cleared"] is True
+    r = fleetpin("device", "reports", "--port", b.port, "--ack", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["acked"] == {"acked": 1, "pending": 0}
     out = json.loads(fleetpin("device", "reports", "--port", b.port, "--json").stdout)
-    assert out["reports"] == [] and out["counters"]["total"] == 1
+    assert len(out["reports"]) == 1 and out["pending"] == 0 and out["counters"]["total"] == 1  # kept
+    assert json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)["pending_reports"] == 0
+    r = fleetpin("device", "reports", "--port", b.port)
+    assert "no pending reports (1 kept" in r.stdout and "[acknowledged]" in r.stdout
+    assert fleetpin("device", "reports", "--port", b.port, "--clear").exit_code == 2  # no such thing
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

@@ -46,3 +46,31 @@ def test_a_drill_that_bricks_a_device_fails(monkeypatch: pytest.MonkeyPatch) -> 
 def test_drill_cli_exit_codes(fleetpin) -> None:  # type: ignore[no-untyped-def]
     assert fleetpin("drill", "wrong-pin", "--devices", "1").exit_code == 0
     assert fleetpin("drill", "no-such-scenario").exit_code == 2
+
+
+def test_an_mqtt_application_stays_connected_across_the_rotation() -> None:
+    """primary-key-lost: dev-00 runs an MQTT application through agent.tls_context(); its broker
+    rotates with the API (primary -> backup key, then bundle v2) and the application reconnects
+    each time, matching the primary pin, the backup, then v2's primary."""
+    result = run_drill("primary-key-lost", devices=1)
+    assert result.passed, result.failures
+    alive = [line for line in result.timeline if "dev-00 MQTT: messages flowing" in line]
+    assert len(alive) == 3, result.timeline
+    assert alive[-1].endswith("connections matched/primary, matched/backup, matched/primary; refused 0")
+
+
+def test_a_drill_whose_broker_moves_to_an_unpinned_key_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unpinned_broker(w: World) -> None:
+        p = w.pki
+        w.start_pinned()
+        app = w.start_app(w.boards[0], p, "leaf")
+        w.app_alive(app, "before", connects=1)
+        w.rotate_broker(p, "renewed_leaf")  # a key no bundle pins: the application is refused
+        w.app_alive(app, "after", connects=2)
+        w.account("api")
+
+    monkeypatch.setitem(DRILLS, "unpinned-broker", drills.Drill("unpinned-broker", "t", "t", unpinned_broker))
+    result = run_drill("unpinned-broker", devices=1)
+    assert not result.passed
+    assert any("after: the MQTT application on dev-00 is connected" in f for f in result.failures), result.failures
+    assert any("was never refused (['mismatch'" in f for f in result.failures), result.failures

@@ -53,8 +53,11 @@ def test_every_device_command_recovers_on_a_noisy_line(fleetpin: Any, board: Any
                                                         pki: Pki, tls_server: Any) -> None:
     """The issue's line (drop 0.4%, flip 0.4%, dup 0.2% of the bytes, each way) failed `device
     update` before anything was sent for seeds 1, 3, 4 and 5 ("no answer within 10 s")."""
-    v3 = sized_bundle(FLEET, 3, 2048)
-    v4 = write(tmp_path, "v4.fpb", sized_bundle(FLEET, 4, 2048))
+    # pki.host pinned (TEST_CONNECT reaches pinned hosts only), and filler domains to ~2 KB
+    domains = {pki.host: [pki.pins["leaf"], pki.pins["backup"]]}
+    domains.update({f"host{i}.example.com": [FILLER_PINS[i], FILLER_PINS[i + 1]] for i in range(12)})
+    v3 = demo_bundle(FLEET, 3, domains, ca_der=[pki.root.der])
+    v4 = write(tmp_path, "v4.fpb", demo_bundle(FLEET, 4, domains, ca_der=[pki.root.der]))
     server = tls_server("leaf")
     for seed in range(1, 11):
         b = board(runtime, seed=v3, baud=115200, faults=NOISE % seed)

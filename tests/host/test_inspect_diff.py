@@ -77,7 +77,7 @@ def test_inspect_json_shape(built: Built, fleetpin: Callable[..., Any], pki: Pki
     result = fleetpin("bundle", "inspect", built.old, "--json")
     assert result.exit_code == 0, result.stderr
     obj = json.loads(result.stdout)
-    assert set(obj) == {"file", "kind", "signatures", "header", "unpinned", "domains", "ca_certs", "report",
+    assert set(obj) == {"file", "kind", "signatures", "header", "unpinned", "clock_lead", "domains", "ca_certs", "report",
                         "report_defaults", "signers", "now"}
     assert obj["kind"] == "bundle" and obj["signatures"]["verified"] is False
     assert "signatures not verified" in obj["signatures"]["status"]

@@ -194,8 +194,36 @@ def test_fp016_ca_certificate_expiring(policies: Policies, pki: Pki) -> None:
     assert ids(path, now=later) == ["FP016"]
 
 
+@pytest.mark.parametrize("written, canonical", [("fd00:0::1", "fd00::1"), ("::ffff:10.0.0.5", "10.0.0.5"),
+                                                ("FD00::1", "fd00::1"), ("API.device.test", "api.device.test"),
+                                                ("api.device.test.", "api.device.test")])
+def test_fp017_a_host_not_written_as_devices_compare_it(policies: Policies, written: str, canonical: str) -> None:
+    path = policies.write(domain(policies.good_pins, host=written))
+    findings = lint(load_view(path, lenient=True), now=NOW)
+    assert [(f.rule, f.severity) for f in findings] == [("FP017", "error")]
+    assert repr(written) in findings[0].message and repr(canonical) in findings[0].message
+    assert ids(policies.write(domain(policies.good_pins, host=canonical))) == []
+
+
+def test_fp017_in_a_built_bundle(policies: Policies, fleetpin: Callable[..., Any], tmp_path: Path) -> None:
+    keys = _keys(fleetpin, tmp_path)
+    path = policies.write(domain(policies.good_pins, host="fd00:0:0::1"))
+    out = tmp_path / "b.fpb"
+    assert fleetpin("bundle", "build", path, "--fleet", "f", "--version", "1", "--key", keys, "-o", out,
+                    "--allow-lint-errors", env={"FLEETPIN_KEY_PASSPHRASE": PASS}).exit_code == 0
+    result = fleetpin("bundle", "lint", out, "--json")
+    assert result.exit_code == 1 and [f["rule"] for f in json.loads(result.stdout)["findings"]] == ["FP017"]
+
+
+@pytest.mark.parametrize("host", ["127.1", "0x7f.0.0.1", "0177.0.0.1", "2130706433", "10.0.0.05",
+                                  "api.device.test:443"])
+def test_a_host_with_no_canonical_form_is_refused(policies: Policies, fleetpin: Callable[..., Any], host: str) -> None:
+    result = fleetpin("bundle", "lint", policies.write(domain(policies.good_pins, host=host)))
+    assert result.exit_code == 2 and "domain[0].host" in result.stderr
+
+
 def test_every_rule_has_a_severity_and_a_hint() -> None:
-    assert sorted(RULES) == [f"FP{i:03d}" for i in range(1, 17)]
+    assert sorted(RULES) == [f"FP{i:03d}" for i in range(1, 25)]
     assert all(r.severity in ("error", "warning", "info") and r.hint and r.title for r in RULES.values())
 
 
@@ -287,3 +315,124 @@ def test_build_refuses_lint_errors_unless_allowed(policies: Policies, fleetpin: 
     assert "WARNING: signing a bundle with 1 lint error(s)" in result.stderr and out.exists()
     summary = json.loads(result.stdout)
     assert summary["lint_errors_allowed"] is True and [f["rule"] for f in summary["lint"]] == ["FP001"]
+
+
+# --- the device's limits on a bundle, one rule each (pinagent.bundle) -----------------------------
+
+
+def ca_files(directory: Path, count: int, pad: int = 0) -> tuple[Path, ...]:
+    """`count` self-signed CA certificates (EC P-256), each padded with `pad` bytes of a private
+    extension to reach a size; one PEM file each."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    start = dt.datetime.fromtimestamp(NOW - DAY, dt.timezone.utc)
+    for i in range(count):
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Limit Test CA {i}")])
+        builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(i + 1).not_valid_before(start).not_valid_after(start + dt.timedelta(days=3650))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True))
+        if pad:
+            oid = x509.ObjectIdentifier("1.3.6.1.4.1.55555.1")
+            builder = builder.add_extension(x509.UnrecognizedExtension(oid, b"\x04\x82" + pad.to_bytes(2, "big")
+                                                                       + b"p" * pad), critical=False)
+        cert = builder.sign(key, hashes.SHA256())
+        path = directory / f"ca{i}.pem"
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        out.append(path)
+    return tuple(out)
+
+
+def test_fp018_more_ca_certificates_than_a_device_accepts(policies: Policies, tmp_path: Path) -> None:
+    assert ids(policies.write(domain(policies.good_pins), cas=ca_files(tmp_path / "ok", 8))) == []
+    assert ids(policies.write(domain(policies.good_pins), cas=ca_files(tmp_path / "cas", 9))) == ["FP018"]
+
+
+def test_fp019_a_ca_certificate_over_the_device_limit(policies: Policies, tmp_path: Path) -> None:
+    big = ca_files(tmp_path / "big", 1, pad=4200)
+    assert len(load_view(policies.write(domain(policies.good_pins), cas=big)).ca_certs[0].der) > 4096
+    assert ids(policies.write(domain(policies.good_pins), cas=big)) == ["FP019"]
+
+
+def test_fp020_a_ca_certificate_the_device_parser_refuses(policies: Policies, monkeypatch: pytest.MonkeyPatch) -> None:
+    # cryptography and the device's DER walker disagree rarely; the rule is what catches it when they do
+    from pinagent import der
+
+    def refuse(data: Any) -> Any:
+        raise der.DerError("non-minimal length (long form for a short length)")
+
+    monkeypatch.setattr(der, "spki_of_certificate", refuse)
+    path = policies.write(domain(policies.good_pins))
+    [finding] = lint(load_view(path), now=NOW)
+    assert finding.rule == "FP020" and "non-minimal length" in finding.message
+
+
+def test_fp021_a_policy_larger_than_a_payload(policies: Policies) -> None:
+    many = [domain(policies.good_pins, host=f"host-{i:04d}.fleet.example.com") for i in range(120)]
+    assert ids(policies.write(*many)) == ["FP021"]
+    assert "FP021" not in ids(policies.write(*many[:40]))
+
+
+def test_fp022_a_bundle_larger_than_a_device_accepts_and_fp024_near_it(policies: Policies, tmp_path: Path) -> None:
+    cas = ca_files(tmp_path / "cas", 8, pad=3700)  # 4042 bytes each: 8 fit the count, not the 32 KB
+    assert ids(policies.write(domain(policies.good_pins), cas=cas)) == ["FP022"]
+    near = ca_files(tmp_path / "near", 8, pad=3500)  # 3841 bytes each: over 90% of the 32 KB
+    assert ids(policies.write(domain(policies.good_pins), cas=near)) == ["FP024"]
+    assert ids(policies.write(domain(policies.good_pins), cas=cas[:5])) == []
+
+
+@pytest.mark.parametrize("report, message", [
+    ("max_entries = 0", "report.max_entries = 0"),
+    ("max_bytes = 100000", "report.max_bytes = 100000"),
+    ('enabled = "yes"', "report.enabled = 'yes'"),
+])
+def test_fp023_report_settings_outside_the_device_limits(policies: Policies, report: str, message: str) -> None:
+    path = policies.write(domain(policies.good_pins))
+    path.write_text(path.read_text() + f"\n[report]\n{report}\n")
+    [finding] = lint(load_view(path), now=NOW)
+    assert finding.rule == "FP023" and message in finding.message
+
+
+def test_build_names_the_device_limit_it_would_break(policies: Policies, fleetpin: Callable[..., Any],
+                                                     tmp_path: Path) -> None:
+    # `bundle build` used to say only "header, payload or certificate count over its limit"
+    key = _keys(fleetpin, tmp_path)
+    path = policies.write(domain(policies.good_pins), cas=ca_files(tmp_path / "cas", 9))
+    result = fleetpin("bundle", "build", path, "--fleet", "f", "--version", "1", "--key", key, "-o", tmp_path / "b.fpb",
+                      env={"FLEETPIN_KEY_PASSPHRASE": PASS})
+    assert result.exit_code == 1 and not (tmp_path / "b.fpb").exists()
+    assert "FP018" in result.stderr and "9 CA certificates: a device accepts at most 8" in result.stderr
+
+
+# --- every rule, listed; the README carries the same table ------------------------------------------
+
+
+def test_list_rules_prints_every_rule_whole(fleetpin: Callable[..., Any]) -> None:
+    result = fleetpin("bundle", "lint", "--list-rules")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    for rule in RULES.values():  # piped: one line per rule, nothing cut
+        [line] = [x for x in lines if f" {rule.id} " in x]
+        assert rule.severity in line and rule.title in line and rule.hint in line
+    assert "\x1b[" not in result.stdout
+    obj = json.loads(fleetpin("bundle", "lint", "--list-rules", "--json").stdout)
+    assert [(r["rule"], r["severity"], r["catches"], r["fix"]) for r in obj["rules"]] == [
+        (r.id, r.severity, r.title, r.hint) for r in RULES.values()]
+    assert fleetpin("bundle", "lint").exit_code == 2  # neither a file nor --list-rules
+
+
+def _readme() -> str:
+    root = Path(__file__).resolve().parents[2]
+    # README_ux.md: this change's README sections, kept beside README.md until they are merged into it
+    return "".join(p.read_text() for p in (root / "README.md", root / "README_ux.md") if p.exists())
+
+
+def test_readme_carries_the_rule_table() -> None:
+    text = _readme()
+    for rule in RULES.values():
+        assert f"| {rule.id} | {rule.severity} | {rule.title} | {rule.hint} |" in text, rule.id

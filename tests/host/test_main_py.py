@@ -5,6 +5,7 @@ scripted host (fleetpin.field.client.Client) on a fake clock.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import runpy
 import sys
@@ -128,6 +129,35 @@ def test_main_serves_a_window_then_runs_the_app(board: Board, monkeypatch: pytes
     assert info["device_id"] == "a0b1c2d3e4f5" and info["clock"] in ("trusted", "floor", "unset")
     # the session went idle for 30 s, then the app ran with the agent
     assert len(ran) == 1 and 30_000 <= ran[0][0] < 32_000 and ran[0][1].state.mode == S.MODE_OK
+
+
+def test_an_upload_never_committed_is_freed_before_the_app_runs(board: Board,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # A host starts an upload and goes away: the buffer (up to 32 KB) must not stay on the heap
+    # the application then runs in.
+    board.provision()
+    ran = install_app(monkeypatch, board)
+    data = (VECTORS / "agent" / "v2.bin").read_bytes()
+    calls: list[Any] = []
+    board.at(100, lambda: calls.append(board.client.write_begin(len(data), hashlib.sha256(data).digest())))
+    board.at(200, lambda: calls.append(board.client.write_chunk(0, data[:150])))
+    board.run_main()
+    assert calls[0].ok and calls[1].ok
+    agent = ran[0][1]
+    assert agent._incoming is None and agent.state.version == 1
+
+
+def test_serving_for_good_frees_an_idle_sessions_upload(board: Board) -> None:
+    board.provision()
+    data = (VECTORS / "agent" / "v2.bin").read_bytes()
+    calls: list[Any] = []
+    board.at(40_000, lambda: calls.append(board.client.write_begin(len(data), hashlib.sha256(data).digest())))
+    board.at(40_100, lambda: calls.append(board.client.write_chunk(0, data[:150])))
+    board.at(80_000, lambda: calls.append(board.client.write_chunk(150, data[150:300])))  # 40 s later
+    board.stop_at = 85_000
+    board.run_main()  # no app: the board serves for good
+    assert calls[0].ok and calls[1].ok
+    assert calls[2].error is not None and calls[2].error.name == "no_write"  # the idle session's buffer is gone
 
 
 def test_no_hello_closes_the_window_after_3_s(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -200,6 +200,52 @@ def test_expired_pins_follow_their_on_expiry_policy(tmp_path: Path, pki: Pki, se
     sock.close()
 
 
+def test_a_spoofed_clock_past_expiry_does_not_let_a_rogue_ca_through(tmp_path: Path, pki: Pki,
+                                                                      servers: dict[str, TlsServer]) -> None:
+    # The bundle trusts the rogue CA too (two public CAs, one mis-issues); on_expiry is the default
+    # "fallback". An attacker on the path answers SNTP with a time 60 s past the pins' expiry.
+    expires = int(time.time()) + 30 * DAY
+    bundle = make_bundle(pki, [pinned(pki, expires=expires)], cas=[pki.root.der, pki.rogue_root.der])
+    agent = board(tmp_path, bundle, clock=lambda: expires + 60)
+    with pytest.raises(C.PinBlocked) as info:
+        agent.connect(HOST, servers["rogue_leaf"].port, 5)
+    assert info.value.reason == P.EXPIRY_UNCONFIRMED and info.value.verdict.expired
+    assert servers["rogue_leaf"].requests == []  # not one application byte
+    [report] = agent.reports.read()
+    assert report["validation-result"] == "expiry_unconfirmed"
+    assert report["served-certificate-chain"][0]["pin-sha256"] == pki.pins["rogue_leaf"]
+    # the real server still connects (its key is pinned), and the time it tells over that
+    # pinned connection is authenticated: once it is past the expiry, the pins really expired
+    sock, check = agent.open(HOST, servers["leaf"].port, 5)
+    assert check.verdict.reason == P.MATCHED and exchange(sock) == b"HELLO\n"
+    assert agent.server_time(check, expires + 30)
+    sock, check = agent.open(HOST, servers["rogue_leaf"].port, 5)
+    assert check.verdict.reason == P.EXPIRED_FALLBACK
+    sock.close()
+
+
+@pytest.mark.parametrize("host", ["127.1", "0x7f.0.0.1", "0177.0.0.1", "2130706433", "127.0.0.01",
+                                  "device.test:443", "[::1]"])
+def test_other_spellings_of_an_address_are_refused_before_any_connection(tmp_path: Path, pki: Pki, host: str,
+                                                                         servers: dict[str, TlsServer]) -> None:
+    # the bundle pins 127.0.0.1; getaddrinfo reads every one of these as that address (or a
+    # name with a port), and compared as text none would find the rule
+    rule = pinned(pki, host="127.0.0.1")
+    agent = board(tmp_path, make_bundle(pki, [rule, pinned(pki)]))
+    with pytest.raises(C.PinBlocked) as info:
+        agent.connect(host, servers["rogue_leaf"].port, 5)
+    assert info.value.reason == P.INVALID_HOST
+    assert servers["rogue_leaf"].server_names == [] and servers["rogue_leaf"].failed == []  # no TCP, no TLS
+
+
+def test_the_canonical_name_is_the_name_tls_checks(tmp_path: Path, pki: Pki, servers: dict[str, TlsServer],
+                                                   verification_always_on: list[Any]) -> None:
+    agent = board(tmp_path, make_bundle(pki, [pinned(pki)]))
+    sock, check = agent.open("DEVICE.Test.", servers["leaf"].port, 5)
+    assert check.verdict.reason == P.MATCHED and check.verdict.host == HOST and exchange(sock) == b"HELLO\n"
+    assert servers["leaf"].server_names == [HOST] and verification_always_on[-1][2] == HOST
+
+
 @pytest.mark.parametrize("clock", [EPOCH_2000 + 5, None])
 def test_clock_before_the_trusted_floor_is_untrusted(tmp_path: Path, pki: Pki, servers: dict[str, TlsServer],
                                                      clock: int | None) -> None:
@@ -298,12 +344,19 @@ def test_test_connect_and_reports_through_the_service(tmp_path: Path, pki: Pki, 
         if len(data) >= total:
             break
     assert b'"validation-result":"tls_failed"' in data and total == len(data)
-    clear = client.clear_reports(total)
-    run(clear)
-    assert clear.ok and agent.reports.read() == []
+    seq = agent.reports.read()[0]["seq"]
+    ack = client.ack_reports(seq)
+    run(ack)
+    assert ack.result == {"acked": seq, "pending": 0} and len(agent.reports.read()) == 1  # kept
     nowhere = client.test_connect("localhost", 1)
     run(nowhere)
     assert nowhere.error.name == "connect"
+    # no rule for the name: the device does not connect at all (the cable is no network probe)
+    seen = len(servers["leaf"].server_names)
+    unpinned = client.test_connect("elsewhere.test", servers["leaf"].port)
+    run(unpinned)
+    assert unpinned.error.name == "connect" and "no rule" in unpinned.error.message
+    assert len(servers["leaf"].server_names) == seen and servers["leaf"].failed == []
 
 
 def test_device_test_codes_match_the_service() -> None:

@@ -146,6 +146,15 @@ def test_invalid_default_names_defaults() -> None:
     assert str(e).startswith("fleet.toml: defaults.unpinned: must be one of")
 
 
+def test_clock_lead_is_a_policy_wide_setting_in_defaults() -> None:
+    obj = parse_policy_toml(_toml(_domain(), defaults="expires = 2027-01-01\nclock_lead = 86400"))
+    assert obj["clock_lead"] == 86400 and "clock_lead" not in obj["domains"][0]
+    assert Policy.from_obj(obj).clock_lead == 86400
+    assert "clock_lead" not in parse_policy_toml(_toml(_domain()))
+    e = _error(_toml(_domain(), defaults="expires = 2027-01-01\nclock_lead = 31536000"))
+    assert str(e).startswith("fleet.toml: defaults.clock_lead: not an integer in 0..2592000")
+
+
 def test_invalid_domain_value_names_the_domain() -> None:
     e = _error(_toml(_domain(extra='on_expiry = "ignore"')))
     assert str(e).startswith("fleet.toml: domain[0].on_expiry: must be one of")

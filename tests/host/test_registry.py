@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def test_list_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert cli.main(["registry", "export", "--registry", str(path), "--csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [(r["station"], r["result"], r["error"]) for r in rows] == [("slot1", "provisioned", ""), ("slot2", "failed", "wrong chip: the board is an ESP32-C3")]
-    assert set(rows[0]) == {"id", "mac", "board", "image_id", "bundle_sha256", "station", "port", "operator", "started", "ended", "result", "error"}
+    assert set(rows[0]) == {"id", "mac", "board", "image_id", "bundle_sha256", "station", "port", "operator", "started", "ended", "result", "error", "seconds"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", rows[0]["started"])  # ISO 8601, UTC
     assert cli.main(["registry", "export", "--registry", str(path), "--json", "-o", str(tmp_path / "x.json")]) == 0
     assert [r["mac"] for r in json.loads((tmp_path / "x.json").read_text())] == ["24:0a:c4:00:00:01", "24:0a:c4:00:00:02"]
     assert cli.main(["registry", "list", "--registry", str(path), "--mac", "24:0A:C4:00:00:02", "--json"]) == 0

@@ -180,13 +180,13 @@ def test_vm_runner_reports_passes_failures_and_modules_too_big(tmp_path: Path) -
     """)
     done = _runner(good, bad, big)
     lines = done.stdout.strip().splitlines()
-    assert lines[-1] == "3 passed, 2 failed", done.stdout + done.stderr
+    assert lines[-1] == "3 passed, 2 failed, 0 skipped, 0 heap-unproven", done.stdout + done.stderr
     assert done.returncode == 1
     assert "FAIL test_vmbad::test_b_wrong\n" in done.stdout and "one is not two" in done.stdout
-    assert "test_vmbig: does not fit a 100 KB heap" in done.stdout
+    assert "test_vmbig: does not fit a 128 KB heap" in done.stdout
 
     only = _runner("-k", "a_ok", bad)
-    assert only.stdout.strip().splitlines()[-1] == "1 passed, 0 failed" and only.returncode == 0
+    assert only.stdout.strip().splitlines()[-1] == "1 passed, 0 failed, 0 skipped, 0 heap-unproven" and only.returncode == 0
 
 
 def test_vm_runner_strict_heap_fails_tests_that_allocate_more_than_the_heap(tmp_path: Path) -> None:
@@ -197,8 +197,9 @@ def test_vm_runner_strict_heap_fails_tests_that_allocate_more_than_the_heap(tmp_
     """)
     lenient = _runner(churn)
     assert lenient.returncode == 0 and "heap? " in lenient.stdout
+    assert lenient.stdout.strip().endswith("0 passed, 0 failed, 0 skipped, 1 heap-unproven")  # never "passed"
     strict = _runner("--strict-heap", churn)
-    assert strict.returncode == 1 and strict.stdout.strip().endswith("0 passed, 1 failed")
+    assert strict.returncode == 1 and strict.stdout.strip().endswith("0 passed, 1 failed, 0 skipped, 0 heap-unproven")
 
 
 # --- tools/check_device.py --------------------------------------------------------------------

@@ -4,7 +4,10 @@
                                          sys.stdout.buffer until no session (HELLO) started
                                          within window_ms, or a session went idle for idle_ms;
                                          window_ms None = serve forever. REBOOT resets the
-                                         board after its answer is written.
+                                         board after its answer is written. A session that
+                                         went idle, and serving that stops, end the session
+                                         (Service.end_session: an upload never committed
+                                         gives its buffer back to the heap).
     board_agent()                        the Agent over the board's flash, clock and TLS, booted
 
 From the REPL (e.g. on a development board, after main.py handed over):
@@ -119,6 +122,7 @@ class BrokenAgent(Handler):
 def serve(agent=None, window_ms=None, idle_ms=IDLE_MS, port=None, reset=None):
     """Serves the protocol (module docstring); returns the agent."""
     _kbd_intr(-1)
+    svc = None
     try:
         if agent is None:
             try:
@@ -131,6 +135,7 @@ def serve(agent=None, window_ms=None, idle_ms=IDLE_MS, port=None, reset=None):
         link = DeviceLink(svc.dispatch)
         port.write(link.announce())
         start = last = ticks_ms()
+        idle = False
         while True:
             data = port.read(POLL_MS)
             now = ticks_ms()
@@ -141,6 +146,7 @@ def serve(agent=None, window_ms=None, idle_ms=IDLE_MS, port=None, reset=None):
                     port.write(out)
                 if link.frames != frames:
                     last = now
+                    idle = False
                 if svc.reboot_requested:
                     sleep_ms(RESET_DELAY_MS)
                     (reset or _reset)()
@@ -148,9 +154,14 @@ def serve(agent=None, window_ms=None, idle_ms=IDLE_MS, port=None, reset=None):
             if not link.session:
                 if window_ms is not None and ticks_diff(now, start) >= window_ms:
                     return agent
-            elif window_ms is not None and idle_ms is not None and ticks_diff(now, last) >= idle_ms:
-                return agent
+            elif idle_ms is not None and not idle and ticks_diff(now, last) >= idle_ms:
+                if window_ms is not None:
+                    return agent  # (the session ends below)
+                idle = True  # serving for good: the session is over, the board keeps listening
+                svc.end_session()
     finally:
+        if svc is not None:
+            svc.end_session()
         _kbd_intr(3)
 
 

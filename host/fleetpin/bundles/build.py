@@ -105,6 +105,27 @@ def load_ca_certificates(path: Path, what: str) -> list[bytes]:
     return out
 
 
+def payload_bytes(source: BundleSource, new_signers: dict[str, Any] | None = None) -> bytes:
+    """The bundle's payload as it is signed: the policy, the report settings, a new signer set."""
+    payload: dict[str, Any] = {"policy": source.policy}
+    if source.report is not None:
+        payload["report"] = source.report
+    if new_signers is not None:
+        payload["signers"] = new_signers
+    return canonical_json(payload)
+
+
+def largest_envelope(payload_size: int, cert_sizes: Sequence[int]) -> int:
+    """The size of a bundle with this payload and these CA certificates, signed by the most keys
+    a device accepts, under the largest header `bundle build` writes: the size to check against
+    the device's limit before the bundle exists."""
+    header = canonical_json({"format": dev_bundle.FORMAT, "fleet": "f" * 64, "version": dev_bundle.MAX_VERSION,
+                             "issued": dev_bundle.MAX_TIME, "channel": dev_signers.DEVELOPMENT,
+                             "key_ids": ["0" * 16] * dev_bundle.MAX_SIGS})
+    signatures: int = dev_bundle.MAX_SIGS * (dev_bundle.KEY_ID_SIZE + dev_bundle.SIG_SIZE)
+    return len(dev_bundle.MAGIC) + 2 + len(header) + 4 + payload_size + 1 + sum(2 + n for n in cert_sizes) + 1 + signatures
+
+
 def build_bundle(
     source: BundleSource,
     *,
@@ -143,14 +164,9 @@ def build_bundle(
     if new_signers is not None and new_signers.get("channel") != channel:
         raise UsageError(f"--new-signers is a {new_signers.get('channel')} signer set, the bundle is {channel}")
 
-    payload: dict[str, Any] = {"policy": source.policy}
-    if source.report is not None:
-        payload["report"] = source.report
-    if new_signers is not None:
-        payload["signers"] = new_signers
     header = {"format": dev_bundle.FORMAT, "fleet": fleet, "version": version, "issued": issued, "channel": channel, "key_ids": ids}
     try:
-        signed = dev_bundle.encode_signed(canonical_json(header), canonical_json(payload), source.ca_certs)
+        signed = dev_bundle.encode_signed(canonical_json(header), payload_bytes(source, new_signers), source.ca_certs)
     except dev_bundle.BundleTooLarge as e:
         raise FleetpinError(f"bundle too large: {e.reason}", hint="fewer domains or CA certificates") from None
     digest = hashlib.sha256(signed).digest()

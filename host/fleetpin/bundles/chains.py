@@ -88,7 +88,9 @@ def verdict_on_cpython(obj: dict[str, Any], host: str, ders: list[bytes], now: i
                        verified: bool) -> dict[str, Any]:
     from pinagent import pins, policy
 
-    verdict = policy.decide(policy.Policy.from_obj(obj), host, pins.chain_digests(ders), now, verified)
+    # `now` is taken as authenticated time (a device that knows the time), so expired pins fall
+    # back as the rule says; a device whose clock alone moved past an expiry keeps the pins.
+    verdict = policy.decide(policy.Policy.from_obj(obj), host, pins.chain_digests(ders), now, verified, 0, now)
     result: dict[str, Any] = verdict.to_obj()
     return result
 
@@ -96,35 +98,42 @@ def verdict_on_cpython(obj: dict[str, Any], host: str, ders: list[bytes], now: i
 _VM_SOURCE = """
 import json
 from pinagent import pins, policy
-with open("/check/args.json") as f:
+with open(ROOT + "/args.json") as f:
     args = json.load(f)
-with open("/check/policy.json") as f:
+with open(ROOT + "/policy.json") as f:
     p = policy.Policy.from_obj(json.load(f))
 ders = []
 for i in range(args["count"]):
-    with open("/check/chain/%d.der" % i, "rb") as f:
+    with open(ROOT + "/chain/%d.der" % i, "rb") as f:
         ders.append(f.read())
-v = policy.decide(p, args["host"], pins.chain_digests(ders), args["now"], args["verified"])
+v = policy.decide(p, args["host"], pins.chain_digests(ders), args["now"], args["verified"], 0, args["now"])
 print("FLEETPIN-VERDICT " + json.dumps(v.to_obj()))
 """
 
 
-def verdict_on_vm(obj: dict[str, Any], host: str, ders: list[bytes], now: int | None,
-                  verified: bool) -> dict[str, Any]:
-    from fleetpin.vm.wasm import run_python
-
+def verdict_on_runtime(runtime: str, obj: dict[str, Any], host: str, ders: list[bytes], now: int | None,
+                       verified: bool) -> dict[str, Any]:
+    """The device's verdict computed by pinagent on a MicroPython runtime: "micropython" (real,
+    the unix port) or "wasm" (the WebAssembly VM)."""
     files = {
-        "/check/args.json": json.dumps({"host": host, "now": now, "verified": verified, "count": len(ders)}).encode(),
-        "/check/policy.json": json.dumps(obj).encode(),
+        "check/args.json": json.dumps({"host": host, "now": now, "verified": verified, "count": len(ders)}).encode(),
+        "check/policy.json": json.dumps(obj).encode(),
     }
     for i, der in enumerate(ders):
-        files[f"/check/chain/{i}.der"] = der
-    out = run_python(_VM_SOURCE, files=files, heap_kb=100)
+        files[f"check/chain/{i}.der"] = der
+    if runtime == "micropython":
+        from fleetpin.vm import unix
+
+        out = unix.run_with_files('ROOT = "check"\n' + _VM_SOURCE, files).stdout
+    else:
+        from fleetpin.vm.wasm import run_python
+
+        out = run_python('ROOT = "/check"\n' + _VM_SOURCE, files={"/" + k: v for k, v in files.items()}, heap_kb=100)
     for line in out.splitlines():
         if line.startswith("FLEETPIN-VERDICT "):
             result: dict[str, Any] = json.loads(line[len("FLEETPIN-VERDICT "):])
             return result
-    raise FleetpinError("the MicroPython VM printed no verdict", hint="its output was:\n" + out)
+    raise FleetpinError(f"pinagent printed no verdict on {runtime}", hint="its output was:\n" + out)
 
 
 def describe_chain(ders: list[bytes]) -> list[dict[str, Any]]:

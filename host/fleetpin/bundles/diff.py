@@ -31,6 +31,8 @@ def diff_views(old: View, new: View, chains: Sequence[ServedChain], now: int) ->
         for key in ("fleet", "version", "channel", "issued", "key_ids"):
             if old.header[key] != new.header[key]:
                 header[key] = [old.header[key], new.header[key]]
+                if key == "issued":  # times are ISO 8601, as everywhere fleetpin prints them
+                    header[key] = [iso_date(t) for t in header[key]]
         if "fleet" in header:
             risk("bundle", f"devices of fleet {old.header['fleet']} refuse the new bundle (it is for fleet "
                            f"{new.header['fleet']})")
@@ -59,6 +61,8 @@ def diff_views(old: View, new: View, chains: Sequence[ServedChain], now: int) ->
         for key in ("include_subdomains", "enforce", "expires", "on_expiry"):
             if getattr(a, key) != getattr(b, key):
                 entry["changes"][key] = [getattr(a, key), getattr(b, key)]
+                if key == "expires":
+                    entry["changes"][key] = [iso_date(t) for t in entry["changes"][key]]
         if any(entry[k] for k in ("pins_added", "pins_removed", "labels", "changes")):
             changed.append(entry)
         if b.enforce and entry["pins_removed"]:
@@ -119,7 +123,7 @@ def diff_views(old: View, new: View, chains: Sequence[ServedChain], now: int) ->
             risk("chain", f"{c['host']}: {c['source']} is refused from {c['from']} ({c['new']['reason']}; "
                           f"allowed with the old policy: {c['old']['reason']})", c["rule"])
     return {
-        "old": str(old.path), "new": str(new.path), "now": now,
+        "old": str(old.path), "new": str(new.path), "now": iso_date(now),
         "header": header,
         "unpinned": header_unpinned,
         "domains": {"added": [domain_obj(new_rules[h], now) for h in added],
@@ -155,5 +159,5 @@ def _chain_changes(old: View, new: View, chain: ServedChain, now: int) -> list[d
 
 def _verdict(view: View, chain: ServedChain, host: str, t: int) -> dict[str, Any]:
     dc = device_chain(chain, host, view.ca_certs, t)
-    v = dev_policy.decide(view.policy, host, dc.digests, t, dc.verified)
+    v = dev_policy.decide(view.policy, host, dc.digests, t, dc.verified, 0, t)  # t: authenticated time
     return {"allowed": v.allowed, "reason": v.reason}

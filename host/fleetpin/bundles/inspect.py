@@ -32,6 +32,7 @@ def inspect_obj(view: View, now: int, signatures: dict[str, Any]) -> dict[str, A
         "signatures": signatures,
         "header": header,
         "unpinned": view.policy.unpinned,
+        "clock_lead": view.policy.clock_lead,
         "domains": [domain_obj(r, now) for r in view.rules],
         "ca_certs": [{"subject": ca.subject, "pin": "sha256/" + ca.pin, "sha256": ca.fingerprint,
                       "expires": iso_date(ca.not_after), "expires_at": ca.not_after,

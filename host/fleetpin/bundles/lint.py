@@ -2,7 +2,8 @@
 
 Each rule has an id, a severity and a fix hint (RULES). `lint(view, chains, ...)` returns the
 findings for a fleetpin.bundles.view.View; chains (what servers present now) enable the rules
-that need them (FP002, FP003, FP011, FP012, FP015). Severities: error = a likely outage or a
+that need them (FP002, FP003, FP011, FP012, FP015). FP018 to FP024 are the limits the device
+enforces on a bundle (pinagent.bundle), one rule each. Severities: error = a likely outage or a
 bundle that cannot work (`bundle lint` exits 1, `bundle build` refuses to sign); warning =
 a risk to look at; info = worth knowing.
 
@@ -17,7 +18,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fleetpin.bundles.view import ServedChain, View, days_left, device_chain, iso_date, label_says, rules_for_chain
+from fleetpin.bundles.build import BundleSource, largest_envelope, payload_bytes
+from fleetpin.bundles.view import (
+    BUNDLE,
+    ServedChain,
+    View,
+    days_left,
+    device_chain,
+    iso_date,
+    label_says,
+    rules_for_chain,
+)
+from pinagent import bundle as dev_bundle
+from pinagent import der as dev_der
 from pinagent import pins as dev_pins
 from pinagent.policy import EXACT, Rule
 
@@ -61,10 +74,12 @@ RULES: dict[str, LintRule] = {r.id: r for r in (
     LintRule("FP009", ERROR, "a wildcard or include_subdomains covers a public suffix",
              "pin your own domain (api.example.co.uk), not a suffix shared with other owners"),
     LintRule("FP010", ERROR, "the bundle carries no CA certificates",
-             "list the CAs your servers chain to in [bundle] ca_certs: devices validate every chain "
-             "against the bundle's CAs only (the ESP32 has no CA store)"),
+             "fetch the CA each server chains to (fleetpin bundle fetch-cas HOST:PORT -o cas.pem) and list "
+             "it in [bundle] ca_certs: devices validate every chain against the bundle's CAs only "
+             "(the ESP32 has no CA store)"),
     LintRule("FP011", ERROR, "the served chain does not validate against the bundle's CA certificates",
-             "add the CA the chain ends at to [bundle] ca_certs (and check the host name and dates)"),
+             "add the CA the chain ends at to [bundle] ca_certs (fleetpin bundle fetch-cas HOST:PORT finds it), "
+             "and check the host name and dates"),
     LintRule("FP012", ERROR, "a CA pin without the CA certificate that makes it count",
              "add the CA the chain ends at to [bundle] ca_certs: pins above the leaf count only for a "
              "chain validated against the bundle's CAs"),
@@ -76,7 +91,42 @@ RULES: dict[str, LintRule] = {r.id: r for r in (
              "check the host name (--chain HOST=FILE) or add a [[domain]] for it"),
     LintRule("FP016", WARNING, "a CA certificate has expired or expires soon",
              "ship the CA's successor in [bundle] ca_certs before it expires"),
+    LintRule("FP017", ERROR, "a host is not written the way devices compare it",
+             "write the host in canonical form (lowercase, no trailing dot; IPv6 as RFC 5952, an IPv4-mapped "
+             "address as IPv4): the policy must say exactly what devices match"),
+    # The limits the device enforces on a bundle (pinagent.bundle): one rule each, so a bundle
+    # that would be refused is refused here, naming the limit, before anything is signed.
+    LintRule("FP018", ERROR, f"more CA certificates than a device accepts ({dev_bundle.MAX_CERTS})",
+             "list only the CAs the domains chain to (their roots or the intermediates they pin), "
+             f"at most {dev_bundle.MAX_CERTS}; fleetpin bundle fetch-cas shows which CA each server needs"),
+    LintRule("FP019", ERROR, f"a CA certificate larger than a device accepts ({dev_bundle.MAX_CERT} bytes)",
+             "use the CA's own certificate (DER), not a bundle file; a certificate this large is rare: "
+             "pick another CA of the chain"),
+    LintRule("FP020", ERROR, "a CA certificate the device's certificate parser refuses",
+             "replace it with the CA's DER-encoded X.509 v3 certificate: the device refuses the whole bundle"),
+    LintRule("FP021", ERROR, f"the policy is larger than a bundle's payload may be ({dev_bundle.MAX_PAYLOAD} bytes)",
+             "split the fleet's domains, use a wildcard for many hosts of one domain, drop pin labels "
+             "or report settings; a signer-set rotation (--new-signers) adds about 150 bytes a key"),
+    LintRule("FP022", ERROR, f"the signed bundle would be larger than a device accepts ({dev_bundle.MAX_BUNDLE} bytes)",
+             "fewer or smaller CA certificates, or fewer domains"),
+    LintRule("FP023", ERROR, "report settings outside what a device accepts",
+             "in [report]: enabled = true or false, max_entries "
+             + "{}..{}, max_bytes {}..{}".format(*dev_bundle._REPORT_LIMITS["max_entries"],
+                                                 *dev_bundle._REPORT_LIMITS["max_bytes"])),
+    LintRule("FP024", WARNING, "the bundle is within 10% of a device size limit",
+             "the next domain or CA certificate may not fit: trim the policy before it does (FP021, FP022)"),
 )}
+
+# What lint cannot see: limits on what `bundle build` takes from its options (the fleet id,
+# 1 to 64 characters; the version; 1 to 4 signatures; the header's 1024 bytes) are checked by
+# build itself, and the policy's own (host names, labels, expiry times) when it is loaded.
+LIMITS_CHECKED_ELSEWHERE = (
+    f"bundle build checks what it takes from its options: --fleet 1 to 64 letters, digits, '.', '_' or '-'; "
+    f"--version 1..{dev_bundle.MAX_VERSION}; 1 to {dev_bundle.MAX_SIGS} --key signatures; a header of at most "
+    f"{dev_bundle.MAX_HEADER} bytes. Host names, pin labels, expiry times and unknown fields are checked "
+    "when a policy is loaded (exit 2, naming the field)."
+)
+NEAR_LIMIT = 0.9
 
 # A subset of the Public Suffix List (https://publicsuffix.org), NOT the list itself.
 PUBLIC_SUFFIXES = frozenset("""
@@ -135,15 +185,68 @@ def lint(view: View, chains: Sequence[ServedChain] = (), *, now: int, max_horizo
         elif left < warn_days:
             out.append(Finding("FP016", WARNING, f"CA {ca.subject} expires on {iso_date(ca.not_after)}, "
                                                  f"in {left} days"))
+    out += _limit_findings(view)
     for chain in chains:
         out += _chain_findings(view, chain, now)
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(out, key=lambda f: (order[f.severity], f.rule))
 
 
+def _limit_findings(view: View) -> list[Finding]:
+    """The device's limits on a bundle (pinagent.bundle): a bundle file that broke one would not
+    even load here, so for bundles only the nearness warning can fire."""
+    out: list[Finding] = []
+    cas = view.ca_certs
+    if len(cas) > dev_bundle.MAX_CERTS:
+        out.append(Finding("FP018", ERROR, f"{len(cas)} CA certificates: a device accepts at most "
+                                           f"{dev_bundle.MAX_CERTS} and refuses the whole bundle (BundleTooLarge)"))
+    for i, ca in enumerate(cas):
+        if len(ca.der) > dev_bundle.MAX_CERT:
+            out.append(Finding("FP019", ERROR, f"CA certificate {i} ({ca.subject}) is {len(ca.der)} bytes: a device "
+                                               f"accepts at most {dev_bundle.MAX_CERT} (BundleTooLarge)"))
+        try:
+            dev_der.spki_of_certificate(ca.der)
+        except dev_der.DerError as e:
+            out.append(Finding("FP020", ERROR, f"CA certificate {i} ({ca.subject}): the device's parser says: "
+                                               f"{e} (BundleSchemaError)"))
+    report = view.report or {}
+    for key, value in report.items():
+        limits = dev_bundle._REPORT_LIMITS.get(key)
+        if key == "enabled" and not isinstance(value, bool):
+            out.append(Finding("FP023", ERROR, f"report.enabled = {value!r}: not true or false"))
+        elif limits is not None and (type(value) is not int or not limits[0] <= value <= limits[1]):
+            out.append(Finding("FP023", ERROR, f"report.{key} = {value!r}: a device accepts an integer in "
+                                               f"{limits[0]}..{limits[1]}"))
+    if view.kind == BUNDLE and view.size is not None:
+        size, payload = view.size, None
+        estimate = ""
+    else:
+        payload = len(payload_bytes(BundleSource(view.policy_obj, [], view.report)))
+        size = largest_envelope(payload, [len(ca.der) for ca in cas])
+        estimate = "up to "
+        if payload > dev_bundle.MAX_PAYLOAD:
+            out.append(Finding("FP021", ERROR, f"the payload (policy and report settings) is {payload} bytes: a device "
+                                               f"accepts at most {dev_bundle.MAX_PAYLOAD} (BundleTooLarge)"))
+        if size > dev_bundle.MAX_BUNDLE:
+            out.append(Finding("FP022", ERROR, f"the bundle would be {estimate}{size} bytes once signed: a device "
+                                               f"accepts at most {dev_bundle.MAX_BUNDLE} (BundleTooLarge)"))
+    near = []
+    if payload is not None and NEAR_LIMIT * dev_bundle.MAX_PAYLOAD < payload <= dev_bundle.MAX_PAYLOAD:
+        near.append(f"payload {payload} of {dev_bundle.MAX_PAYLOAD} bytes")
+    if NEAR_LIMIT * dev_bundle.MAX_BUNDLE < size <= dev_bundle.MAX_BUNDLE:
+        near.append(f"bundle {estimate}{size} of {dev_bundle.MAX_BUNDLE} bytes")
+    if near:
+        out.append(Finding("FP024", WARNING, "close to the device's limits: " + ", ".join(near)))
+    return out
+
+
 def _domain_findings(view: View, r: Rule, now: int, horizon: int, warn_days: int) -> list[Finding]:
     out: list[Finding] = []
     host = r.host
+    written = view.written_hosts[r.index] if r.index < len(view.written_hosts) else host
+    if written != host:
+        out.append(Finding("FP017", ERROR, f"domain[{r.index}] host {written!r}: devices compare it as {host!r}",
+                           host))
     if r.enforce and len(r.pins) < 2:
         out.append(Finding("FP001", ERROR, f"{host}: {len(r.pins)} pin, enforced", host))
     left = days_left(r.expires, now)

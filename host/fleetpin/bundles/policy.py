@@ -5,6 +5,9 @@
     expires = 2026-12-31            #   TOML date (00:00 UTC) or datetime WITH an offset / Z
     on_expiry = "fallback"          #   or "enforce"
     unpinned = "ca"                 #   hosts without a rule: "ca" (CA validation) or "block"
+    clock_lead = 0                  #   seconds (0..30 days) the device clock may run ahead of
+                                    #   authenticated time when it says pins expired (on_expiry =
+                                    #   "fallback"): how much earlier a spoofed clock can end pinning
 
     [[domain]]
     host = "api.example.com"        # or "*.example.com", "**.example.com", "10.0.0.5"
@@ -34,7 +37,7 @@ from fleetpin.errors import UsageError
 from pinagent.policy import Policy, PolicyError
 
 TOP_KEYS = ("defaults", "domain")
-DEFAULT_KEYS = ("enforce", "expires", "on_expiry", "unpinned")
+DEFAULT_KEYS = ("enforce", "expires", "on_expiry", "unpinned", "clock_lead")
 DOMAIN_KEYS = ("host", "include_subdomains", "pins", "enforce", "expires", "on_expiry")
 # Keys a [[domain]] inherits from [defaults] when it does not set them.
 INHERITED = ("enforce", "expires", "on_expiry")
@@ -116,8 +119,9 @@ class _PolicyFile:
             raise self.error("domain", "must be an array of tables: [[domain]]")
 
         obj: dict[str, Any] = {"domains": []}
-        if "unpinned" in defaults:
-            obj["unpinned"] = defaults["unpinned"]
+        for key in ("unpinned", "clock_lead"):  # policy-wide settings, not inherited by domains
+            if key in defaults:
+                obj[key] = defaults[key]
         if "expires" in defaults:
             defaults = dict(defaults, expires=timestamp_of(defaults["expires"], "defaults.expires", self.name))
         for i, domain in enumerate(domains):
@@ -150,8 +154,8 @@ class _PolicyFile:
 
     def file_field(self, field: str) -> str:
         """The device's field name ("domains[2].enforce") as written in the file."""
-        if field == "unpinned":
-            return "defaults.unpinned"
+        if field in ("unpinned", "clock_lead"):
+            return "defaults." + field
         m = re.fullmatch(r"domains\[(\d+)\](?:\.(\w+))?(.*)", field)
         if m is None:
             return "domain" if field == "domains" else field

@@ -13,10 +13,13 @@ REASON_TEXT: dict[str, str] = {
     "so the device cannot tell whether the pins expired (and CA validation would decide)",
     dev_policy.REPORT_ONLY_MISMATCH: "no pinned key in the chain, but the rule is report-only: CA validation decided",
     dev_policy.EXPIRED_FALLBACK: "the pins expired and on_expiry is fallback: CA validation decided",
+    dev_policy.EXPIRY_UNCONFIRMED: "no pinned key in the chain; the clock says the pins expired, but no "
+    "authenticated time (a signed bundle's issue time, a pinned server's time) confirms it, so they stay in force",
     dev_policy.NO_POLICY: "no rule for this host: CA validation decided",
     dev_policy.NO_POLICY_BLOCKED: "no rule for this host, and unpinned = \"block\"",
     dev_policy.UNVERIFIED: "CA validation decides here, and the chain was not verified",
-    dev_policy.INVALID_HOST: "the host name is empty or has an empty label",
+    dev_policy.INVALID_HOST: "not a host name or a canonical IP literal (IPv4 as a dotted quad, IPv6 without port, "
+    "brackets or zone): devices refuse it before any lookup",
     dev_connect.TLS_FAILED: "the chain does not validate against the CA certificates the device trusts: "
     "its TLS handshake fails before any pin counts",
 }
@@ -31,6 +34,9 @@ def hint_for(reason: str) -> str:
     """What to do next when a device refuses a chain for `reason`."""
     if reason in (dev_policy.MISMATCH, dev_policy.CLOCK_UNTRUSTED):
         return "if the server's key changed on purpose, add its pin to the policy before deploying the key"
+    if reason == dev_policy.EXPIRY_UNCONFIRMED:
+        return ("if the pins really expired, install a newer signed bundle (its issue time is authenticated), "
+                "or let the application report a pinned server's time (agent.server_time)")
     if reason == dev_policy.UNVERIFIED:
         return "pass --ca with the CA certificates your bundle ships, or pin the leaf key"
     if reason == dev_connect.TLS_FAILED:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,10 @@ from fleetpin.bundles.build import BundleSource, source_from_document
 from fleetpin.bundles.policy import policy_from_doc, read_toml
 from fleetpin.errors import UsageError
 from fleetpin.pki.certs import host_name, raw_spki_of_tbs, read_input
+from fleetpin.times import iso8601
 from pinagent import bundle as dev_bundle
 from pinagent import pins as dev_pins
-from pinagent.policy import Policy, Rule, normalise_host
+from pinagent.policy import Policy, Rule, canonical_host, normalise_host
 
 BUNDLE = "bundle"
 POLICY = "policy"
@@ -83,6 +85,7 @@ class View:
     signers: dict[str, Any] | None = None  # a signer set the bundle installs (key rotation)
     data: bytes | None = None  # bundles: the file
     pin_problems: list[PinProblem] = field(default_factory=list)
+    written_hosts: list[str] = field(default_factory=list)  # each domain's host as the file spells it
 
     @property
     def rules(self) -> list[Rule]:
@@ -146,11 +149,21 @@ def _bundle_view(path: Path, data: bytes) -> View:
                          hint="rebuild it with `fleetpin bundle build`") from None
     header = {"format": b.format, "fleet": b.fleet, "version": b.version, "issued": b.issued,
               "channel": b.channel, "key_ids": [k.hex() for k in b.key_ids]}
+    policy_obj: dict[str, Any] = {"domains": [r.to_obj() for r in b.policy.rules], "unpinned": b.policy.unpinned}
+    if b.policy.clock_lead:
+        policy_obj["clock_lead"] = b.policy.clock_lead
     return View(
-        path=path, kind=BUNDLE, policy_obj={"domains": [r.to_obj() for r in b.policy.rules], "unpinned": b.policy.unpinned},
+        path=path, kind=BUNDLE, policy_obj=policy_obj,
         policy=b.policy, ca_certs=[ca_cert(bytes(c)) for c in b.ca_certs], report=dict(b.report), header=header,
         digest=b.digest, size=b.size, signers=None if b.signers is None else b.signers.to_obj(), data=data,
+        written_hosts=_signed_hosts(data),
     )
+
+
+def _signed_hosts(data: bytes) -> list[str]:
+    """The domains' hosts as the bundle's signed policy spells them (devices canonicalise them)."""
+    payload = json.loads(bytes(dev_bundle.parse_envelope(data).payload))
+    return [str(d["host"]) for d in payload["policy"]["domains"]]
 
 
 def _policy_view(path: Path, lenient: bool) -> View:
@@ -165,7 +178,7 @@ def view_of_source(path: Path, source: BundleSource, pin_problems: list[PinProbl
     """The view of what `bundle build` would put in a bundle from a policy file."""
     return View(path=path, kind=POLICY, policy_obj=source.policy, policy=Policy.from_obj(source.policy),
                 ca_certs=[ca_cert(d) for d in source.ca_certs], report=source.report,
-                pin_problems=pin_problems or [])
+                pin_problems=pin_problems or [], written_hosts=[str(d["host"]) for d in source.policy["domains"]])
 
 
 def _take_out_bad_pins(doc: dict[str, Any]) -> tuple[dict[str, Any], list[PinProblem]]:
@@ -221,7 +234,7 @@ class ServedChain:
     def names(self) -> list[str]:
         """Host names to look rules up for: the given host, else the leaf's SAN (or its CN)."""
         if self.host:
-            return [normalise_host(self.host)]
+            return [host_key(self.host)]
         leaf = x509.load_der_x509_certificate(self.ders[0])
         names: list[str] = []
         try:
@@ -232,7 +245,13 @@ class ServedChain:
             pass
         if not names:
             names += [str(a.value) for a in leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
-        return [normalise_host(n) for n in names]
+        return [host_key(n) for n in names]
+
+
+def host_key(name: str) -> str:
+    """The spelling rules are looked up under: the device's canonical form (pinagent.policy.
+    canonical_host), or, for a name that has none (a certificate's "*.x.com"), lowercased."""
+    return canonical_host(name) or normalise_host(name)
 
 
 def probe_name(name: str) -> str:
@@ -290,7 +309,7 @@ def _spki_digest(der: bytes) -> bytes:
 
 
 def iso_date(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso8601(ts) or ""
 
 
 def days_left(ts: int, now: int) -> int:

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
+from fleetpin import output
 from fleetpin.line.boards import load_boards
 
 
@@ -25,12 +24,9 @@ def boards(as_json: bool, boards_dir: Path | None) -> None:
     if as_json:
         click.echo(json.dumps([b.as_json() for b in all_boards.values()], indent=2))
         return
-    t = Table()
-    for col in ("board", "chip", "firmware at", "flash MiB", "fs start", "mpy arch", "baud"):
-        t.add_column(col, no_wrap=True)
-    t.add_column("description", overflow="fold")
+    t = output.Table("board", "chip", "firmware at", "flash MiB", "fs start", "mpy arch", "baud", "description")
     for b in all_boards.values():
-        t.add_row(
+        t.add(
             b.name,
             b.chip,
             f"0x{b.firmware_offset:x}",
@@ -40,4 +36,4 @@ def boards(as_json: bool, boards_dir: Path | None) -> None:
             f"{b.default_baud} / {b.max_baud}",
             b.description,
         )
-    Console().print(t)
+    t.print(output.console())

@@ -8,32 +8,45 @@ refuses to sign a bundle with lint errors unless --allow-lint-errors is given.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from fleetpin import output, passphrase
 from fleetpin.bundles.build import build_bundle, load_bundle_source
 from fleetpin.bundles.cache import remember
 from fleetpin.bundles.chains import load_chains
 from fleetpin.bundles.diff import diff_views
 from fleetpin.bundles.inspect import check_signatures, inspect_obj, load_trust
-from fleetpin.bundles.lint import ERROR, MAX_HORIZON_DAYS, WARN_DAYS, Finding, has_errors, lint
+from fleetpin.bundles.lint import (
+    ERROR,
+    LIMITS_CHECKED_ELSEWHERE,
+    MAX_HORIZON_DAYS,
+    RULES,
+    WARN_DAYS,
+    Finding,
+    has_errors,
+    lint,
+)
 from fleetpin.bundles.view import View, iso_date, load_view, view_of_source
 from fleetpin.device_errors import hint_for
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.files import write_atomic
+from fleetpin.output import secho
 from fleetpin.pki import keys
 from fleetpin.pki.signing import CommandSigner, LocalKeySigner, Signer
+from fleetpin.times import now as clock_now
+from fleetpin.times import parse_now, parse_time
 from pinagent import bundle as dev_bundle
 from pinagent import signers as dev_signers
 
 
 @click.group()
 def bundle() -> None:
-    """Build, sign and verify pin bundles (what a field update installs on a device)."""
+    """Build, sign, verify, inspect, diff and lint pin bundles (what a field update installs on a
+    device), and fetch the CA certificates a bundle must carry (fetch-cas)."""
 
 
 def _signers_for(key_args: tuple[Path, ...], sign_command: str | None, passphrase_file: Path | None) -> list[Signer]:
@@ -61,16 +74,17 @@ def _signers_for(key_args: tuple[Path, ...], sign_command: str | None, passphras
 @click.option("--development", is_flag=True, help="a development bundle: development keys only; production devices refuse it")
 @click.option("--new-signers", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="a signer set file (fleetpin key signers) the bundle installs: key rotation")
-@click.option("--issued", type=int, help="issue time, POSIX seconds UTC (default: now)")
+@click.option("--issued", "issued_text", metavar="ISO8601|@SECONDS",
+              help="issue time, e.g. 2026-05-01T12:00:00Z or @1777636800 (default: now)")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
-              help=f"file holding the key passphrase (else ${keys.PASSPHRASE_ENV}, else a prompt)")
+              help=passphrase.OPTION_HELP)
 @click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--allow-lint-errors", is_flag=True,
               help="sign even if `fleetpin bundle lint` finds errors (printed loudly): for emergencies only")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def build(
     policy: Path, fleet: str, version: int, key_args: tuple[Path, ...], sign_command: str | None, development: bool,
-    new_signers: Path | None, issued: int | None, passphrase_file: Path | None, out_file: Path,
+    new_signers: Path | None, issued_text: str | None, passphrase_file: Path | None, out_file: Path,
     allow_lint_errors: bool, as_json: bool,
 ) -> None:
     """Build and sign a bundle from POLICY.toml ([defaults], [[domain]], [bundle], [report]).
@@ -80,6 +94,7 @@ def build(
       fleetpin bundle build policy.toml --fleet acme-sensors --version 7 \\
           --key keys/everyday.key.pem -o bundle-7.fpb
     """
+    issued = clock_now() if issued_text is None else parse_time(issued_text, "--issued")
     source = load_bundle_source(policy)
     # Before any passphrase prompt: a bundle that would lock devices out is not signed.
     findings = lint_gate(view_of_source(policy, source), allow_lint_errors)
@@ -88,7 +103,7 @@ def build(
         new_set = load_trust(new_signers).to_obj()
     signers = _signers_for(key_args, sign_command, passphrase_file)
     data = build_bundle(
-        source, fleet=fleet, version=version, issued=int(time.time()) if issued is None else issued,
+        source, fleet=fleet, version=version, issued=issued,
         development=development, signers=signers, new_signers=new_set,
     )
     write_atomic(out_file, data)
@@ -119,8 +134,8 @@ def _summary(b: Any) -> dict[str, Any]:
 _VM_VERIFY = """
 import json
 from pinagent import bundle, signers
-data = open("/verify/bundle.bin", "rb").read()
-trust = signers.load_signers(open("/verify/signers.json", "rb").read())
+data = open(ROOT + "/bundle.bin", "rb").read()
+trust = signers.load_signers(open(ROOT + "/signers.json", "rb").read())
 try:
     b = bundle.decode_bundle(data, trust, %r, %d, %s, %d)
     out = {"fleet": b.fleet, "version": b.version, "channel": b.channel, "issued": b.issued,
@@ -143,23 +158,29 @@ def verify_bundle(
             return _summary(dev_bundle.decode_bundle(data, trust, fleet, installed, now, floor))
         except dev_bundle.BundleError as e:
             return {"error": type(e).__name__, "reason": e.reason}
-    from fleetpin.vm import wasm
+    script = _VM_VERIFY % (fleet, installed, "None" if now is None else str(now), floor)
+    if runtime == "micropython":  # real MicroPython collects garbage within a call, as a board does
+        from fleetpin.vm import unix
 
-    # run_steps, not run_python: this VM collects no garbage within a call, and one P-256
-    # verification allocates ~0.8 MB of short-lived bigints, so the heap grows here where a board
-    # would collect; the decoder's own heap use is measured in tests/host/test_bundle_cli.py.
-    run = wasm.run_steps(
-        [f"import sys\nsys.path[:0] = [{wasm.VM_DEVICE_DIR!r}]\n",
-         _VM_VERIFY % (fleet, installed, "None" if now is None else str(now), floor)],
-        {**wasm.device_files(), "/verify/bundle.bin": data, "/verify/signers.json": trust_bytes},
-    )
-    failed = [step.error for step in run.steps if step.error]
-    if failed:
-        raise wasm.VMError(failed[0] or "")
-    out = "".join(step.stdout for step in run.steps)
+        out = unix.run_with_files('ROOT = "verify"\n' + script,
+                                  {"verify/bundle.bin": data, "verify/signers.json": trust_bytes}).stdout
+    else:
+        from fleetpin.vm import wasm
+
+        # run_steps, not run_python: this VM collects no garbage within a call, and one P-256
+        # verification allocates ~0.8 MB of short-lived bigints, so the heap grows here where a
+        # board would collect; the decoder's own heap use is measured in tests/host/test_bundle_cli.py.
+        run = wasm.run_steps(
+            [f"import sys\nsys.path[:0] = [{wasm.VM_DEVICE_DIR!r}]\n", 'ROOT = "/verify"\n' + script],
+            {**wasm.device_files(), "/verify/bundle.bin": data, "/verify/signers.json": trust_bytes},
+        )
+        failed = [step.error for step in run.steps if step.error]
+        if failed:
+            raise wasm.VMError(failed[0] or "")
+        out = "".join(step.stdout for step in run.steps)
     line = [x for x in out.splitlines() if x.startswith("FP-RESULT ")]
     if not line:
-        raise FleetpinError("the VM printed no result:\n" + out)
+        raise FleetpinError(f"pinagent printed no result on {runtime}:\n" + out)
     result: dict[str, Any] = json.loads(line[-1][len("FP-RESULT "):])
     return result
 
@@ -170,18 +191,24 @@ def verify_bundle(
               help="the signer set the devices trust (fleetpin key signers)")
 @click.option("--fleet", help="the devices' fleet id (default: the bundle's own, so not checked)")
 @click.option("--installed-version", type=int, default=0, show_default=True, help="version installed on the device")
-@click.option("--now", type=int, help="device clock, POSIX seconds (default: this computer's clock)")
-@click.option("--time-floor", type=int, default=0, show_default=True, help="the device's trusted time floor")
-@click.option("--runtime", type=click.Choice(["device", "micropython"]), default="device", show_default=True,
-              help="device = the agent's decoder under CPython; micropython = the same code on the MicroPython VM")
+@click.option("--now", "now_text", metavar="ISO8601|@SECONDS|unknown",
+              help="the device's clock, e.g. 2026-05-01T12:00:00Z or @1777636800; 'unknown' = never set "
+                   "(default: this computer's clock)")
+@click.option("--time-floor", "floor_text", metavar="ISO8601|@SECONDS",
+              help="the device's trusted time floor (default: none, as on a new device)")
+@click.option("--runtime", type=click.Choice(["device", "micropython", "wasm"]), default="device", show_default=True,
+              help="device = the agent's decoder under CPython; micropython = the same code on real MicroPython "
+                   "(the unix port); wasm = on the MicroPython WebAssembly VM")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def verify(
-    bundle_file: Path, trust_file: Path, fleet: str | None, installed_version: int, now: int | None, time_floor: int,
-    runtime: str, as_json: bool,
+    bundle_file: Path, trust_file: Path, fleet: str | None, installed_version: int, now_text: str | None,
+    floor_text: str | None, runtime: str, as_json: bool,
 ) -> None:
     """Check a bundle exactly as a device would: size, structure, signature, fleet, version,
     issue time, schema. Exit 0 if a device would install it (or already has this version),
     1 if it would refuse it."""
+    now = parse_now(now_text)
+    time_floor = 0 if floor_text is None else parse_time(floor_text, "--time-floor")
     data = bundle_file.read_bytes()
     trust = load_trust(trust_file)
     fleet_checked = fleet is not None
@@ -191,8 +218,7 @@ def verify(
         except dev_bundle.BundleError:
             fleet = ""
     result = verify_bundle(
-        data, trust_file.read_bytes(), trust, fleet, installed_version, int(time.time()) if now is None else now,
-        time_floor, runtime,
+        data, trust_file.read_bytes(), trust, fleet, installed_version, now, time_floor, runtime,
     )
     error = result.get("error")
     status = "ok" if error is None else "same_version" if error == "BundleSameVersion" else "refused"
@@ -224,8 +250,6 @@ def verify(
 
 
 def _now(text: str | None) -> int:
-    from fleetpin.times import parse_now
-
     now = parse_now(text)
     if now is None:
         raise UsageError("--now unknown: these checks need a time", hint="e.g. --now 2026-05-01T12:00:00Z")
@@ -244,7 +268,8 @@ def print_inspect(obj: dict[str, Any]) -> None:
         click.echo(f"  digest {h['digest']}  {h['size']} bytes")
         for s in obj["signatures"]["signed_by"]:
             click.echo(f"  signed by {s['name'] or '(unnamed)'} ({s['key_id']}): verified")
-    click.echo(f"domains ({len(obj['domains'])}); hosts without a rule: {obj['unpinned']}")
+    lead = f"; the clock may lead trusted time by {obj['clock_lead']} s at expiry" if obj["clock_lead"] else ""
+    click.echo(f"domains ({len(obj['domains'])}); hosts without a rule: {obj['unpinned']}{lead}")
     for d in obj["domains"]:
         sub = " (and subdomains)" if d["include_subdomains"] else ""
         left = d["days_left"]
@@ -269,7 +294,7 @@ def print_inspect(obj: dict[str, Any]) -> None:
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--trust", "trust_path", type=click.Path(dir_okay=False, path_type=Path),
               help="verify the signatures against this signer set (fleetpin key signers)")
-@click.option("--now", "now_text", metavar="ISO8601", help="count days left from this time (default: now)")
+@click.option("--now", "now_text", metavar="ISO8601|@SECONDS", help="count days left from this time (default: now)")
 @click.option("--json", "as_json", is_flag=True, help="print everything as JSON")
 def inspect(source: Path, trust_path: Path | None, now_text: str | None, as_json: bool) -> None:
     """Show what a bundle (or a policy file) holds: header, domains and pins, CA certificates,
@@ -294,7 +319,7 @@ _chain_options = [
                  help="fetch the chain a live server presents (openssl s_client). Repeatable."),
     click.option("--ca", "ca_path", type=click.Path(dir_okay=False, path_type=Path),
                  help="CA certificates to validate --host connections with (default: the bundle's)"),
-    click.option("--now", "now_text", metavar="ISO8601", help="the time to check against (default: now)"),
+    click.option("--now", "now_text", metavar="ISO8601|@SECONDS", help="the time to check against (default: now)"),
 ]
 
 
@@ -313,8 +338,23 @@ _MARK = {"error": ("ERROR", "red"), "warning": ("warning", "yellow"), "info": ("
 def print_findings(findings: Sequence[Finding], err: bool = False) -> None:
     for f in findings:
         word, colour = _MARK[f.severity]
-        click.secho(f"{f.rule} {word}: {f.message}", fg=colour, err=err)
+        secho(f"{f.rule} {word}: {f.message}", fg=colour, err=err)
         click.echo(f"      fix: {f.hint}", err=err)
+
+
+def print_rules(as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"rules": [{"rule": r.id, "severity": r.severity, "catches": r.title, "fix": r.hint}
+                                         for r in RULES.values()],
+                               "checked_elsewhere": LIMITS_CHECKED_ELSEWHERE}, indent=2))
+        return
+    out = output.console()
+    t = output.Table("rule", "severity", "catches", "fix")
+    for r in RULES.values():
+        word, colour = _MARK[r.severity]
+        t.add(r.id, output.styled(r.severity, colour), r.title, r.hint)
+    t.print(out)
+    out.print(output.assemble("\n", LIMITS_CHECKED_ELSEWHERE))
 
 
 def summary_line(findings: Sequence[Finding]) -> str:
@@ -323,31 +363,40 @@ def summary_line(findings: Sequence[Finding]) -> str:
 
 
 @click.command("lint")
-@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @chain_options
 @click.option("--max-horizon", type=click.IntRange(1), default=MAX_HORIZON_DAYS, show_default=True,
               help="days ahead beyond which an expiry is flagged (FP005)")
 @click.option("--warn-days", type=click.IntRange(0), default=WARN_DAYS, show_default=True,
               help="days ahead within which an expiry is flagged (FP006, FP016)")
-@click.option("--json", "as_json", is_flag=True, help="print the findings as JSON")
+@click.option("--list-rules", is_flag=True, help="print every rule (id, severity, what it catches, how to fix) and exit")
+@click.option("--json", "as_json", is_flag=True, help="print the findings (or with --list-rules, the rules) as JSON")
 @click.pass_context
-def lint_cmd(ctx: click.Context, source: Path, chain_args: tuple[str, ...], host_args: tuple[str, ...],
-             ca_path: Path | None, now_text: str | None, max_horizon: int, warn_days: int, as_json: bool) -> None:
+def lint_cmd(ctx: click.Context, source: Path | None, chain_args: tuple[str, ...], host_args: tuple[str, ...],
+             ca_path: Path | None, now_text: str | None, max_horizon: int, warn_days: int, list_rules: bool,
+             as_json: bool) -> None:
     """Check a policy file or bundle for the mistakes that lock devices out: too few pins, no
     backup outside the served chain, a served chain no pin matches, expiry, malformed pins,
-    public-suffix wildcards, missing CA certificates, report-only domains.
+    public-suffix wildcards, missing CA certificates, report-only domains, and every limit
+    the device enforces on a bundle (size, CA certificates, report settings).
 
     \b
     Give the chains servers present today to check them too:
       fleetpin bundle lint policy.toml --chain api.example.com=chain.pem --host api.example.com:443
+    Every rule, with how to fix what it finds: fleetpin bundle lint --list-rules
     Exit codes: 0 no errors (warnings allowed), 1 errors, 2 usage.
     """
+    if list_rules:
+        print_rules(as_json)
+        return
+    if source is None:
+        raise UsageError("no policy or bundle to lint", hint="fleetpin bundle lint POLICY.toml (or --list-rules)")
     now = _now(now_text)
     view = load_view(source, lenient=True)
     chains = load_chains(chain_args, host_args, ca_path, [view])
     findings = lint(view, chains, now=now, max_horizon_days=max_horizon, warn_days=warn_days)
     if as_json:
-        click.echo(json.dumps({"file": str(source), "kind": view.kind, "now": now, "ok": not has_errors(findings),
+        click.echo(json.dumps({"file": str(source), "kind": view.kind, "now": iso_date(now), "ok": not has_errors(findings),
                                "chains": [c.source for c in chains],
                                "findings": [f.to_obj() for f in findings]}, indent=2))
     else:
@@ -380,8 +429,6 @@ def print_diff(d: dict[str, Any]) -> None:
         for pin, (a, b) in c["labels"].items():
             click.echo(f"    label of {pin}: {a} -> {b}")
         for key, (a, b) in c["changes"].items():
-            if key == "expires":
-                a, b = iso_date(a), iso_date(b)
             click.echo(f"    {key}: {a} -> {b}")
     for ca in d["ca_certs"]["added"]:
         click.echo(f"+ CA {ca['subject']} ({ca['pin']})")
@@ -396,7 +443,7 @@ def print_diff(d: dict[str, Any]) -> None:
                    f"(at {c['from']})")
     click.echo("what devices will start to refuse:" + ("" if d["refuse"] else " nothing found"))
     for r in d["refuse"]:
-        click.secho(f"  ! {r['message']}", fg="red")
+        secho(f"  ! {r['message']}", fg="red")
 
 
 @click.command("diff")
@@ -421,13 +468,73 @@ def diff(old_path: Path, new_path: Path, chain_args: tuple[str, ...], host_args:
         print_diff(d)
 
 
+# --- fetch-cas: the fix for FP010 ------------------------------------------------------------------
+
+
+@click.command("fetch-cas")
+@click.argument("hosts", nargs=-1, required=True, metavar="HOST:PORT[@ADDRESS]...")
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the CA certificates here (PEM) instead of standard output")
+@click.option("--ca", "ca_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="validate against only the CA certificates in this file (default: the system CA store)")
+@click.option("--timeout", type=click.FloatRange(0.1), default=20.0, show_default=True,
+              help="seconds to wait for each server's TLS handshake")
+@click.option("--json", "as_json", is_flag=True, help="print what was found as JSON")
+def fetch_cas(hosts: tuple[str, ...], out_file: Path | None, ca_path: Path | None, timeout: float,
+              as_json: bool) -> None:
+    """Fetch the chain each server presents, validate it (host name, dates, signatures) against
+    the system CA store or only --ca FILE, and save the CA certificate it chains to: what
+    `[bundle] ca_certs` must list for devices to validate that server (lint's FP010 and FP011).
+
+    \b
+    The trust anchor is saved, not the server's own certificates: it validates every
+    certificate the server may present below it, so it survives certificate renewals.
+    HOST:PORT@ADDRESS connects to ADDRESS and checks the name HOST.
+
+    \b
+    Example:
+      fleetpin bundle fetch-cas api.example.com:443 ota.example.com:443 -o cas.pem
+      then in the policy:  [bundle]  ca_certs = ["cas.pem"]
+
+    \b
+    Exit codes: 0 saved, 1 a server unreachable or its chain does not validate, 2 usage.
+    """
+    from fleetpin.pki.anchors import anchor_of, ca_file_store, system_store
+    from fleetpin.pki.certs import parse_host
+
+    targets = [parse_host(h) for h in hosts]
+    store = ca_file_store(ca_path) if ca_path is not None else system_store()
+    anchors = [anchor_of(t, store, timeout) for t in targets]
+    unique = list({a.der: a for a in anchors}.values())
+    text = "".join(a.pem for a in unique)
+    if out_file is not None:
+        write_atomic(out_file, text)
+    if as_json:
+        click.echo(json.dumps({
+            "out": None if out_file is None else str(out_file), "validated_against": store.name,
+            "servers": [{"host": str(a.target), "ca": a.subject, "pin": "sha256/" + a.pin,
+                         "expires": iso_date(a.not_after), "chain_length": a.chain_length} for a in anchors],
+            "pem": text if out_file is None else None,
+        }, indent=2))
+        return
+    if out_file is None:
+        click.echo(text, nl=False)
+    report = out_file is None  # the PEM is on stdout: the report goes to stderr
+    for a in anchors:
+        click.echo(f"{a.target}: validated against {store.name}; chains to {a.subject} "
+                   f"(sha256/{a.pin}, expires {iso_date(a.not_after)})", err=report)
+    if out_file is not None:
+        click.echo(f"{out_file}: {len(unique)} CA certificate{'s' if len(unique) != 1 else ''}; "
+                   f'list it in the policy: [bundle] ca_certs = ["{out_file}"]')
+
+
 # --- bundle build's gate ---------------------------------------------------------------------------
 
 
 def lint_gate(view: View, allow_errors: bool, now: int | None = None) -> list[Finding]:
     """Lints what `bundle build` is about to sign: refuses lint errors (FleetpinError) unless
     allow_errors, which is announced loudly. Prints nothing when there are no findings."""
-    findings = lint(view, now=int(time.time()) if now is None else now)
+    findings = lint(view, now=clock_now() if now is None else now)
     errors = [f for f in findings if f.severity == ERROR]
     if errors and not allow_errors:
         print_findings(errors, err=True)
@@ -435,7 +542,7 @@ def lint_gate(view: View, allow_errors: bool, now: int | None = None) -> list[Fi
                             hint=f"fix them (fleetpin bundle lint {view.path}), or pass --allow-lint-errors "
                                  "if you really mean to ship it")
     if errors:
-        click.secho(f"WARNING: signing a bundle with {len(errors)} lint error(s) because of --allow-lint-errors:",
+        secho(f"WARNING: signing a bundle with {len(errors)} lint error(s) because of --allow-lint-errors:",
                     fg="red", bold=True, err=True)
         print_findings(errors, err=True)
     others = len(findings) - len(errors)
@@ -447,3 +554,4 @@ def lint_gate(view: View, allow_errors: bool, now: int | None = None) -> list[Fi
 bundle.add_command(inspect)
 bundle.add_command(diff)
 bundle.add_command(lint_cmd)
+bundle.add_command(fetch_cas)

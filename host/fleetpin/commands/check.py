@@ -6,28 +6,28 @@ CPython or on the MicroPython VM, so what this command says is what the agent de
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
 import click
 
+from fleetpin import output
 from fleetpin.bundles.build import load_bundle_source
 from fleetpin.bundles.chains import (
     Verification,
     describe_chain,
     load_chain,
     verdict_on_cpython,
-    verdict_on_vm,
+    verdict_on_runtime,
     verify_chain,
 )
 from fleetpin.bundles.verdicts import hint_for, reason_text
 from fleetpin.errors import FleetpinError
-from fleetpin.times import parse_now
+from fleetpin.times import iso8601, parse_now
 from pinagent.connect import TLS_FAILED
 
-RUNTIMES = ("device", "micropython")
+RUNTIMES = ("device", "micropython", "wasm")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,15 +35,17 @@ RUNTIMES = ("device", "micropython")
               type=click.Path(dir_okay=False, path_type=Path), help="The pin policy (see examples/policy.toml).")
 @click.option("--host", required=True, help="The server name the device connects to (its server_hostname).")
 @click.argument("chain_path", metavar="CHAIN", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--now", "now_text", metavar="ISO8601|unknown",
-              help="The device's clock, e.g. 2026-05-01T12:00:00Z (default: this machine's clock); "
-              "'unknown' = a device whose clock was never set.")
+@click.option("--now", "now_text", metavar="ISO8601|@SECONDS|unknown",
+              help="The device's clock, e.g. 2026-05-01T12:00:00Z or @1777636800 (default: this machine's clock), taken as "
+              "authenticated time (on a device only a signed bundle or a pinned server can prove that pins "
+              "expired); 'unknown' = a device whose clock was never set.")
 @click.option("--ca", "ca_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Trust anchors (PEM/DER) to verify the chain against: the CA certificates your bundle ships.")
 @click.option("--unverified", is_flag=True,
               help="Treat the chain as not CA-verified (a device without CERT_REQUIRED): only leaf pins count.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="device", show_default=True,
-              help="Run the agent code under CPython ('device') or on the MicroPython VM with a 100 KB heap.")
+              help="Run the agent's code under CPython ('device'), on real MicroPython 1.29 (the unix port, "
+                   "an ESP32-sized heap) or on the MicroPython 1.27 WebAssembly VM ('wasm').")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
 def check(policy_path: Path, host: str, chain_path: Path, now_text: str | None, ca_path: Path | None,
           unverified: bool, runtime: str, as_json: bool) -> None:
@@ -72,10 +74,10 @@ def check(policy_path: Path, host: str, chain_path: Path, now_text: str | None, 
         if unverified
         else verify_chain(ders, host, now, ca_path, source.ca_certs)
     )
-    if runtime == "micropython":
-        verdict = verdict_on_vm(obj, host, ders, now, verification.verified)
-    else:
+    if runtime == "device":
         verdict = verdict_on_cpython(obj, host, ders, now, verification.verified)
+    else:
+        verdict = verdict_on_runtime(runtime, obj, host, ders, now, verification.verified)
     if verification.from_device_cas and not verification.verified:
         # The device validates under CERT_REQUIRED against exactly these CAs: a chain that fails
         # never reaches the pin check there, whatever the pins say.
@@ -113,51 +115,42 @@ def check(policy_path: Path, host: str, chain_path: Path, now_text: str | None, 
 
 
 def _iso(seconds: int | None) -> str:
-    if seconds is None:
-        return "unknown"
-    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return iso8601(seconds) or "unknown"
 
 
 def print_report(verdict: dict[str, Any], certificates: list[dict[str, Any]], verification: Verification,
                  now: int | None, chain_path: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False, soft_wrap=True)
-    if not console.is_terminal:  # piped or captured: rich would assume 80 columns and cut pins
-        console.width = max(console.width, 120)
+    console = output.console()
     rule = verdict["rule"]
     labels = {} if rule is None else {p["pin"]: p.get("label") or "(no label)" for p in rule["pins"]}
-    table = Table(title=f"{verdict['host']}: {chain_path.name}", title_justify="left")
-    table.add_column("depth", justify="right")
-    table.add_column("pin (sha256 of SPKI)", no_wrap=True, min_width=44)  # a cut pin is useless
-    table.add_column("subject CN", overflow="fold")
-    table.add_column("in policy", overflow="fold")
+    table = output.Table("depth", "pin (sha256 of SPKI)", "subject CN", "in policy",
+                         title=f"{verdict['host']}: {chain_path.name}", right=("depth",))
     for cert in certificates:
-        mark = ""
+        mark = output.assemble()
         if cert["depth"] == verdict["matched_depth"]:
-            mark = f"[green]✓ matched[/green] ({labels.get(cert['pin'], '')})"
+            mark = output.assemble(("✓ matched", "green"), f" ({labels.get(cert['pin'], '')})")
         elif cert["pin"] in labels:
             counted = cert["depth"] == 0 or verdict["verified"]
-            mark = labels[cert["pin"]] + ("" if counted else " [yellow](not counted: chain unverified)[/yellow]")
-        table.add_row(str(cert["depth"]), cert["pin"], cert["subject_cn"] or "-", mark)
-    console.print(table)
+            mark = output.assemble(labels[cert["pin"]], ("" if counted else (" (not counted: chain unverified)", "yellow")))
+        table.add(str(cert["depth"]), cert["pin"], cert["subject_cn"] or "-", mark)
+    table.print(console)
+
+    def say(*parts: str | tuple[str, str]) -> None:
+        console.print(output.assemble(*parts))
 
     if rule is None:
-        console.print("rule:      none for this host")
+        say("rule:      none for this host")
     else:
         mode = "enforced" if rule["enforce"] else "report-only"
         sub = ", include_subdomains" if rule["include_subdomains"] else ""
-        console.print(f"rule:      {rule['host']}{sub} ({mode}), expires {_iso(rule['expires'])}, "
-                      f"on_expiry {rule['on_expiry']}")
+        say(f"rule:      {rule['host']}{sub} ({mode}), expires {_iso(rule['expires'])}, on_expiry {rule['on_expiry']}")
         for pin, label in labels.items():
-            console.print(f"           pin {pin}  {label}")
+            say(f"           pin {pin}  {label}")
     if verification.verified:
-        console.print(f"verified:  yes, against {verification.anchor}")
+        say(f"verified:  yes, against {verification.anchor}")
     else:
-        console.print(f"verified:  no ({verification.error})")
+        say(f"verified:  no ({verification.error})")
     clock = _iso(now) + ("" if verdict["clock_trusted"] else " (untrusted)")
-    console.print(f"clock:     {clock}" + (", pins expired" if verdict["expired"] else ""))
-    word = "[bold green]ALLOWED[/bold green]" if verdict["allowed"] else "[bold red]BLOCKED[/bold red]"
-    console.print(f"verdict:   {word} ({verdict['reason']}): {reason_text(verdict['reason'])}")
-
+    say(f"clock:     {clock}" + (", pins expired" if verdict["expired"] else ""))
+    word = ("ALLOWED", "bold green") if verdict["allowed"] else ("BLOCKED", "bold red")
+    say("verdict:   ", word, f" ({verdict['reason']}): {reason_text(verdict['reason'])}")

@@ -105,6 +105,12 @@ def _report_lines(log: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 _HEAD_READ = 96  # bytes of the report log that hold its counters line
 
 
+def _pending(head: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reports not acknowledged yet (an entry without seq, from an older agent, is pending)."""
+    acked = head.get("acked", 0)
+    return [e for e in entries if not isinstance(e.get("seq"), int) or e["seq"] > acked]
+
+
 def _short(digest: Any) -> str:
     return str(digest)[:16] if digest else "none"
 
@@ -118,14 +124,15 @@ def info(port: str | None, baud: int, timeout: float, as_json: bool) -> None:
     """Who the device is and what it runs: identity, agent, fleet, bundle, clock, reports."""
     with _session(port, baud, timeout) as t:
         ident = t.ident
-        # IDENTIFY counts the pending reports; the log's first line has the counters since the
-        # last clear: one short read, not the whole log
+        # IDENTIFY counts the pending and kept reports; the log's first line has the counters:
+        # one short read, not the whole log
         try:
             _total, first = t.call(t.client.read_reports(0, _HEAD_READ), "READ_REPORTS")
             head, _ = _report_lines(first.split(b"\n", 1)[0])
         except FleetpinError:
             head = {}
     pending = ident.get("reports")
+    kept = ident.get("reports_kept", "?")
     ident["pending_reports"] = pending
     if as_json:
         click.echo(json.dumps(ident, sort_keys=True))
@@ -138,7 +145,8 @@ def info(port: str | None, baud: int, timeout: float, as_json: bool) -> None:
         ("bundle", f"v{ident.get('bundle_version')}  sha256 {ident.get('bundle_sha256')}"
          if ident.get("bundle_version") is not None else "none (safe mode: every pinned connection is refused)"),
         ("clock", ident.get("clock")),
-        ("reports", "unknown" if pending is None else f"{pending} pending ({head.get('total', '?')} recorded since the last clear)"),
+        ("reports", "unknown" if pending is None else f"{pending} pending, {kept} kept "
+                                                       f"({head.get('total', '?')} recorded in all)"),
     ]
     for k, v in rows:
         click.echo(f"{k:>8}: {v}")
@@ -387,26 +395,33 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
 
 @device.command("reports")
 @_port_options
-@click.option("--clear", is_flag=True, help="clear the reports after reading them (only those read are cleared)")
-def reports(port: str | None, baud: int, timeout: float, as_json: bool, clear: bool) -> None:
-    """The device's pin-failure reports (HPKP/TrustKit fields), least recently seen first."""
+@click.option("--ack", is_flag=True,
+              help="acknowledge the reports read: they stay on the device (nothing erases them over the cable) "
+                   "but are no longer pending, and newer reports overwrite them first")
+def reports(port: str | None, baud: int, timeout: float, as_json: bool, ack: bool) -> None:
+    """The device's pin-failure reports (HPKP/TrustKit fields), least recently seen first.
+
+    Reports are never erased over serial (anyone with a cable could wipe an attack's traces):
+    --ack marks those read as seen."""
     with _session(port, baud, timeout) as t:
-        log = t.read_all("reports")
-        head, entries = _report_lines(log)
-        cleared = False
-        if clear:
-            t.call(t.client.clear_reports(len(log)), "CLEAR_REPORTS")
-            cleared = True
+        head, entries = _report_lines(t.read_all("reports"))
+        pending = _pending(head, entries)
+        acked = None
+        if ack and isinstance(head.get("total"), int):
+            acked = t.call(t.client.ack_reports(head["total"]), "ACK_REPORTS")
     if as_json:
-        click.echo(json.dumps({"counters": head, "reports": entries, "cleared": cleared}, sort_keys=True))
+        click.echo(json.dumps({"counters": head, "reports": entries, "pending": len(pending), "acked": acked},
+                              sort_keys=True))
         return
-    if not entries:
-        click.echo(f"no pending reports ({head.get('total', 0)} recorded in all, {head.get('dropped', 0)} dropped)")
+    if not pending:
+        click.echo(f"no pending reports ({len(entries)} kept, {head.get('total', 0)} recorded in all, "
+                   f"{head.get('dropped', 0)} dropped)")
     for r in entries:
+        mark = "" if r in pending else "  [acknowledged]"
         click.echo(f"{r.get('date-time')}  {r.get('hostname')}:{r.get('port')}  x{r.get('count', 1)}  "
-                   f"{r.get('validation-result')}  (last {r.get('last-seen')})")
-    if cleared:
-        click.echo(f"cleared {len(entries)} reports")
+                   f"{r.get('validation-result')}  (last {r.get('last-seen')}){mark}")
+    if acked is not None:
+        click.echo(f"acknowledged {len(pending)} report(s); they stay on the device until newer ones overwrite them")
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -426,7 +441,10 @@ def _host_port(text: str) -> tuple[str, int]:
 @click.argument("address", metavar="HOST[:PORT]")
 @_port_options
 def test_connect(address: str, port: str | None, baud: int, timeout: float, as_json: bool) -> None:
-    """Ask the device itself to open a pinned TLS connection: its own verdict, from its network."""
+    """Ask the device itself to open a pinned TLS connection: its own verdict, from its network.
+
+    Only hosts the installed bundle has a rule for (the cable is no way to make the device probe
+    other hosts): any other is refused with the error `connect`, before the device connects."""
     host, tcp_port = _host_port(address)
     with _session(port, baud, timeout) as t:
         verdict = t.call(t.client.test_connect(host, tcp_port), "TEST_CONNECT")

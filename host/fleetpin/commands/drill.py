@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
 
+from fleetpin import output
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.sim.drill import DRILLS, DrillResult, run_drill
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 STATUS_STYLE = {"connected": "green", "updated": "cyan", "blocked": "yellow", "UNREACHABLE": "bold red"}
 
@@ -42,13 +45,13 @@ def drill(scenario: str, devices: int, as_json: bool) -> None:
     for n in names:
         if n not in DRILLS:
             raise UsageError(f"unknown scenario {n!r}", hint="one of: " + ", ".join(DRILLS) + ", or all")
-    console = Console()
+    console = output.console()
     results: list[DrillResult] = []
     for n in names:
         d = DRILLS[n]
         if not as_json:
-            console.rule(f"[bold]drill: {d.title}[/bold] ({n})")
-            console.print(d.story)
+            output.heading(console, f"drill: {d.title} ({n})")
+            console.print(d.story, markup=False)
         echo = (lambda line: None) if as_json else (lambda line: console.print(line, markup=False, highlight=False))
         r = run_drill(n, devices=devices, echo=echo)
         results.append(r)
@@ -62,14 +65,12 @@ def drill(scenario: str, devices: int, as_json: bool) -> None:
 
 
 def print_result(console: Console, r: DrillResult) -> None:
-    table = Table(title=f"{r.name}: every device accounted for", title_justify="left")
-    for col in ("device", "bundle", "status", "last verdict"):
-        table.add_column(col)
+    table = output.Table("device", "bundle", "status", "last verdict", title=f"{r.name}: every device accounted for")
     for o in r.outcomes:
         style = STATUS_STYLE.get(o.status, "")
-        table.add_row(o.device, o.bundle, f"[{style}]{o.status}[/{style}]" if style else o.status, o.detail)
-    console.print(table)
+        table.add(o.device, o.bundle, output.styled(o.status, style) if style else o.status, o.detail)
+    table.print(console)
     for f in r.failures:
-        console.print(f"[red]FAILED:[/red] {f}")
-    verdict = "[green]PASSED[/green]" if r.passed else "[red]FAILED[/red]"
-    console.print(f"{verdict} in {r.seconds:.1f} s\n")
+        console.print(output.assemble(("FAILED: ", "red"), f))
+    verdict = ("PASSED", "green") if r.passed else ("FAILED", "red")
+    console.print(output.assemble(verdict, f" in {r.seconds:.1f} s\n"))

@@ -40,6 +40,9 @@ def _read(path: Path) -> bytes:
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 @click.option("--device-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="An agent's device/ folder with its manifest.py (default: the agent that ships with fleetpin).")
+@click.option("--app", "app", type=click.Path(exists=True, path_type=Path), metavar="FILE_OR_DIR",
+              help="Your application: a .py file (installed as the `app` module) or a folder of modules with "
+                   "app.py; main.py runs app.main(agent) after the agent boots.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @_boards_dir
 def build(
@@ -50,26 +53,37 @@ def build(
     flash_size: str | None,
     out_dir: Path,
     device_dir: Path | None,
+    app: Path | None,
     as_json: bool,
     boards_dir: Path | None,
 ) -> None:
-    """Compile the agent to .mpy and put it, main.py, the bundle, the signer set and the device
-    configuration into a LittleFS image placed where this firmware mounts its filesystem.
+    """Compile the agent (and --app, your application) to .mpy and put them, main.py, the
+    bundle, the signer set and the device configuration into a LittleFS image placed where this
+    firmware mounts its filesystem.
 
     \b
     The filesystem's start is read from the firmware's own partition table; a firmware for
     another chip, an app that does not fit, or a table that does not fit the flash size is
     refused. Writes OUT/firmware.bin, OUT/fs.bin and OUT/manifest.json.
+
+    \b
+    The application: main.py boots the agent, serves field updates on the console for 3 s,
+    then imports `app` and calls app.main(agent); open every TLS connection with
+    agent.connect(host, port) (pinned, CA-validated). --app app.py installs one file as
+    /lib/app.mpy; --app DIR installs every module of DIR under /lib (it must hold app.py
+    or an app/ package). Both are compiled with mpy-cross, as the agent is.
     """
     b = get_board(board, boards_dir or default_boards_dir())
     size = parse_flash_size(flash_size) if flash_size else b.flash_sizes[0] * MIB
-    m = build_image(b, _read(firmware), _read(bundle), _read(signers), size, out_dir, device_dir)
+    m = build_image(b, _read(firmware), _read(bundle), _read(signers), size, out_dir, device_dir, app)
     if as_json:
         click.echo(json.dumps(m, indent=2))
         return
-    click.echo(f"image {m['image_id'][:16]}  board {b.name}  flash {flash_size_label(size)}  fleet {m['content']['fleet']}")
+    click.echo(f"image {m['image_id']}  board {b.name}  flash {flash_size_label(size)}  fleet {m['content']['fleet']}")
     for r in m["regions"]:
         click.echo(f"  {r['file']:<13} at 0x{r['offset']:06x}  {r['size']:>8} bytes  sha256 {r['sha256'][:16]}")
+    if m["content"].get("app"):
+        click.echo(f"  application: {', '.join(m['content']['app'])}")
     click.echo(f"  {len(m['content']['files'])} files in the filesystem; written to {out_dir}")
 
 
@@ -83,4 +97,4 @@ def verify(image_dir: Path, as_json: bool, boards_dir: Path | None) -> None:
     if as_json:
         click.echo(json.dumps({"ok": True, "image_id": img.image_id, "board": img.board.name, "regions": img.regions}, indent=2))
     else:
-        click.echo(f"ok: image {img.image_id[:16]} for {img.board.name}: regions match, filesystem mounts, files match")
+        click.echo(f"ok: image {img.image_id} for {img.board.name}: regions match, filesystem mounts, files match")

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import click
 
+from fleetpin import passphrase
 from fleetpin.bundles.build import canonical_json
 from fleetpin.errors import UsageError
 from fleetpin.files import write_atomic
 from fleetpin.pki import keys
+from fleetpin.pki.certs import read_input
 
-_PASSPHRASE_HELP = f"file holding the passphrase (else ${keys.PASSPHRASE_ENV}, else a prompt)"
+_PASSPHRASE_HELP = passphrase.OPTION_HELP
 
 
 @click.group()
@@ -75,12 +77,16 @@ def new(kind: str | None, name: str | None, role: str, out_dir: Path, passphrase
 @click.option("--id", "name", required=True, help="key name")
 @click.option("--role", type=click.Choice(keys.ROLES), required=True)
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-def import_(public_key: Path, name: str, role: str, out_dir: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def import_(public_key: Path, name: str, role: str, out_dir: Path, as_json: bool) -> None:
     """Write NAME.pub.json for a key held in an HSM or KMS, from its public key (PEM or DER).
 
     Then sign with: fleetpin bundle build ... --key NAME.pub.json --sign-command CMD
     """
-    info, path = keys.import_public_key(public_key.read_bytes(), name, role, out_dir)
+    info, path = keys.import_public_key(read_input(public_key), name, role, out_dir)
+    if as_json:
+        click.echo(json.dumps({**info.to_obj(), "public_info": str(path)}))
+        return
     click.echo(f"key {info.name}: id {info.key_id}, role {info.role} -> {path}")
 
 
@@ -88,7 +94,8 @@ def import_(public_key: Path, name: str, role: str, out_dir: Path) -> None:
 @click.argument("public_infos", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="signer set file (JSON) to flash into devices / pass to bundle build --new-signers")
-def signers(public_infos: tuple[Path, ...], out_file: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def signers(public_infos: tuple[Path, ...], out_file: Path, as_json: bool) -> None:
     """Write the signer set devices trust from NAME.pub.json files (at least two keys).
 
     All keys must have one role: a production device trusts production keys only.
@@ -96,6 +103,10 @@ def signers(public_infos: tuple[Path, ...], out_file: Path) -> None:
     infos = [keys.load_public_info(p) for p in public_infos]
     obj = keys.signer_set_obj(infos)
     write_atomic(out_file, canonical_json(obj))
+    if as_json:
+        click.echo(json.dumps({"file": str(out_file), "channel": obj["channel"],
+                               "signers": [{"id": i.key_id, "name": i.name} for i in infos]}))
+        return
     click.echo(f"{obj['channel']} signer set, {len(infos)} keys -> {out_file}")
     for i in infos:
         click.echo(f"  {i.key_id}  {i.name}")

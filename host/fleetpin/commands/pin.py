@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from fleetpin import output, passphrase
 from fleetpin.errors import FleetpinError, UsageError
-from fleetpin.pki.certs import KeyRecord, load_all
+from fleetpin.pki.certs import KeyRecord, PasswordSource, load_file, load_host, parse_host
 
-RUNTIMES = ("host", "device", "micropython")
+RUNTIMES = ("host", "device", "micropython", "wasm")
 
 HELP = """Print the pin of every certificate, key and CSR in FILE... and of every
 certificate a live server presents (--host).
@@ -48,13 +49,18 @@ ADDRESS but still uses HOST for SNI and the name check.
 Certificate pins come from the SPKI bytes exactly as they stand in the
 certificate. Keys hold no such bytes: their SPKI is re-encoded by
 `cryptography`, which matches the certificate for ordinary RSA, EC and EdDSA
-keys. --runtime device / micropython compute certificate pins with the
-device agent's own code (under CPython / on the MicroPython VM) and fail if
-it disagrees with the host; keys and CSRs are always pinned on the host.
+keys. --runtime device / micropython / wasm compute certificate pins with the
+device agent's own code (under CPython / on real MicroPython 1.29, the unix
+port with mbedTLS: pip install 'fleetpin[micropython]' / on the MicroPython
+1.27 WebAssembly VM: needs Node.js) and fail if it disagrees with the host;
+keys and CSRs are always pinned on the host.
 
 \b
 Output: `<pin>  depth N  <subject>` for certificates, `<pin>  <kind>
 <description>` for keys and CSRs; `# source` headers when there are several.
+A name with bytes its string type does not allow is shown escaped (\\xNN): the
+certificate is pinned all the same. With several inputs, as with sha256sum, one
+that cannot be read is reported on stderr and the others are still pinned.
 
 \b
 Examples:
@@ -62,11 +68,12 @@ Examples:
   fleetpin pin --host api.example.com:443
   fleetpin pin --host api.internal:8443 --ca corp-root.pem --json
   fleetpin pin backup.key backup.csr
-  FLEETPIN_KEY_PASSWORD=... fleetpin pin --json encrypted.key
+  fleetpin pin --passphrase-file pass.txt --json encrypted.key
 
 \b
-Exit codes: 0 ok, 1 server refused / TLS failure / runtimes disagree,
-2 unreadable input (missing file, unknown format, wrong passphrase)."""
+Exit codes: 0 ok, 1 server refused / TLS failure / runtimes disagree / one
+of several inputs could not be pinned, 2 a single input unreadable (missing
+file, unknown format, wrong passphrase)."""
 
 
 @click.command("pin", help=HELP)
@@ -75,16 +82,15 @@ Exit codes: 0 ok, 1 server refused / TLS failure / runtimes disagree,
               help="A live server whose presented chain to pin (repeatable).")
 @click.option("--ca", "ca_file", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE",
               help="Validate --host chains against only these PEM CA certificates.")
-@click.option("--password", envvar="FLEETPIN_KEY_PASSWORD", metavar="TEXT",
-              help="Passphrase of encrypted private keys / PKCS#12. Prefer env FLEETPIN_KEY_PASSWORD "
-                   "(a command line is visible to other users) or the prompt on a terminal.")
+@click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Passphrase of encrypted private keys / PKCS#12: " + passphrase.OPTION_HELP + ".")
 @click.option("--timeout", default=10.0, show_default=True, metavar="SECONDS",
               help="Give up on a --host that has not completed the TLS handshake by then.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of records.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="host", show_default=True,
               help="Who computes certificate pins: the host, the device agent under CPython, "
-                   "or the device agent on the MicroPython VM.")
-def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, password: str | None,
+                   "on real MicroPython (the unix port), or on the WebAssembly MicroPython VM.")
+def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, passphrase_file: Path | None,
         timeout: float, as_json: bool, runtime: str) -> None:
     if not files and not hosts:
         raise UsageError("nothing to pin", hint="give certificate/key files, or --host HOST:PORT (see --help)")
@@ -92,20 +98,16 @@ def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, p
         raise UsageError("--ca only applies to --host", hint="to pin a CA certificate, pass it as a FILE")
 
     def ask_password(source: str) -> bytes | None:
-        if password is not None:
-            return password.encode()
-        if _interactive():
-            return str(click.prompt(f"Passphrase for {source}", hide_input=True, err=True)).encode()
-        return None
+        return passphrase.read(passphrase_file, prompt=f"passphrase for {source}").encode()
 
-    records = load_all(files, hosts, ca_file, ask_password, timeout)
+    records, failed = _load_each(files, hosts, ca_file, ask_password, timeout)
     pins = {i: r.pin for i, r in enumerate(records)}
     computed_by = {i: "host" for i in pins}
     disagreements: list[str] = []
     if runtime != "host":
         cert_indexes = [i for i, r in enumerate(records) if r.kind == "certificate"]
         ders = [records[i].der or b"" for i in cert_indexes]
-        agent_pins = device_pins(ders) if runtime == "device" else micropython_pins(ders)
+        agent_pins = {"device": device_pins, "micropython": micropython_pins, "wasm": wasm_pins}[runtime](ders)
         for i, agent_pin in zip(cert_indexes, agent_pins):
             computed_by[i] = runtime
             if agent_pin != pins[i]:
@@ -118,7 +120,11 @@ def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, p
     if as_json:
         click.echo(json.dumps([_as_json(r, pins[i], computed_by[i]) for i, r in enumerate(records)], indent=2))
     else:
-        _print_text(records, pins)
+        _print_text(records, pins, several=len(files) + len(hosts) > 1)
+    if failed:
+        total = len(files) + len(hosts)
+        raise FleetpinError(f"{len(failed)} of {total} inputs could not be pinned: {', '.join(failed)}",
+                            hint="see the error for each above; the others were pinned")
     if disagreements:
         raise FleetpinError(
             f"the device agent ({runtime}) and the host disagree on {len(disagreements)} pin(s): "
@@ -127,16 +133,34 @@ def pin(files: tuple[Path, ...], hosts: tuple[str, ...], ca_file: Path | None, p
         )
 
 
-def _interactive() -> bool:
-    return sys.stdin.isatty()
+def _load_each(files: Sequence[Path], hosts: Sequence[str], ca_file: Path | None, password: PasswordSource,
+               timeout: float) -> tuple[list[KeyRecord], list[str]]:
+    """The records of every input, in order. As sha256sum does, an input that cannot be read is
+    reported on stderr and the others are still pinned (the command then exits 1); a single
+    input that fails is simply the error."""
+    targets = [parse_host(h) for h in hosts]  # a malformed HOST:PORT is a usage error before anything
+    loads: list[tuple[str, Callable[[], list[KeyRecord]]]] = [
+        *((str(f), functools.partial(load_file, f, password)) for f in files),
+        *((str(t), functools.partial(load_host, t, ca_file, timeout)) for t in targets),
+    ]
+    if len(loads) == 1:
+        return loads[0][1](), []
+    records: list[KeyRecord] = []
+    failed: list[str] = []
+    for name, load in loads:
+        try:
+            records += load()
+        except FleetpinError as e:
+            failed.append(name)
+            output.error(str(e), e.hint)
+    return records, failed
 
 
 def _where(record: KeyRecord) -> str:
     return f"{record.source}#{record.index}"
 
 
-def _print_text(records: Sequence[KeyRecord], pins: dict[int, str]) -> None:
-    several = len({r.source for r in records}) > 1
+def _print_text(records: Sequence[KeyRecord], pins: dict[int, str], several: bool) -> None:
     source = None
     for i, r in enumerate(records):
         if several and r.source != source:
@@ -199,8 +223,8 @@ del f, d
 """
 
 
-def micropython_pins(ders: Sequence[bytes], heap_kb: int = 100) -> list[str]:
-    """Pins by pinagent on the MicroPython VM (ESP32-sized heap): one VM start for all."""
+def wasm_pins(ders: Sequence[bytes], heap_kb: int = 100) -> list[str]:
+    """Pins by pinagent on the WebAssembly MicroPython VM (ESP32-sized heap): one VM start for all."""
     if not ders:
         return []
     try:
@@ -233,3 +257,10 @@ def micropython_pins(ders: Sequence[bytes], heap_kb: int = 100) -> list[str]:
     if sorted(result) != list(range(len(ders))):
         raise FleetpinError(f"the MicroPython VM printed {len(result)} pins for {len(ders)} certificates: {out!r}")
     return [result[i] for i in range(len(ders))]
+
+
+def micropython_pins(ders: Sequence[bytes]) -> list[str]:
+    """Pins by pinagent (.mpy) on real MicroPython (the unix port), under a hard ESP32-sized heap."""
+    from fleetpin.vm import unix
+
+    return unix.micropython_pins(ders)

@@ -5,11 +5,13 @@ command line and the report."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from fleetpin import output
 from fleetpin.bundles.view import iso_date, load_view
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.field import preflight as checks
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
                    "name sent (SNI) and checked.")
 @click.option("--trust", "trust_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Verify the bundle's signatures against this signer set first (fleetpin key signers).")
-@click.option("--now", "now_text", metavar="ISO8601",
+@click.option("--now", "now_text", metavar="ISO8601|@SECONDS",
               help="Evaluate at this time instead of now, e.g. 2027-03-01 (will devices still connect then?).")
 @click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds to wait for each server's TLS handshake.")
@@ -83,7 +85,7 @@ def preflight(source: Path, host_args: tuple[str, ...], trust_path: Path | None,
         click.echo(json.dumps({**report.to_obj(), "signatures": signatures}, indent=2))
     else:
         if trust_path is not None:
-            console.print(signatures["status"])
+            console.print(signatures["status"], markup=False)
         print_report(report, console)
     if report.failed:
         raise FleetpinError(report.summary(), hint=report.hint())
@@ -93,88 +95,83 @@ def preflight(source: Path, host_args: tuple[str, ...], trust_path: Path | None,
 
 
 def _console(stderr: bool = False) -> Console:
-    from rich.console import Console
-
-    console = Console(highlight=False, soft_wrap=True, stderr=stderr)
-    if not console.is_terminal:  # piped or captured: rich would assume 80 columns and cut pins
-        console.width = max(console.width, 140)
-    return console
+    return output.console(err=stderr)
 
 
-_STATUS = {
-    checks.OK: "[bold green]devices connect[/bold green]",
-    checks.WARN: "[bold green]devices connect[/bold green] [yellow](with warnings)[/yellow]",
-    checks.FAILED: "[bold green]devices connect[/bold green] [red](bundle error)[/red]",
-    checks.LOCKOUT: "[bold red]WOULD LOCK DEVICES OUT[/bold red]",
-    checks.UNREACHABLE: "[bold red]NOT CHECKED: unreachable[/bold red]",
+_STATUS: dict[str, tuple[tuple[str, str], ...]] = {
+    checks.OK: (("devices connect", "bold green"),),
+    checks.WARN: (("devices connect", "bold green"), (" (with warnings)", "yellow")),
+    checks.FAILED: (("devices connect", "bold green"), (" (bundle error)", "red")),
+    checks.LOCKOUT: (("WOULD LOCK DEVICES OUT", "bold red"),),
+    checks.UNREACHABLE: (("NOT CHECKED: unreachable", "bold red"),),
 }
 
 
 def print_report(report: Report, console: Console) -> None:
-    console.print(f"preflight of {report.source} at {iso_date(report.now)}")
+    say = _say(console)
+    say(f"preflight of {report.source} at {iso_date(report.now)}")
     for result in report.results:
-        console.print()
+        say()
         _print_server(result, console)
     for n in report.not_checked:
-        console.print(f"\n[yellow]{n.domain}[/yellow]: {n.reason}")
-    console.print()
-    colour = "red" if report.failed else "green"
-    console.print(f"[{colour}]{report.summary()}[/{colour}]")
+        say()
+        say((n.domain, "yellow"), f": {n.reason}")
+    say()
+    say((report.summary(), "red" if report.failed else "green"))
+
+
+def _say(console: Console) -> Callable[..., None]:
+    def say(*parts: str | tuple[str, str]) -> None:
+        console.print(output.assemble(*parts))
+
+    return say
 
 
 def _print_server(r: ServerResult, console: Console) -> None:
-    from rich.table import Table
-
+    say = _say(console)
     t = r.server.target
     rule = r.server.rule
     where = f"{t}" + (f" @ {t.connect}" if t.connect != t.host else "")
     domain = rule.host if rule is not None else "(no domain covers it)"
     title = f"{domain} — {where}" + ("" if r.server.given else " (default port)")
     if r.fetch_error is not None:
-        console.print(f"[bold]{title}[/bold]")
-        console.print(f"  verdict:  {_STATUS[r.status]}: {r.fetch_error}")
+        say((title, "bold"))
+        say("  verdict:  ", *_STATUS[r.status], f": {r.fetch_error}")
         return
     obj = r.to_obj()
     labels = {p["pin"]: p for p in obj["pins"]}
-    table = Table(title=title, title_justify="left", title_style="bold")
-    table.add_column("depth", justify="right")
-    table.add_column("pin (sha256 of SPKI)", no_wrap=True, min_width=51)  # a cut pin is useless
-    table.add_column("certificate", overflow="fold")
-    table.add_column("expires", no_wrap=True)
-    table.add_column("pinned as", overflow="fold", min_width=12)
+    table = output.Table("depth", "pin (sha256 of SPKI)", "certificate", "expires", "pinned as", title=title,
+                         right=("depth",))
     for c in obj["chain"]:
         p = labels.get(c["pin"])
-        mark = ""
+        mark = output.assemble()
         if p is not None:
-            mark = p["label"] or "(no label)"
+            mark = output.assemble(p["label"] or "(no label)")
             if p["role"] == "matched":
-                mark = f"[green]✓ {mark} (matched)[/green]"
-        subject = c["subject"] + ("" if c["sent"] else " [dim](the bundle's CA; not sent)[/dim]")
-        table.add_row(str(c["depth"]), c["pin"], subject, c["expires"][:10], mark)
+                mark = output.assemble((f"✓ {p['label'] or '(no label)'} (matched)", "green"))
+        subject = output.assemble(c["subject"], ("" if c["sent"] else (" (the bundle's CA; not sent)", "dim")))
+        table.add(str(c["depth"]), c["pin"], subject, c["expires"][:10], mark)
     for p in obj["pins"]:
         if p["role"] == "backup":
-            table.add_row("-", p["pin"], "[dim](not in the served chain)[/dim]", "", f"{p['label'] or '(no label)'}"
-                          " [cyan](backup)[/cyan]")
-    console.print(table)
+            table.add("-", p["pin"], output.styled("(not in the served chain)", "dim"), "",
+                      output.assemble(p["label"] or "(no label)", (" (backup)", "cyan")))
+    table.print(console)
     ca = obj["ca_validation"]
     if ca["verified"]:
-        console.print(f"  CA validation: ok, to {ca['anchor'] or 'a bundle CA'}")
+        say(f"  CA validation: ok, to {ca['anchor'] or 'a bundle CA'}")
     else:
-        console.print(f"  CA validation: [red]FAILED[/red]: {ca['error']}")
+        say("  CA validation: ", ("FAILED", "red"), f": {ca['error']}")
     if rule is not None:
         left = obj["rule"]["days_left"]
         mode = "enforced" if rule.enforce else "report-only"
         when = f"{left} days left" if left >= 0 else f"expired {-left} days ago"
-        console.print(f"  pins:     {mode}, expire {obj['rule']['expires'][:10]} ({when}), on expiry "
-                      f"{rule.on_expiry}")
+        say(f"  pins:     {mode}, expire {obj['rule']['expires'][:10]} ({when}), on expiry {rule.on_expiry}")
     v = obj["verdict"]
     matched = ""
     if v["matched_depth"] >= 0:
         matched = f"; matched {v['matched_label'] or 'a pin'} at depth {v['matched_depth']}"
-    console.print(f"  pin verdict: {v['reason']} ({v['explain']}){matched}")
+    say(f"  pin verdict: {v['reason']} ({v['explain']}){matched}")
     reason = f": {r.lockout_reason}" if r.lockout_reason else ""
-    console.print(f"  verdict:  {_STATUS[r.status]}{reason}")
+    say("  verdict:  ", *_STATUS[r.status], reason)
     for p in r.problems:
-        colour = "red" if p.severity == checks.ERROR else "yellow"
-        console.print(f"  [{colour}]{p.severity}[/{colour}]: {p.message}")
-
+        say("  ", (p.severity, "red" if p.severity == checks.ERROR else "yellow"), f": {p.message}")

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from fleetpin import output
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.line.image import LoadedImage, verify_image
 from fleetpin.line.provision import (
@@ -32,10 +32,10 @@ from fleetpin.line.registry import DEFAULT_PATH, Registry
 
 
 def _live_table(stations: list[Station]) -> Table:
-    t = Table("station", "port", "try", "mac", "phase", "progress")
+    t = output.Table("station", "port", "try", "mac", "phase", "progress", right=("try", "progress"))
     for s in stations:
-        t.add_row(s.name, s.port, str(s.attempt), s.mac or "", s.phase, f"{s.percent:5.1f}%")
-    return t
+        t.add(s.name, s.port, str(s.attempt), s.mac or "", s.phase, f"{s.percent:5.1f}%")
+    return t.rich_table()
 
 
 def _agent_cell(r: StationResult) -> str:
@@ -47,18 +47,14 @@ def _agent_cell(r: StationResult) -> str:
     return f"{a.get('device_id') or '?'}{where}: {a.get('mode') or '?'}, bundle {str(a.get('bundle_sha256'))[:12]}"
 
 
-def _summary(results: list[StationResult]) -> Table:
-    t = Table()
-    for col in ("station", "port", "mac", "result", "seconds"):
-        t.add_column(col, no_wrap=True)
+def _summary(results: list[StationResult]) -> output.Table:
     show_agent = any(r.agent for r in results)
-    if show_agent:
-        t.add_column("agent (after reset)", no_wrap=True)
-    t.add_column("error", overflow="fold")
+    columns = ["station", "port", "mac", "result", "seconds"] + (["agent (after reset)"] if show_agent else []) + ["error"]
+    t = output.Table(*columns, right=("seconds",))
     for r in results:
-        style = "green" if r.ok else "red"
-        row = [r.station, r.port, r.mac or "-", f"[{style}]{r.result}[/{style}]", f"{r.ended - r.started:.1f}"]
-        t.add_row(*row, *([_agent_cell(r)] if show_agent else []), r.error or "")
+        result = output.styled(r.result, "green" if r.ok else "red")
+        t.add(r.station, r.port, r.mac, result, f"{r.ended - r.started:.1f}",
+              *([_agent_cell(r)] if show_agent else []), r.error or "")
     return t
 
 
@@ -147,7 +143,7 @@ def _run(
 ) -> int:
     opts = ProvisionOptions(force=force, confirm=confirm, retries=retries, baud=baud, operator=operator or getpass.getuser())
     reg = Registry(registry_path)
-    console = Console(stderr=True)
+    console = output.console(err=True)
     if as_json or not console.is_terminal:
         results = provision(stations, image, opts, reg, jobs)
     else:
@@ -163,8 +159,7 @@ def _run(
     if as_json:
         click.echo(json.dumps({"image_id": image.image_id, "results": [r.as_json() for r in results]}, indent=2))
     else:
-        # a pipe or a log gets the whole table, not one squeezed to 80 columns
-        Console(width=None if console.is_terminal else 200).print(_summary(results))
+        _summary(results).print(output.console())
         counts = {k: sum(r.result == k for r in results) for k in (RESULT_OK, RESULT_SAME, RESULT_FAILED)}
         click.echo(", ".join(f"{n} {k}" for k, n in counts.items()) + f"; recorded in {registry_path}")
     if failed:

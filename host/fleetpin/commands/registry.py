@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
+from fleetpin import output
 from fleetpin.errors import UsageError
 from fleetpin.files import write_atomic
-from fleetpin.line.registry import DEFAULT_PATH, Registry, to_csv
+from fleetpin.line.registry import DEFAULT_PATH, Registry, export_obj, to_csv
+from fleetpin.times import iso8601
 
 _registry_opt = click.option(
     "--registry", "path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_PATH, show_default=True, help="Registry database."
@@ -39,13 +37,14 @@ def list_(path: Path, mac: str | None, as_json: bool) -> None:
     """Show the recorded attempts, oldest first."""
     rows = _open(path).attempts(mac.lower() if mac else None)
     if as_json:
-        click.echo(json.dumps([asdict(a) for a in rows], indent=2))
+        click.echo(json.dumps([export_obj(a) for a in rows], indent=2))
         return
-    t = Table("#", "ended", "mac", "board", "image", "bundle", "station", "operator", "result", "error")
+    t = output.Table("#", "ended", "mac", "board", "image", "bundle", "station", "operator", "result", "error",
+                     right=("#",))
     for a in rows:
-        t.add_row(
+        t.add(
             str(a.id),
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a.ended)),
+            iso8601(a.ended),
             a.mac or "-",
             a.board,
             a.image_id[:12],
@@ -55,7 +54,7 @@ def list_(path: Path, mac: str | None, as_json: bool) -> None:
             a.result,
             a.error or "",
         )
-    Console().print(t)
+    t.print(output.console())
 
 
 @registry.command()
@@ -66,7 +65,7 @@ def list_(path: Path, mac: str | None, as_json: bool) -> None:
 def export(path: Path, fmt: str, out: Path | None) -> None:
     """Export every attempt as CSV or JSON."""
     rows = _open(path).attempts()
-    text = to_csv(rows) if fmt == "csv" else json.dumps([asdict(a) for a in rows], indent=2) + "\n"
+    text = to_csv(rows) if fmt == "csv" else json.dumps([export_obj(a) for a in rows], indent=2) + "\n"
     if out is None:
         click.echo(text, nl=False)
     else:

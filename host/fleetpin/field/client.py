@@ -16,7 +16,7 @@ from pinagent import link as _link
 from pinagent.service import (
     ERROR_NAMES,
     MAX_READ,
-    OP_CLEAR_REPORTS,
+    OP_ACK_REPORTS,
     OP_IDENTIFY,
     OP_PING,
     OP_READ_BUNDLE,
@@ -602,8 +602,10 @@ class Client:
     def write_commit(self):
         return self._long(OP_WRITE_COMMIT, b"", _dec_json, True, self.slow_rto_ms, _ANSWER_COMMIT)
 
-    def clear_reports(self, size):
-        return self._call(OP_CLEAR_REPORTS, struct.pack("<I", size), _dec_empty, exclusive=True)
+    def ack_reports(self, seq):
+        """Acknowledges the reports up to sequence number `seq` (the log's "total" when it was
+        read): they stay on the device, no longer pending. Answer: {"acked", "pending"}."""
+        return self._call(OP_ACK_REPORTS, struct.pack("<I", seq), _dec_json, exclusive=True, answer=64)
 
     def test_connect(self, host, port):
         h = host.encode()

@@ -33,13 +33,23 @@ from typing import Any
 from cryptography import x509
 
 from fleetpin.bundles.verdicts import reason_text
-from fleetpin.bundles.view import BUNDLE, CaCert, ServedChain, View, days_left, device_chain, iso_date, label_says
+from fleetpin.bundles.view import (
+    BUNDLE,
+    CaCert,
+    ServedChain,
+    View,
+    days_left,
+    device_chain,
+    host_key,
+    iso_date,
+    label_says,
+)
 from fleetpin.errors import FleetpinError
 from fleetpin.pki import certs
 from fleetpin.pki.certs import HostTarget
 from pinagent import pins as dev_pins
 from pinagent import policy as dev_policy
-from pinagent.policy import Rule, normalise_host
+from pinagent.policy import Rule
 
 WARN_DAYS = 30
 ERROR = "error"
@@ -234,7 +244,7 @@ def plan(view: View, targets: Sequence[HostTarget]) -> tuple[list[Server], list[
     given: dict[int, list[Server]] = {}  # id(rule) -> servers
     uncovered: list[Server] = []
     for t in targets:
-        rule = policy.rule_for(normalise_host(t.host))
+        rule = policy.rule_for(host_key(t.host))
         server = Server(t, rule, True)
         if rule is None:
             uncovered.append(server)
@@ -247,7 +257,7 @@ def plan(view: View, targets: Sequence[HostTarget]) -> tuple[list[Server], list[
         if rule.kind == dev_policy.EXACT:
             # HOST:443 unless a --host names HOST itself (a subdomain under include_subdomains
             # does not replace it: both are checked).
-            if not any(normalise_host(s.target.host) == rule.host for s in mine):
+            if not any(host_key(s.target.host) == rule.host for s in mine):
                 servers.append(Server(HostTarget(rule.host, 443, rule.host), rule, False))
         elif not mine:
             not_checked.append(NotChecked(rule.host, f"not checked: give --host x.{rule.base} (a name the "
@@ -273,13 +283,14 @@ def fetch_served_chain(target: HostTarget, timeout: float) -> list[bytes]:
 def check_server(view: View, server: Server, ders: list[bytes], now: int) -> ServerResult:
     """The device's view of the chain `server` presented, and what to warn about."""
     result = ServerResult(server, now)
-    host = normalise_host(server.target.host)
+    host = host_key(server.target.host)
     dc = device_chain(ServedChain(str(server.target), ders, host), host, view.ca_certs, now)
     result.verified, result.anchor, result.ca_error = dc.verified, dc.anchor, _validation_error(dc.error)
     result.chain = _describe(dc.digests, ders, view.ca_certs)
     # The device's time floor is at least the bundle's issue time: a clock below it is not believed.
     floor = view.header["issued"] if view.kind == BUNDLE and view.header else 0
-    result.verdict = v = dev_policy.decide(view.policy, host, dc.digests, now, dc.verified, floor)
+    # `now` is taken as authenticated time (a device that knows the time): expiry as the rule says.
+    result.verdict = v = dev_policy.decide(view.policy, host, dc.digests, now, dc.verified, floor, now)
     rule = server.rule
     if rule is not None:
         result.pins = [PinStatus(d, label, [depth for depth, c in dc.digests if c == d], d == v.matched_pin)

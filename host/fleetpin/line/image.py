@@ -26,7 +26,7 @@ from typing import Any
 
 import littlefs
 
-from fleetpin.agent_files import board_files
+from fleetpin.agent_files import app_files, board_files
 from fleetpin.bundles.build import canonical_json
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.line.boards import MIB, Board, flash_size_label, get_board
@@ -321,8 +321,10 @@ def build_image(
     flash_size: int,
     out_dir: Path,
     device_dir: Path | None = None,
+    app: Path | None = None,
 ) -> dict[str, Any]:
-    """Writes firmware.bin, fs.bin and manifest.json into out_dir; returns the manifest."""
+    """Writes firmware.bin, fs.bin and manifest.json into out_dir; returns the manifest. `app`
+    (a .py file or a folder, agent_files.app_files) is the application main.py runs."""
     if not signers:
         raise UsageError("the signer set file is empty", hint="pass the signer set the devices must trust")
     fleet = _fleet_of(bundle)
@@ -330,6 +332,15 @@ def build_image(
     fw = set_header_flash_size(firmware, flash_size)
     layout = check_firmware(fw, board, flash_size)
     files = board_files(board.mpy_arch, device_dir)
+    app_paths: list[str] = []
+    if app is not None:
+        shipped = app_files(app, board.mpy_arch)
+        clash = sorted(set(shipped) & set(files))
+        if clash:
+            raise UsageError(f"--app {app}: {', '.join(clash)} would replace a file of the agent",
+                             hint="rename the module")
+        files.update(shipped)
+        app_paths = sorted(shipped)
     # The installed-bundle slot: the signer set that verifies it, the bundle, a digest (pinagent.store).
     files[FS_BUNDLE] = _store.encode_slot(signers, bundle)
     files[FS_SIGNERS] = signers
@@ -346,6 +357,8 @@ def build_image(
         "fs": vars(layout.fs) | {"block_count": layout.fs.block_count},
         "files": {p: sha256_hex(d) for p, d in sorted(files.items())},
     }
+    if app is not None:
+        content["app"] = app_paths  # only then: images without an application keep their ids
     # The id covers everything the image is made of except config.json, which carries it.
     image_id = sha256_hex(canonical_json(content))
     files[FS_CONFIG] = canonical_json({"fleet": fleet, "board": board.name, "image_id": image_id})

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from fleetpin.errors import UsageError
+from fleetpin.times import iso8601
 
 DEFAULT_PATH = Path("fleetpin-registry.sqlite")
 _SCHEMA = """
@@ -77,10 +78,16 @@ class Registry:
         return [Attempt(**dict(zip(["id", *_COLUMNS], r))) for r in rows]
 
 
+def export_obj(a: Attempt) -> dict[str, object]:
+    """An attempt as exports show it: every field, times in ISO 8601 (UTC), plus its duration."""
+    return {**asdict(a), "started": iso8601(a.started), "ended": iso8601(a.ended),
+            "seconds": round(a.ended - a.started, 3)}
+
+
 def to_csv(attempts: list[Attempt]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["id", *_COLUMNS])
+    w = csv.DictWriter(buf, fieldnames=["id", *_COLUMNS, "seconds"])
     w.writeheader()
     for a in attempts:
-        w.writerow(asdict(a))
+        w.writerow(export_obj(a))
     return buf.getvalue()

@@ -23,7 +23,7 @@ import re
 import shutil
 import subprocess
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -113,20 +113,110 @@ def _children(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]
         pos = stop
 
 
-def raw_spki_of_tbs(tbs: bytes, csr: bool = False) -> bytes:
-    """The SPKI bytes of a DER TBSCertificate (version [0] optional, serial, signature, issuer,
-    validity, subject, SPKI) or CertificationRequestInfo (version, subject, SPKI)."""
+def _tbs_field(tbs: bytes, position: int, csr: bool, what: str) -> bytes:
+    """The TLV of a field of a DER TBSCertificate (version [0] optional, serial, signature,
+    issuer, validity, subject, SPKI) or CertificationRequestInfo (version, subject, SPKI)."""
     tag, start, end = _tlv(tbs, 0)
     if tag != 0x30:
         raise _BadDer("not a SEQUENCE")
     fields = list(_children(tbs, start, end))
     if not csr and fields and fields[0][0] == 0xA0:
         fields = fields[1:]
-    position = 2 if csr else 5
     if len(fields) <= position or fields[position][0] != 0x30:
-        raise _BadDer("no SubjectPublicKeyInfo where it belongs")
+        raise _BadDer(f"no {what} where it belongs")
     _, s, e = fields[position]
     return tbs[s:e]
+
+
+def raw_spki_of_tbs(tbs: bytes, csr: bool = False) -> bytes:
+    """The SPKI bytes of a DER TBSCertificate or CertificationRequestInfo."""
+    return _tbs_field(tbs, 2 if csr else 5, csr, "SubjectPublicKeyInfo")
+
+
+# RFC 4514's short names (and cryptography's) for the attributes names usually carry.
+_ATTRIBUTE_NAMES = {
+    "2.5.4.3": "CN", "2.5.4.6": "C", "2.5.4.7": "L", "2.5.4.8": "ST", "2.5.4.9": "STREET", "2.5.4.10": "O",
+    "2.5.4.11": "OU", "0.9.2342.19200300.100.1.25": "DC", "0.9.2342.19200300.100.1.1": "UID",
+    "2.5.4.5": "2.5.4.5", "1.2.840.113549.1.9.1": "1.2.840.113549.1.9.1",
+}
+_STRING_CODECS = {0x0C: "utf-8", 0x1E: "utf-16-be", 0x1C: "utf-32-be"}  # other string types: bytes as ASCII
+
+
+def _escaped_value(tag: int, value: bytes) -> str:
+    """An attribute value as text: decoded when it is valid for its type, every byte that is not
+    printable ASCII shown as \\xNN otherwise; RFC 4514's special characters escaped."""
+    text = None
+    codec = _STRING_CODECS.get(tag)
+    if codec is not None:
+        try:
+            text = value.decode(codec)
+        except UnicodeDecodeError:
+            text = None
+    if text is None:
+        text = "".join(chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in value)
+    else:
+        text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    out = "".join("\\" + c if c in ',+"<>;' else c for c in text)
+    return "\\" + out if out.startswith(("#", " ")) else out
+
+
+def escaped_name(name_der: bytes) -> str:
+    """A DER Name in RFC 4514 order (last RDN first), read by this module's own DER walk: for
+    names cryptography refuses to decode (a string type it does not accept, bytes invalid for
+    their type), which OpenSSL and mbedTLS accept; such values are shown escaped."""
+    tag, start, end = _tlv(name_der, 0)
+    if tag != 0x30:
+        raise _BadDer("a Name is not a SEQUENCE")
+    rdns = []
+    for _, rdn_start, rdn_end in _children(name_der, start, end):
+        _, set_start, set_end = _tlv(name_der, rdn_start)
+        parts = []
+        for _, atv_start, _ in _children(name_der, set_start, set_end):
+            _, seq_start, seq_end = _tlv(name_der, atv_start)
+            oid_tag, oid_start, oid_end = _tlv(name_der, seq_start)
+            value_tag, value_start, value_end = _tlv(name_der, oid_end)
+            oid = _decode_oid(name_der[oid_start:oid_end]) if oid_tag == 0x06 else "?"
+            parts.append(f"{_ATTRIBUTE_NAMES.get(oid, oid)}={_escaped_value(value_tag, name_der[value_start:value_end])}")
+        rdns.append("+".join(parts))
+    return ",".join(reversed(rdns))
+
+
+def check_certificate(der: bytes) -> None:
+    """ValueError unless `der` is an X.509 certificate that cryptography, or else the device
+    agent's own DER parser (as strict about structure, lenient about name strings like OpenSSL
+    and mbedTLS), reads."""
+    try:
+        x509.load_der_x509_certificate(der)
+    except ValueError as e:
+        from pinagent.der import DerError, parse_certificate
+
+        try:
+            parse_certificate(der)
+        except DerError:
+            raise e from None
+
+
+def tbs_of_certificate(der: bytes) -> bytes:
+    """The TBSCertificate TLV of a DER certificate (SEQUENCE { tbs, signatureAlgorithm, signature })."""
+    tag, start, end = _tlv(der, 0)
+    if tag != 0x30:
+        raise _BadDer("a certificate is not a SEQUENCE")
+    tbs_tag, _, tbs_end = _tlv(der, start)
+    if tbs_tag != 0x30:
+        raise _BadDer("no TBSCertificate")
+    return der[start:tbs_end]
+
+
+def subject_text(der: bytes) -> str:
+    """A certificate's subject as RFC 4514 text; escaped from the raw DER when cryptography
+    cannot decode it."""
+    try:
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string() or "(empty subject)"
+    except ValueError:
+        try:
+            return escaped_name(_tbs_field(tbs_of_certificate(der), 4, False, "subject")) or "(empty subject)"
+        except (_BadDer, ValueError, IndexError):
+            return "(a subject nothing can decode)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,15 +328,19 @@ def _decode_oid(body: bytes) -> str:
 
 def certificate_record(source: str, index: int, der: bytes, depth: int, note: str = "",
                        from_host: bool = False) -> KeyRecord:
-    cert = x509.load_der_x509_certificate(der)
-    spki = raw_spki_of_tbs(cert.tbs_certificate_bytes)
+    """A certificate's record. The SPKI and subject are cut from the DER by this module's own
+    walk: cryptography refuses some certificates OpenSSL and mbedTLS accept (a name with bytes
+    invalid for its string type), and such a certificate is still pinned, its name escaped."""
+    check_certificate(der)
+    tbs = tbs_of_certificate(der)
+    spki = raw_spki_of_tbs(tbs)
     return KeyRecord(
         source=source,
         index=index,
         kind="certificate",
-        subject=cert.subject.rfc4514_string() or "(empty subject)",
+        subject=subject_text(der),
         spki=spki,
-        key_type=_describe_spki(spki, cert.public_key),
+        key_type=_describe_spki(spki, lambda: serialization.load_der_public_key(spki)),
         depth=depth,
         der=der,
         note=note,
@@ -303,13 +397,13 @@ class _Loader:
             given = self.password_source(self.path) if self.password_source else None
             if not given:
                 raise UsageError(f"{self.path}: the private key is encrypted and no passphrase was given",
-                                 hint="pass --password, or set FLEETPIN_KEY_PASSWORD")
+                                 hint="pass --passphrase-file FILE, or set FLEETPIN_KEY_PASSPHRASE")
             self._password = given
         return self._password
 
     def wrong_password(self) -> UsageError:
         return UsageError(f"{self.path}: wrong passphrase for the encrypted private key",
-                          hint="check --password / FLEETPIN_KEY_PASSWORD")
+                          hint="check --passphrase-file / FLEETPIN_KEY_PASSPHRASE")
 
     def add_certificate(self, der: bytes) -> None:
         self.records.append(certificate_record(self.path, len(self.records), der, self.cert_depth))
@@ -390,7 +484,7 @@ class _Loader:
         if not ders:
             return False
         for der in ders:
-            x509.load_der_x509_certificate(der)
+            check_certificate(der)
         for der in ders:
             self.add_certificate(der)
         return True
@@ -703,14 +797,4 @@ def load_host(target: HostTarget, ca_file: Path | None = None, timeout: float = 
             records.append(certificate_record(str(target), len(ders), anchor, len(ders),
                                               note="trust anchor from --ca, not sent by the server",
                                               from_host=True))
-    return records
-
-
-def load_all(paths: Sequence[Path], hosts: Sequence[str] = (), ca_file: Path | None = None,
-             password: PasswordSource | None = None, timeout: float = 20.0) -> list[KeyRecord]:
-    records: list[KeyRecord] = []
-    for path in paths:
-        records += load_file(path, password)
-    for host in hosts:
-        records += load_host(parse_host(host), ca_file, timeout)
     return records

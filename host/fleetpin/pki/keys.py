@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fleetpin import passphrase
 from fleetpin.errors import FleetpinError, UsageError
 from pinagent import signers as dev_signers
 
 ROLES = (dev_signers.PRODUCTION, dev_signers.DEVELOPMENT)
-PASSPHRASE_ENV = "FLEETPIN_KEY_PASSPHRASE"
+PASSPHRASE_ENV = passphrase.ENV
 MIN_PASSPHRASE = 8
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _META_KEYS = {"name", "key_id", "role", "public_key", "created"}
@@ -94,16 +94,8 @@ def public_info(public_key: ec.EllipticCurvePublicKey, name: str, role: str) -> 
 
 
 def read_passphrase(passphrase_file: Path | None, *, confirm: bool, prompt: str = "key passphrase") -> bytes:
-    """--passphrase-file, else $FLEETPIN_KEY_PASSPHRASE, else a prompt (hidden)."""
-    if passphrase_file is not None:
-        try:
-            text = passphrase_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as e:
-            raise UsageError(f"{passphrase_file}: cannot read passphrase: {e.strerror or e}") from None
-    elif os.environ.get(PASSPHRASE_ENV):
-        text = os.environ[PASSPHRASE_ENV]
-    else:
-        text = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
+    """--passphrase-file, else $FLEETPIN_KEY_PASSPHRASE, else a prompt on a terminal (fleetpin.passphrase)."""
+    text = passphrase.read(passphrase_file, prompt=prompt, confirm=confirm)
     if len(text) < MIN_PASSPHRASE:
         raise UsageError(
             f"passphrase shorter than {MIN_PASSPHRASE} characters",
@@ -223,10 +215,12 @@ def load_private_key(path: Path, passphrase: bytes) -> ec.EllipticCurvePrivateKe
         data = path.read_bytes()
     except OSError as e:
         raise UsageError(f"{path}: cannot read: {e.strerror or e}", hint="or sign with --sign-command for a key in an HSM/KMS") from None
+    if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" not in data:
+        raise UsageError(f"{path}: not an encrypted PEM private key", hint="pass a NAME.key.pem made by `fleetpin key new`")
     try:
         key = serialization.load_pem_private_key(data, passphrase)
     except (ValueError, TypeError):
-        raise FleetpinError(f"{path}: wrong passphrase or not an encrypted PEM private key", hint=f"check --passphrase-file / ${PASSPHRASE_ENV}") from None
+        raise FleetpinError(f"{path}: wrong passphrase", hint=f"check --passphrase-file / ${PASSPHRASE_ENV}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise UsageError(f"{path}: not an EC P-256 private key")
     return key

@@ -5,6 +5,7 @@ settable, its network loopback only. pyserial talks to `board.port` as to a boar
         board.port            # "/dev/pts/7"
         board.reset()         # power cycle: the agent boots again from the flash file
         board.unplug(); board.plug()
+        board.run_app(fn)     # fn(agent), as /app.py's main(agent) runs on the board (CPython runtime)
     with VirtualFleet(3, fleet="acme") as fleet: [b.port for b in fleet]
 
 Runtimes: "cpython" runs the agent in this process (a thread pumps the line); "micropython"
@@ -27,15 +28,16 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fleetpin.errors import UsageError
 from fleetpin.line.boards import Board, get_board
 from fleetpin.sim.flashfs import FlashFS
 from fleetpin.sim.line import Faults, Line
 
+T = TypeVar("T")
 RUNTIMES = ("cpython", "micropython")
 CONFIG = "/fleetpin/config.json"
 SIGNERS = "/fleetpin/signers.bin"
@@ -338,6 +340,12 @@ class VirtualBoard:
         return self.line.port
 
     @property
+    def agent(self) -> Any:
+        """The running agent, as an application on the board holds it (app.main(agent)); None on
+        the micropython runtime, whose agent lives in another process."""
+        return getattr(self._core, "agent", None)
+
+    @property
     def device_id(self) -> str | None:
         return read_config(self.flash).get("device_id")
 
@@ -419,6 +427,16 @@ class VirtualBoard:
 
     def set_clock(self, t: float | None) -> None:
         self.clock.set(t)
+
+    def run_app(self, fn: Callable[[Any], T]) -> T:
+        """Runs fn(agent) as the board's application (main.py's app.main(agent)) would: pinned
+        connections through the running agent. CPython runtime only (the VM has no network)."""
+        with self._lock:
+            core = self._core
+            if not isinstance(core, _CPythonCore) or core.agent is None:
+                raise UsageError("an application runs on a cpython virtual board only",
+                                 hint="start the board with runtime='cpython'")
+            return fn(core.agent)
 
 
 class VirtualFleet:

@@ -20,6 +20,7 @@ import click
 from fleetpin.cli import main as fleetpin_main
 from fleetpin.errors import UsageError
 from fleetpin.field.transport import Transport
+from fleetpin.output import secho
 from fleetpin.pki.certs import load_file
 from fleetpin.sim.board import VirtualBoard
 from fleetpin.sim.firmware import stand_in_firmware
@@ -46,17 +47,17 @@ class Story:
     def section(self, title: str, text: str = "") -> None:
         self.step += 1
         click.echo()
-        click.secho(f"━━ {self.step}. {title} " + "━" * max(3, 66 - len(title)), fg="cyan", bold=True)
+        secho(f"━━ {self.step}. {title} " + "━" * max(3, 66 - len(title)), fg="cyan", bold=True)
         if text:
             click.echo(click.wrap_text(text, 90))
 
     def note(self, text: str) -> None:
-        click.secho(click.wrap_text(text, 90, initial_indent="  ", subsequent_indent="  "), dim=True)
+        secho(click.wrap_text(text, 90, initial_indent="  ", subsequent_indent="  "), dim=True)
 
     def run(self, *args: str | Path, expect: int = 0) -> int:
         argv = [str(a) for a in args]
-        click.secho("$ fleetpin " + " ".join(shlex.quote(self.short(a)) for a in argv), fg="green")
-        code = fleetpin_main(argv)
+        secho("$ fleetpin " + " ".join(shlex.quote(self.short(a)) for a in argv), fg="green")
+        code = fleetpin_main(argv, refusal_expected=expect == 1)
         if code != expect:
             raise DemoFailed(f"`fleetpin {' '.join(argv)}` exited {code}, expected {expect}")
         return code
@@ -254,13 +255,13 @@ def account(s: Story, boards: list[VirtualBoard], host: str, port: int) -> None:
 
 def summary(s: Story, started: float) -> None:
     click.echo()
-    click.secho("━━ Summary " + "━" * 60, fg="cyan", bold=True)
+    secho("━━ Summary " + "━" * 60, fg="cyan", bold=True)
     width = max(len(w) for w, _ in s.outcomes)
     for what, result in s.outcomes:
         click.echo(f"  {what:<{width}}  {result}")
     devices = [r for w, r in s.outcomes if w.startswith("device ")]
     reached = sum(1 for r in devices if ", connected" in r)
-    click.secho(f"\n  every device accounted for: {reached} of {len(devices)} reach the server, "
+    secho(f"\n  every device accounted for: {reached} of {len(devices)} reach the server, "
                 f"{len(devices) - reached} unreachable", fg="green" if reached == len(devices) else "red", bold=True)
     click.echo(f"  demo finished in {time.monotonic() - started:.0f} s; files are in {s.out}")
 
@@ -284,7 +285,7 @@ def run(out: Path) -> int:
     try:
         s = story(out)
     except DemoFailed as e:
-        click.secho(f"\ndemo failed: {e}", fg="red", err=True)
+        secho(f"\ndemo failed: {e}", fg="red", err=True)
         return 1
     finally:  # the demo's passphrase must not outlive it (tests run it in-process)
         if saved is None:

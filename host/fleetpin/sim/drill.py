@@ -5,7 +5,9 @@ ptys, fleetpin.sim.board) with a signed bundle, serves TLS on 127.0.0.1, and the
 incident: servers change keys or CAs, the clock moves, bundles are pushed over serial. Every
 device question goes over the serial protocol, as a technician's laptop would ask it:
 TEST_CONNECT gives the device's own verdict, WRITE_* installs a bundle, READ_REPORTS reads
-its failure reports.
+its failure reports. The devices' application (World.sync_time) is the one thing that runs on
+the board itself: it asks the API for the time over a pinned connection, the authenticated time
+that alone can confirm pins expired (a clock set by SNTP cannot).
 
 At the end every device is accounted for:
 
@@ -42,8 +44,10 @@ from fleetpin.pki import keys
 from fleetpin.pki.certs import parse_host
 from fleetpin.pki.signing import LocalKeySigner
 from fleetpin.sim.board import VirtualBoard
+from fleetpin.sim.broker import MqttApp, SimBroker
 from fleetpin.sim.pki import Pki, make_pki, pin_of_key
 from fleetpin.sim.tlsserver import TlsServer
+from pinagent.connect import ConnectError
 
 API = "api.drill.test"
 FLEET = "drill-fleet"
@@ -78,6 +82,7 @@ class World:
     runtime: str
     echo: Callable[[str], None]
     now: int = field(default_factory=lambda: int(time.time()))
+    shift: int = 0  # seconds the drill moved time forward (the servers' time is real time + shift)
     pki: Pki = field(init=False)
     boards: list[VirtualBoard] = field(default_factory=list)
     servers: dict[str, TlsServer] = field(default_factory=dict)
@@ -85,6 +90,8 @@ class World:
     failures: list[str] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
     stack: ExitStack = field(default_factory=ExitStack)
+    broker: SimBroker | None = None  # the MQTT broker of the API (under the API's name and keys)
+    apps: list[MqttApp] = field(default_factory=list)
     _t0: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -133,12 +140,14 @@ class World:
         self.boot(v1, "v1")
         return v1
 
-    def serve(self, name: str, pki: Pki, leaf: str) -> int:
-        """(Re)starts the server `name` presenting `leaf` of `pki`; returns its port."""
+    def serve(self, name: str, pki: Pki, leaf: str, says_time: Callable[[], int] | None = None) -> int:
+        """(Re)starts the server `name` presenting `leaf` of `pki`; returns its port. Asked, it
+        tells its time: the world's (real time + shift), or what `says_time` says (an attacker)."""
         old = self.servers.pop(name, None)
         if old is not None:
             old.__exit__(None, None, None)
-        srv = TlsServer(pki.chain_pem(leaf), getattr(pki, leaf).key_pem)
+        clock = says_time or self.time
+        srv = TlsServer(pki.chain_pem(leaf), getattr(pki, leaf).key_pem, reply=lambda _line: b"%d\n" % clock())
         srv.__enter__()
         self.servers[name] = srv
         return srv.port
@@ -156,7 +165,68 @@ class World:
         self.log(f"{len(new)} devices boot with bundle {label}")
         return new
 
+    def time(self) -> int:
+        """The real time in the drill's world."""
+        return int(time.time()) + self.shift
+
+    def advance(self, seconds: int) -> None:
+        """Time passes: the servers' time moves, and every device's clock follows (SNTP, honest)."""
+        self.shift += seconds
+        for b in self.boards:
+            b.set_clock(self.time())
+
+    def sync_time(self, boards: list[VirtualBoard], server: str = "api") -> dict[str, str]:
+        """Each device's application asks `server` for the time over a pinned connection and
+        hands it to agent.server_time, which takes it only if the pin matched."""
+        port = self.servers[server].port
+        results = {}
+        for b in boards:
+            outcome = b.run_app(lambda agent: _time_app(agent, port))
+            results[b.device_id or "?"] = outcome
+            self.log(f"  {b.device_id} [{b.bundle_label}] app asks {server} for the time: {outcome}")  # type: ignore[attr-defined]
+        return results
+
+    # ---- an application on a device: MQTT through the agent's pinned context
+
+    def start_app(self, board: VirtualBoard, pki: Pki, leaf: str) -> MqttApp | None:
+        """Starts the MQTT broker (presenting `leaf` of `pki` under the API's name) and an
+        application on `board` that talks to it through agent.tls_context(); None on a runtime
+        whose agent lives in another process (only the cpython board runtime runs apps)."""
+        if board.agent is None:
+            self.log(f"  {board.device_id}: no MQTT application (the {board.runtime} runtime runs none)")
+            return None
+        if self.broker is None:
+            self.broker = SimBroker(pki.chain_pem(leaf), getattr(pki, leaf).key_pem).__enter__()
+        app = MqttApp(lambda: board.agent, board.device_id or "app", API, self.broker.port).start()
+        self.apps.append(app)
+        self.log(f"  {board.device_id} runs an MQTT application through its pinned TLS context")
+        return app
+
+    def rotate_broker(self, pki: Pki, leaf: str) -> None:
+        """The broker moves to `leaf`'s key: open connections drop, as at a broker restart."""
+        if self.broker is not None:
+            self.broker.serve(pki.chain_pem(leaf), getattr(pki, leaf).key_pem)
+
+    def app_alive(self, app: MqttApp | None, what: str, connects: int = 0) -> None:
+        """Expects the application to be connected (at least `connects` connections made so far)
+        and its messages to come back through the broker."""
+        if app is None:
+            return
+        end = time.monotonic() + 10
+        while len(app.connects) < connects and time.monotonic() < end:
+            time.sleep(0.02)
+        ok = len(app.connects) >= connects and app.wait_for_messages(app.received, 10)
+        self.log(f"  {app.client_id} MQTT: {'messages flowing' if ok else 'NO MESSAGES'}, {app.received} so far; "
+                 f"connections {', '.join(app.connects)}; refused {len(app.refusals)}")
+        self.expect(ok, f"{what}: the MQTT application on {app.client_id} is connected and its messages flow")
+        self.expect(not app.refusals, f"{what}: the MQTT application was never refused ({app.refusals})")
+
     def close(self) -> None:
+        for app in self.apps:
+            app.stop()
+        if self.broker is not None:
+            self.broker.__exit__(None, None, None)
+            self.broker = None
         for srv in self.servers.values():
             srv.__exit__(None, None, None)
         self.servers.clear()
@@ -241,6 +311,30 @@ class World:
             self.outcomes.append(Outcome(dev, b.bundle_label, status, str(v.get("reason"))))  # type: ignore[attr-defined]
 
 
+def _time_app(agent: Any, port: int) -> str:
+    """What an application on the board does to learn authenticated time: read it from its own
+    server over a pinned connection, then agent.server_time(check, t)."""
+    try:
+        sock, check = agent.open(API, port, 5)
+    except ConnectError as e:
+        return f"refused ({e.reason})"
+    try:
+        sock.sendall(b"TIME\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(64)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    try:
+        t = int(data)
+    except ValueError:
+        return "no time in the answer"
+    return "taken as trusted time" if agent.server_time(check, t) else f"not taken ({check.verdict.reason})"
+
+
 def _fresh_signer(name: str) -> LocalKeySigner:
     key = ec.generate_private_key(ec.SECP256R1())
     return LocalKeySigner(key, keys.public_info(key.public_key(), name, "production"))
@@ -257,17 +351,26 @@ def _new_key_pin() -> str:
 def primary_key_lost(w: World) -> None:
     p = w.pki
     w.start_pinned()
+    app = w.start_app(w.boards[0], p, "leaf")  # its broker shares the API's name and keys
     verdicts = w.connect_all("api")
     w.expect(all(v["allowed"] and v["matched_label"] == "primary" for v in verdicts.values()), "v1 devices match the primary key")
+    w.app_alive(app, "v1, primary key", connects=1)
     w.log("INCIDENT: the primary private key is lost; the server switches to the backup key")
     w.serve("api", p, "backup_leaf")
+    w.rotate_broker(p, "backup_leaf")
     verdicts = w.connect_all("api")
     w.expect(all(v["allowed"] and v["matched_label"] == "backup" for v in verdicts.values()),
              "every device keeps connecting through the backup pin, no update needed")
+    w.app_alive(app, "after the rotation to the backup key", connects=2)
     w.log("follow-up: bundle v2 promotes the backup and ships a new backup pin")
     v2 = w.bundle(2, [("primary", p.backup_leaf.pin), ("backup", _new_key_pin())], [p.root.der])
     for b in w.boards:
         w.update(b, v2, "v2")
+    w.rotate_broker(p, "backup_leaf")  # the broker restarts: the application reconnects under v2
+    w.app_alive(app, "with bundle v2", connects=3)
+    if app is not None:
+        w.expect(app.connects[:3] == ["matched/primary", "matched/backup", "matched/primary"],
+                 "the application matched the primary pin, then the backup, then v2's primary (the same key)")
     w.account("api")
 
 
@@ -343,23 +446,62 @@ def pins_expired(w: World) -> None:
     fallback = w.bundle(1, pins, [p.root.der], expires=expires, on_expiry="fallback")
     enforce = w.bundle(1, pins, [p.root.der], expires=expires, on_expiry="enforce")
     w.serve("api", p, "leaf")
-    a = w.boot(fallback, "v1-fallback", max(1, w.devices // 2))
-    b = w.boot(enforce, "v1-enforce", max(1, w.devices - len(a)))
+    third = max(1, w.devices // 3)
+    a = w.boot(fallback, "v1-fallback", third)
+    c = w.boot(fallback, "v1-fallback-offline", third)
+    b = w.boot(enforce, "v1-enforce", max(1, w.devices - 2 * third))
     w.connect_all("api")
     w.log("60 days pass: the pins expired 30 days ago and nobody updated these devices")
-    for x in w.boards:
-        x.set_clock(w.now + 60 * DAY)
+    w.advance(60 * DAY)
+    w.log("the devices in service keep talking to the API: their application takes its time over the pinned "
+          "connection (authenticated); the offline devices were switched off the whole time")
+    synced = w.sync_time(a + b)
+    w.expect(all(r == "taken as trusted time" for r in synced.values()), "the API's time, pinned, is trusted time")
     w.log("the server renews its certificate (same CA) with a fresh key that no bundle pins")
     w.serve("api", p, "renewed_leaf")
     verdicts = w.connect_all("api")
-    w.expect(all(verdicts[x.device_id or ""]["allowed"] and verdicts[x.device_id or ""]["reason"] == "expired_fallback"
-                 for x in a), "on_expiry=fallback: CA validation decides, the devices connect")
-    w.expect(all(not verdicts[x.device_id or ""]["allowed"] for x in b),
+
+    def of(x: VirtualBoard) -> dict[str, Any]:
+        return verdicts[x.device_id or ""]
+
+    w.expect(all(of(x)["allowed"] and of(x)["reason"] == "expired_fallback" for x in a),
+             "on_expiry=fallback, expiry confirmed by trusted time: CA validation decides, the devices connect")
+    w.expect(all(not of(x)["allowed"] for x in b),
              "on_expiry=enforce: the expired pins are still enforced, the devices refuse the new key")
-    w.log("rescue: bundle v2 (the renewed key, a fresh backup, a new expiry) for the enforcing devices")
+    w.expect(all(not of(x)["allowed"] and of(x)["reason"] == "expiry_unconfirmed" for x in c),
+             "offline devices: only their clock says the pins expired, so the pins stay in force")
+    w.log("rescue: bundle v2 (the renewed key, a fresh backup, a new expiry) for the devices still pinned")
     v2 = w.bundle(2, [("primary", p.renewed_leaf.pin), ("backup", _new_key_pin())], [p.root.der],
-                  expires=w.now + 240 * DAY, on_expiry="enforce")
-    w.account("api", w.rescue(b, v2, "v2"))
+                  expires=w.time() + 240 * DAY, on_expiry="enforce", issued=w.time() - 60)
+    w.account("api", w.rescue(b + c, v2, "v2"))
+
+
+def clock_spoofed(w: World) -> None:
+    p = w.pki
+    expires = w.now + 30 * DAY
+    # The bundle trusts two CAs (one of them will mis-issue); on_expiry is the default, "fallback".
+    v1 = w.bundle(1, [("primary", p.leaf.pin), ("backup", p.backup_leaf.pin)], [p.root.der, p.rogue_root.der],
+                  expires=expires)
+    w.serve("api", p, "leaf")
+    w.boot(v1, "v1")
+    w.connect_all("api")
+    w.log("ATTACK: on the path, the attacker answers SNTP with a time 60 s past the pins' expiry and serves "
+          "a certificate a trusted CA mis-issued for the API")
+    for b in w.boards:
+        b.set_clock(expires + 60)
+    w.serve("mitm", p, "rogue_leaf", says_time=lambda: expires + 60)
+    verdicts = w.connect_all("mitm")
+    w.expect(all(not v["allowed"] and v["reason"] == "expiry_unconfirmed" and v["expired"] for v in verdicts.values()),
+             "the clock alone does not end pinning: the rogue certificate is blocked")
+    synced = w.sync_time(w.boards, "mitm")
+    w.expect(all(r.startswith("refused") for r in synced.values()),
+             "the attacker's server cannot hand the devices its time: the pin check refuses it first")
+    for b in w.boards:
+        reports = w.reports(b)
+        w.expect(any(r.get("validation-result") == "expiry_unconfirmed" and p.rogue_leaf.pin in json.dumps(r)
+                     for r in reports), f"{b.device_id} reported the rogue chain under the spoofed clock")
+    w.log("the real server still connects, whatever the clock says: its key is pinned")
+    w.account("api")
 
 
 def rogue_ca(w: World) -> None:
@@ -411,6 +553,8 @@ DRILLS: dict[str, Drill] = {d.name: d for d in [
     Drill("wrong-pin", "Wrong pin shipped", "Caught by lint and preflight before any device sees it.", wrong_pin_shipped),
     Drill("pins-expired", "Pins expired", "Devices never updated, past expiry, per on-expiry policy.", pins_expired),
     Drill("rogue-ca", "Rogue CA in the middle", "A trusted CA mis-issues: blocked and reported.", rogue_ca),
+    Drill("clock-spoof", "Clock spoofed past expiry", "SNTP moved past the pins' expiry and a rogue CA: still blocked.",
+          clock_spoofed),
     Drill("report-only", "Report-only rollout", "Mismatches recorded, nothing blocked, then switched to enforce.", report_only_rollout),
 ]}
 

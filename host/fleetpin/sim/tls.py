@@ -1,6 +1,7 @@
 """The CPython TLS adapter for pinagent.connect, over `ssl`: what pinagent.io.tls is on the board.
 
     SimTls().open(host, port, timeout, ca_certs, check) -> ssl.SSLSocket
+    SimTls().wrap(sock, host, ca_certs, check, client_cert=None, do_handshake=True) -> ssl.SSLSocket
 
 - ssl.SSLContext(PROTOCOL_TLS_CLIENT) with verify_mode CERT_REQUIRED and check_hostname on, and
   nothing but the bundle's CA certificates as trust anchors (no system store: the board has
@@ -23,9 +24,12 @@ and name check).
 
 from __future__ import annotations
 
+import base64
 import socket
 import ssl
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from pinagent.connect import NetworkError, error_text
@@ -71,6 +75,22 @@ class SimTls:
             raw = socket.create_connection(address, timeout=timeout)
         except OSError as e:
             raise NetworkError("network", None, error_text(e)) from None
+        return self._handshake(ctx, raw, host, check)
+
+    def wrap(self, sock: socket.socket, host: str, ca_certs: Sequence[bytes | memoryview], check: Check,
+             client_cert: tuple[bytes, bytes] | None = None, do_handshake: bool = True) -> ssl.SSLSocket:
+        """TLS on a socket the caller connected (pinagent.tlsctx). CPython always runs the
+        handshake here, also when do_handshake is False: the socket must be blocking."""
+        try:
+            ctx = self.context(ca_certs)
+            if client_cert is not None:
+                load_client_cert(ctx, client_cert[0], client_cert[1])
+        except BaseException:
+            sock.close()
+            raise
+        return self._handshake(ctx, sock, host, check)
+
+    def _handshake(self, ctx: ssl.SSLContext, raw: socket.socket, host: str, check: Check) -> ssl.SSLSocket:
         try:
             tls = ctx.wrap_socket(raw, server_hostname=host)
         except BaseException:
@@ -86,6 +106,21 @@ class SimTls:
             tls.close()
             raise
         return tls
+
+
+def load_client_cert(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
+    """A client certificate and key, PEM or DER (as the board's load_cert_chain takes them);
+    `ssl` reads them from files, needed only until load_cert_chain returns."""
+    with tempfile.TemporaryDirectory(prefix="fleetpin-client-") as tmp:
+        cert_file, key_file = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
+        cert_file.write_bytes(cert if cert.lstrip().startswith(b"-----") else _pem("CERTIFICATE", cert))
+        key_file.write_bytes(key if key.lstrip().startswith(b"-----") else _pem("PRIVATE KEY", key))
+        ctx.load_cert_chain(cert_file, key_file)
+
+
+def _pem(label: str, der: bytes) -> bytes:
+    body = base64.encodebytes(der).decode("ascii")
+    return f"-----BEGIN {label}-----\n{body}-----END {label}-----\n".encode("ascii")
 
 
 def verified_chain(tls: ssl.SSLSocket) -> list[bytes]:

@@ -6,7 +6,7 @@
     server.failed          # handshakes that failed (e.g. a client refused the pin)
 
 The protocol is one exchange: the client sends a line (up to 1 KiB), the server answers
-`reply` and closes. A client that refuses the chain never gets that far, so an empty
+`reply` (bytes, or a function of the line that returns them) and closes. A client that refuses the chain never gets that far, so an empty
 `requests` proves that no application byte was sent. Several servers can run at once (port 0:
 the kernel picks a free port). The server binds 127.0.0.1 and nothing else.
 """
@@ -17,6 +17,7 @@ import socket
 import ssl
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -28,7 +29,7 @@ class TlsServer:
         self,
         chain_pem: bytes,
         key_pem: bytes,
-        reply: bytes = b"HELLO\n",
+        reply: bytes | Callable[[bytes], bytes] = b"HELLO\n",
         maximum_version: ssl.TLSVersion | None = None,
         timeout: float = 5.0,
     ) -> None:
@@ -122,7 +123,7 @@ class TlsServer:
                 if line:
                     with self._lock:
                         self.requests.append(line)
-                    tls.sendall(self.reply)
+                    tls.sendall(self.reply(line) if callable(self.reply) else self.reply)
         except (OSError, ssl.SSLError) as e:  # a refused handshake is a normal outcome here
             with self._lock:
                 self.failed.append(f"{type(e).__name__}: {e}")

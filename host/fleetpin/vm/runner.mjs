@@ -127,32 +127,37 @@ for (const src of req.steps || []) {
 }
 
 if (!streaming) {
+  // Exit only once the reply is flushed: on a pipe, stdout is asynchronous, and process.exit()
+  // right after write() drops whatever the pipe has not taken yet (all but the first 64 KB).
   process.stdout.write(JSON.stringify({
     load_ms: loadMs, heap_initial: initial.total, heap_used_initial: initial.used, steps: results,
-  }) + "\n");
-  process.exit(0);
+  }) + "\n", () => process.exit(0));
+} else {
+  serveStream();
 }
 
 // Stream mode: setup steps must have succeeded.
-const bad = results.find((r) => r.error !== null);
-if (bad) fail("stream setup failed:\n" + bad.error);
-mp.runPython(
-  "def _fp_feed(data):\n" +
-  "    out = " + req.stream.handler + "(bytes(data))\n" +
-  "    return list(out) if out else None\n");
-const feed = mp.globals.get("_fp_feed");
-function onData(chunk) {
-  if (chunk.length === 0) return;
-  let out;
-  try {
-    // each call enters the VM at top level, so garbage is collected first, as between UART reads
-    out = feed(new Uint8Array(chunk));
-    if (out) out = Buffer.from(mp.PyProxy.toJs(out));
-  } catch (e) {
-    fail("stream handler raised:\n" + (e && e.message || e));
+function serveStream() {
+  const bad = results.find((r) => r.error !== null);
+  if (bad) fail("stream setup failed:\n" + bad.error);
+  mp.runPython(
+    "def _fp_feed(data):\n" +
+    "    out = " + req.stream.handler + "(bytes(data))\n" +
+    "    return list(out) if out else None\n");
+  const feed = mp.globals.get("_fp_feed");
+  function onData(chunk) {
+    if (chunk.length === 0) return;
+    let out;
+    try {
+      // each call enters the VM at top level, so garbage is collected first, as between UART reads
+      out = feed(new Uint8Array(chunk));
+      if (out) out = Buffer.from(mp.PyProxy.toJs(out));
+    } catch (e) {
+      fail("stream handler raised:\n" + (e && e.message || e));
+    }
+    if (out) process.stdout.write(out);
   }
-  if (out) process.stdout.write(out);
+  onData(leftover);
+  process.stdin.on("data", onData);
+  process.stdin.on("end", () => process.exit(0));
 }
-onData(leftover);
-process.stdin.on("data", onData);
-process.stdin.on("end", () => process.exit(0));

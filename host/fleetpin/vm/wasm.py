@@ -1,6 +1,6 @@
 """Runs Python on the real MicroPython VM (the official WebAssembly port, from npm, in Node).
 
-Used by the device-test runner, by benchmarks and by `--runtime micropython` commands.  Each call
+Used by the device-test runner, by benchmarks and by `--runtime wasm` commands.  Each call
 starts `node vm/runner.mjs`, sends one JSON request line (files as base64, so binary-safe) and
 reads one JSON result line.  Start-up is about 25 ms for the VM plus Node's own start.
 
@@ -114,7 +114,7 @@ def install_vm() -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise FleetpinError("the WebAssembly MicroPython VM needs Node.js and npm, and npm is not on PATH",
-                            hint="install Node.js (with npm), or use --runtime micropython or cpython")
+                            hint="install Node.js (with npm), or use --runtime micropython or device")
     target = cache_dir()
     target.mkdir(parents=True, exist_ok=True)
     print(f"fetching MicroPython {VM_VERSION} (WebAssembly) from npm into {target} (once)", file=sys.stderr)
@@ -195,7 +195,10 @@ def run_steps(
     wall_ms = (time.perf_counter() - started) * 1000
     if done.returncode != 0 or not done.stdout.strip():
         raise VMError(f"the VM runner failed (exit {done.returncode}):\n{done.stderr.decode(errors='replace')}")
-    reply = json.loads(done.stdout.splitlines()[-1])
+    try:
+        reply = json.loads(done.stdout.splitlines()[-1])
+    except ValueError as e:
+        raise VMError(f"the VM runner's reply is not JSON ({e}; {len(done.stdout)} bytes): it was cut short") from None
     return VMRun(
         load_ms=reply["load_ms"],
         heap_initial=reply["heap_initial"],
