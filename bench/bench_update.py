@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -169,7 +170,9 @@ def run() -> None:
     files: dict = {"signers": demo_signer_set()}
     cas = _ca_certs(MAX_CERTS)
     try:
-        from fleetpin.bundles import cache as bundle_cache
+        import fleetpin.bundles.cache
+
+        bundle_cache: Any = fleetpin.bundles.cache
     except ImportError:  # an older fleetpin (PYTHONPATH) keeps no bundles
         bundle_cache = None
 
