@@ -16,7 +16,8 @@ bytes that had to cross, measured in one run.
   of them, each way, fixed seeds). The host's bundle cache holds the installed bundle (it
   built it), so nothing is read back; one row per runtime reads 8 KB back (an empty cache).
 - "resent": requests sent more than once (the receipt's transfer.retransmissions, probes of
-  slow requests included). On a clean line it must be 0.
+  slow requests included). On a clean line it must be 0. Clean lines: the best of 3 runs (the
+  machine's other work only adds time), "resent" the most of the 3.
 - Resume: an update cut (SIGINT, as Ctrl-C) when half the bundle has crossed, then run again:
   the second run's time as a ratio to an uncut run's (target <= 0.6).
 """
@@ -207,7 +208,16 @@ def run() -> None:
             floor = new_size * 10 / baud
             for label, faults in FAULTS.items():
                 f = faults % (size + baud) if faults else None
-                row(runtime, new_size, baud, label, one(runtime, size, baud, f, files, env, work), floor)
+                if f is None:
+                    # a clean line: the best of 3 (the machine's other work only adds), and the
+                    # most requests any of them sent twice
+                    runs = [one(runtime, size, baud, f, files, env, work) for _ in range(3)]
+                    best = min(runs, key=lambda r: r[2] if r[3] == 0 else 1e9)
+                    most = max(r[4].get("transfer", {}).get("retransmissions") or 0 for r in runs)
+                    best[4].setdefault("transfer", {})["retransmissions"] = most
+                    row(runtime, new_size, baud, label, best, floor, "  (best of 3)")
+                else:
+                    row(runtime, new_size, baud, label, one(runtime, size, baud, f, files, env, work), floor)
         # a read-back: the host never saw the installed bundle
         old_size = files[8192][0].stat().st_size
         new_size = files[8192][1].stat().st_size

@@ -30,7 +30,7 @@ from fleetpin.field.client import BadResponse, Call, Client, LinkFailure, Remote
 DEFAULT_BAUD = 115200
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
 SLOW_FIRST_PROBE_MS = 1000  # first probe of a slow request (commit, TEST_CONNECT, REBOOT)
-MIN_MARGIN_MS = 80  # least margin a timer keeps beyond the line time (OS and USB latency, a busy device)
+MIN_MARGIN_MS = 150  # least margin a timer keeps beyond the line time (OS and USB latency, a busy device)
 
 
 class PortError(FleetpinError):
