@@ -464,9 +464,10 @@ class LongAnswer:
         self.done = True
 
     def _piece(self, off, n):
+        # quick timers: a slow request was already waited on for its first probe, and a piece
+        # asked for while the device still works waits in its buffer (then answered, once)
         body = struct.pack("<BHH", self._seq, off, n)
-        slow = self.rto_ms if self._total is None else None  # the first waits out a slow request
-        c = self.client._call(_link.OP_READ_CACHED, body, _dec_piece, rto_ms=slow, answer=n + 3)
+        c = self.client._call(_link.OP_READ_CACHED, body, _dec_piece, answer=n + 3)
         self._flying.append([c, off, off + n])
 
     def _advance(self):

@@ -126,7 +126,9 @@ class _Tx:
         self.expect = None  # when its answer should have arrived, by the line model
         self.expect0 = None  # the same, as first predicted (what its round trip is measured by)
         self.retx_at = None  # send the request again if still unanswered then
-        self.drain_at = None  # presume its bytes consumed or lost then
+        self.drain_at = None  # forget it then: presume its bytes consumed or lost
+        self.free_at = None  # its bytes leave the window then (the device has read them)
+        self.freed = False
         self.resolved = False  # its outcome went into the loss estimate
         self.suspect = False  # a corrupted answer was taken for its own
 
@@ -173,6 +175,8 @@ class HostLink:
     def __init__(self, rto_ms=1000, max_attempts=8, rx_max_frame=2048, min_rto_ms=50, byte_ms=0.0):
         self.byte_ms = byte_ms
         self.slow_probe_ms = 0  # a slow request is first probed after at least this (its work takes time)
+        self.drain_ms = None  # a transmission's bytes leave the window this long after they crossed
+        #                       (None: only when it is answered or its timer expires)
         self._down_free = 0.0  # when the bytes handed out so far will have crossed to the device
         self._up_free = 0.0  # when the answers expected so far will have crossed back
         self.last_rx = None  # when any byte (even damaged) last arrived from the device
@@ -195,7 +199,8 @@ class HostLink:
         self._events = []
         self._srtt = None  # smoothed round trip, ms (None: no sample yet)
         self._rttvar = 0.0
-        self._backoff = 0  # the rto is doubled this many times (reset by a fresh sample)
+        self._backoff = 0  # the rto is grown this many times (reset by a fresh sample)
+        self._heard = False  # an answer came since the last timer expired
         self._q_ok = 2.0
         self._q_n = 2.0
         self._q_bytes = 200.0
@@ -302,12 +307,19 @@ class HostLink:
                         expired = True
                     self._observe(tx, False, 0)
                     self._lost(tx.req, now_ms, False)
+            if not tx.freed and now_ms >= tx.free_at:
+                # crossed and read by now: its bytes no longer take room in the device's buffer
+                tx.freed = True
+                self._inflight -= tx.nbytes
             if now_ms >= tx.drain_at:
                 # unanswered for its rto: presume its bytes consumed or lost
                 self._drop_tx(tx)
                 self._observe(tx, False, 0)
-        if expired and self._backoff < _MAX_BACKOFF:
-            self._backoff += 1
+        if expired:
+            if self._heard:
+                self._heard = False  # answers still come: a lost frame is the line's noise
+            elif self._backoff < _MAX_BACKOFF:
+                self._backoff += 1  # nothing since the last expiry: the device may be slow, wait longer
         return self._take_events()
 
     def next_deadline(self):
@@ -319,6 +331,8 @@ class HostLink:
             d = tx.drain_at
             if tx.retx_at is not None and tx.retx_at < d:
                 d = tx.retx_at
+            if not tx.freed and tx.free_at < d:
+                d = tx.free_at
             if t is None or d < t:
                 t = d
         return t
@@ -434,6 +448,11 @@ class HostLink:
             probe = max(self._base_rto(), self.slow_probe_ms) * _grow(r.timeouts)
             tx.retx_at = int(due + min(probe, r.slow_ms))
             tx.drain_at = int(due) + r.slow_ms
+        tx.free_at = tx.drain_at
+        if self.drain_ms is not None:
+            # the device reads what arrives at once (an answer may take longer: that is its
+            # timer's business): the window then has room for what proves a loss sooner
+            tx.free_at = min(tx.drain_at, int(arrive + self.drain_ms))
 
     def _is_latest(self, tx):
         r = tx.req
@@ -441,7 +460,8 @@ class HostLink:
 
     def _drop_tx(self, tx):
         self._tx.remove(tx)
-        self._inflight -= tx.nbytes
+        if not tx.freed:
+            self._inflight -= tx.nbytes
 
     def _observe(self, tx, ok, answer_bytes):
         if tx.resolved:
@@ -540,8 +560,10 @@ class HostLink:
             del self._tx[: i + 1]
             self._inflight = 0
             for t in self._tx:
-                self._inflight += t.nbytes
+                if not t.freed:
+                    self._inflight += t.nbytes
             self._observe(tx, True, len(f) + 6)
+            self._heard = True
             if tx.req.slow_ms is None:
                 excess = now - tx.expect0
                 self._sample_rtt(max(0, excess))
@@ -555,6 +577,7 @@ class HostLink:
                         if t.retx_at is not None:
                             t.retx_at += int(late)
                         t.drain_at += int(late)
+                        t.free_at += int(late)
         r = self._out.get(seq)
         if r is None or (op != r.op and op != OP_ERROR):
             self.duplicates += 1

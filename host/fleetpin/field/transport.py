@@ -30,6 +30,7 @@ from fleetpin.field.client import BadResponse, Call, Client, LinkFailure, Remote
 DEFAULT_BAUD = 115200
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
 SLOW_FIRST_PROBE_MS = 1000  # first probe of a slow request (commit, TEST_CONNECT, REBOOT)
+DRAIN_MS = 50  # after a frame has crossed, the device has read it out of its buffer
 MIN_MARGIN_MS = 150  # least margin a timer keeps beyond the line time (OS and USB latency, a busy device)
 
 
@@ -74,7 +75,7 @@ class Transport:
         # for what the line does not explain (the device's own time, the OS), and adapts to it.
         # A request is given up once the device has said nothing for `timeout`; slow requests
         # (commit: a signature check in pure Python on the device) are probed less often.
-        rto = rto_ms or 500
+        rto = rto_ms or 300
         self.client = Client(rto_ms=rto, slow_rto_ms=max(rto, int(timeout * 1000)), max_attempts=8,
                              min_rto_ms=MIN_MARGIN_MS, byte_ms=BITS_PER_BYTE * 1000.0 / self.baud)
         self.client.link.max_attempts = max(8, int(timeout * 1000 / rto) + 1)
@@ -82,6 +83,9 @@ class Transport:
         # probe sooner would only wait in the device's buffer (a damaged answer is still asked
         # for at once)
         self.client.link.slow_probe_ms = SLOW_FIRST_PROBE_MS
+        # the device reads its buffer as bytes arrive: a frame lost on the way must not hold the
+        # window shut until its timer, so the next frame can go and prove the loss at once
+        self.client.link.drain_ms = DRAIN_MS
         # a fresh session starts at a random sequence number, so an answer still on the wire
         # from an earlier session (an interrupted command) is never taken for one of ours
         self.client.link.reseed(int.from_bytes(os.urandom(1), "little"))
