@@ -203,6 +203,7 @@ def run() -> None:
               f"{floor * 1000:6.0f}ms {line / floor:5.2f}x {resent}{ok}{note}", flush=True)
 
     for runtime in RUNTIMES:
+        clean: dict[int, list[tuple[int, float]]] = {}
         for size, baud in CASES:
             new_size = files[size][1].stat().st_size
             floor = new_size * 10 / baud
@@ -216,8 +217,21 @@ def run() -> None:
                     most = max(r[4].get("transfer", {}).get("retransmissions") or 0 for r in runs)
                     best[4].setdefault("transfer", {})["retransmissions"] = most
                     row(runtime, new_size, baud, label, best, floor, "  (best of 3)")
+                    clean.setdefault(baud, []).append((new_size, best[2]))
                 else:
                     row(runtime, new_size, baud, label, one(runtime, size, baud, f, files, env, work), floor)
+        for baud, points in sorted(clean.items()):
+            if len(points) < 3:
+                continue
+            # time = fixed + slope * bytes (least squares): does it grow in proportion to the bytes?
+            n = len(points)
+            mx = sum(x for x, _ in points) / n
+            my = sum(y for _, y in points) / n
+            slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+            fixed = my - slope * mx
+            print(f"   {runtime:11s} {baud:7d} clean: {slope / (10 / baud):.2f} x the floor per byte of bundle, plus "
+                  f"{fixed * 1000:.0f} ms fixed (HELLO, IDENTIFY's answer, WRITE_BEGIN, the commit's check and answer)",
+                  flush=True)
         # a read-back: the host never saw the installed bundle
         old_size = files[8192][0].stat().st_size
         new_size = files[8192][1].stat().st_size
