@@ -289,7 +289,9 @@ class Upload:
         return (left + pieces - 1) // pieces
 
     def _most(self, link):
-        return min(self.frame_target, link.window - 7)  # worst case still fits the window
+        # worst case still fits the window; on a fast line, small enough that the next frame
+        # fills the line while the device's answer to this one is on its way back
+        return min(self.frame_target, link.window - 7, link.pipelined_frame())
 
     def _target(self, link):
         most = self._most(link)

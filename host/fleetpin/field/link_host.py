@@ -349,6 +349,16 @@ class HostLink:
         base = self._srtt + 4 * self._rttvar
         return max(min(self.min_rto_ms, self.rto_ms), min(base, self.rto_ms))
 
+    def pipelined_frame(self):
+        """The largest frame that keeps the line busy: while one frame's answer comes back (the
+        measured excess round trip, in line bytes), the rest of the window must hold the next
+        one. At least 128 bytes (smaller ones cost more in overhead and in the device's time per
+        frame); no limit without a line rate or a measurement."""
+        if not self.byte_ms or self._srtt is None:
+            return self.window
+        wait = (self._srtt + self._rttvar) / self.byte_ms
+        return max(128, int(self.window - wait))
+
     @property
     def srtt(self):
         return self._srtt
