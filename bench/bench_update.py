@@ -198,6 +198,8 @@ def run() -> None:
             note: str = "") -> None:
         _wall, up, line, code, rec = res
         resent = rec.get("transfer", {}).get("retransmissions")
+        if resent and label == "clean":
+            resent = f"{resent} {rec['transfer'].get('resent')}"
         ok = "" if code == 0 and rec.get("result") == "installed" else f"  FAILED: {rec.get('error')}"
         print(f"   {runtime:11s} {size:7d} {baud:7d} {label:6s} {up * 1000:6.0f}ms {line * 1000:6.0f}ms "
               f"{floor * 1000:6.0f}ms {line / floor:5.2f}x {resent}{ok}{note}", flush=True)
@@ -214,8 +216,9 @@ def run() -> None:
                     # most requests any of them sent twice
                     runs = [one(runtime, size, baud, f, files, env, work) for _ in range(3)]
                     best = min(runs, key=lambda r: r[2] if r[3] == 0 else 1e9)
-                    most = max(r[4].get("transfer", {}).get("retransmissions") or 0 for r in runs)
-                    best[4].setdefault("transfer", {})["retransmissions"] = most
+                    worst = max(runs, key=lambda r: r[4].get("transfer", {}).get("retransmissions") or 0)
+                    best[4].setdefault("transfer", {}).update(
+                        {k: worst[4].get("transfer", {}).get(k) for k in ("retransmissions", "resent")})
                     row(runtime, new_size, baud, label, best, floor, "  (best of 3)")
                     clean.setdefault(baud, []).append((new_size, best[2]))
                 else:

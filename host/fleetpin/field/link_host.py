@@ -210,6 +210,7 @@ class HostLink:
         self.retransmissions = 0  # transmissions taken for lost and sent again (by us or the owner)
         self.fast_retransmissions = 0  # of those, the ones no timer had to wait for
         self.probes = 0  # slow requests sent again on a timer while the device may still be busy
+        self.resent_ops = {}  # op -> requests of that op sent again (or re-cut), for receipts
         self.wire_bytes_sent = 0
         self._hello()
 
@@ -499,6 +500,7 @@ class HostLink:
                 self._events.append(Failed(r.seq, r.op, "timeout"))
             else:
                 self.retransmissions += 1
+                self._count_resent(r.op)
                 if fast:
                     self.fast_retransmissions += 1
                 self._events.append(Failed(r.seq, r.op, "lost"))
@@ -513,6 +515,7 @@ class HostLink:
             if r.op == OP_HELLO:  # no device answering: nothing queued will ever go out
                 self._fail_all("timeout")
             return
+        self._count_resent(r.op)
         if r.slow_ms is not None and not fast:
             self.probes += 1
         else:
@@ -521,6 +524,9 @@ class HostLink:
                 self.fast_retransmissions += 1
         if r not in self._retx:
             self._retx.append(r)
+
+    def _count_resent(self, op):
+        self.resent_ops[op] = self.resent_ops.get(op, 0) + 1
 
     def _corrupted_answer(self, now):
         # Answers come in order: a damaged frame is most likely the answer to the oldest

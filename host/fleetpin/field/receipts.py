@@ -7,7 +7,8 @@ whole or absent. Fields:
     board_state (in words: what the device runs and holds after this attempt), port, device_id, fleet,
     old {version, sha256}, new {version, sha256} (what the device reported afterwards, or the
     bundle's own fields when it never got that far), bundle_file, started and finished (RFC 3339
-    UTC), duration_s, transfer (wire bytes sent, retransmissions), tool ("fleetpin X.Y").
+    UTC), duration_s, transfer (wire bytes sent, retransmissions, resent: requests sent again by
+    op), tool ("fleetpin X.Y").
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Receipt:
     new: dict[str, Any] = field(default_factory=lambda: {"version": None, "sha256": None})
     finished: str | None = None
     duration_s: float | None = None
-    transfer: dict[str, int] = field(default_factory=dict)
+    transfer: dict[str, Any] = field(default_factory=dict)
 
     def to_obj(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"format": 1, "kind": "device-update"}

@@ -26,6 +26,8 @@ import serial
 from fleetpin.device_errors import hint_for
 from fleetpin.errors import FleetpinError
 from fleetpin.field.client import BadResponse, Call, Client, LinkFailure, RemoteError, Upload
+from pinagent.link import OP_READ_CACHED
+from pinagent.service import OPS
 
 DEFAULT_BAUD = 115200
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
@@ -263,12 +265,15 @@ class Transport:
         return dict(up.result or {})
 
     @staticmethod
-    def _link_stats(c: Client) -> dict[str, int]:
+    def _link_stats(c: Client) -> dict[str, Any]:
         link = c.link
+        names = {op: name for op, (name, _run) in OPS.items()}
+        names[OP_READ_CACHED] = "READ_CACHED"
+        resent = {names.get(op, "HELLO" if op == 0 else str(op)): n for op, n in sorted(link.resent_ops.items())}
         return {"wire_bytes_sent": link.wire_bytes_sent, "retransmissions": link.retransmissions + link.probes,
-                "bad_frames": link.bad_frames}
+                "bad_frames": link.bad_frames, "resent": resent}
 
     @property
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return self._link_stats(self.client)
 
