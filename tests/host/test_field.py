@@ -262,3 +262,51 @@ def test_the_noise_in_sim_board_help_is_one_an_update_survives(fleetpin: Any, bo
                  "--receipt", tmp_path / "r.json")
     assert r.exit_code == 0, r.stderr
     assert sum(b.faults.counts.values()) > 0
+
+
+# ---- the other commands at the line's rate ---------------------------------------------------
+
+
+def test_a_board_with_many_reports_is_read_at_the_lines_rate(fleetpin: Any, board: Any, tmp_path: Path) -> None:
+    from fleetpin.line.boards import get_board
+    from fleetpin.sim.flashfs import FlashFS
+    from pinagent.reports import Reports
+
+    flash = tmp_path / "flash.img"
+    with FlashFS.open_image(flash, get_board("esp32")) as f:
+        log = Reports(f.store_fs())
+        for i in range(16):  # the ring's most entries, a few KB of JSON lines
+            log.add({"date-time": "2026-01-01T00:00:00Z", "hostname": f"api{i}.example.com", "port": 443,
+                     "validation-result": "pin_mismatch", "known-pins": [f'pin-sha256="{P1[7:]}"'] * 4})
+        size = len(log.export())
+        kept = len(log.export().splitlines()) - 1  # the ring keeps what its 4 KB hold
+    assert size > 2000 and kept >= 6
+    b = board(seed=demo_bundle(FLEET, 1, {"api.example.com": [P1, P2]}), baud=9600, flash=flash)
+    started = time.monotonic()
+    r = fleetpin("device", "reports", "-p", b.port, "-b", "9600", "--json")
+    took = time.monotonic() - started
+    assert r.exit_code == 0, r.stderr
+    assert len(json.loads(r.stdout)["reports"]) == kept
+    # every request once, and the log's bytes at 9600 (1.04 ms each) plus the session's few
+    assert b._core.link.duplicates == 0
+    assert took < size * 10 / 9600 * 1.3 + 1.0, took
+
+
+def test_provision_confirms_the_agent_at_the_lines_rate(board: Any) -> None:
+    from fleetpin.line.provision import agent_confirm
+
+    v1 = demo_bundle(FLEET, 1, {"api.example.com": [P1, P2]})
+    b = board(seed=v1, baud=9600)
+    started = time.monotonic()
+    info = agent_confirm(b.port, hashlib.sha256(v1).hexdigest(), baud=9600, timeout=10)
+    took = time.monotonic() - started
+    assert info["device_id"] == "dev-1"
+    # HELLO and IDENTIFY's ~350-byte answer: ~0.4 s of line time; no timer the line did not need
+    assert took < 1.5 and b._core.link.duplicates == 0, took
+
+
+def test_every_command_that_talks_to_a_board_takes_p_and_b(fleetpin: Any) -> None:
+    for args in (("device", "info"), ("device", "update"), ("device", "reports"), ("device", "test-connect"),
+                 ("device", "reboot"), ("provision",)):
+        out = fleetpin(*args, "--help").stdout
+        assert "-p, --port" in out and "-b, --baud" in out, args
