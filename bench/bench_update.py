@@ -248,7 +248,8 @@ def run() -> None:
             uncut = run_update(b, 115200, new, env, work / "r.json")
         with VirtualBoard(runtime=runtime, baud=115200, fleet=FLEET, seed_bundle=old.read_bytes(),
                           signers=files["signers"]) as b:
-            cut = run_update(b, 115200, new, env, work / "r1.json", cut=new.stat().st_size // 2)
+            # half the transfer's wire bytes: the session's start, then half the chunks (framing ~8%)
+            cut = run_update(b, 115200, new, env, work / "r1.json", cut=80 + int(new.stat().st_size * 1.08) // 2)
             second = run_update(b, 115200, new, env, work / "r2.json")
         ratio = second[2] / uncut[2]
         print(f"   {runtime:11s} resume: cut at 50% ({cut[4].get('result')}: {cut[4].get('board_state')}); run "
