@@ -224,7 +224,11 @@ def update(bundle_file: Path, port: str | None, baud: int, timeout: float, as_js
     else:
         check_writable(Path("receipt.json"))
     port = choose_port(port)
-    new_view = bundle_view(data, str(bundle_file))  # worked out before the line is busy
+    try:
+        new_view = bundle_view(data, str(bundle_file))  # worked out before the line is busy
+    except ValueError as e:  # a CA certificate X.509 cannot parse (the agent would refuse it too)
+        raise UsageError(f"{bundle_file}: a CA certificate in the bundle does not parse: {e}",
+                         hint="rebuild it with fleetpin bundle build") from None
     rec = Receipt(port=port, bundle_file=str(bundle_file))
     rec.new = {"version": new.version, "sha256": new_sha}
     t0 = time.monotonic()
@@ -346,7 +350,7 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
         up = t.start_upload(data)
     try:
         d = full_diff(installed, f"installed v{old_version}", new_view)
-    except UsageError as e:  # an installed bundle this host cannot read: say so, do not guess
+    except (UsageError, ValueError) as e:  # an installed bundle this host cannot read: say so, do not guess
         raise FleetpinError(f"cannot show what the update changes: {e}", hint="run fleetpin device info") from None
     if not as_json:
         click.echo(f"device {rec.device_id} (fleet {rec.fleet}): bundle "
