@@ -97,6 +97,9 @@ def run_as_user(fleetpin: Path, work: Path, env: dict[str, str]) -> None:
     run("image", "build", "--board", "esp32", "--firmware", str(d / "firmware.bin"), "--bundle", str(d / "v1.fpb"),
         "--signers", str(d / "signers.json"), "-o", "img")
     run("provision", "--board", "esp32", "--image", "img", "--virtual", "2", "--registry", "reg.sqlite", "--json")
+    run("registry", "migrate", "--registry", "reg.sqlite")  # the migration scripts shipped in the wheel
+    run("registry", "boards", "--registry", "reg.sqlite")
+    run("fleet", "status", "--registry", "reg.sqlite", "--json")
     run("export", "android", str(d / "policy.toml"))
     board = subprocess.Popen([fp, "sim", "board", "--fleet", "acme-sensors", "--signers", str(d / "signers.json"),
                               "--seed-bundle", str(d / "v1.fpb"), "--json"], cwd=work, env=env,

@@ -1,7 +1,7 @@
 """The agent: wires storage, the bundle codec, pinned connections and failure reports together,
 and serves the update protocol as the service Handler.
 
-    agent = Agent(fs, clock, device_id, fleet, tls_adapter)
+    agent = Agent(fs, clock, device_id, fleet, tls_adapter, mac=board_mac)
     agent.boot()                                  loads the installed bundle (never raises)
     sock = agent.connect(host, port, timeout)     THE call for application code (pinned TLS)
     ctx = agent.tls_context()                     the same check for clients that take an
@@ -13,6 +13,8 @@ fs: a pinagent.store.FS (pinagent.io.flash on the board). clock(): POSIX seconds
 the clock is unset (the io layer converts the ESP32's 2000 epoch). fleet: this device's fleet id,
 or None to adopt the fleet of the installed bundle (a board whose config was lost stays usable).
 tls_adapter: see pinagent.connect (pinagent.io.tls on the board, fleetpin.sim.tls on CPython).
+mac: the board's base MAC ("aa:bb:cc:dd:ee:ff", what esptool read when the line provisioned it),
+or None if unknown; IDENTIFY says it, so the fleet's reports join the line's registry.
 
 Time: the clock is believed only at or above the time floor (store.BootState.time_floor: the
 newest trusted time kept in flash, at least the installed bundle's issue time). Trusted time is
@@ -125,17 +127,19 @@ def _first(r):
 class Agent:
     """See the module docstring. Implements pinagent.service.Handler's methods."""
 
-    def __init__(self, fs, clock, device_id, fleet, tls_adapter, root=_store.ROOT):
+    def __init__(self, fs, clock, device_id, fleet, tls_adapter, root=_store.ROOT, mac=None):
         self.fs = fs
         self.clock = clock
         self.device_id = device_id
+        self.mac = mac
         self.fleet = fleet
         self.tls = tls_adapter
         self.root = root
         self.store = _store.Store(fs, self._verify, root)
         self.state = None  # store.BootState
         self.reports = None
-        self.bundle_sha256 = None  # hex SHA-256 of the installed bundle's bytes (what IDENTIFY shows)
+        self.bundle_sha256 = None  # hex SHA-256 of the installed bundle's bytes (transfer read-back)
+        self.bundle_id = None  # hex SHA-256 of its signed bytes: the bundle's identity (pinagent.bundle)
         self.report_enabled = True
         self.last_verdict = None
         self.reboot_requested = False
@@ -170,6 +174,7 @@ class Agent:
             self.reports.max_entries = settings["max_entries"]
         self.report_enabled = settings["enabled"] is True
         self.bundle_sha256 = None if st.bundle is None else hashlib.sha256(st.bundle).digest().hex()
+        self.bundle_id = None if b is None else b.digest.hex()
         if self.fleet is None and b is not None:
             self.fleet = b.fleet
 
@@ -222,12 +227,14 @@ class Agent:
         """store.Store's verify: the signed bundle against a signer set (module docstring of
         pinagent.store). At boot (installed_version None) no rollback, same-version or
         from-the-future check: a clock reading 2000 must not reject the installed bundle."""
-        trusted = _signers.load_signers(signers_bytes)
+        # The trusted set is already trusted: loaded without the key checks a NEW set gets at
+        # install (pinagent.signers), so a set an older agent stored never bricks the board.
+        trusted = _signers.load_signers(signers_bytes, False)
         fleet = self.fleet
         if installed_version is None:
             if fleet is None:
                 fleet = _bundle.parse_envelope(data).header["fleet"]
-            b = _bundle.decode_bundle(data, trusted, fleet, None, None, 0)
+            b = _bundle.decode_bundle(data, trusted, fleet, None, None, 0, True)
         else:
             if fleet is None:
                 raise _bundle.BundleWrongFleet("this device has no fleet configured")
@@ -333,22 +340,34 @@ class Agent:
         problems = [p[:_MAX_PROBLEM] for p in st.problems[:_MAX_PROBLEMS]]
         return {
             "device_id": self.device_id,
+            "mac": self.mac,
             "agent": VERSION,
             "format": _bundle.FORMAT,
             "fleet": self.fleet,
             "mode": st.mode,
             "bundle_version": st.version,
             "bundle_sha256": self.bundle_sha256,
+            "bundle_id": self.bundle_id,
             "clock": self.clock_state(now),
             "now": now,
             "time_floor": st.time_floor,
             "trusted_time": self.trusted_now(),
             "trust": st.signers is not None,
+            "signers": self._signers_info(),
             "free": free,
             "reports": pending,
             "reports_kept": kept,
             "problems": problems,
         }
+
+    def _signers_info(self):
+        """The trusted set for IDENTIFY: key ids and thresholds (None without a readable set)."""
+        try:
+            t = _signers.load_signers(self.state.signers, False)
+        except Exception:  # none (None), or unreadable
+            return None
+        return {"ids": [s.key_id.hex() for s in t.signers], "threshold": t.threshold,
+                "rotation_threshold": t.rotation_threshold}
 
     def read_bundle(self, offset, length):
         data = self.state.bundle or b""
@@ -414,7 +433,8 @@ class Agent:
             raise _refuse(_code_of(e), _reason_of(e))
         self._incoming = None
         self._loaded()
-        answer = {"version": v.version, "installed": True, "issued": v.issued, "bundle_sha256": self.bundle_sha256}
+        answer = {"version": v.version, "installed": True, "issued": v.issued, "bundle_sha256": self.bundle_sha256,
+                  "bundle_id": self.bundle_id}
         self._committed = (inc.sha256, answer)
         return answer
 

@@ -49,6 +49,9 @@ decode_bundle checks, in this order, and raises one named error each (all Bundle
                             Signatures by keys the device does not know are skipped (a bundle
                             may be signed by an old and a new key during a rotation); at least
                             one trusted signature is needed and every trusted one must verify.
+       BundleThresholdError (a BundleSignatureError) fewer distinct trusted keys signed than the
+                            set's `threshold` (pinagent.signers; default 1). A key and its
+                            negation are one key here (counted by their x coordinate).
     4. BundleWrongFleet     header fleet != the device's fleet
     5. BundleRollback       version < installed_version
        BundleSameVersion    version == installed_version: nothing to do (report it as a no-op)
@@ -61,6 +64,23 @@ decode_bundle checks, in this order, and raises one named error each (all Bundle
                             anywhere; the policy, report settings or signer set is invalid; a CA
                             certificate is not a well-formed X.509 certificate; a new signer set
                             is for another channel than the bundle.
+       BundleSignerKeyError (a BundleSchemaError) a key of the new signer set is not a valid
+                            P-256 key (SignerKeyInvalid), or one private key is in it twice
+                            (SignerKeyRepeated: a key and its negation); the reason names which.
+       BundleThresholdError the payload carries a new signer set and fewer distinct trusted keys
+                            signed it than the trusted set's `rotation_threshold` (default 2):
+                            one key, stolen or not, can never replace the set (as TUF requires a
+                            threshold of the old root to sign a new root).
+
+Trust is established at install. At boot (at_boot=True) the installed bundle is only re-checked
+against damage: its signatures still verify, but the thresholds and the new set's key checks are
+not applied again (a bundle an older agent installed under older rules must not turn into a
+bricked board; pinagent.store keeps the signer set and the highest version from going back).
+
+Identity: a bundle is named by `digest`, the SHA-256 of its signed bytes, never by a hash of the
+whole file: ECDSA signatures are malleable ((r, n - s) verifies too) and a signature by a key the
+device does not know is skipped unchecked, so one bundle can arrive with different signature bytes.
+The host tool signs with low s (s <= n/2), so what it builds is canonical.
 
 Heap: the input stays one buffer; certificates and signatures are memoryviews into it; the
 header and payload JSON are parsed straight from memoryviews on MicroPython (CPython's json
@@ -129,6 +149,10 @@ class BundleSignatureError(BundleError):
     pass
 
 
+class BundleThresholdError(BundleSignatureError):
+    """Signed by trusted keys, but by fewer than the signer set's threshold for this bundle."""
+
+
 class BundleWrongFleet(BundleError):
     pass
 
@@ -149,6 +173,11 @@ class BundleSchemaError(BundleError):
     pass
 
 
+class BundleSignerKeyError(BundleSchemaError):
+    """The new signer set holds an invalid P-256 key or one private key twice (reason names the
+    pinagent.signers error: SignerKeyInvalid or SignerKeyRepeated)."""
+
+
 class Envelope:
     """The parsed envelope, before any check of its meaning. `header` is the decoded header
     dict; `payload` and each of `certs` a memoryview into the input; `sigs` a list of
@@ -163,7 +192,8 @@ class Envelope:
 class Bundle:
     """A verified bundle. Header fields, `policy` (pinagent.policy.Policy), `ca_certs` (DER
     memoryviews into the input), `report` (settings dict, defaults filled in), `signers` (a new
-    SignerSet or None), `key_ids` (raw ids of the signatures), `digest` (of the signed bytes)."""
+    SignerSet or None), `key_ids` (raw ids of the signatures), `digest` (of the signed bytes: the
+    bundle's identity)."""
 
     __slots__ = (
         "format", "fleet", "version", "issued", "channel", "key_ids",
@@ -287,11 +317,13 @@ def _int(h, key, low, high):
 
 def check_signatures(env, signers, digest):
     """Step 3: at least one signature by a trusted key of the bundle's channel; every trusted
-    signature must verify. Signatures by unknown keys are skipped (rotation overlap)."""
+    signature must verify. Signatures by unknown keys are skipped (rotation overlap). Returns the
+    Signers of the distinct keys whose signatures verified (a key and its negation count once);
+    thresholds are the caller's (check_threshold)."""
     channel = env.header["channel"]
     if channel != signers.channel:
         raise BundleSignatureError("a %s bundle, and this device trusts %s keys only" % (channel, signers.channel))
-    trusted = 0
+    signed = []
     for kid, sig in env.sigs:
         signer = signers.get(kid)
         if signer is None:
@@ -300,22 +332,40 @@ def check_signatures(env, signers, digest):
             _ecdsa.verify_p256(signer.point, digest, sig)
         except _ecdsa.SignatureError as e:
             raise BundleSignatureError("signature by key %s does not verify: %s" % (bytes(kid).hex(), e))
-        trusted += 1
-    if not trusted:
+        for other in signed:
+            if other.point[1:33] == signer.point[1:33]:
+                break
+        else:
+            signed.append(signer)
+    if not signed:
         raise BundleSignatureError("not signed by a trusted key (signed by %s)" % ", ".join(env.header["key_ids"]))
+    return signed
 
 
-def decode_bundle(data, signers, fleet, installed_version, now, time_floor):
+def check_threshold(signed, needed, what):
+    """BundleThresholdError unless `signed` (check_signatures's list) has `needed` keys."""
+    if len(signed) < needed:
+        names = []
+        for s in signed:
+            names.append(s.name or s.key_id.hex())
+        raise BundleThresholdError("%s needs %d of the trusted keys, signed by %d (%s)" % (
+            what, needed, len(signed), ", ".join(names)))
+
+
+def decode_bundle(data, signers, fleet, installed_version, now, time_floor, at_boot=False):
     """Verifies and decodes a bundle for this device (checks and errors: module docstring).
 
     signers: the trusted pinagent.signers.SignerSet. fleet: this device's fleet id.
     installed_version: version of the installed bundle, 0 or None if there is none.
     now: POSIX seconds (UTC) or None if the clock is unknown; time_floor: newest trusted time.
+    at_boot: re-checking the installed bundle (no thresholds, no key checks of a new set).
     """
     env = parse_envelope(data)
     h = env.header
     digest = env.digest()
-    check_signatures(env, signers, digest)
+    signed = check_signatures(env, signers, digest)
+    if not at_boot:
+        check_threshold(signed, signers.threshold, "a bundle")
     if h["fleet"] != fleet:
         raise BundleWrongFleet("bundle is for fleet %r, this device is in fleet %r" % (h["fleet"], fleet))
     version = h["version"]
@@ -328,17 +378,20 @@ def decode_bundle(data, signers, fleet, installed_version, now, time_floor):
         raise BundleFromFuture(
             "bundle issued at %d, %d s ahead of the device clock %d" % (h["issued"], h["issued"] - now, now)
         )
-    return _decode(env, digest)
+    b = _decode(env, digest, not at_boot)
+    if b.signers is not None and not at_boot:
+        check_threshold(signed, signers.rotation_threshold, "a signer-set change")
+    return b
 
 
 def decode_unverified(data):
     """Steps 1, 2 and 7 only: NO signature, fleet, version or time check. For host tools that
     inspect or lint a bundle; never use it to install one."""
     env = parse_envelope(data)
-    return _decode(env, env.digest())
+    return _decode(env, env.digest(), True)
 
 
-def _decode(env, digest):
+def _decode(env, digest, check_keys):
     h = env.header
     b = Bundle()
     b.format = h["format"]
@@ -349,11 +402,11 @@ def _decode(env, digest):
     b.key_ids = [bytes(kid) for kid, _ in env.sigs]
     b.digest = digest
     b.size = len(env.data)
-    _decode_payload(b, env)
+    _decode_payload(b, env, check_keys)
     return b
 
 
-def _decode_payload(b, env):
+def _decode_payload(b, env, check_keys):
     obj = _json(env.payload)
     if not isinstance(obj, dict):
         raise BundleSchemaError("payload is not a JSON object")
@@ -370,7 +423,9 @@ def _decode_payload(b, env):
     b.signers = None
     if "signers" in obj:
         try:
-            b.signers = _signers.signers_from_obj(obj["signers"])
+            b.signers = _signers.signers_from_obj(obj["signers"], check_keys)
+        except (_signers.SignerKeyInvalid, _signers.SignerKeyRepeated) as e:
+            raise BundleSignerKeyError("payload: new signer set: %s: %s" % (type(e).__name__, e.reason))
         except _signers.SignerSetError as e:
             raise BundleSchemaError("payload: new " + e.reason)
         if b.signers.channel != b.channel:

@@ -7,6 +7,8 @@
 #       signature:  64 bytes r||s, big-endian, 32 bytes each
 #   decode_der_signature(der) -> 64 bytes r||s     (strict DER, as KMS/HSMs return it)
 #   public_key_from_spki(spki) -> 65 bytes         (P-256 SubjectPublicKeyInfo DER, uncompressed)
+#   check_point(public_key) -> None, or raises SignatureError: 04||X||Y, X and Y below p, on
+#       the curve ((0, 0) is not). pinagent.signers checks every key of a new signer set with it.
 #
 # How it is fast enough (bigints are software on the device; 3-argument pow is native C):
 # - Jacobian coordinates, a = -3 doubling: no inversion inside the ladder.
@@ -22,8 +24,13 @@
 # 0.35-0.5 s on an ESP32 at 240 MHz (+-2x, method in the bench); ~16 KB peak live heap
 # including this module's code; each verification leaves ~780 KB of garbage for the GC.
 
-# High-s signatures (s > n/2) are valid ECDSA and are accepted: the bundle format must not rely
-# on signatures being non-malleable (it signs exact payload bytes and compares versions).
+# High-s signatures (s > n/2) are valid ECDSA and are accepted: the bundle format does not rely
+# on signatures being non-malleable. A bundle's identity is the SHA-256 of its signed bytes (the
+# digest every signature covers), never of the whole file: (r, n - s) is as valid as (r, s), and a
+# signature by a key the device does not know is not checked at all, so the signature bytes of one
+# bundle can always differ. The host tool signs with low s (s <= n/2) so its own output is
+# canonical; refusing high s here would not make the bytes unique (unknown keys' signatures) and
+# would refuse bundles installed before, when the agent re-verifies them at boot.
 
 try:
     from micropython import const
@@ -130,6 +137,12 @@ def public_key_from_spki(spki):
     key = bytes(spki[26:])
     _decode_point(key)
     return key
+
+
+def check_point(public_key):
+    """Returns None if `public_key` (65 bytes 04||X||Y) is a valid P-256 public key: X and Y
+    below p and on the curve; raises SignatureError saying which check failed otherwise."""
+    _decode_point(public_key)
 
 
 # ---- encoding checks ---------------------------------------------------------------------

@@ -7,7 +7,9 @@ Files (root /fleetpin):
     bundle.prev   the bundle installed before bundle.bin (last good), as a slot
     signers.bin   the factory trust anchor (signer set bytes, written at provisioning, never
                   rewritten by the agent)
-    state.bin     time floor and counters (fixed binary record with a digest); state.new is its temp
+    state.bin     the trust record: highest version installed, the signer set trusted for the
+                  next update, time floor and counters (binary record with a digest); state.new
+                  is its temp
     reports.bin   failure reports (pinagent.reports)
 
 Slot format (one file = one atomic rename commits both the bundle AND the signer set it was
@@ -16,8 +18,11 @@ accepted under, so a rotation can never be half applied):
 The signer set stored with a bundle is the one that verified it at install time. The set trusted
 for the NEXT update is the bundle's own replacement set if it carries one (rotation), else that
 same set; `verify` (injected) says which. So a rotation takes effect exactly when its bundle is
-installed, and is undone exactly when its bundle is (recovery to bundle.prev). The factory
-signers.bin is only the anchor for a board that has never had a readable slot.
+installed. It is never undone: the trust record in state.bin keeps the highest version installed
+and the signer set trusted after it, so a recovery to bundle.prev (bundle.bin damaged) runs the
+older bundle's pins but keeps trusting the newer signers and refusing older versions; otherwise a
+retired key, perhaps a compromised one, would be trusted again. The factory signers.bin is only
+the anchor for a board that has never installed a bundle.
 
 Threat model: authenticity is established once, by the signature check at install time. At boot
 the store re-checks each slot's digest and re-runs `verify` against corruption, torn or stale
@@ -37,8 +42,9 @@ Update (install), in this order; each step is one atomic LittleFS commit:
     4. if bundle.bin is the good bundle in use: rename bundle.bin -> bundle.prev
     5. rename bundle.new -> bundle.bin                        (the commit point)
        (if 4 or 5 fails, bundle.prev is renamed back; if even that fails, boot finishes step 5)
-    6. write state.new, rename -> state.bin (max version, time floor, update count); a cut here
-       only loses counters, which nothing depends on for safety
+    6. write state.new, rename -> state.bin (max version, the signer set now trusted, time
+       floor, update count); a cut before it leaves the newest trust in bundle.bin only, and the
+       next boot writes the record again
 Boot (never raises; repairs are best effort and each is atomic):
     - bundle.bin whose slot digest is good and that verifies -> mode "ok"; a bundle.new beside
       it is an update cut before step 5: removed.
@@ -50,15 +56,31 @@ Boot (never raises; repairs are best effort and each is atomic):
     So after a power cut at any point of an update, boot yields the old or the new bundle.
     Missing, empty, truncated, oversized, corrupt or junk files are each a problem string in
     BootState.problems, never an exception.
-Trusted signers for the next update: the loaded bundle's next_signers; else the signer set of
-the first slot whose digest is good even if its bundle no longer verifies (so a fleet that rotated
-away from the factory keys stays updatable); else signers.bin; else none (updates refused with
-NoTrustAnchor: the board needs reprovisioning).
+Trusted signers for the next update, and the highest version: never backwards. Two copies hold
+the newest: the trust record (state.bin) and the installed slot (bundle.bin), so one damaged file,
+or a power cut at any point, cannot take them back (tests/device/test_power_loss.py damages
+bundle.bin after a cut at every point of a rotation):
+    - the loaded bundle's next_signers if its version is at least the record's max version;
+    - else the record's signer set (the loaded bundle is older: a recovery);
+    - with neither, the signer set of the first slot whose digest is good even if its bundle no
+      longer verifies (so a fleet that rotated away from the factory keys stays updatable); else
+      signers.bin; else none (updates refused with NoTrustAnchor: the board needs reprovisioning).
+    Max version: the larger of the record's and the loaded bundle's. Boot writes the record again
+    when it is missing, damaged, from an older agent or behind the slots (an update cut before
+    step 6), so both copies hold the newest again; a normal boot writes nothing.
 Time floor: the larger of state.bin's and the loaded bundle's issue time (so losing state.bin
 never lowers it below what the bundle proves).
 Rollback: verify gets the loaded bundle's version (0 in safe mode) as installed_version, and the
 store also refuses (Rollback) any version below the highest ever installed (state.bin), so after a
-recovery the lost newest bundle can be sent again, but nothing older.
+recovery the lost newest version can be sent again (a bundle the current signers sign), but
+nothing older.
+
+State record (state.bin), format 2, little-endian:
+    b"FPST" | u8 2 | 3 zero bytes | i64 time floor | i64 max version (-1: none) | u32 updates |
+    u32 failed updates | u16 L | L bytes of signer set (0: none) | first 8 bytes of the SHA-256
+    of everything before
+Format 1 (agents before the signer record) is the same without L and the signer set (40 bytes);
+it is read, and rewritten as format 2 at the next boot.
 
 Safe state ("safe-no-bundle"): no pins and no CA certificates are known (the ESP32 port has no
 built-in CA store, the CAs come in the bundle), so the agent refuses every TLS connection
@@ -115,9 +137,11 @@ MAX_SIGNERS = const(4096)
 MAX_SLOT = const(36906)  # SLOT_OVERHEAD + MAX_SIGNERS + MAX_BUNDLE
 
 STATE_MAGIC = b"FPST"
-_STATE_FMT = "<4sBxxxQqII"  # magic, format 1, time floor, max version (-1: none), updates, failed
+_STATE_FMT = "<4sBxxxQqII"  # magic, format, time floor, max version (-1: none), updates, failed
 _STATE_LEN = const(32)
-_STATE_FORMAT = const(1)
+_STATE_FORMAT = const(2)  # + u16 signer set length, the signer set
+_STATE_V1 = const(1)  # without the signer set
+_STATE_MAX = const(4138)  # _STATE_LEN + 2 + MAX_SIGNERS + 8
 
 _CHUNK = const(512)  # read-back chunk
 
@@ -384,22 +408,35 @@ def _written_ok(fs, path, size, digest):
 # ---- state record
 
 
-def encode_state(time_floor, max_version, updates, failed):
-    body = struct.pack(_STATE_FMT, STATE_MAGIC, _STATE_FORMAT, time_floor, max_version, updates, failed)
+def encode_state(time_floor, max_version, updates, failed, signers):
+    """The state record (format 2): signers is the signer set bytes trusted after max_version, or
+    None."""
+    signers = signers or b""
+    if len(signers) > MAX_SIGNERS:
+        raise TooLarge("signer set of %d bytes, over %d" % (len(signers), MAX_SIGNERS))
+    body = struct.pack(_STATE_FMT, STATE_MAGIC, _STATE_FORMAT, time_floor, max_version, updates, failed) + bytes(
+        (len(signers) & 0xFF, len(signers) >> 8)) + bytes(signers)
     return body + hashlib.sha256(body).digest()[:8]
 
 
 def decode_state(data):
-    """(time_floor, max_version, updates, failed); SlotCorrupt if the record is damaged."""
-    if len(data) != _STATE_LEN + 8:
-        raise SlotCorrupt("state: %d bytes" % len(data))
-    body = data[:_STATE_LEN]
-    if hashlib.sha256(body).digest()[:8] != data[_STATE_LEN:]:
+    """(time_floor, max_version, updates, failed, signers or None); SlotCorrupt if the record is
+    damaged. Reads format 1 too (no signer set)."""
+    n = len(data)
+    if n < _STATE_LEN + 8:
+        raise SlotCorrupt("state: %d bytes" % n)
+    if hashlib.sha256(memoryview(data)[: n - 8]).digest()[:8] != data[n - 8:]:
         raise SlotCorrupt("state: digest mismatch")
-    magic, fmt, floor, maxv, updates, failed = struct.unpack(_STATE_FMT, body)
-    if magic != STATE_MAGIC or fmt != _STATE_FORMAT:
+    magic, fmt, floor, maxv, updates, failed = struct.unpack(_STATE_FMT, data[:_STATE_LEN])
+    if magic != STATE_MAGIC or fmt not in (_STATE_V1, _STATE_FORMAT):
         raise SlotCorrupt("state: bad magic or format")
-    return floor, maxv, updates, failed
+    sl = -2  # format 1: no length field, no signer set
+    if fmt == _STATE_FORMAT and n >= _STATE_LEN + 10:
+        sl = data[_STATE_LEN] | (data[_STATE_LEN + 1] << 8)
+    if n != _STATE_LEN + 10 + sl or (sl < 0 and fmt != _STATE_V1):
+        raise SlotCorrupt("state: %d bytes" % n)
+    signers = bytes(data[_STATE_LEN + 2:_STATE_LEN + 2 + sl]) if sl > 0 else None
+    return floor, maxv, updates, failed, signers
 
 
 class BootState:
@@ -410,6 +447,7 @@ class BootState:
     counters; problems: one short string per thing found wrong."""
 
     def __init__(self):
+        self.saved = False  # state.bin holds this max_version and these signers
         self.mode = MODE_SAFE
         self.bundle = None
         self.decoded = None
@@ -469,6 +507,7 @@ class Store:
             st.problems.append("%s: unreadable (%s)" % (self.root, _why(e)))
             names = ()
         self._load_state(st, names)
+        saved = (st.max_version, st.signers)
         spare_signers = None
         for name in (BUNDLE, BUNDLE_NEW, BUNDLE_PREV):
             if name not in names:
@@ -489,6 +528,7 @@ class Store:
             break
         if st.bundle is not None:
             st.mode = MODE_RECOVERED if st.source == BUNDLE_PREV else MODE_OK
+        st.saved = saved == (st.max_version, st.signers) and saved[1] is not None
         if st.signers is None:
             st.signers = spare_signers
         if st.signers is None:
@@ -503,7 +543,9 @@ class Store:
         st.decoded = v.bundle
         st.version = v.version
         st.issued = v.issued
-        st.signers = v.next_signers
+        # Never backwards: a bundle older than the record (a recovery) keeps the record's signers.
+        if st.signers is None or v.version >= st.max_version:
+            st.signers = v.next_signers
         st.source = name
         if v.issued > st.time_floor:
             st.time_floor = v.issued
@@ -514,8 +556,8 @@ class Store:
         if STATE not in names:
             return
         try:
-            st.time_floor, st.max_version, st.updates, st.failed_updates = decode_state(
-                self.fs.read(self.path(STATE), _STATE_LEN + 8)
+            st.time_floor, st.max_version, st.updates, st.failed_updates, st.signers = decode_state(
+                self.fs.read(self.path(STATE), _STATE_MAX)
             )
         except Exception as e:
             st.problems.append("%s: %s" % (STATE, _why(e)))
@@ -532,6 +574,10 @@ class Store:
                 self.fs.remove_quiet(self.path(STATE_NEW))
         except Exception as e:
             st.problems.append("repair: %s" % _why(e))
+        # The trust record must hold the newest trust too (module docstring): rewrite it when it
+        # is missing, damaged, from an older agent, or behind the slots.
+        if st.max_version >= 0 and st.signers is not None and not st.saved:
+            self._save_state(st)
 
     # ---- update
 
@@ -644,8 +690,9 @@ class Store:
             self.fs.write_atomic(
                 self.path(STATE),
                 self.path(STATE_NEW),
-                (encode_state(st.time_floor, st.max_version, st.updates, st.failed_updates),),
+                (encode_state(st.time_floor, st.max_version, st.updates, st.failed_updates, st.signers),),
             )
+            st.saved = True
             return True
         except Exception as e:
             st.problems.append("%s: not saved (%s)" % (STATE, _why(e)))

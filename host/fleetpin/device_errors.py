@@ -55,6 +55,12 @@ _ROWS = (
                 "rebuild it with `fleetpin bundle build`", refusal=True),
     DeviceError("BundleSignatureError", "no trusted key signed this bundle",
                 "sign with a key of the --trust signer set, of the bundle's channel", refusal=True),
+    DeviceError("BundleThresholdError", "too few of the trusted keys signed this bundle (a signer-set change "
+                "needs the set's rotation threshold, 2 by default: the everyday and the backup key)",
+                "sign it with more keys of the device's signer set (fleetpin bundle verify shows who signed)",
+                refusal=True),
+    DeviceError("BundleSignerKeyError", "the new signer set holds an invalid key, or one key twice",
+                "rebuild the signer set with `fleetpin key signers` from NAME.pub.json files", refusal=True),
     DeviceError("BundleWrongFleet", "the bundle is for another fleet", "build it with the devices' --fleet",
                 refusal=True),
     DeviceError("BundleRollback", "the bundle is older than the installed one",

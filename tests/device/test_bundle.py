@@ -9,13 +9,14 @@ from pinagent import bundle as B
 from pinagent import signers as S
 
 ERRORS = (
-    "BundleTooLarge", "BundleMalformed", "BundleSignatureError", "BundleWrongFleet", "BundleRollback",
-    "BundleSameVersion", "BundleFromFuture", "BundleSchemaError",
+    "BundleTooLarge", "BundleMalformed", "BundleSignatureError", "BundleThresholdError", "BundleWrongFleet",
+    "BundleRollback", "BundleSameVersion", "BundleFromFuture", "BundleSchemaError", "BundleSignerKeyError",
 )
 
 
 def _trust(name="signers_prod.json"):
-    return S.load_signers(read_vector("bundle/" + name))
+    # as the agent loads the set it holds: without the key checks a NEW set gets (pinagent.signers)
+    return S.load_signers(read_vector("bundle/" + name), False)
 
 
 def _case(name):
@@ -24,7 +25,8 @@ def _case(name):
     data = read_vector("bundle/" + c["file"])
     args = (data, _trust(c["trust"]), c["fleet"], c["installed"], c["now"], c["floor"])
     if c["error"] is not None:
-        cls = getattr(B, c["error"])
+        cls = getattr(B, c["error"], None)
+        assert cls is not None, "%s: pinagent.bundle has no %s" % (name, c["error"])
         e = raises(B.BundleError, B.decode_bundle, *args)
         assert type(e) is cls, "%s: expected %s, got %s: %s" % (name, c["error"], type(e).__name__, e.reason)
         assert c["reason"] in e.reason, "%s: reason %r lacks %r" % (name, e.reason, c["reason"])
@@ -197,6 +199,53 @@ def test_rotation_installs_new_signers_and_retires_the_old_key():
     _case("rotate_v7_on_old_set")
 
 
+# --- thresholds (issue 12, item 5): changing the signer set takes the set's rotation threshold ----
+
+
+def test_rotation_signed_by_one_key_is_refused():
+    # One stolen everyday key (or the backup alone) cannot replace the signer set.
+    for name in ("rotate_v6_one_key", "rotate_v6_backup_only"):
+        e = _case(name)
+        assert isinstance(e, B.BundleSignatureError)  # a signature refusal (E_SIGNATURE on the wire)
+        assert "signed by 1" in e.reason, e.reason
+
+
+def test_rotation_signature_by_an_unknown_key_does_not_count():
+    e = _case("rotate_v6_one_key_and_stranger")
+    assert "signed by 1" in e.reason, e.reason
+
+
+def test_thresholds_stated_in_the_signer_set():
+    trust = _trust("signers_t2.json")
+    assert trust.threshold == 2 and trust.rotation_threshold == 3
+    _case("threshold2_one_key")
+    _case("threshold2_two_keys")
+    _case("threshold2_rotation_two_keys")
+    _case("threshold2_rotation_three_keys")
+
+
+def test_a_key_and_its_negation_count_once():
+    # A set written by an older agent may hold both; they are one private key, so one vote.
+    trust = _trust("signers_negated.json")
+    assert len(trust.signers) == 3
+    e = _case("negated_pair_rotation")
+    assert "signed by 1" in e.reason, e.reason
+
+
+# --- signer keys (issue 12, item 6): a rotation cannot install a key that locks the fleet out ----
+
+
+def test_new_signer_keys_are_validated_at_install():
+    for name, signer_error in (
+        ("new_signers_off_curve", "SignerKeyInvalid"), ("new_signers_zero_point", "SignerKeyInvalid"),
+        ("new_signers_x_above_p", "SignerKeyInvalid"), ("new_signers_y_is_p", "SignerKeyInvalid"),
+        ("new_signers_negated_pair", "SignerKeyRepeated"),
+    ):
+        e = _case(name)
+        assert isinstance(e, B.BundleSchemaError)  # E_BUNDLE on the wire
+        assert signer_error in e.reason, (name, e.reason)
+
+
 # --- structure without signatures (cheap, so exhaustive) -----------------------------------
 
 
@@ -240,6 +289,7 @@ def _set_obj():
 def test_signer_set_loads_and_round_trips():
     s = _trust()
     assert s.channel == "production"
+    assert s.threshold == 1 and s.rotation_threshold == 2  # not stated: the defaults
     assert [x.name for x in s.signers] == ["everyday", "backup"]
     for x in s.signers:
         assert s.get(memoryview(x.key_id)) is x
@@ -264,7 +314,8 @@ def test_signer_set_refuses_mislabelled_id():
 def test_signer_set_refuses_duplicates_unknown_fields_and_bad_hex():
     obj = _set_obj()
     obj["signers"][1] = obj["signers"][0]
-    assert "same key" in raises(S.SignerSetError, S.signers_from_obj, obj).reason
+    e = raises(S.SignerSetError, S.signers_from_obj, obj)
+    assert type(e) is S.SignerKeyRepeated and "same key" in e.reason
     obj = _set_obj()
     obj["signers"][0]["role"] = "x"
     assert "unknown field role" in raises(S.SignerSetError, S.signers_from_obj, obj).reason

@@ -328,6 +328,65 @@ def test_rotation_is_committed_with_its_bundle():
     assert st.mode == S.MODE_RECOVERED and st.version == 2 and st.signers == S3
 
 
+# ---- issue 12, item 4: no recovery and no power cut takes the signer set or the version back
+
+
+def test_recovery_keeps_the_rotated_signers_and_the_highest_version():
+    # v2 rotated S1 -> S2. One bit of bundle.bin goes bad: the board runs v1 again (its pins), but
+    # trusts S2 for the next update and refuses anything older than v2: the retired keys of S1
+    # cannot sign for it any more.
+    ffs = _board([fake_bundle(1, S1), fake_bundle(2, S1, rotate=S2)])
+    ffs.files[R + "bundle.bin"] = _flip(ffs.files[R + "bundle.bin"], 60)
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_RECOVERED and st.version == 1
+    assert st.signers == S2, st.signers
+    assert st.max_version == 2
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    assert raises(FakeRefused, store.install, fake_bundle(3, S1)).reason == "signature"  # a retired key
+    store.install(fake_bundle(3, S2))  # the operator's genuine next bundle
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_OK and st.version == 3 and st.signers == S2
+
+
+def test_trust_survives_the_loss_of_every_slot():
+    ffs = _board([fake_bundle(1, S1), fake_bundle(2, S1, rotate=S2)])
+    ffs.files[R + "bundle.bin"] = b"rotten"
+    ffs.files[R + "bundle.prev"] = b"rotten too"
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_SAFE and st.signers == S2 and st.max_version == 2
+
+
+def test_losing_the_state_record_is_covered_by_the_installed_slot():
+    # the state record and bundle.bin each hold the newest trust: one of them is enough
+    ffs = _board([fake_bundle(1, S1), fake_bundle(2, S1, rotate=S2)])
+    ffs.files[R + "state.bin"] = _flip(ffs.files[R + "state.bin"], 20)
+    ffs, st = _boot(ffs)
+    assert st.version == 2 and st.signers == S2 and st.max_version == 2
+    assert S.decode_state(ffs.files[R + "state.bin"])[4] == S2  # boot rewrote it
+    ffs.files[R + "bundle.bin"] = _flip(ffs.files[R + "bundle.bin"], 60)
+    ffs, st = _boot(ffs)
+    assert st.version == 1 and st.signers == S2 and st.max_version == 2
+
+
+def _state_v1(floor, maxv, updates, failed):
+    """A state record as agents before the signer record wrote it (format 1, 40 bytes)."""
+    import hashlib
+    import struct
+
+    body = struct.pack("<4sBxxxQqII", b"FPST", 1, floor, maxv, updates, failed)
+    return body + hashlib.sha256(body).digest()[:8]
+
+
+def test_state_record_from_before_signers_still_loads():
+    ffs = _board([fake_bundle(1, S1, rotate=S2)])
+    floor, maxv, updates, failed, signers = S.decode_state(ffs.files[R + "state.bin"])
+    ffs.files[R + "state.bin"] = _state_v1(floor, maxv, updates, failed)
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_OK and st.signers == S2 and st.updates == 1
+    assert S.decode_state(ffs.files[R + "state.bin"])[4] == S2  # upgraded in place
+
+
 def test_no_space_is_refused_before_writing_and_changes_nothing():
     big = fake_bundle(2, S1, size=9000)
     ffs = _board([fake_bundle(1, S1, size=2000)], blocks=5)  # metadata 2 + bin 1: 2 free, 4 needed
@@ -446,11 +505,14 @@ def test_damaged_state_falls_back_to_the_bundle_issue_time():
 
 
 def test_state_record_round_trip_and_damage():
-    rec = S.encode_state(1700000000, 7, 3, 1)
-    assert S.decode_state(rec) == (1700000000, 7, 3, 1)
-    assert S.decode_state(S.encode_state(0, -1, 0, 0)) == (0, -1, 0, 0)
-    for bad in (rec[:-1], _flip(rec, 0), _flip(rec, 10), _flip(rec, 39)):
+    rec = S.encode_state(1700000000, 7, 3, 1, S2)
+    assert S.decode_state(rec) == (1700000000, 7, 3, 1, S2)
+    assert S.decode_state(S.encode_state(0, -1, 0, 0, None)) == (0, -1, 0, 0, None)
+    for bad in (rec[:-1], rec + b"\0", _flip(rec, 0), _flip(rec, 10), _flip(rec, 39), _flip(rec, len(rec) - 1)):
         raises(S.SlotCorrupt, S.decode_state, bad)
+    old = _state_v1(1700000000, 7, 3, 1)  # what agents before the signer record wrote
+    assert len(old) == 40 and S.decode_state(old) == (1700000000, 7, 3, 1, None)
+    raises(S.SlotCorrupt, S.decode_state, _flip(old, 12))
 
 
 def test_boot_state_to_obj_is_json_able():

@@ -201,8 +201,14 @@ def test_key_rotation_through_the_cli(setup: Setup, capsys: pytest.CaptureFixtur
     new_set = setup.root / "new.json"
     assert run(capsys, "key", "signers", str(setup.keys / "next.pub.json"), str(setup.keys / "backup.pub.json"),
                "-o", str(new_set))[0] == 0
+    # Issue 12, item 5: changing the signer set takes two keys of the current set (its rotation
+    # threshold, 2 unless the set says more): the everyday key alone is refused at build.
     code, out, err = build(capsys, setup, "v6.fpb", "--new-signers", str(new_set), version=6)
-    assert code == 0 and "new signer set of 2 keys" in out
+    assert code == 1 and "needs 2" in err and "signed by 1" in err, err
+    assert not (setup.root / "v6.fpb").exists()
+    code, out, err = build(capsys, setup, "v6.fpb", "--new-signers", str(new_set), version=6,
+                           keys=("everyday", "backup"))
+    assert code == 0 and "new signer set of 2 keys" in out, err
     code, result, err = verify(capsys, setup, "v6.fpb", "--installed-version", "5")
     assert code == 0 and len(result["new_signers"]) == 2
     assert build(capsys, setup, "v7.fpb", version=7, keys=("next",))[0] == 0
@@ -211,6 +217,68 @@ def test_key_rotation_through_the_cli(setup: Setup, capsys: pytest.CaptureFixtur
     assert verify(capsys, setup, "v7.fpb", "--installed-version", "6")[1]["error"] == "BundleSignatureError"
     assert build(capsys, setup, "v7old.fpb", version=7)[0] == 0
     assert verify(capsys, setup, "v7old.fpb", "--installed-version", "6", trust=new_set)[1]["error"] == "BundleSignatureError"
+
+
+def test_thresholds_are_stated_and_shown(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 12, item 5: `key signers`, `bundle build`, `verify` and `inspect` say the threshold
+    # and who signed.
+    code, out, err = run(capsys, "key", "signers", str(setup.keys / "everyday.pub.json"),
+                         str(setup.keys / "backup.pub.json"), "-o", str(setup.root / "s.json"))
+    assert code == 0 and "1 of 2 keys signs a bundle, 2 of 2 change the signer set" in out, out
+    t2 = setup.root / "t2.json"
+    code, out, err = run(capsys, "key", "signers", *(str(setup.keys / f"{n}.pub.json") for n in ("everyday", "backup", "next")),
+                         "--threshold", "2", "-o", str(t2))
+    assert code == 0 and "2 of 3 keys sign a bundle, 2 of 3 change the signer set" in out, out
+    assert json.loads(t2.read_text())["threshold"] == 2
+    code, out, err = run(capsys, "key", "signers", str(setup.keys / "everyday.pub.json"),
+                         str(setup.keys / "backup.pub.json"), "--rotation-threshold", "1", "-o", str(setup.root / "x.json"))
+    assert code == 2 and "SignerThresholdInvalid" in err and not (setup.root / "x.json").exists()
+
+    code, out, err = build(capsys, setup, "b.fpb", keys=("everyday", "backup"))
+    assert code == 0 and "signed by everyday" in out and "backup" in out, out
+    code, result, err = verify(capsys, setup, "b.fpb")
+    assert result["signed_by"] == [{"key_id": k, "name": n} for k, n in zip(result["key_ids"], ("everyday", "backup"))]
+    assert result["needs"] == {"keys": 1, "why": "a bundle", "threshold": 1, "rotation_threshold": 2}
+    code, out, err = run(capsys, "bundle", "verify", str(setup.root / "b.fpb"), "--trust", str(setup.signers))
+    assert "signed by everyday" in out and "2 of the 2 trusted keys; a bundle needs 1" in out, out
+    # a device whose set needs 2 for every bundle refuses one key, and says so; --trust at build too
+    assert build(capsys, setup, "one.fpb")[0] == 0
+    code, result, err = verify(capsys, setup, "one.fpb", trust=t2)
+    assert code == 1 and result["error"] == "BundleThresholdError" and "needs 2" in result["reason"]
+    code, out, err = build(capsys, setup, "one.fpb", "--trust", str(t2))
+    assert code == 1 and "BundleThresholdError" in err and "needs 2" in err, err
+    code, out, err = run(capsys, "bundle", "inspect", str(setup.root / "b.fpb"), "--trust", str(t2), "--json")
+    assert code == 0, err
+    sig = json.loads(out)["signatures"]
+    assert sig["needs"]["keys"] == 2 and [s["name"] for s in sig["signed_by"]] == ["everyday", "backup"]
+
+
+def test_build_refuses_an_invalid_new_signer_set(setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 12, item 6: a hand-edited set with a key off the curve, or a key and its negation,
+    # would lock devices out: refused at build, by name, before any passphrase is asked.
+    from pinagent.signers import key_id_of_point
+
+    p = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
+    good = json.loads(setup.signers.read_text())
+    point = bytes.fromhex(good["signers"][0]["key"])
+    y = int.from_bytes(point[33:], "big")
+    for name, bad_point, error in (
+        ("off-curve", point[:33] + ((y + 1) % p).to_bytes(32, "big"), "SignerKeyInvalid"),
+        ("zero", b"\x04" + bytes(64), "SignerKeyInvalid"),
+        ("negated", point[:33] + (p - y).to_bytes(32, "big"), "SignerKeyRepeated"),
+    ):
+        bad = json.loads(setup.signers.read_text())
+        entry = {"id": key_id_of_point(bad_point).hex(), "key": bad_point.hex(), "name": name}
+        if name == "negated":
+            bad["signers"].append(entry)
+        else:
+            bad["signers"][0] = entry
+        path = setup.root / f"{name}.json"
+        path.write_text(json.dumps(bad))
+        code, out, err = build(capsys, setup, "r.fpb", "--new-signers", str(path), version=6,
+                               keys=("everyday", "backup"))
+        assert code == 2 and error in err, (name, err)
+        assert not (setup.root / "r.fpb").exists()
 
 
 def test_sign_command(setup: Setup, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

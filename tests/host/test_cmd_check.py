@@ -81,19 +81,23 @@ def test_json_shape(capsys: pytest.CaptureFixture[str], pki: Pki, files: PkiFile
     code, obj = run_json(capsys, "--policy", str(policy), "--host", "Device.Test.", "--ca", str(files.cert("root")),
                          "--now", _iso(pki.now), str(files.chain("leaf")))
     assert code == 0
-    assert set(obj) == {"verdict", "certificates", "verification", "now", "runtime"}
+    assert set(obj) == {"verdict", "certificates", "not_on_path", "verification", "now", "runtime"}
     assert obj["runtime"] == "device"
     assert obj["now"] == int(pki.now.timestamp())
     assert obj["verification"] == {"verified": True, "anchor": "--ca root.pem", "error": None}
-    assert [c["pin"] for c in obj["certificates"]] == [pki.pins["leaf"], pki.pins["intermediate"]]
-    assert [c["subject_cn"] for c in obj["certificates"]] == [HOST, "fleetpin Test Intermediate CA"]
+    # the chain the device pins: built up to the anchor, which the server did not send
+    assert [c["pin"] for c in obj["certificates"]] == [pki.pins["leaf"], pki.pins["intermediate"], pki.pins["root"]]
+    assert [c["subject_cn"] for c in obj["certificates"]] == [HOST, "fleetpin Test Intermediate CA",
+                                                              "fleetpin Test Root CA"]
+    assert [c["sent"] for c in obj["certificates"]] == [True, True, False] and obj["not_on_path"] == []
     assert obj["certificates"][0]["not_after"] == int(pki.leaf.cert.not_valid_after_utc.timestamp())
     v = obj["verdict"]
     assert v["allowed"] is True and v["reason"] == "matched"
     assert v["host"] == "device.test"
     assert v["matched_depth"] == 1 and v["matched_pin"] == pki.pins["intermediate"]
     assert v["verified"] is True and v["clock_trusted"] is True and v["expired"] is False
-    assert v["chain"] == [{"depth": 0, "pin": pki.pins["leaf"]}, {"depth": 1, "pin": pki.pins["intermediate"]}]
+    assert v["chain"] == [{"depth": 0, "pin": pki.pins["leaf"]}, {"depth": 1, "pin": pki.pins["intermediate"]},
+                          {"depth": 2, "pin": pki.pins["root"]}]
     assert v["rule"]["host"] == HOST and v["rule"]["enforce"] is True
     assert [p["pin"] for p in v["rule"]["pins"]] == [pki.pins["intermediate"], pki.pins["backup"]]
 
@@ -241,3 +245,22 @@ def test_a_pinned_leaf_under_a_ca_the_device_does_not_trust_is_refused(capsys: p
     policy.write_text(policy.read_text() + '\n[bundle]\nca_certs = ["root.pem"]\n')
     code, obj = run_json(capsys, "--policy", str(policy), "--host", HOST, str(files.chain("rogue_leaf")))
     assert code == 1 and obj["verdict"]["reason"] == "tls_failed"
+
+
+def test_pins_are_matched_on_the_chain_the_device_builds(capsys: pytest.CaptureFixture[str], pki: Pki,
+                                                         files: PkiFiles, tmp_path: Path) -> None:
+    """A root the server does not send is pinned (the device builds up to it); a pinned CA sent
+    off the signing path is not (the device never sees it). tests/host/test_chain_agreement.py
+    runs a whole table of such chains through check, preflight, lint and the device."""
+    root_pin = write_policy(tmp_path, [pki.pins["root"], pki.pins["backup"]])
+    code, obj = run_json(capsys, "--policy", str(root_pin), "--host", HOST, "--ca", str(files.cert("root")),
+                         str(files.chain("leaf")))
+    assert code == 0 and obj["verdict"]["matched_depth"] == 2
+    rogue_chain = tmp_path / "rogue-plus-intermediate.pem"
+    rogue_chain.write_bytes(pki.rogue_leaf.pem + pki.intermediate.pem)
+    cas = tmp_path / "cas.pem"
+    cas.write_bytes(pki.root.pem + pki.rogue_root.pem)
+    intermediate_pin = write_policy(tmp_path, [pki.pins["intermediate"], pki.pins["backup"]])
+    code, out, err = run(capsys, "--policy", str(intermediate_pin), "--host", HOST, "--ca", str(cas), str(rogue_chain))
+    assert code == 1 and "BLOCKED" in out and "mismatch" in out
+    assert "not on the verified path" in out and "never seen by the device" in out

@@ -4,6 +4,7 @@ unchanged, interrupted updates retried, a noisy line, and the errors a technicia
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -19,7 +20,7 @@ import serial
 
 from fleetpin.field.transport import DeviceRefused, Transport
 from fleetpin.sim.board import VirtualBoard
-from fleetpin.sim.demo_bundles import FILLER_PINS, demo_bundle, demo_signer_set
+from fleetpin.sim.demo_bundles import FILLER_PINS, demo_bundle, demo_signer, demo_signer_set
 from fleetpin.sim.pki import Pki
 from pinagent.reports import Reports
 
@@ -39,11 +40,29 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "other_fleet": demo_bundle("other", 9, {"api.example.com": [P1]}),
         "stranger": demo_bundle(FLEET, 9, {"api.example.com": [P1]}, signer="stranger"),
     }
+    v9 = demo_bundle(FLEET, 9, {"api.example.com": [P1]})  # signed by a key the device trusts...
+    made["bad_signature"] = v9[:-1] + bytes([v9[-1] ^ 1])  # ...but not over these bytes
+    # a key rotation signed by the everyday key alone (one key may not replace the set), made
+    # with the low-level encoder, as a tool without fleetpin's own checks would make it
+    made["rotate_one_key"] = _raw_rotation(2, demo_signer_set("next", "backup"), demo_signer("everyday"))
     out = {}
     for name, data in made.items():
         (d / f"{name}.bin").write_bytes(data)
         out[name] = d / f"{name}.bin"
     return out
+
+
+def _raw_rotation(version: int, new_set: bytes, signer: Any) -> bytes:
+    from fleetpin.bundles.build import canonical_json
+    from pinagent import bundle as dev_bundle
+
+    header = {"format": 1, "fleet": FLEET, "version": version, "issued": int(time.time()) - 3600,
+              "channel": "production", "key_ids": [signer.info.key_id]}
+    policy = {"domains": [{"host": "api.example.com", "expires": 1893456000,
+                           "pins": [{"pin": P2, "label": "primary"}, {"pin": P3, "label": "backup"}]}]}
+    signed = dev_bundle.encode_signed(canonical_json(header), canonical_json({"policy": policy, "signers": json.loads(new_set)}), [])
+    digest = hashlib.sha256(signed).digest()
+    return dev_bundle.encode_bundle(signed, [(signer.info.key_id_bytes, signer.sign_digest(digest))])
 
 
 @pytest.fixture
@@ -102,12 +121,11 @@ def test_update_shows_the_diff_installs_checks_and_leaves_a_receipt(
     assert "!     after 2030-01-01T00:00:00Z: falls back to CA validation only" in out
     assert "digest checked" in out
     rec = json.loads(receipt.read_text())
-    import hashlib
-
     new_sha = hashlib.sha256(bundles["v2"].read_bytes()).hexdigest()
     assert rec["result"] == "installed" and rec["device_id"] == "dev-1" and rec["error"] is None
-    assert rec["old"] == {"version": 1, "sha256": hashlib.sha256(bundles["v1"].read_bytes()).hexdigest()}
-    assert rec["new"] == {"version": 2, "sha256": new_sha}
+    old_bytes, new_bytes = bundles["v1"].read_bytes(), bundles["v2"].read_bytes()
+    assert rec["old"] == {"version": 1, "sha256": hashlib.sha256(old_bytes).hexdigest(), "id": _bundle_id(old_bytes)}
+    assert rec["new"] == {"version": 2, "sha256": new_sha, "id": _bundle_id(new_bytes)}
     assert rec["started"].endswith("Z") and rec["duration_s"] > 0
     assert version_of(fleetpin, b.port) == 2
     # the same bundle again: nothing to do, exit 0, and a receipt that says so
@@ -123,6 +141,72 @@ def test_declining_changes_nothing_and_is_recorded(fleetpin: Any, board: Any, bu
     assert version_of(fleetpin, b.port) == 1
 
 
+def _bundle_id(data: bytes) -> str:
+    """A bundle's identity: the SHA-256 of its signed bytes (pinagent.bundle)."""
+    from pinagent.bundle import decode_unverified
+
+    return bytes(decode_unverified(data).digest).hex()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_the_confirmation_says_who_signed_and_what_the_device_needs(
+    fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path, runtime: str
+) -> None:
+    # Issue 12, item 5: the technician sees who signed and the device's rule before saying yes.
+    b = board(runtime)
+    r = fleetpin("device", "update", "--port", b.port, bundles["v2"], "--receipt", tmp_path / "r.json", input="n\n")
+    out = r.stdout
+    everyday = json.loads(demo_signer_set())["signers"][0]["id"]
+    assert f"signed by {everyday}: 1 of the device's 2 keys; a bundle needs 1" in out, out
+    info = json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)
+    assert info["signers"] == {"ids": [s["id"] for s in json.loads(demo_signer_set())["signers"]],
+                               "threshold": 1, "rotation_threshold": 2}
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_one_key_rotation_is_refused_before_sending(
+    fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path, runtime: str
+) -> None:
+    b = board(runtime)
+    receipt = tmp_path / "r.json"
+    r = fleetpin("device", "update", "--port", b.port, bundles["rotate_one_key"], "--yes", "--receipt", receipt)
+    assert r.exit_code == 1 and "a signer-set change needs 2 of the device's keys, signed by 1" in r.stderr, r.stderr
+    assert "(nothing sent)" in r.stderr
+    rec = json.loads(receipt.read_text())
+    assert rec["result"] == "refused" and rec["transfer"]["wire_bytes_sent"] < bundles["rotate_one_key"].stat().st_size
+    assert version_of(fleetpin, b.port) == 1
+    # and sent anyway (a host that skips fleetpin's checks), the device refuses it itself
+    with Transport.open(b.port) as t:
+        t.connect()
+        with pytest.raises(DeviceRefused) as refused:
+            t.upload(bundles["rotate_one_key"].read_bytes())
+    assert refused.value.code_name == "signature" and "needs 2" in str(refused.value)
+    assert version_of(fleetpin, b.port) == 1
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_re_encoded_copy_of_the_installed_bundle_is_already_installed(
+    fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path, runtime: str
+) -> None:
+    # Issue 12, item 7: (r, n - s) is the same signature of the same bundle in other bytes. Its
+    # identity (IDENTIFY's bundle_id, receipts) is the digest of the signed bytes, so it is the
+    # installed bundle, not a second v2 to refuse.
+    b = board(runtime, seed="v2")
+    data = bundles["v2"].read_bytes()
+    n = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    copy = data[:-32] + (n - int.from_bytes(data[-32:], "big")).to_bytes(32, "big")
+    path = tmp_path / "v2-copy.bin"
+    path.write_bytes(copy)
+    receipt = tmp_path / "r.json"
+    r = fleetpin("device", "update", "--port", b.port, path, "--yes", "--receipt", receipt, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["result"] == "already-installed"
+    rec = json.loads(receipt.read_text())
+    assert rec["new"]["id"] == rec["old"]["id"] == _bundle_id(data)
+    info = json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)
+    assert info["bundle_id"] == _bundle_id(data)
+
+
 # ---- refusals ------------------------------------------------------------------------------
 
 
@@ -132,7 +216,8 @@ def test_declining_changes_nothing_and_is_recorded(fleetpin: Any, board: Any, bu
     [
         ("other_fleet", "is for fleet 'other', the device dev-1 is in fleet 'acme' (nothing sent)", False),
         ("v2_other", "v2 is the same version as the installed v2", False),
-        ("stranger", "the device refused the bundle: signature: not signed by a trusted key", True),
+        ("stranger", "not signed by a key the device trusts (a bundle needs 1 of its keys) (nothing sent)", False),
+        ("bad_signature", "the device refused the bundle: signature: signature by key", True),
     ],
 )
 def test_refused_bundles_leave_the_device_unchanged(
@@ -294,6 +379,44 @@ def test_reports_are_read_and_acknowledged_never_erased(fleetpin: Any, board: An
     r = fleetpin("device", "reports", "--port", b.port)
     assert "no pending reports (1 kept" in r.stdout and "[acknowledged]" in r.stdout
     assert fleetpin("device", "reports", "--port", b.port, "--clear").exit_code == 2  # no such thing
+
+
+def test_reports_are_stored_in_the_registry_before_they_are_acknowledged(fleetpin: Any, board: Any, tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from fleetpin.line.boards import get_board
+    from fleetpin.line.registry import Registry
+    from fleetpin.sim.flashfs import FlashFS
+
+    flash = tmp_path / "flash.img"
+    with FlashFS.open_image(flash, get_board("esp32")) as f:
+        Reports(f.store_fs()).add({"date-time": "2026-01-01T00:00:00Z", "hostname": "api.example.com", "port": 443,
+                                   "validation-result": "mismatch", "enforce-pinning": True, "device-id": "dev-1"})
+    b = board(flash=flash)
+    # a registry this fleetpin cannot use: nothing is stored, so nothing is acknowledged either
+    newer = f"sqlite:///{tmp_path / 'newer.sqlite'}"
+    Registry(newer).close()
+    with sa.create_engine(newer).begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
+    r = fleetpin("device", "reports", "--port", b.port, "--store", "--ack", "--registry", newer)
+    assert r.exit_code == 1 and "newer than this fleetpin" in r.stderr
+    assert json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)["pending_reports"] == 1
+
+    reg = f"sqlite:///{tmp_path / 'reg.sqlite'}"
+    r = fleetpin("device", "reports", "--port", b.port, "--store", "--registry", reg, "--json")
+    out = json.loads(r.stdout)
+    assert r.exit_code == 0 and out["stored"] == {"added": 1, "merged": 0} and out["acked"] is None
+    assert out["device"]["device_id"] == "dev-1" and out["device"]["mac"] == b.mac and out["read_at"].endswith("Z")
+    (tmp_path / "saved.json").write_text(r.stdout)
+    r = fleetpin("device", "reports", "--port", b.port, "--store", "--ack", "--registry", reg)
+    assert r.exit_code == 0 and "0 new, 1 already there" in r.stdout and "acknowledged 1 report(s)" in r.stdout
+    assert json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)["pending_reports"] == 0
+    st = json.loads(fleetpin("fleet", "status", "--registry", reg, "--json").stdout)
+    assert st["devices"] == 1 and [(m["host"], m["mode"], m["sample"]) for m in st["mismatches"]] == [("api.example.com", "enforced", ["dev-1"])]
+    # what a technician saved with --json goes into another registry as it is
+    other = f"sqlite:///{tmp_path / 'office.sqlite'}"
+    r = fleetpin("fleet", "import", str(tmp_path / "saved.json"), "--registry", other)
+    assert r.exit_code == 0 and "dev-1: 1 new, 0 already there" in r.stdout
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

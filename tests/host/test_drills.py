@@ -74,3 +74,27 @@ def test_a_drill_whose_broker_moves_to_an_unpinned_key_fails(monkeypatch: pytest
     assert not result.passed
     assert any("after: the MQTT application on dev-00 is connected" in f for f in result.failures), result.failures
     assert any("was never refused (['mismatch'" in f for f in result.failures), result.failures
+
+
+def test_drill_record_counts_devices_left_unreachable(fleetpin, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from fleetpin.field.fleet import fleet_status
+    from fleetpin.line.registry import Registry
+
+    def no_rescue(w: World) -> None:
+        p = w.pki
+        w.serve("api", p, "leaf")
+        w.boot(w.bundle(1, [("primary", p.leaf.pin)], [p.root.der]), "v1-no-backup", 2)
+        w.serve("api", p, "backup_leaf")  # the primary key is lost, no backup was pinned
+        w.account("api")
+
+    monkeypatch.setitem(DRILLS, "no-rescue", drills.Drill("no-rescue", "t", "t", no_rescue))
+    reg = f"sqlite:///{tmp_path / 'reg.sqlite'}"
+    r = fleetpin("drill", "no-rescue", "--devices", "2", "--record", "--registry", reg, "--json")
+    assert r.exit_code == 1 and [d["status"] for d in json.loads(r.stdout)[0]["devices"]] == ["UNREACHABLE"] * 2
+    r = fleetpin("drill", "wrong-pin", "--devices", "1", "--record", "--registry", reg)  # passes: locks none out
+    assert r.exit_code == 0 and "0 of 1 scenario(s) left devices locked out" in r.stdout
+    with Registry(reg) as opened:
+        found = [(lk["scenario"], lk["devices"], lk["reason"]) for lk in fleet_status(opened)["lockouts"]]
+    assert found == [("no-rescue", 2, "2 UNREACHABLE of 2 devices (bundles v1-no-backup)")]

@@ -63,7 +63,9 @@ def built(tmp_path: Path, pki: Pki, pki_files: PkiFiles, fleetpin: Callable[...,
         + _domain("new.test", [leaf, backup])
         + f'\n[bundle]\nca_certs = ["{pki_files.cert("intermediate")}"]\n')
     old, new = tmp_path / "v1.fpb", tmp_path / "v2.fpb"
-    for policy, out, version, extra in ((old_policy, old, 1, ()), (new_policy, new, 2, ("--new-signers", rotated))):
+    backup_key = ("--key", keys / "backup.key.pem")  # a signer-set change needs both keys of the set
+    for policy, out, version, extra in ((old_policy, old, 1, ()),
+                                        (new_policy, new, 2, ("--new-signers", rotated, *backup_key))):
         result = fleetpin("bundle", "build", policy, "--fleet", "acme", "--version", str(version),
                           "--key", keys / "everyday.key.pem", "-o", out, *extra, env=ENV)
         assert result.exit_code == 0, result.stderr
@@ -114,6 +116,20 @@ def test_inspect_verifies_with_trust(built: Built, fleetpin: Callable[..., Any])
     result = fleetpin("bundle", "inspect", built.old, "--trust", built.other_signers)
     assert result.exit_code == 1 and "do not verify" in result.stderr
     assert fleetpin("bundle", "inspect", built.old_policy, "--trust", built.signers).exit_code == 2
+
+
+def test_inspect_shows_the_threshold_and_who_signed(built: Built, fleetpin: Callable[..., Any]) -> None:
+    # Issue 12, item 5: the rotation bundle needs 2 of the set, and says who gave them.
+    result = fleetpin("bundle", "inspect", built.new, "--trust", built.signers)
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "2 of its 2 keys signed, a signer-set change needs 2" in out, out
+    assert "signed by everyday (" in out and "signed by backup (" in out
+    assert "1 of 2 keys signs a bundle, 2 of 2 change the signer set" in out  # the new set's own rule
+    sig = json.loads(fleetpin("bundle", "inspect", built.new, "--trust", built.signers, "--json").stdout)["signatures"]
+    assert sig["needs"] == {"keys": 2, "why": "a signer-set change", "threshold": 1, "rotation_threshold": 2}
+    unverified = fleetpin("bundle", "inspect", built.new).stdout
+    assert "it changes the signer set: devices need their set's rotation threshold" in unverified
 
 
 def test_inspect_refuses_bad_input(built: Built, fleetpin: Callable[..., Any]) -> None:

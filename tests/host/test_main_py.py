@@ -5,6 +5,7 @@ scripted host (fleetpin.field.client.Client) on a fake clock.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import runpy
@@ -45,10 +46,23 @@ class Board:
         self.writes = 0
         board = self
 
+        self.kbd_faults: list[BaseException] = []  # raised by the next kbd_intr(-1) calls, in order
+        self.reset_faults: list[BaseException] = []  # raised by the next machine.reset() calls
+
+        def kbd_intr(c: int) -> None:
+            board.events.append(("kbd_intr", c))
+            if c == -1 and board.kbd_faults:
+                raise board.kbd_faults.pop(0)
+
+        def reset() -> None:
+            board.events.append(("reset", board.now))
+            if board.reset_faults:
+                raise board.reset_faults.pop(0)
+
         micropython = types.ModuleType("micropython")
-        micropython.kbd_intr = lambda c: board.events.append(("kbd_intr", c))  # type: ignore[attr-defined]
+        micropython.kbd_intr = kbd_intr  # type: ignore[attr-defined]
         machine = types.ModuleType("machine")
-        machine.reset = lambda: board.events.append(("reset", board.now))  # type: ignore[attr-defined]
+        machine.reset = reset  # type: ignore[attr-defined]
         machine.unique_id = lambda: bytes.fromhex("a0b1c2d3e4f5")  # type: ignore[attr-defined]
         tls = types.ModuleType("tls")  # present, as on the board; no test here connects
         for name, mod in (("micropython", micropython), ("machine", machine), ("tls", tls)):
@@ -62,6 +76,16 @@ class Board:
         monkeypatch.setattr(console, "ticks_ms", lambda: self.now)
         monkeypatch.setattr(console, "sleep_ms", lambda ms: None)
         self.console = console
+        # main.py reads /fleetpin/config.json with plain open() (it must decide whether the board
+        # is locked even when the agent's code cannot be imported): the board's files are the fake flash
+        real_open = builtins.open
+
+        def board_open(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            if isinstance(path, str) and path.startswith(R):
+                return self.ffs.open(path, "rb" if "r" in mode else "wb")
+            return real_open(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", board_open)
 
     def provision(self, bundle: str | None = "v1.bin", config: Any = None) -> None:
         signers = (VECTORS / "bundle" / "signers_prod.json").read_bytes()
@@ -90,12 +114,22 @@ class Board:
         self.client.receive_data(bytes(data), self.now)
 
     def run_main(self) -> Any:
-        g = runpy.run_path(str(ROOT / "device" / "main.py"), run_name="fleetpin_main")
-        self.events.append(("loaded", None))
+        """What main() returned (on a board: the REPL follows), "stopped" if it was still running
+        when the test ended it, or "REPL after X" if exception X ended main.py (the REPL too)."""
         try:
+            g = runpy.run_path(str(ROOT / "device" / "main.py"), run_name="fleetpin_main")
+            self.events.append(("loaded", None))
             return g["main"]()
         except Stop:
             return "stopped"
+        except BaseException as e:  # noqa: B036 - KeyboardInterrupt must not end pytest
+            self.events.append(("left main.py", e))
+            return f"REPL after {type(e).__name__}"
+
+    def ctrl_c_on_after_start(self) -> list[Any]:
+        """Every kbd_intr(3) after main.py's first line (which turns Ctrl-C off)."""
+        switches = [e for e in self.events if e[0] == "kbd_intr"]
+        return [e for e in switches[1:] if e[1] != -1]
 
 
 @pytest.fixture
@@ -103,12 +137,14 @@ def board(monkeypatch: pytest.MonkeyPatch) -> Iterator[Board]:
     yield Board(monkeypatch)
 
 
-def install_app(monkeypatch: pytest.MonkeyPatch, board: Board, fail: bool = False) -> list[Any]:
+def install_app(monkeypatch: pytest.MonkeyPatch, board: Board, fail: bool | BaseException = False) -> list[Any]:
     ran: list[Any] = []
     app = types.ModuleType("app")
 
     def main(agent: Any) -> None:
         ran.append((board.now, agent, list(board.events)))
+        if isinstance(fail, BaseException):
+            raise fail
         if fail:
             raise RuntimeError("app crashed")
 
@@ -127,6 +163,7 @@ def test_main_serves_a_window_then_runs_the_app(board: Board, monkeypatch: pytes
     info = calls[0].result
     assert info["mode"] == S.MODE_OK and info["fleet"] == FLEET and info["bundle_version"] == 1
     assert info["device_id"] == "a0b1c2d3e4f5" and info["clock"] in ("trusted", "floor", "unset")
+    assert info["mac"] == "a0:b1:c2:d3:e4:f5"  # machine.unique_id(): the base MAC esptool read on the line
     # the session went idle for 30 s, then the app ran with the agent
     assert len(ran) == 1 and 30_000 <= ran[0][0] < 32_000 and ran[0][1].state.mode == S.MODE_OK
 
@@ -250,13 +287,45 @@ def test_development_boards_get_the_repl_back(board: Board, monkeypatch: pytest.
     assert agent.state.mode == S.MODE_OK and board.events[-1] == ("kbd_intr", 3)
 
 
-def test_an_agent_that_is_not_installed_gives_the_repl_back(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+def _agent_not_installed(monkeypatch: pytest.MonkeyPatch, board: Board) -> list[float]:
+    import time
+
     import pinagent.io
 
     monkeypatch.setitem(sys.modules, "pinagent.io.console", None)  # the import fails
     monkeypatch.delattr(pinagent.io, "console")
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        if len(slept) > 3:
+            raise Stop()
+        raise KeyboardInterrupt  # as if a 0x03 got through while it waits: it stays anyway
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    return slept
+
+
+def test_an_agent_that_is_not_installed_gives_the_repl_back_on_development_boards(
+        board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    board.provision(config={"fleet": FLEET, "repl": True})
+    _agent_not_installed(monkeypatch, board)
     assert board.run_main() is None
-    assert board.events[0] == ("kbd_intr", -1) and ("kbd_intr", 3) in board.events
+    assert board.events[0] == ("kbd_intr", -1) and board.events[-1] == ("kbd_intr", 3)
+
+
+@pytest.mark.parametrize("config", [None, b"junk", {"fleet": FLEET}, {"fleet": FLEET, "repl": "yes"}])
+def test_an_agent_that_is_not_installed_never_gives_a_locked_board_the_repl(
+        board: Board, monkeypatch: pytest.MonkeyPatch, config: Any) -> None:
+    """Without the agent there is nothing to serve, but a production board (any config that does
+    not say "repl": true, or none) stays in main.py with Ctrl-C off, saying why."""
+    if config is None:
+        board.ffs.files.pop(R + "config.json", None)
+    else:
+        board.provision(config=config)
+    slept = _agent_not_installed(monkeypatch, board)
+    assert board.run_main() == "stopped" and len(slept) == 4
+    assert board.ctrl_c_on_after_start() == []
 
 
 def test_posix_clock_converts_the_2000_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -267,3 +336,75 @@ def test_posix_clock_converts_the_2000_epoch(monkeypatch: pytest.MonkeyPatch) ->
     assert console.posix_clock() == 1767139200
     monkeypatch.setattr(console.time, "time", lambda: 5)  # never set: 2000-01-01 00:00:05
     assert console.posix_clock() is None
+
+
+# ---- no moment after main.py starts may reach the REPL on a locked board
+
+
+def test_a_production_board_never_turns_ctrl_c_on(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From main.py's first line on, a locked board never has Ctrl-C on: not when the window ends
+    (serve() used to turn it back on in its finally, before main.py turned it off again), not
+    while the app runs or fails, not in the serve loop's error path (which used to sleep a second
+    with Ctrl-C on), not around a REBOOT. Each of those moments was a way to the REPL."""
+    board.provision()
+    ran = install_app(monkeypatch, board, fail=True)
+    board.reset_faults = [OSError(5)]  # the first REBOOT's reset fails: serve() raises in the serve loop
+    calls: list[Any] = []
+    board.at(40_000, lambda: calls.append(board.client.reboot()))
+    board.at(50_000, lambda: calls.append(board.client.identify()))
+    board.stop_at = 60_000
+    assert board.run_main() == "stopped"
+    assert len(ran) == 1 and [e for e in board.events if e[0] == "reset"]
+    assert calls[-1].result["mode"] == S.MODE_OK  # still serving after the failed reset
+    assert board.ctrl_c_on_after_start() == []
+
+
+def test_a_ctrl_c_pending_from_before_main_py_turned_it_off_is_caught(board: Board) -> None:
+    """The firmware runs main.py with Ctrl-C on. A 0x03 in the moment before main.py's first
+    line turns it off is not raised at once: the VM raises it at its next check point (a jump),
+    after kbd_intr(-1) returned. Here kbd_intr(-1) raises it on its first call: main.py must
+    catch it and go on."""
+    board.provision()
+    board.kbd_faults = [KeyboardInterrupt()]
+    calls: list[Any] = []
+    board.at(100, lambda: calls.append(board.client.identify()))
+    board.stop_at = 10_000
+    assert board.run_main() == "stopped"
+    assert calls[0].result["mode"] == S.MODE_OK
+    assert board.ctrl_c_on_after_start() == []
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), SystemExit(0), MemoryError("app heap")],
+                         ids=["KeyboardInterrupt", "SystemExit", "MemoryError"])
+def test_whatever_the_app_raises_a_production_board_keeps_serving(board: Board, monkeypatch: pytest.MonkeyPatch,
+                                                                   exc: BaseException) -> None:
+    board.provision()
+    ran = install_app(monkeypatch, board, fail=exc)
+    calls: list[Any] = []
+    board.at(40_000, lambda: calls.append(board.client.identify()))
+    board.stop_at = 50_000
+    assert board.run_main() == "stopped"
+    assert len(ran) == 1 and calls[0].result["mode"] == S.MODE_OK
+
+
+def test_the_serve_loop_survives_a_failure_in_its_own_error_path(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve() fails, and the pause after it is interrupted too: the board goes on serving."""
+    board.provision()
+    real_serve = board.console.serve
+    failures = [RuntimeError("serve failed")]
+
+    def serve(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("window_ms") is None and failures:
+            raise failures.pop()
+        return real_serve(*args, **kwargs)
+
+    def sleep_ms(ms: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(board.console, "serve", serve)
+    monkeypatch.setattr(board.console, "sleep_ms", sleep_ms)
+    calls: list[Any] = []
+    board.at(40_000, lambda: calls.append(board.client.identify()))
+    board.stop_at = 50_000
+    assert board.run_main() == "stopped"
+    assert not failures and calls[0].result["mode"] == S.MODE_OK

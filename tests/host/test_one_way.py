@@ -190,7 +190,7 @@ def test_key_signers_and_key_import_json(kit: Kit) -> None:
     assert result.exit_code == 0
     obj = json.loads(result.stdout)
     ids = [json.loads((kit.root / f"keys/{n}.pub.json").read_text())["key_id"] for n in ("ops", "vault")]
-    assert obj == {"file": str(kit.root / "s2.json"), "channel": "production",
+    assert obj == {"file": str(kit.root / "s2.json"), "channel": "production", "threshold": 1, "rotation_threshold": 2,
                    "signers": [{"id": ids[0], "name": "ops"}, {"id": ids[1], "name": "vault"}]}
     pub = kit.root / "hsm.pem"
     from cryptography.hazmat.primitives import serialization

@@ -167,6 +167,45 @@ def test_command_signer_failures(signing_key: tuple[keys.PublicKeyInfo, Path, Pa
         CommandSigner("  ", info)
 
 
+N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _s(sig: bytes) -> int:
+    return int.from_bytes(sig[32:], "big")
+
+
+def test_local_signer_signs_with_low_s(signing_key: tuple[keys.PublicKeyInfo, Path, Path]) -> None:
+    # Issue 12, item 7: one bundle, one encoding. (r, n - s) verifies as well as (r, s); fleetpin
+    # always writes the low one, so building the same bundle twice gives the same bytes.
+    info, key_path, _ = signing_key
+    signer = LocalKeySigner(keys.load_private_key(key_path, PASS), info)
+    for i in range(32):  # RFC 6979 nonces: about half of these would come out with a high s
+        digest = hashlib.sha256(b"bundle %d" % i).digest()
+        sig = signer.sign_digest(digest)
+        assert _s(sig) <= N // 2, i
+        ecdsa.verify_p256(info.point, digest, sig)
+        assert signer.sign_digest(digest) == sig
+
+
+def test_command_signer_returns_low_s_whatever_the_hsm_gives(
+    signing_key: tuple[keys.PublicKeyInfo, Path, Path], pem_plain: Path, tmp_path: Path
+) -> None:
+    # An HSM or KMS may return either s; the bundle carries the low one.
+    cmd = _script(tmp_path, f"""
+from cryptography.hazmat.primitives import serialization, hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+n = {N}
+key = serialization.load_pem_private_key(open({str(pem_plain)!r}, "rb").read(), None)
+r, s = utils.decode_dss_signature(key.sign(sys.stdin.buffer.read(), ec.ECDSA(utils.Prehashed(hashes.SHA256()))))
+s = max(s, n - s)  # always the high one
+sys.stdout.buffer.write(utils.encode_dss_signature(r, s))
+""")
+    info = signing_key[0]
+    sig = CommandSigner(cmd, info).sign_digest(DIGEST)
+    assert _s(sig) <= N // 2
+    ecdsa.verify_p256(info.point, DIGEST, sig)
+
+
 def test_signature_candidates_ignore_nonsense() -> None:
     assert signature_candidates(b"") == []
     assert signature_candidates(b"zz not hex or base64 !") == []
@@ -190,6 +229,33 @@ def test_signer_set_rules(tmp_path: Path) -> None:
         keys.signer_set_obj([a, d])
     with pytest.raises(UsageError, match="same key"):
         keys.signer_set_obj([a, a])
+
+
+def test_signer_set_thresholds(tmp_path: Path) -> None:
+    # Issue 12, item 5: the set states how many of its keys a bundle needs; defaults 1 and 2
+    # are not written (sets made before thresholds keep their bytes).
+    a, b, c = (keys.new_signing_key(n, "production", tmp_path, PASS)[0] for n in "abc")
+    assert "threshold" not in keys.signer_set_obj([a, b]) and "rotation_threshold" not in keys.signer_set_obj([a, b])
+    obj = keys.signer_set_obj([a, b, c], threshold=2, rotation_threshold=3)
+    assert obj["threshold"] == 2 and obj["rotation_threshold"] == 3
+    trusted = dev_signers.signers_from_obj(obj)
+    assert (trusted.threshold, trusted.rotation_threshold) == (2, 3)
+    for infos, kw in (([a, b], {"rotation_threshold": 1}), ([a, b], {"threshold": 3}), ([a, b], {"threshold": 0}),
+                      ([a, b, c], {"rotation_threshold": 4}), ([a, b, c], {"threshold": 3})):
+        with pytest.raises(UsageError, match="SignerThresholdInvalid"):
+            keys.signer_set_obj(infos, **kw)
+
+
+def test_signer_set_refuses_a_key_with_its_negation(tmp_path: Path) -> None:
+    # Issue 12, item 6: (x, p - y) is the public key of n - d: one private key under two ids.
+    a, _, _ = keys.new_signing_key("a", "production", tmp_path, PASS)
+    p = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
+    y = int.from_bytes(a.point[33:], "big")
+    negated = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), a.point[:33] + (p - y).to_bytes(32, "big"))
+    twin = keys.public_info(negated, "a-twin", "production")
+    assert twin.key_id != a.key_id
+    with pytest.raises(UsageError, match="SignerKeyRepeated"):
+        keys.signer_set_obj([a, twin])
 
 
 def test_backup_tls_key_pin(tmp_path: Path) -> None:

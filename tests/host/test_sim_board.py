@@ -183,3 +183,18 @@ def test_the_port_is_exclusive() -> None:
                 serial.Serial(board.port, 115200, exclusive=True)
         finally:
             first.close()
+
+
+def test_a_board_runs_in_one_place(tmp_path: Path) -> None:
+    """Two boards booting one flash file (the same board at two virtual stations) would be two
+    agents writing one filesystem: the second is refused until the first stops."""
+    from fleetpin.sim.board import FlashInUse
+    from fleetpin.sim.flashfs import mac_text
+
+    flash = tmp_path / "board.img"
+    with VirtualBoard(flash=flash) as first:
+        with pytest.raises(FlashInUse, match="already running"):
+            VirtualBoard(flash=flash).start()
+        assert first.mac == mac_text(flash)
+    with VirtualBoard(flash=flash) as again:  # stopped: its flash is free
+        assert again.mac == first.mac

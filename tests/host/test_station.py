@@ -29,8 +29,7 @@ from fleetpin.line.provision import (
 from fleetpin.line.registry import Registry
 from fleetpin.sim.board import BUNDLE as FS_BUNDLE
 from fleetpin.sim.board import VirtualBoard
-from fleetpin.sim.flashfs import FlashError, FlashFS, blank_image
-from fleetpin.sim.rom import board_mac
+from fleetpin.sim.flashfs import FlashError, FlashFS, blank_image, board_mac
 from fleetpin.sim.station import StationError, VirtualStation, VirtualStations
 from pinagent.store import encode_slot
 
@@ -76,6 +75,7 @@ def test_several_stations_boot_the_agent_from_what_esptool_wrote(tmp_path: Path,
             assert r.agent is not None and r.agent["port"] == st.agent_port
             assert r.agent["bundle_sha256"] == image.bundle_sha256 and r.agent["mode"] == "ok"
             assert r.agent["device_id"] == f"sim-slot{i + 1}"  # image build's config has none: from the file name
+            assert r.agent["mac"] == r.mac  # the agent says the MAC esptool read: field reports join this row
             assert r.agent["fleet"] == image.manifest["content"]["fleet"]
             assert st.flash.read_bytes()[fw_at : fw_at + len(fw)] == fw
             assert st.board.flash.read_file(FS_BUNDLE) == encode_slot(SIGNERS, BUNDLE)

@@ -4,13 +4,17 @@
 
 The device has no signer, so every bundle the device tests decode is made here, with fixed test
 keys (private scalars derived from their names: NEVER use them for anything else) and RFC 6979
-deterministic signatures: running the script again gives the same bytes. The CA certificate is
-self-signed with a fixed key, fixed dates and a deterministic signature too.
+deterministic signatures with low s (fleetpin.pki.signing): running the script again gives the
+same bytes. The CA certificate is self-signed with a fixed key, fixed dates and a deterministic
+signature too.
 
 Files:
   signers_prod.json   production signer set: keys "everyday" (A) and "backup" (B)
   signers_dev.json    development signer set: "dev1", "dev2"
   signers_new.json    the production set a rotation bundle installs: "next" (C), "next-backup" (E)
+  signers_t2.json     A, B and C, stating threshold 2 and rotation_threshold 3
+  signers_negated.json  A, B and A's negation (x, p - y): a set only an older agent could have
+                      stored; the device loads it without key checks and counts the pair once
   <case>.bin          one bundle per case
   cases.json          {case: {"file", "trust", "fleet", "installed", "now", "floor", "error",
                       "reason" (substring of the error's reason) or "expect" (fields of the
@@ -50,6 +54,10 @@ ISSUED = NOW - 3600
 EXPIRES = 1798761600  # 2027-01-01
 PIN_PRIMARY = "sha256/oSrp/5XXFZvdPgB/zusqKsySlTDQS6TMwLxYGO7OEfE="
 PIN_BACKUP = "sha256/STrzqpZCtgNeLswOo+p7u+rUjwK0QieED7THMpfQnGs="
+# P-256: field prime p, order n, curve constant b (y^2 = x^3 - 3x + b mod p).
+P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
+N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+CURVE_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
 
 
 def fixed_key(name: str) -> ec.EllipticCurvePrivateKey:
@@ -62,9 +70,17 @@ def signer(name: str, role: str = "production") -> LocalKeySigner:
     return LocalKeySigner(key, keys.public_info(key.public_key(), name, role))
 
 
+def negated_signer(s: LocalKeySigner, name: str) -> LocalKeySigner:
+    key = ec.derive_private_key(N - s.key.private_numbers().private_value, ec.SECP256R1())
+    return LocalKeySigner(key, keys.public_info(key.public_key(), name, s.info.role))
+
+
 A, BK = signer("everyday"), signer("backup")
 C, E = signer("next"), signer("next-backup")
 X = signer("stranger")  # a production key no device trusts
+# The everyday key's negation: private key n - d, public point (x, p - y). The same key as A to
+# anyone who holds d, under another id; a signer set must never hold both (two ids, one key).
+A_NEG = negated_signer(A, "everyday-negated")
 D1, D2 = signer("dev1", "development"), signer("dev2", "development")
 
 
@@ -115,8 +131,59 @@ def good_source() -> BundleSource:
         return load_bundle_source(d / "policy.toml")
 
 
-def signer_set(*signers: LocalKeySigner) -> bytes:
-    return canonical_json(keys.signer_set_obj([s.info for s in signers]))
+def signer_set(*signers: LocalKeySigner, threshold: int | None = None, rotation_threshold: int | None = None) -> bytes:
+    obj = keys.signer_set_obj([s.info for s in signers])
+    # Thresholds at their defaults (1 and 2) are left out, as the host and the device write them.
+    if threshold is not None:
+        obj["threshold"] = threshold
+    if rotation_threshold is not None:
+        obj["rotation_threshold"] = rotation_threshold
+    return canonical_json(obj)
+
+
+def small_x_point() -> tuple[int, int]:
+    """The curve point with the smallest x >= 1 (y the smaller root): x + p still fits 32 bytes, so
+    04 || x+p || y is a point that satisfies the curve equation mod p with a coordinate >= p."""
+    x = 1
+    while True:
+        rhs = (x * x * x - 3 * x + CURVE_B) % P
+        y = pow(rhs, (P + 1) // 4, P)  # p = 3 mod 4
+        if y * y % P == rhs:
+            return x, min(y, P - y)
+        x += 1
+
+
+def entry(point: bytes, name: str) -> dict[str, str]:
+    from pinagent.signers import key_id_of_point
+
+    return {"id": key_id_of_point(point).hex(), "key": point.hex(), "name": name}
+
+
+def bad_signer_sets(good_set: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
+    """(case name, signer set, reason substring): good_set with its first key replaced by (or, for
+    the negation, joined by) a key the device must refuse; ids recomputed so only the key is wrong."""
+    first = bytes.fromhex(good_set["signers"][0]["key"])
+    x, y = int.from_bytes(first[1:33], "big"), int.from_bytes(first[33:], "big")
+    sx, sy = small_x_point()
+
+    def pt(px: int, py: int) -> bytes:
+        return b"\x04" + px.to_bytes(32, "big") + py.to_bytes(32, "big")
+
+    def replaced(point: bytes) -> dict[str, Any]:
+        obj = json.loads(json.dumps(good_set))
+        obj["signers"][0] = entry(point, "bad")
+        return obj
+
+    negated = json.loads(json.dumps(good_set))
+    negated["signers"].append(entry(pt(x, P - y), "negated"))
+    return [
+        ("off_curve", replaced(pt(x, (y + 1) % P)), "not on the curve"),
+        ("zero_point", replaced(bytes([4]) + bytes(64)), "not on the curve"),
+        # x + p is x on the curve (mod p), but not a canonical encoding; y = p is never one
+        ("x_above_p", replaced(pt(sx + P, sy)), "below p"),
+        ("y_is_p", replaced(pt(x, P)), "below p"),
+        ("negated_pair", negated, "negation"),
+    ]
 
 
 def raw(header: dict[str, Any], payload: Any, certs: list[bytes], sign_with: list[LocalKeySigner],
@@ -138,6 +205,10 @@ def main() -> int:
     new_set_bytes = signer_set(C, E)
     (OUT / "signers_new.json").write_bytes(new_set_bytes)
     new_set = json.loads(new_set_bytes)
+    (OUT / "signers_t2.json").write_bytes(signer_set(A, BK, C, threshold=2, rotation_threshold=3))
+    negated = json.loads(signer_set(A, BK))
+    negated["signers"].append({"id": A_NEG.info.key_id, "key": A_NEG.info.point.hex(), "name": "everyday-negated"})
+    (OUT / "signers_negated.json").write_bytes(canonical_json(negated))
 
     src = good_source()
     header = {"format": 1, "fleet": FLEET, "version": 5, "issued": ISSUED, "channel": "production"}
@@ -248,10 +319,37 @@ def main() -> int:
     case("order_time_before_schema", raw(dict(header, issued=NOW + 86400), dict(payload, extra=1), certs, [A]),
          "BundleFromFuture", "ahead")
 
-    # Key rotation: v6 (signed by the everyday key) installs {next, next-backup}; v7 by "next"
-    # verifies against the new set only; v7 by the retired everyday key no longer does.
-    case("rotate_v6", build(version=6, new_signers=new_set), installed=5,
+    # Key rotation: v6 (signed by the everyday AND the backup key: the rotation threshold of the
+    # set, 2 by default) installs {next, next-backup}; v7 by "next" verifies against the new set
+    # only; v7 by the retired everyday key no longer does.
+    case("rotate_v6", build(version=6, new_signers=new_set, signers=[A, BK]), installed=5,
          expect={"version": 6, "signers": [C.info.key_id, E.info.key_id]})
+    # One stolen key cannot rotate the other away: a rotation signed by one key of the set, or by
+    # one key of the set and one the device does not know, is refused.
+    case("rotate_v6_one_key", raw(dict(header, version=6), dict(payload, signers=new_set), certs, [A]),
+         "BundleThresholdError", "needs 2", installed=5)
+    case("rotate_v6_backup_only", raw(dict(header, version=6), dict(payload, signers=new_set), certs, [BK]),
+         "BundleThresholdError", "needs 2", installed=5)
+    case("rotate_v6_one_key_and_stranger", raw(dict(header, version=6), dict(payload, signers=new_set), certs, [A, X]),
+         "BundleThresholdError", "needs 2", installed=5)
+    # A set stating its thresholds: ordinary bundles need 2 of its 3 keys, rotations all 3.
+    case("threshold2_one_key", good, "BundleThresholdError", "needs 2", trust="signers_t2.json", same_as="good")
+    case("threshold2_two_keys", b"", trust="signers_t2.json", expect={"key_ids": [A.info.key_id, BK.info.key_id]},
+         same_as="good_two_keys")
+    case("threshold2_rotation_two_keys", b"", "BundleThresholdError", "needs 3", trust="signers_t2.json",
+         installed=5, same_as="rotate_v6")
+    case("threshold2_rotation_three_keys", build(version=6, new_signers=new_set, signers=[A, BK, C]),
+         trust="signers_t2.json", installed=5, expect={"signers": [C.info.key_id, E.info.key_id]})
+
+    # Signer keys that would lock the fleet out (or defeat the two-key rule) are refused at install,
+    # each with its named error; the bundle is otherwise good and signed by the rotation threshold.
+    for bad_name, bad_set, reason in bad_signer_sets(new_set):
+        case("new_signers_" + bad_name, raw(dict(header, version=6), dict(payload, signers=bad_set), certs, [A, BK]),
+             "BundleSignerKeyError", reason, installed=5)
+    # A set already in flash holding a key and its negation (installed by an older agent): the
+    # device loads it (refusing it now would brick the board) but counts the pair as ONE key.
+    case("negated_pair_rotation", raw(dict(header, version=6), dict(payload, signers=new_set), certs, [A, A_NEG]),
+         "BundleThresholdError", "needs 2", trust="signers_negated.json", installed=5)
     case("rotate_v7_by_new_key", build(version=7, signers=[C]), installed=6, trust="signers_new.json",
          expect={"version": 7, "key_ids": [C.info.key_id]})
     case("rotate_v7_by_retired_key", build(version=7, signers=[A]), "BundleSignatureError", "not signed by a trusted key",

@@ -1,6 +1,7 @@
 """Serving the update protocol on the board's console (UART0 or USB), and the board's wiring.
 
-    serve(agent=None, window_ms=None)    serves device/PROTOCOL.md on sys.stdin.buffer /
+    serve(agent=None, window_ms=None, ctrl_c_after=True)
+                                         serves device/PROTOCOL.md on sys.stdin.buffer /
                                          sys.stdout.buffer until no session (HELLO) started
                                          within window_ms, or a session went idle for idle_ms;
                                          window_ms None = serve forever. REBOOT resets the
@@ -14,8 +15,11 @@ From the REPL (e.g. on a development board, after main.py handed over):
     import pinagent.io.console as c; c.serve()
 
 Ctrl-C is disabled (micropython.kbd_intr(-1)) while serving, so no byte of a transfer can
-interrupt it; it is enabled again when serve() returns (main.py turns it off again on
-production boards). Nothing may print while serving: the console carries the frames.
+interrupt it. When serve() returns or raises it is enabled again only if ctrl_c_after is true
+(the default, for serve() typed at the REPL); main.py passes False on locked (production)
+boards, which never have Ctrl-C on once main.py has started: a 0x03 in the moment between
+serve()'s end and the caller switching it off again would drop the board to the REPL.
+Nothing may print while serving: the console carries the frames.
 """
 
 try:
@@ -119,7 +123,7 @@ class BrokenAgent(Handler):
         self.reboot_requested = True
 
 
-def serve(agent=None, window_ms=None, idle_ms=IDLE_MS, port=None, reset=None):
+def serve(agent=None, window_ms=None, idle_ms=IDLE_MS, port=None, reset=None, ctrl_c_after=True):
     """Serves the protocol (module docstring); returns the agent."""
     _kbd_intr(-1)
     svc = None
@@ -162,7 +166,8 @@ def serve(agent=None, window_ms=None, idle_ms=IDLE_MS, port=None, reset=None):
     finally:
         if svc is not None:
             svc.end_session()
-        _kbd_intr(3)
+        if ctrl_c_after:
+            _kbd_intr(3)
 
 
 def _reset():
@@ -193,6 +198,16 @@ def device_id():
         return "unknown"
 
 
+def base_mac():
+    """The base MAC as esptool prints it (aa:bb:cc:dd:ee:ff): machine.unique_id() on the ESP32."""
+    try:
+        import machine
+
+        return ":".join("%02x" % b for b in machine.unique_id())
+    except Exception:
+        return None
+
+
 def board_agent(fs=None, tls_adapter=None):
     """The agent over the board's flash (pinagent.io.flash), RTC and native TLS, booted."""
     from pinagent.agent import Agent
@@ -204,6 +219,6 @@ def board_agent(fs=None, tls_adapter=None):
     fleet = flash.read_config(fs).get("fleet")
     if not isinstance(fleet, str) or not fleet:
         fleet = None  # adopt the installed bundle's
-    agent = Agent(fs, posix_clock, device_id(), fleet, tls_adapter or EspTls())
+    agent = Agent(fs, posix_clock, device_id(), fleet, tls_adapter or EspTls(), mac=base_mac())
     agent.boot()
     return agent

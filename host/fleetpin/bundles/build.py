@@ -15,6 +15,12 @@ plus two optional tables that only bundles need:
 The file is parsed once; the policy part (the document without these two tables) is validated
 by fleetpin.bundles.policy.policy_from_doc, the whole bundle by pinagent.bundle.decode_unverified
 before anything is written, and each signature by the signer against its public key.
+
+Thresholds (pinagent.signers): a bundle that changes the signer set (new_signers) must be signed
+by the rotation threshold of the devices' current set, at least 2 keys, so one stolen key can
+never replace the set. check_thresholds refuses, before any key is used, what devices would
+refuse: with the devices' set (trust) exactly, without it the minimum (2 keys for a rotation).
+A new signer set gets the device's checks for a new set (keys on the curve, no key twice).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from cryptography import x509
 from fleetpin.bundles.policy import policy_from_doc, read_toml
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.pki.certs import load_certificates
+from fleetpin.pki.keys import PublicKeyInfo, check_signer_set
 from fleetpin.pki.signing import Signer
 from pinagent import bundle as dev_bundle
 from pinagent import signers as dev_signers
@@ -126,6 +133,34 @@ def largest_envelope(payload_size: int, cert_sizes: Sequence[int]) -> int:
     return len(dev_bundle.MAGIC) + 2 + len(header) + 4 + payload_size + 1 + sum(2 + n for n in cert_sizes) + 1 + signatures
 
 
+ROTATION_MIN = 2  # the least rotation threshold a signer set may state (pinagent.signers)
+
+
+def check_thresholds(infos: Sequence[PublicKeyInfo], rotation: bool, trust: dev_signers.SignerSet | None) -> None:
+    """FleetpinError (BundleThresholdError, as the device words it) if these signing keys cannot
+    meet the threshold devices holding `trust` apply; without trust, a rotation needs 2 keys."""
+    what = "a signer-set change" if rotation else "a bundle"
+    if trust is None:
+        if not rotation:
+            return
+        names = [i.name for i in infos]
+        needed, whose = ROTATION_MIN, "the devices' keys (--trust SIGNERS.json checks their exact rule)"
+    else:
+        names, xs = [], []
+        for i in infos:  # distinct keys of the set: a key and its negation count once, as on the device
+            s = trust.get(i.key_id_bytes)
+            if s is not None and s.point[1:33] not in xs:
+                xs.append(s.point[1:33])
+                names.append(s.name or i.name)
+        needed = trust.rotation_threshold if rotation else trust.threshold
+        whose = "the trusted keys"
+    if len(names) < needed:
+        raise FleetpinError(
+            f"BundleThresholdError: {what} needs {needed} of {whose}, signed by {len(names)} ({', '.join(names) or 'none'})",
+            hint="pass --key once per key: a signer-set change needs the everyday AND the offline backup key"
+            if rotation else "sign it with more keys of the devices' signer set")
+
+
 def build_bundle(
     source: BundleSource,
     *,
@@ -135,9 +170,12 @@ def build_bundle(
     development: bool,
     signers: Sequence[Signer],
     new_signers: dict[str, Any] | None = None,
+    trust: dev_signers.SignerSet | None = None,
 ) -> bytes:
     """The signed bundle bytes. Refuses a production key on a development bundle (and the
-    reverse: devices would refuse it), a key twice, and anything the device would refuse."""
+    reverse: devices would refuse it), a key twice, a signer-set change by fewer keys than a
+    rotation threshold (trust: the devices' set, else the minimum, 2), an invalid new signer set,
+    and anything the device would refuse; with trust, verifies the result as a device would."""
     channel = dev_signers.DEVELOPMENT if development else dev_signers.PRODUCTION
     if not _FLEET_RE.fullmatch(fleet):
         raise UsageError(f"--fleet {fleet!r}: use 1-64 letters, digits, '.', '_' or '-'")
@@ -161,8 +199,11 @@ def build_bundle(
                 f"key {s.info.name} is a development key: production devices would refuse this bundle",
                 hint="sign with a production key, or build with --development",
             )
-    if new_signers is not None and new_signers.get("channel") != channel:
-        raise UsageError(f"--new-signers is a {new_signers.get('channel')} signer set, the bundle is {channel}")
+    if new_signers is not None:
+        check_signer_set(new_signers, "--new-signers")
+        if new_signers.get("channel") != channel:
+            raise UsageError(f"--new-signers is a {new_signers.get('channel')} signer set, the bundle is {channel}")
+    check_thresholds([s.info for s in signers], new_signers is not None, trust)
 
     header = {"format": dev_bundle.FORMAT, "fleet": fleet, "version": version, "issued": issued, "channel": channel, "key_ids": ids}
     try:
@@ -173,7 +214,17 @@ def build_bundle(
     sigs = [(s.info.key_id_bytes, s.sign_digest(digest)) for s in signers]
     try:
         data: bytes = dev_bundle.encode_bundle(signed, sigs)
-        dev_bundle.decode_unverified(data)  # the device's own checks of everything but trust
+        b = dev_bundle.decode_unverified(data)  # the device's own checks of everything but trust
     except dev_bundle.BundleError as e:
         raise FleetpinError(f"the device would refuse this bundle: {e.reason}", hint="fix the policy file") from None
+    if trust is not None:  # and of trust, as devices holding this set check it
+        try:
+            env = dev_bundle.parse_envelope(data)
+            ok = dev_bundle.check_signatures(env, trust, env.digest())
+            rotation = b.signers is not None
+            dev_bundle.check_threshold(ok, trust.rotation_threshold if rotation else trust.threshold,
+                                       "a signer-set change" if rotation else "a bundle")
+        except dev_bundle.BundleError as e:
+            raise FleetpinError(f"devices holding --trust would refuse this bundle: {type(e).__name__}: {e.reason}",
+                                hint="sign with keys of the devices' signer set") from None
     return data

@@ -1,6 +1,8 @@
 """Served chains and what the device would decide on them: loading a chain, validating it
-against the CAs a device trusts (with cryptography), and the verdict from the agent's own code
-(on CPython or on the MicroPython VM). `check`, `bundle lint|diff` and `preflight` share these."""
+against the CAs a device trusts (with cryptography, through view.verified_path: the chain the
+device pins is the path validation builds, not the certificates as sent), and the verdict from
+the agent's own code (on CPython or on the MicroPython VM). `check`, `bundle lint|diff` and
+`preflight` share these."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetpin.bundles.view import ServedChain, View
+from fleetpin.bundles.view import ServedChain, View, verified_path
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.pki import certs
-from fleetpin.pki.certs import host_name, load_certificates
+from fleetpin.pki.certs import load_certificates
 
 
 @dataclass
@@ -23,6 +25,12 @@ class Verification:
     anchor: str | None  # what the chain was verified against
     error: str | None  # why it was not verified
     from_device_cas: bool = False  # against the CAs the device trusts (--ca, the bundle's), not the chain's own root
+    path: list[bytes] | None = None  # verified: the chain the device pins (view.verified_path), leaf first
+
+    def device_chain(self, sent: list[bytes]) -> list[bytes]:
+        """What the device's verify callback sees: the verified path, else (a chain that is
+        not verified, where only the leaf can count) the certificates as sent."""
+        return self.path if self.verified and self.path else sent
 
 
 def load_chain(path: Path) -> list[bytes]:
@@ -41,13 +49,12 @@ def load_chain(path: Path) -> list[bytes]:
 def verify_chain(ders: list[bytes], host: str, now: int | None, ca_path: Path | None,
                  bundle_cas: list[bytes] | None = None) -> Verification:
     from cryptography import x509
-    from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
     try:
         certs = [x509.load_der_x509_certificate(d) for d in ders]
     except ValueError as e:
         return Verification(False, None, f"cryptography cannot parse the chain: {e}")
-    leaf, rest = certs[0], certs[1:]
+    sent = ders
     device_cas = ca_path is not None or bool(bundle_cas)
     if ca_path is not None:
         try:
@@ -59,19 +66,16 @@ def verify_chain(ders: list[bytes], host: str, now: int | None, ca_path: Path | 
         anchors = [x509.load_der_x509_certificate(d) for d in bundle_cas]
         anchor = "the CA certificates in the policy file (bundle.ca_certs)"
     elif len(certs) > 1 and _self_signed(certs[-1]):
-        anchors, rest = [certs[-1]], rest[:-1]
+        anchors, sent = [certs[-1]], ders[:-1]
         anchor = "the chain's own root: " + certs[-1].subject.rfc4514_string()
     else:
         return Verification(False, None, "no trust anchor (pass --ca with the CA certificates your bundle ships)")
 
     when = dt.datetime.now(dt.timezone.utc) if now is None else dt.datetime.fromtimestamp(now, dt.timezone.utc)
-    try:
-        verifier = PolicyBuilder().store(Store(anchors)).time(when).build_server_verifier(
-            host_name(host.lower().rstrip(".")))
-        verifier.verify(leaf, rest)
-    except (VerificationError, ValueError) as e:
-        return Verification(False, anchor, str(e), device_cas)
-    return Verification(True, anchor, None, device_cas)
+    path, error = verified_path(sent, host.lower().rstrip("."), anchors, when)
+    if path is None:
+        return Verification(False, anchor, error, device_cas)
+    return Verification(True, anchor, None, device_cas, path)
 
 
 def _self_signed(cert: Any) -> bool:

@@ -11,8 +11,10 @@ instead of stopping at the first.
 
 Served chains: a device validates every chain against its bundle's CA certificates only
 (CERT_REQUIRED; the ESP32 has no CA store of its own), and mbedTLS hands the verify callback
-the chain it built, anchor included. `device_chain` reproduces that with cryptography's
-verifier, so intermediate and root pins are matched at the depths the device sees.
+the chain it built, anchor included. `verified_path` reproduces that with cryptography's
+verifier (`device_chain` for a view's CAs; `fleetpin check` through bundles.chains), so pins
+are matched on the chain the device sees, at the depths it sees them: check, lint, diff and
+preflight decide on the same chain as the device.
 """
 
 from __future__ import annotations
@@ -282,24 +284,39 @@ class DeviceChain:
     error: str | None
 
 
-def device_chain(chain: ServedChain, host: str, ca_certs: list[CaCert], now: int) -> DeviceChain:
+def verified_path(ders: list[bytes], host: str, anchors: list[x509.Certificate],
+                  when: dt.datetime) -> tuple[list[bytes] | None, str | None]:
+    """(the chain a device pins, leaf first, as DER; None) if `ders` (what the server sends, leaf
+    first) validates for `host` at `when` against `anchors`, else (None, why not).
+
+    The one place the host builds the device's chain: mbedTLS builds a path from the leaf
+    through the certificates sent up to a trusted one (ending at the first it reaches, an
+    intermediate the bundle carries included) and calls the verify callback on that path, top
+    first. So a root the server does not send is on it, and a certificate the server sends that
+    is not on the signing path is not: pins are matched against this path, never the chain as
+    sent (cryptography's verifier returns the path it built, and ends it the same way)."""
     from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+    try:
+        certs = [x509.load_der_x509_certificate(d) for d in ders]
+        verifier = PolicyBuilder().store(Store(anchors)).time(when).build_server_verifier(host_name(host))
+        built = verifier.verify(certs[0], certs[1:])
+    except (VerificationError, ValueError) as e:
+        return None, str(e)
+    return [c.public_bytes(serialization.Encoding.DER) for c in built], None
+
+
+def device_chain(chain: ServedChain, host: str, ca_certs: list[CaCert], now: int) -> DeviceChain:
     presented = [_spki_digest(d) for d in chain.ders]
     unverified = DeviceChain(list(enumerate(presented)), False, None, None)
     if not ca_certs:
         unverified.error = "the bundle carries no CA certificates"
         return unverified
-    certs = [x509.load_der_x509_certificate(d) for d in chain.ders]
-    when = dt.datetime.fromtimestamp(now, dt.timezone.utc)
-    try:
-        verifier = (PolicyBuilder().store(Store([c.cert for c in ca_certs])).time(when)
-                    .build_server_verifier(host_name(host)))
-        built = verifier.verify(certs[0], certs[1:])
-    except (VerificationError, ValueError) as e:
-        unverified.error = str(e)
+    ders, error = verified_path(chain.ders, host, [c.cert for c in ca_certs],
+                                dt.datetime.fromtimestamp(now, dt.timezone.utc))
+    if ders is None:
+        unverified.error = error
         return unverified
-    ders = [c.public_bytes(serialization.Encoding.DER) for c in built]
     anchor = next((ca for ca in ca_certs if ca.der == ders[-1]), None)
     return DeviceChain([(i, _spki_digest(d)) for i, d in enumerate(ders)], True, anchor, None)
 

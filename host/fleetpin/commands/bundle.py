@@ -15,11 +15,11 @@ from typing import Any
 import click
 
 from fleetpin import output, passphrase
-from fleetpin.bundles.build import build_bundle, load_bundle_source
+from fleetpin.bundles.build import build_bundle, check_thresholds, load_bundle_source
 from fleetpin.bundles.cache import remember
 from fleetpin.bundles.chains import load_chains
 from fleetpin.bundles.diff import diff_views
-from fleetpin.bundles.inspect import check_signatures, inspect_obj, load_trust
+from fleetpin.bundles.inspect import check_signatures, inspect_obj, load_trust, needs_obj, signed_by, signers_text
 from fleetpin.bundles.lint import (
     ERROR,
     LIMITS_CHECKED_ELSEWHERE,
@@ -73,7 +73,10 @@ def _signers_for(key_args: tuple[Path, ...], sign_command: str | None, passphras
 @click.option("--sign-command", help="sign with this command instead of the local key (HSM, KMS): see fleetpin/signing.py")
 @click.option("--development", is_flag=True, help="a development bundle: development keys only; production devices refuse it")
 @click.option("--new-signers", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="a signer set file (fleetpin key signers) the bundle installs: key rotation")
+              help="a signer set file (fleetpin key signers) the bundle installs: key rotation; needs the rotation "
+                   "threshold of the devices' current set (2 keys by default: --key everyday --key backup)")
+@click.option("--trust", "trust_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="the signer set the devices hold now: refuse to build what its threshold would refuse")
 @click.option("--issued", "issued_text", metavar="ISO8601|@SECONDS",
               help="issue time, e.g. 2026-05-01T12:00:00Z or @1777636800 (default: now)")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -84,8 +87,8 @@ def _signers_for(key_args: tuple[Path, ...], sign_command: str | None, passphras
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def build(
     policy: Path, fleet: str, version: int, key_args: tuple[Path, ...], sign_command: str | None, development: bool,
-    new_signers: Path | None, issued_text: str | None, passphrase_file: Path | None, out_file: Path,
-    allow_lint_errors: bool, as_json: bool,
+    new_signers: Path | None, trust_file: Path | None, issued_text: str | None, passphrase_file: Path | None,
+    out_file: Path, allow_lint_errors: bool, as_json: bool,
 ) -> None:
     """Build and sign a bundle from POLICY.toml ([defaults], [[domain]], [bundle], [report]).
 
@@ -100,25 +103,47 @@ def build(
     findings = lint_gate(view_of_source(policy, source), allow_lint_errors)
     new_set = None
     if new_signers is not None:
-        new_set = load_trust(new_signers).to_obj()
+        new_set = load_trust(new_signers, "--new-signers", check_keys=True).to_obj()
+    trust = load_trust(trust_file) if trust_file is not None else None
+    # and before any passphrase prompt too: too few keys for the devices' threshold
+    check_thresholds([_public_info(arg) for arg in key_args], new_set is not None, trust)
     signers = _signers_for(key_args, sign_command, passphrase_file)
     data = build_bundle(
         source, fleet=fleet, version=version, issued=issued,
-        development=development, signers=signers, new_signers=new_set,
+        development=development, signers=signers, new_signers=new_set, trust=trust,
     )
     write_atomic(out_file, data)
     remember(data)  # so `device update` can show what it replaces without reading it back
     b = dev_bundle.decode_unverified(data)
     summary = _summary(b)
+    by = [{"key_id": s.info.key_id, "name": s.info.name} for s in signers]
+    needs = None if trust is None else needs_obj(trust.threshold, trust.rotation_threshold, b.signers is not None)
     if as_json:
-        click.echo(json.dumps({"file": str(out_file), **summary, "lint": [f.to_obj() for f in findings],
+        click.echo(json.dumps({"file": str(out_file), **summary, "signed_by": by, "needs": needs,
+                               "lint": [f.to_obj() for f in findings],
                                "lint_errors_allowed": allow_lint_errors and has_errors(findings)}))
         return
     click.echo(f"{out_file}: {b.channel} bundle v{b.version} for fleet {b.fleet}, {b.size} bytes")
-    click.echo(f"  {summary['domains']} domains, {summary['ca_certs']} CA certificates, signed by "
-               + ", ".join(s.info.name + " (" + s.info.key_id + ")" for s in signers))
+    click.echo(f"  {summary['domains']} domains, {summary['ca_certs']} CA certificates, signed by {signers_text(by)}")
+    if trust is not None and needs is not None:
+        click.echo(f"  {len(signed_by(summary['key_ids'], trust))} of the {len(trust.signers)} keys of {trust_file}; "
+                   f"{needs['why']} needs {needs['keys']}")
+    elif b.signers is not None:
+        click.echo("  a signer-set change: devices need the rotation threshold of their set (2 keys unless it says "
+                   "more; --trust SIGNERS.json checks it)")
+    else:
+        click.echo("  devices need the threshold of their signer set (1 key unless it says more; --trust SIGNERS.json "
+                   "checks it)")
     if b.signers is not None:
-        click.echo(f"  installs a new signer set of {len(b.signers.signers)} keys (key rotation)")
+        click.echo(f"  installs a new signer set of {len(b.signers.signers)} keys (key rotation): "
+                   + keys.threshold_text(b.signers.threshold, b.signers.rotation_threshold, len(b.signers.signers)))
+
+
+def _public_info(arg: Path) -> keys.PublicKeyInfo:
+    info_path = keys.paths_for(arg)[1]
+    if not info_path.exists():
+        raise UsageError(f"--key {arg}: {info_path} is missing", hint="keep NAME.pub.json next to NAME.key.pem")
+    return keys.load_public_info(info_path)
 
 
 def _summary(b: Any) -> dict[str, Any]:
@@ -135,7 +160,7 @@ _VM_VERIFY = """
 import json
 from pinagent import bundle, signers
 data = open(ROOT + "/bundle.bin", "rb").read()
-trust = signers.load_signers(open(ROOT + "/signers.json", "rb").read())
+trust = signers.load_signers(open(ROOT + "/signers.json", "rb").read(), False)
 try:
     b = bundle.decode_bundle(data, trust, %r, %d, %s, %d)
     out = {"fleet": b.fleet, "version": b.version, "channel": b.channel, "issued": b.issued,
@@ -185,6 +210,21 @@ def verify_bundle(
     return result
 
 
+def _who(data: bytes, trust: dev_signers.SignerSet) -> dict[str, Any]:
+    """Who of `trust` signed the bundle and what it needs (its header, signatures not checked
+    here: verify_bundle's decoder does that); empty if the envelope is unreadable."""
+    try:
+        env = dev_bundle.parse_envelope(data)
+    except dev_bundle.BundleError:
+        return {}
+    try:
+        rotation = dev_bundle.decode_unverified(data).signers is not None
+        needs: dict[str, Any] | None = needs_obj(trust.threshold, trust.rotation_threshold, rotation)
+    except dev_bundle.BundleError:
+        needs = None
+    return {"signed_by": signed_by(env.header["key_ids"], trust), "needs": needs}
+
+
 @bundle.command("verify")
 @click.argument("bundle_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--trust", "trust_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -224,16 +264,17 @@ def verify(
     status = "ok" if error is None else "same_version" if error == "BundleSameVersion" else "refused"
     if status != "refused":
         remember(data)
-    result = {"result": status, "runtime": runtime, "fleet_checked": fleet_checked, **result}
+    result = {"result": status, "runtime": runtime, "fleet_checked": fleet_checked, **result, **_who(data, trust)}
     if as_json:
         click.echo(json.dumps(result))
     elif status == "ok":
-        names = {s["id"]: s.get("name", "") for s in trust.to_obj()["signers"]}
-        signed = ", ".join(f"{names[k]} ({k})" for k in result["key_ids"] if k in names)
         click.echo(f"ok: {result['channel']} bundle v{result['version']} for fleet {result['fleet']}"
                    + ("" if fleet_checked else " (fleet not checked: pass --fleet)"))
-        click.echo(f"  signed by {signed}; {result['domains']} domains, {result['ca_certs']} CA certificates, "
-                   f"{result['size']} bytes ({runtime})")
+        needs = result["needs"]
+        click.echo(f"  signed by {signers_text(result['signed_by'])}: {len(result['signed_by'])} of the "
+                   f"{len(trust.signers)} trusted keys; {needs['why']} needs {needs['keys']}")
+        click.echo(f"  {result['domains']} domains, {result['ca_certs']} CA certificates, {result['size']} bytes, "
+                   f"id {result['digest'][:16]} ({runtime})")
         if result["new_signers"]:
             click.echo(f"  installs a new signer set: {', '.join(result['new_signers'])}")
     elif status == "same_version":
@@ -265,7 +306,7 @@ def print_inspect(obj: dict[str, Any]) -> None:
     if h is not None:
         click.echo(f"  format {h['format']}  fleet {h['fleet']}  version {h['version']}  channel {h['channel']}")
         click.echo(f"  issued {h['issued_iso']}  key ids {', '.join(h['key_ids'])}")
-        click.echo(f"  digest {h['digest']}  {h['size']} bytes")
+        click.echo(f"  id {h['digest']} (SHA-256 of the signed bytes)  {h['size']} bytes")
         for s in obj["signatures"]["signed_by"]:
             click.echo(f"  signed by {s['name'] or '(unnamed)'} ({s['key_id']}): verified")
     lead = f"; the clock may lead trusted time by {obj['clock_lead']} s at expiry" if obj["clock_lead"] else ""
@@ -285,9 +326,10 @@ def print_inspect(obj: dict[str, Any]) -> None:
                f"{r['max_bytes']} bytes" + (" (defaults)" if obj["report_defaults"] else ""))
     if obj["signers"] is not None:
         s = obj["signers"]
-        keys = ", ".join(f"{k.get('name', '')} ({k['id']})" for k in s["signers"])
+        names = ", ".join(f"{k.get('name', '')} ({k['id']})" for k in s["signers"])
         click.echo(f"signer-set rotation: devices that install this bundle trust only these {s['channel']} keys "
-                   f"from then on: {keys}")
+                   f"from then on: {names}; "
+                   + keys.threshold_text(s.get("threshold", 1), s.get("rotation_threshold", 2), len(s["signers"])))
 
 
 @click.command("inspect")

@@ -52,6 +52,11 @@ def check(policy_path: Path, host: str, chain_path: Path, now_text: str | None, 
     """Check a certificate CHAIN (PEM with one or more certificates, leaf first, or DER) for
     HOST against a pin policy, exactly as the device agent would decide.
 
+    Like the device, the pins are matched against the chain validation BUILDS from CHAIN up to
+    an anchor (the one mbedTLS hands the verify callback): a CA certificate the server does not
+    send but the anchors hold is on it, a certificate the server sends off the signing path is
+    not. An unverified chain is matched as sent (only its leaf can count).
+
     \b
     Whether the chain counts as CA-verified (pins above the leaf count only if it is):
       --ca FILE      verified against the certificates in FILE (host name, validity
@@ -74,27 +79,33 @@ def check(policy_path: Path, host: str, chain_path: Path, now_text: str | None, 
         if unverified
         else verify_chain(ders, host, now, ca_path, source.ca_certs)
     )
+    # The device pins the chain it built from the anchors, not the certificates as sent.
+    seen = verification.device_chain(ders)
     if runtime == "device":
-        verdict = verdict_on_cpython(obj, host, ders, now, verification.verified)
+        verdict = verdict_on_cpython(obj, host, seen, now, verification.verified)
     else:
-        verdict = verdict_on_runtime(runtime, obj, host, ders, now, verification.verified)
+        verdict = verdict_on_runtime(runtime, obj, host, seen, now, verification.verified)
     if verification.from_device_cas and not verification.verified:
         # The device validates under CERT_REQUIRED against exactly these CAs: a chain that fails
         # never reaches the pin check there, whatever the pins say.
         verdict = {**verdict, "allowed": False, "reason": TLS_FAILED, "pin_verdict": verdict["reason"]}
-    certificates = describe_chain(ders)
+    certificates = describe_chain(seen)
+    for cert, der in zip(certificates, seen):
+        cert["sent"] = der in ders
+    off_path = [c for c, der in zip(describe_chain(ders), ders) if der not in seen]
 
     if as_json:
         click.echo(json.dumps({
             "verdict": verdict,
             "certificates": certificates,
+            "not_on_path": off_path,
             "verification": {"verified": verification.verified, "anchor": verification.anchor,
                              "error": verification.error},
             "now": now,
             "runtime": runtime,
         }, indent=2))
     else:
-        print_report(verdict, certificates, verification, now, chain_path)
+        print_report(verdict, certificates, off_path, verification, now, chain_path)
     if not verdict["allowed"]:
         raise FleetpinError(
             f"{verdict['host']}: the device would refuse this chain ({verdict['reason']})",
@@ -118,8 +129,8 @@ def _iso(seconds: int | None) -> str:
     return iso8601(seconds) or "unknown"
 
 
-def print_report(verdict: dict[str, Any], certificates: list[dict[str, Any]], verification: Verification,
-                 now: int | None, chain_path: Path) -> None:
+def print_report(verdict: dict[str, Any], certificates: list[dict[str, Any]], off_path: list[dict[str, Any]],
+                 verification: Verification, now: int | None, chain_path: Path) -> None:
     console = output.console()
     rule = verdict["rule"]
     labels = {} if rule is None else {p["pin"]: p.get("label") or "(no label)" for p in rule["pins"]}
@@ -132,11 +143,18 @@ def print_report(verdict: dict[str, Any], certificates: list[dict[str, Any]], ve
         elif cert["pin"] in labels:
             counted = cert["depth"] == 0 or verdict["verified"]
             mark = output.assemble(labels[cert["pin"]], ("" if counted else (" (not counted: chain unverified)", "yellow")))
+        if not cert["sent"]:
+            mark = output.assemble(mark, (" (the anchor: not sent)" if mark.plain else "(the anchor: not sent)", "dim"))
         table.add(str(cert["depth"]), cert["pin"], cert["subject_cn"] or "-", mark)
     table.print(console)
 
     def say(*parts: str | tuple[str, str]) -> None:
         console.print(output.assemble(*parts))
+
+    for cert in off_path:
+        pinned = cert["pin"] in labels
+        say(f"not on the verified path (the device ignores it): {cert['subject_cn'] or '-'} {cert['pin']}",
+            (" (pinned, but never seen by the device)", "yellow") if pinned else "")
 
     if rule is None:
         say("rule:      none for this host")

@@ -13,6 +13,10 @@ The port: -p/--port, else $FLEETPIN_PORT, else the one ESP32-style USB serial de
 (`fleetpin devices` lists them). The installed bundle is shown from the host's bundle cache
 when IDENTIFY's digest names one it has (fleetpin.bundles.cache), and read back otherwise.
 
+What the device sends is untrusted: its answers are type-checked (fleetpin.field.transport) and
+every text from it goes through `printable` before it is shown; a malformed answer, or an
+installed bundle that does not parse, is a clear error (and, for update, a receipt).
+
 Exit codes: 0 ok, 1 refused or failed (the device unchanged unless the output says otherwise),
 2 usage.
 """
@@ -39,7 +43,9 @@ from fleetpin.device_errors import is_refusal
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.field.ports import ENV_PORT, choose_port
 from fleetpin.field.receipts import Receipt, check_writable, default_path, utc_now, write_receipt
-from fleetpin.field.transport import DEFAULT_BAUD, Transport
+from fleetpin.field.reports import parse_report_log, report_time
+from fleetpin.field.transport import DEFAULT_BAUD, Transport, check_verdict, printable
+from fleetpin.line.registry_url import ENV_VAR, URL_HELP
 from pinagent import bundle as dev_bundle
 
 PORT_HELP = (f"serial port of the device (e.g. /dev/ttyUSB0, COM3, or a `fleetpin sim board` pty); default: "
@@ -71,35 +77,14 @@ def _session(port: str | None, baud: int, timeout: float) -> Iterator[Transport]
     a PING first."""
     t = Transport.open(choose_port(port), baud, timeout)
     try:
-        t.ident = dict(t.connect(t.client.identify, "IDENTIFY"))
+        t.ident = dict(t.connect_identify())
         yield t
     finally:
         t.close()
 
 
 def _identify(t: Transport) -> dict[str, Any]:
-    info = t.call(t.client.identify(), "IDENTIFY")
-    return dict(info)
-
-
-def _report_lines(log: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(counters, reports) of the report log (JSON lines; the first is the counters)."""
-    head: dict[str, Any] = {}
-    entries: list[dict[str, Any]] = []
-    for i, raw in enumerate(log.split(b"\n")):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            continue
-        if not isinstance(obj, dict):
-            continue
-        if i == 0 and "fleetpin-reports" in obj:
-            head = obj
-        else:
-            entries.append(obj)
-    return head, entries
+    return dict(t.identify())
 
 
 _HEAD_READ = 96  # bytes of the report log that hold its counters line
@@ -112,7 +97,12 @@ def _pending(head: dict[str, Any], entries: list[dict[str, Any]]) -> list[dict[s
 
 
 def _short(digest: Any) -> str:
-    return str(digest)[:16] if digest else "none"
+    return printable(digest, 16) if digest else "none"
+
+
+def _p(value: Any) -> str:
+    """Text from the device, safe to print."""
+    return printable(value)
 
 
 # ---- info ----------------------------------------------------------------------------------
@@ -128,7 +118,7 @@ def info(port: str | None, baud: int, timeout: float, as_json: bool) -> None:
         # one short read, not the whole log
         try:
             _total, first = t.call(t.client.read_reports(0, _HEAD_READ), "READ_REPORTS")
-            head, _ = _report_lines(first.split(b"\n", 1)[0])
+            head, _ = parse_report_log(first.split(b"\n", 1)[0])
         except FleetpinError:
             head = {}
     pending = ident.get("reports")
@@ -138,20 +128,30 @@ def info(port: str | None, baud: int, timeout: float, as_json: bool) -> None:
         click.echo(json.dumps(ident, sort_keys=True))
         return
     rows = [
-        ("device", ident.get("device_id")),
-        ("agent", f"{ident.get('agent')} (protocol {ident.get('proto')})"),
-        ("fleet", ident.get("fleet")),
-        ("mode", ident.get("mode")),
-        ("bundle", f"v{ident.get('bundle_version')}  sha256 {ident.get('bundle_sha256')}"
+        ("device", _p(ident.get("device_id"))),
+        ("agent", f"{_p(ident.get('agent'))} (protocol {_p(ident.get('proto'))})"),
+        ("fleet", _p(ident.get("fleet"))),
+        ("mode", _p(ident.get("mode"))),
+        ("bundle", f"v{_p(ident.get('bundle_version'))}  id {_p(ident.get('bundle_id') or '?')}  "
+                   f"sha256 {_p(ident.get('bundle_sha256'))}"
          if ident.get("bundle_version") is not None else "none (safe mode: every pinned connection is refused)"),
-        ("clock", ident.get("clock")),
-        ("reports", "unknown" if pending is None else f"{pending} pending, {kept} kept "
-                                                       f"({head.get('total', '?')} recorded in all)"),
+        ("signers", _signers_row(ident.get("signers"))),
+        ("clock", _p(ident.get("clock"))),
+        ("reports", "unknown" if pending is None else f"{_p(pending)} pending, {_p(kept)} kept "
+                                                       f"({_p(head.get('total', '?'))} recorded in all)"),
     ]
     for k, v in rows:
         click.echo(f"{k:>8}: {v}")
     for p in ident.get("problems") or []:
-        click.echo(f"{'problem':>8}: {p}")
+        click.echo(f"{'problem':>8}: {_p(p)}")
+
+
+def _signers_row(trust: Any) -> str:
+    if not isinstance(trust, dict) or not isinstance(trust.get("ids"), list):
+        return "not reported"
+    n = len(trust["ids"])
+    return _p(f"{', '.join(str(i) for i in trust['ids'])}: {trust.get('threshold')} of {n} sign a bundle, "
+              f"{trust.get('rotation_threshold')} of {n} change the signer set")
 
 
 # ---- update --------------------------------------------------------------------------------
@@ -170,7 +170,8 @@ def _print_diff(d: dict[str, Any]) -> None:
         click.echo("  no change to what the device accepts")
     for line in lines:
         mark = "!" if line.security else " "
-        text = f"{mark} {'    ' * line.indent}{line.text}"
+        # hosts, labels and subjects come from the device's bundle too: shown printable
+        text = f"{mark} {'    ' * line.indent}{printable(line.text, 400)}"
         click.secho(text, fg="yellow" if line.security else None, bold=line.security)
     if any(line.security for line in lines):
         click.echo("  (! = changes what the device trusts: read these lines before you say yes)")
@@ -230,7 +231,7 @@ def update(bundle_file: Path, port: str | None, baud: int, timeout: float, as_js
         raise UsageError(f"{bundle_file}: a CA certificate in the bundle does not parse: {e}",
                          hint="rebuild it with fleetpin bundle build") from None
     rec = Receipt(port=port, bundle_file=str(bundle_file))
-    rec.new = {"version": new.version, "sha256": new_sha}
+    rec.new = {"version": new.version, "sha256": new_sha, "id": new.digest.hex()}
     t0 = time.monotonic()
     outcome: dict[str, Any] = {}
     transport: Transport | None = None
@@ -311,28 +312,32 @@ class _Stage:
 def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_json: bool, yes: bool,
             stage: _Stage, new_view: Any) -> dict[str, Any]:
     stage.doing = "starting the session"
-    ident = dict(t.connect(t.client.identify, "IDENTIFY"))
+    ident = dict(t.connect_identify())
     rec.device_id = ident.get("device_id")
     rec.fleet = ident.get("fleet")
-    rec.old = {"version": ident.get("bundle_version"), "sha256": ident.get("bundle_sha256")}
+    rec.old = {"version": ident.get("bundle_version"), "sha256": ident.get("bundle_sha256"), "id": ident.get("bundle_id")}
     old_version = ident.get("bundle_version")
     old_sha = ident.get("bundle_sha256")
     if new.fleet != ident.get("fleet"):
         raise _Refused(
-            f"the bundle is for fleet {new.fleet!r}, the device {rec.device_id} is in fleet {ident.get('fleet')!r} (nothing sent)",
+            f"the bundle is for fleet {new.fleet!r}, the device {_p(rec.device_id)} is in fleet "
+            f"{_p(repr(ident.get('fleet')))} (nothing sent)",
             hint="build the bundle for the device's fleet, or check you have the right device",
         )
-    if old_sha == new_sha:
+    # A bundle is its signed bytes (pinagent.bundle): another encoding of the installed bundle
+    # (a signature's s or n - s) is installed already. Agents before bundle ids: the file digest.
+    if ("bundle_id" in ident and ident["bundle_id"] == rec.new["id"]) or old_sha == new_sha:
         rec.result = "already-installed"
         if not as_json:
-            click.echo(f"{rec.device_id}: bundle v{new.version} ({_short(new_sha)}) is already installed; nothing to do")
+            click.echo(f"{_p(rec.device_id)}: bundle v{new.version} ({_short(new_sha)}) is already installed; nothing to do")
         return {"diff": []}
     if isinstance(old_version, int) and new.version <= old_version:
         word = "the same version as" if new.version == old_version else "older than"
         raise _Refused(
-            f"bundle v{new.version} is {word} the installed v{old_version} on {rec.device_id} (nothing sent)",
+            f"bundle v{new.version} is {word} the installed v{old_version} on {_p(rec.device_id)} (nothing sent)",
             hint="devices never go back: build the bundle with a version above " + str(old_version),
         )
+    signed_line = _check_signers(ident, new)
     installed = None
     if old_version is not None:
         installed = lookup(old_sha)  # a bundle this host built, verified or read: no read-back
@@ -351,14 +356,19 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
     try:
         d = full_diff(installed, f"installed v{old_version}", new_view)
     except (UsageError, ValueError) as e:  # an installed bundle this host cannot read: say so, do not guess
-        raise FleetpinError(f"cannot show what the update changes: {e}", hint="run fleetpin device info") from None
+        raise FleetpinError(f"the installed bundle the device sent does not parse ({printable(e)})"
+                            + ("" if yes else ": nothing sent"),
+                            hint="the device's flash or agent may be damaged: check it with fleetpin device info; "
+                                 "re-flash it on the production line if it persists") from None
     if not as_json:
-        click.echo(f"device {rec.device_id} (fleet {rec.fleet}): bundle "
+        click.echo(f"device {_p(rec.device_id)} (fleet {_p(rec.fleet)}): bundle "
                    f"{'v' + str(old_version) if old_version is not None else 'none (safe mode)'} -> v{new.version}")
         _print_diff(d)
+        if signed_line:
+            click.echo(signed_line)
     if not yes:
         stage.doing = "asking for confirmation"
-        if not click.confirm(f"Install bundle v{new.version} on {rec.device_id}?", default=False, err=True):
+        if not click.confirm(f"Install bundle v{new.version} on {_p(rec.device_id)}?", default=False, err=True):
             rec.result = "aborted"
             raise FleetpinError("not installed: you declined", hint="run again and answer y, or pass --yes")
     stage.doing, stage.sent, stage.total = "sending the bundle", True, len(data)
@@ -377,21 +387,44 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
     if got is None:  # an agent whose commit answer carries no digest: ask
         after = _identify(t)
         got = after.get("bundle_sha256")
-        result = {**result, "version": after.get("bundle_version")}
-    rec.new = {"version": result.get("version"), "sha256": got}
+        result = {**result, "version": after.get("bundle_version"), "bundle_id": after.get("bundle_id")}
+    rec.new = {"version": result.get("version"), "sha256": got, "id": result.get("bundle_id")}
     if got != new_sha:
         raise FleetpinError(
-            f"the device answered the commit ({result}) but reports bundle {_short(got)}, not {_short(new_sha)}",
+            f"the device answered the commit ({_p(result)}) but reports bundle {_short(got)}, not {_short(new_sha)}",
             hint="run fleetpin device info; then run the update again",
         )
     rec.result = "installed"
     up = t.last_upload
     resumed = up.resumed if up is not None else 0
     if not as_json:
-        click.secho(f"installed: {rec.device_id} now runs bundle v{result.get('version')} ({_short(new_sha)}), "
+        click.secho(f"installed: {_p(rec.device_id)} now runs bundle v{_p(result.get('version'))} ({_short(new_sha)}), "
                     "digest checked" + (f" (resumed: {resumed} bytes were already on the device)" if resumed else ""),
                     fg="green")
     return {"diff": d}
+
+
+def _check_signers(ident: dict[str, Any], new: Any) -> str | None:
+    """The confirmation's line on who signed and what the device needs (its IDENTIFY "signers":
+    trusted key ids and thresholds); _Refused before anything is sent if too few of the device's
+    keys signed. None for agents that do not say (they check it themselves)."""
+    trust = ident.get("signers")
+    if not isinstance(trust, dict) or not isinstance(trust.get("ids"), list):
+        return None
+    ids = [k.hex() for k in new.key_ids]
+    signed = [k for k in ids if k in trust["ids"]]
+    rotation = new.signers is not None
+    why = "a signer-set change" if rotation else "a bundle"
+    needed = trust.get("rotation_threshold" if rotation else "threshold", 2 if rotation else 1)
+    if not signed:
+        raise _Refused(f"not signed by a key the device trusts ({why} needs {needed} of its keys) (nothing sent)",
+                       hint="sign it with a key of the device's signer set (fleetpin device info shows its key ids)")
+    if len(signed) < needed:
+        raise _Refused(
+            f"{why} needs {needed} of the device's keys, signed by {len(signed)} ({', '.join(signed)}) (nothing sent)",
+            hint="sign it with more keys of the device's signer set (fleetpin bundle verify --trust shows who signed)")
+    return (f"  signed by {', '.join(signed)}: {len(signed)} of the device's {len(trust['ids'])} keys; "
+            f"{why} needs {needed}")
 
 
 # ---- reports, test-connect, reboot ---------------------------------------------------------
@@ -402,30 +435,62 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
 @click.option("--ack", is_flag=True,
               help="acknowledge the reports read: they stay on the device (nothing erases them over the cable) "
                    "but are no longer pending, and newer reports overwrite them first")
-def reports(port: str | None, baud: int, timeout: float, as_json: bool, ack: bool) -> None:
+@click.option("--store", is_flag=True, help="record them in the registry (per device, deduplicated), before any --ack")
+@click.option("--registry", "registry_url", envvar=ENV_VAR, default=None, metavar="URL", help="with --store: " + URL_HELP)
+def reports(port: str | None, baud: int, timeout: float, as_json: bool, ack: bool, store: bool,
+            registry_url: str | None) -> None:
     """The device's pin-failure reports (HPKP/TrustKit fields), least recently seen first.
 
     Reports are never erased over serial (anyone with a cable could wipe an attack's traces):
-    --ack marks those read as seen."""
-    with _session(port, baud, timeout) as t:
-        head, entries = _report_lines(t.read_all("reports"))
-        pending = _pending(head, entries)
-        acked = None
-        if ack and isinstance(head.get("total"), int):
-            acked = t.call(t.client.ack_reports(head["total"]), "ACK_REPORTS")
+    --ack marks those read as seen. --store records them in the registry the line and the fleet
+    share (`fleetpin fleet status` shows them; a report read twice counts once), before any
+    --ack. --json prints a document `fleetpin fleet import` takes later: the reports, the
+    ring's counters, and the device (IDENTIFY)."""
+    reg = None
+    if store:
+        from fleetpin.field.fleet import store_reports
+        from fleetpin.line.registry import Registry, display_url
+
+        reg = Registry(registry_url)  # a bad URL or schema stops here, before the device is touched
+    try:
+        with _session(port, baud, timeout) as t:
+            ident = t.ident
+            read_at = utc_now()
+            head, entries = parse_report_log(t.read_all("reports"))
+            pending = _pending(head, entries)
+            stored = None
+            if reg is not None:  # before --ack: reports that could not be stored stay pending
+                stored = store_reports(reg, {"device": _device_fields(ident), "counters": head, "reports": entries},
+                                       seen_at=report_time(read_at))
+            acked = None
+            if ack and isinstance(head.get("total"), int):
+                acked = t.call(t.client.ack_reports(head["total"]), "ACK_REPORTS")
+    finally:
+        if reg is not None:
+            reg.close()
     if as_json:
-        click.echo(json.dumps({"counters": head, "reports": entries, "pending": len(pending), "acked": acked},
-                              sort_keys=True))
+        doc = {"device": _device_fields(ident), "read_at": read_at, "counters": head, "reports": entries,
+               "pending": len(pending), "acked": acked}
+        if stored is not None:
+            doc["stored"] = {"added": stored.added, "merged": stored.merged}
+        click.echo(json.dumps(doc, sort_keys=True))
         return
     if not pending:
-        click.echo(f"no pending reports ({len(entries)} kept, {head.get('total', 0)} recorded in all, "
-                   f"{head.get('dropped', 0)} dropped)")
+        click.echo(f"no pending reports ({len(entries)} kept, {_p(head.get('total', 0))} recorded in all, "
+                   f"{_p(head.get('dropped', 0))} dropped)")
     for r in entries:
         mark = "" if r in pending else "  [acknowledged]"
-        click.echo(f"{r.get('date-time')}  {r.get('hostname')}:{r.get('port')}  x{r.get('count', 1)}  "
-                   f"{r.get('validation-result')}  (last {r.get('last-seen')}){mark}")
+        click.echo(f"{_p(r.get('date-time'))}  {_p(r.get('hostname'))}:{_p(r.get('port'))}  x{_p(r.get('count', 1))}  "
+                   f"{_p(r.get('validation-result'))}  (last {_p(r.get('last-seen'))}){mark}")
+    if stored is not None and reg is not None:
+        click.echo(f"stored for {_p(stored.device_id)} in {display_url(reg.url)}: {stored.added} new, {stored.merged} already there")
     if acked is not None:
         click.echo(f"acknowledged {len(pending)} report(s); they stay on the device until newer ones overwrite them")
+
+
+def _device_fields(ident: dict[str, Any]) -> dict[str, Any]:
+    """What the registry keeps of a device's IDENTIFY answer."""
+    return {k: ident.get(k) for k in ("device_id", "mac", "fleet", "bundle_version", "bundle_sha256")}
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -451,31 +516,31 @@ def test_connect(address: str, port: str | None, baud: int, timeout: float, as_j
     other hosts): any other is refused with the error `connect`, before the device connects."""
     host, tcp_port = _host_port(address)
     with _session(port, baud, timeout) as t:
-        verdict = t.call(t.client.test_connect(host, tcp_port), "TEST_CONNECT")
+        verdict = check_verdict(t.call(t.client.test_connect(host, tcp_port), "TEST_CONNECT"))
     if as_json:
         click.echo(json.dumps(verdict, sort_keys=True))
     else:
         _print_verdict(host, tcp_port, verdict)
     if not verdict.get("allowed", verdict.get("ok", False)):
-        raise FleetpinError(f"the device refused {host}:{tcp_port}: {verdict.get('reason', 'see the verdict')}",
+        raise FleetpinError(f"the device refused {host}:{tcp_port}: {_p(verdict.get('reason', 'see the verdict'))}",
                             hint="check the pins for this host (fleetpin pin HOST) against the bundle")
 
 
 def _print_verdict(host: str, tcp_port: int, v: dict[str, Any]) -> None:
     """One line for the verdict, then the chain the device saw, depth by depth."""
     ok = bool(v.get("allowed"))
-    why = str(v.get("reason"))
+    why = _p(v.get("reason"))
     if v.get("matched_label") is not None:
-        why += f": pin \"{v['matched_label']}\" at depth {v.get('matched_depth')}"
+        why += f": pin \"{_p(v['matched_label'])}\" at depth {v.get('matched_depth')}"
     if v.get("rule"):
-        why += f" (rule {v['rule']})"
+        why += f" (rule {_p(v['rule'])})"
     if not v.get("clock_trusted", True):
         why += ", clock untrusted"
     click.secho(f"{host}:{tcp_port}: {'ALLOWED' if ok else 'REFUSED'} {why}", fg="green" if ok else "red")
     for c in v.get("chain") or []:
-        click.echo(f"  depth {c.get('depth')}  {c.get('pin')}")
+        click.echo(f"  depth {c.get('depth')}  {_p(c.get('pin'))}")
     if v.get("detail"):
-        click.echo(f"  detail: {v['detail']}")
+        click.echo(f"  detail: {_p(v['detail'])}")
 
 
 @device.command("reboot")
@@ -495,4 +560,5 @@ def reboot(port: str | None, baud: int, timeout: float, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"rebooted": True, "device": ident}, sort_keys=True))
     else:
-        click.echo(f"rebooted: {ident.get('device_id')} is back, mode {ident.get('mode')}, bundle v{ident.get('bundle_version')}")
+        click.echo(f"rebooted: {_p(ident.get('device_id'))} is back, mode {_p(ident.get('mode'))}, "
+                   f"bundle v{ident.get('bundle_version')}")

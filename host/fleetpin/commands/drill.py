@@ -9,6 +9,7 @@ import click
 
 from fleetpin import output
 from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.line.registry_url import ENV_VAR, URL_HELP
 from fleetpin.sim.drill import DRILLS, DrillResult, run_drill
 
 if TYPE_CHECKING:
@@ -25,7 +26,10 @@ def _scenario_help() -> str:
 @click.argument("scenario", metavar="SCENARIO|all")
 @click.option("--devices", type=click.IntRange(1, 16), default=3, show_default=True, help="virtual boards in the fleet")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
-def drill(scenario: str, devices: int, as_json: bool) -> None:
+@click.option("--record", is_flag=True,
+              help="record in the registry the devices each scenario left UNREACHABLE or blocked (fleetpin fleet status)")
+@click.option("--registry", "registry_url", envvar=ENV_VAR, default=None, metavar="URL", help="with --record: " + URL_HELP)
+def drill(scenario: str, devices: int, as_json: bool, record: bool, registry_url: str | None) -> None:
     """Rehearse a pinning incident on a virtual fleet before production lives through it.
 
     Each scenario boots virtual boards (the real agent behind real serial ports) with a
@@ -45,6 +49,11 @@ def drill(scenario: str, devices: int, as_json: bool) -> None:
     for n in names:
         if n not in DRILLS:
             raise UsageError(f"unknown scenario {n!r}", hint="one of: " + ", ".join(DRILLS) + ", or all")
+    reg = None
+    if record:
+        from fleetpin.line.registry import Registry
+
+        reg = Registry(registry_url)  # a bad URL or schema stops here, before any drill runs
     console = output.console()
     results: list[DrillResult] = []
     for n in names:
@@ -57,6 +66,15 @@ def drill(scenario: str, devices: int, as_json: bool) -> None:
         results.append(r)
         if not as_json:
             print_result(console, r)
+    if reg is not None:
+        from fleetpin.field.fleet import record_drill
+        from fleetpin.line.registry import display_url
+
+        with reg:
+            locked = record_drill(reg, [r.to_obj() for r in results])
+        if not as_json:
+            console.print(f"recorded in {display_url(reg.url)}: {locked} of {len(results)} scenario(s) left devices locked out",
+                          markup=False)
     if as_json:
         click.echo(json.dumps([r.to_obj() for r in results], indent=2))
     failed = [r.name for r in results if not r.passed]

@@ -72,6 +72,26 @@ def new(kind: str | None, name: str | None, role: str, out_dir: Path, passphrase
         click.echo(f"  private key {key_path}: take it offline now", err=True)
 
 
+@key.command("reencrypt")
+@click.argument("key_file", metavar="KEY.key.pem", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path), help=_PASSPHRASE_HELP)
+@click.option("--new-passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="file holding a new passphrase (default: keep the current one)")
+def reencrypt(key_file: Path, passphrase_file: Path | None, new_passphrase_file: Path | None) -> None:
+    """Rewrite an encrypted private key with today's key derivation (scrypt N=2^14, r=8, p=5).
+
+    Keys made by older fleetpin versions (PBKDF2 at 2,048 iterations) still work everywhere;
+    this makes a stolen copy of the file far costlier to attack. The key itself (and so its
+    key id, pin and signatures) does not change. Old copies of the file (backups) keep the
+    old protection: replace them too.
+    """
+    passphrase = keys.read_passphrase(passphrase_file, confirm=False)
+    new_passphrase = keys.read_passphrase(new_passphrase_file, confirm=True, prompt="new key passphrase") \
+        if new_passphrase_file is not None else None
+    p = keys.reencrypt_private_key(key_file, passphrase, new_passphrase)
+    click.echo(f"{key_file}: re-encrypted (scrypt N={p['n']}, r={p['r']}, p={p['p']}; AES-256-CBC)")
+
+
 @key.command("import")
 @click.argument("public_key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--id", "name", required=True, help="key name")
@@ -94,19 +114,32 @@ def import_(public_key: Path, name: str, role: str, out_dir: Path, as_json: bool
 @click.argument("public_infos", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="signer set file (JSON) to flash into devices / pass to bundle build --new-signers")
+@click.option("--threshold", type=int, default=1, show_default=True,
+              help="signatures of these keys an ordinary bundle needs")
+@click.option("--rotation-threshold", type=int,
+              help="signatures of these keys a bundle that changes the signer set needs (default: 2, or "
+                   "--threshold if higher; never fewer than 2)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-def signers(public_infos: tuple[Path, ...], out_file: Path, as_json: bool) -> None:
+def signers(public_infos: tuple[Path, ...], out_file: Path, threshold: int, rotation_threshold: int | None,
+            as_json: bool) -> None:
     """Write the signer set devices trust from NAME.pub.json files (at least two keys).
 
-    All keys must have one role: a production device trusts production keys only.
+    All keys must have one role: a production device trusts production keys only. The set says
+    how many of its keys must sign: --threshold for an ordinary bundle (default 1: the everyday
+    key), --rotation-threshold for a bundle that changes the set (default 2: the everyday key
+    AND the offline backup, so one stolen key can never replace the set).
     """
+    if rotation_threshold is None:
+        rotation_threshold = max(2, threshold)
     infos = [keys.load_public_info(p) for p in public_infos]
-    obj = keys.signer_set_obj(infos)
+    obj = keys.signer_set_obj(infos, threshold, rotation_threshold)
     write_atomic(out_file, canonical_json(obj))
     if as_json:
-        click.echo(json.dumps({"file": str(out_file), "channel": obj["channel"],
+        click.echo(json.dumps({"file": str(out_file), "channel": obj["channel"], "threshold": threshold,
+                               "rotation_threshold": rotation_threshold,
                                "signers": [{"id": i.key_id, "name": i.name} for i in infos]}))
         return
     click.echo(f"{obj['channel']} signer set, {len(infos)} keys -> {out_file}")
+    click.echo("  " + keys.threshold_text(threshold, rotation_threshold, len(infos)))
     for i in infos:
         click.echo(f"  {i.key_id}  {i.name}")

@@ -11,12 +11,19 @@ session starts with HELLO; a device that restarts while a request is outstanding
 request with "restarted", which `call` reports rather than guessing whether it ran.
 Every failure is a FleetpinError with a next step; LinkFailure/RemoteError stay inspectable
 through DeviceRefused.code_name and NoAnswer.reason.
+
+What a board sends is untrusted (it may be damaged, or not a fleetpin agent at all): answers are
+type-checked here (check_identity, check_verdict: BadAnswer, a FleetpinError naming the field,
+never a traceback), and `printable` turns any text from it into one safe line before it reaches a
+terminal (control, escape and bidirectional-override characters shown as \\xNN / \\uNNNN).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
+import unicodedata
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -34,6 +41,104 @@ BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
 SLOW_FIRST_PROBE_MS = 1000  # first probe of a slow request (commit, TEST_CONNECT, REBOOT)
 DRAIN_MS = 50  # after a frame has crossed, the device has read it out of its buffer
 MIN_MARGIN_MS = 150  # least margin a timer keeps beyond the line time (OS and USB latency, a busy device)
+
+
+# ---- what a board sends is untrusted ------------------------------------------------------------
+
+_MAX_TEXT = 200
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def printable(value: Any, limit: int = _MAX_TEXT) -> str:
+    """`value` as one line of text that is safe on a terminal: C0 and C1 controls, DEL, escape
+    sequences, line and paragraph separators and format characters (bidirectional overrides)
+    are shown escaped (\\x1b, \\u202e), and text past `limit` characters is cut with "..."."""
+    text = value if isinstance(value, str) else str(value)
+    cut = len(text) > limit
+    text = text[:limit]
+    out = "".join(_escape(c) if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") else c
+                  for c in text)
+    return out + "..." if cut else out
+
+
+class BadAnswer(FleetpinError):
+    """A board's answer that is not what a fleetpin agent sends (a field missing or of the
+    wrong type): nothing in it is used."""
+
+    def __init__(self, what: str, problem: str) -> None:
+        super().__init__(f"the device's answer to {what} is malformed: {printable(problem)}",
+                         hint="is this a fleetpin agent of this version? run fleetpin device info; the device may "
+                              "need re-flashing")
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _kind(v: Any) -> str:
+    return "null" if v is None else "true/false" if isinstance(v, bool) else type(v).__name__
+
+
+def _check(obj: Any, what: str, fields: dict[str, tuple[str, bool]]) -> dict[str, Any]:
+    """obj must be a dict whose listed fields (absent = None) have the listed kinds: "text"
+    (non-empty str), "int" (not a bool), "bool", "hex64", "texts" (list of str), "any";
+    the bool says whether None is allowed. Unknown fields are left alone (a newer agent)."""
+    if not isinstance(obj, dict):
+        raise BadAnswer(what, f"a {_kind(obj)}, not an object")
+    for name, (kind, nullable) in fields.items():
+        v = obj.get(name)
+        if v is None:
+            if nullable:
+                continue
+            raise BadAnswer(what, f"{name} is missing")
+        ok = {
+            "text": isinstance(v, str) and v != "",
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "bool": isinstance(v, bool),
+            "hex64": isinstance(v, str) and _HEX64.fullmatch(v) is not None,
+            "texts": isinstance(v, list) and all(isinstance(x, str) for x in v),
+            "any": True,
+        }[kind]
+        if not ok:
+            want = {"text": "text", "int": "a whole number", "bool": "true or false", "hex64": "64 hex digits",
+                    "texts": "a list of texts", "any": "anything"}[kind]
+            shown = printable(repr(v), 40)
+            raise BadAnswer(what, f"{name} is {shown} (a {_kind(v)}), not {want}")
+    return obj
+
+
+IDENTITY_FIELDS: dict[str, tuple[str, bool]] = {
+    "device_id": ("text", True), "agent": ("text", True), "format": ("int", True), "fleet": ("text", True),
+    "mode": ("text", False), "bundle_version": ("int", True), "bundle_sha256": ("hex64", True),
+    "clock": ("text", True), "now": ("int", True), "time_floor": ("int", True), "trust": ("bool", True),
+    "free": ("int", True), "reports": ("int", True), "problems": ("texts", True), "proto": ("int", True),
+    "error": ("text", True),
+}
+VERDICT_FIELDS: dict[str, tuple[str, bool]] = {
+    "allowed": ("bool", False), "reason": ("text", False), "host": ("text", True), "port": ("int", True),
+    "rule": ("text", True), "matched_label": ("text", True), "matched_depth": ("int", True),
+    "clock_trusted": ("bool", True), "expired": ("bool", True), "detail": ("text", True), "chain": ("any", True),
+}
+
+
+def check_identity(obj: Any) -> dict[str, Any]:
+    """An IDENTIFY answer, type-checked (IDENTITY_FIELDS); BadAnswer otherwise."""
+    return _check(obj, "IDENTIFY", IDENTITY_FIELDS)
+
+
+def check_verdict(obj: Any) -> dict[str, Any]:
+    """A TEST_CONNECT answer, type-checked (VERDICT_FIELDS, and the chain's depths and pins)."""
+    v = _check(obj, "TEST_CONNECT", VERDICT_FIELDS)
+    chain = v.get("chain")
+    if chain is not None:
+        if not isinstance(chain, list):
+            raise BadAnswer("TEST_CONNECT", f"chain is a {_kind(chain)}, not a list")
+        for c in chain:
+            _check(c, "TEST_CONNECT (chain)", {"depth": ("int", False), "pin": ("text", False)})
+    return v
 
 
 class PortError(FleetpinError):
@@ -55,7 +160,7 @@ class DeviceRefused(FleetpinError):
         self.code = error.code
         self.code_name = error.name
         self.remote_message = error.message
-        super().__init__(f"the device refused {what}: {error.name}: {error.message}", hint_for(error.name))
+        super().__init__(f"the device refused {what}: {error.name}: {printable(error.message)}", hint_for(error.name))
 
 
 class Transport:
@@ -164,6 +269,15 @@ class Transport:
         except (serial.SerialException, OSError) as e:
             raise NoAnswer(f"the serial port {self.port} failed: {e}", "port", hint="check the cable, then run the command again") from None
 
+    def identify(self) -> dict[str, Any]:
+        """The device's IDENTIFY answer, type-checked (check_identity)."""
+        return check_identity(self.call(self.client.identify(), "IDENTIFY"))
+
+    def connect_identify(self) -> dict[str, Any]:
+        """connect() with IDENTIFY as the session's first request (one round trip less than a
+        PING first); its answer, type-checked (check_identity)."""
+        return check_identity(self.connect(self.client.identify, "IDENTIFY"))
+
     def call(self, call: Call, what: str) -> Any:
         """Runs one request to its end; returns its result or raises a FleetpinError."""
         self.pump(lambda: call.done)
@@ -178,8 +292,8 @@ class Transport:
         if isinstance(err, LinkFailure):
             raise self._no_answer(err.reason, what)
         if isinstance(err, BadResponse):
-            raise FleetpinError(f"the device's answer to {what} did not parse: {err}", hint="is this a fleetpin agent of the same protocol version?")
-        raise FleetpinError(f"{what} failed: {err}")
+            raise FleetpinError(f"the device's answer to {what} did not parse: {printable(err)}", hint="is this a fleetpin agent of the same protocol version?")
+        raise FleetpinError(f"{what} failed: {printable(err)}")
 
     def _no_answer(self, reason: str, what: str) -> NoAnswer:
         if reason == "restarted":
@@ -261,7 +375,7 @@ class Transport:
                 raise DeviceRefused(up.error, "the bundle")
             if isinstance(up.error, LinkFailure):
                 raise self._no_answer(up.error.reason, "the transfer")
-            raise FleetpinError(f"the transfer failed: {up.error}")
+            raise FleetpinError(f"the transfer failed: {printable(up.error)}")
         return dict(up.result or {})
 
     @staticmethod

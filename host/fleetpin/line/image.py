@@ -389,6 +389,11 @@ class LoadedImage:
     manifest: dict[str, Any]
     board: Board
     regions: list[dict[str, Any]] = field(default_factory=list)
+    bundle_version: int | None = None  # of the bundle in the image's filesystem (verify_image reads it)
+
+    @property
+    def fleet(self) -> str:
+        return str(self.manifest["content"]["fleet"])
 
     @property
     def image_id(self) -> str:
@@ -454,6 +459,28 @@ def verify_image(image_dir: Path, boards_dir: Path | None = None) -> LoadedImage
         if got != content["files"]:
             diff = sorted(set(got.items()) ^ set(content["files"].items()))
             raise ImageError(f"the filesystem's files differ from the manifest: {', '.join(p for p, _ in diff[:5])}", hint="rebuild the image")
+        version = _bundle_version(files.get(FS_BUNDLE))
     except (KeyError, TypeError, ValueError) as e:
         raise ImageError(f"the manifest is incomplete or malformed ({type(e).__name__}: {e})", hint="rebuild the image") from None
-    return LoadedImage(image_dir, m, board, list(m["regions"]))
+    return LoadedImage(image_dir, m, board, list(m["regions"]), version)
+
+
+def bundle_identity(bundle: bytes) -> tuple[str, int]:
+    """(fleet, version) from a bundle's header (no signature check)."""
+    try:
+        b = _bundle.decode_unverified(bundle)
+    except _bundle.BundleError as e:
+        raise UsageError(f"the bundle does not parse: {e}", hint="build it with fleetpin bundle build") from None
+    return str(b.fleet), int(b.version)
+
+
+def _bundle_version(slot: bytes | None) -> int:
+    """The version of the bundle in the image's installed-bundle slot; ImageError if there is
+    none that decodes (the board would boot into safe mode)."""
+    try:
+        if slot is None:
+            raise ValueError("no /fleetpin/bundle.bin")
+        bundle = _store.decode_slot(slot)[1]
+        return int(_bundle.decode_unverified(bytes(bundle)).version)
+    except (ValueError, _store.StoreError, _bundle.BundleError) as e:
+        raise ImageError(f"the image's installed bundle does not decode: {e}", hint="rebuild the image") from None

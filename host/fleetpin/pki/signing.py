@@ -5,6 +5,11 @@ the 64-byte raw r||s the bundle carries. Whatever signs, the result is verified 
 the public key in NAME.pub.json before it goes into a bundle, so a misconfigured command, a
 wrong key or a garbled output fails the build instead of a field update.
 
+Low s: (r, s) and (r, n - s) are both valid signatures of one digest. Every signature is
+written with s <= n/2 (what an HSM returns is normalised), so a bundle fleetpin builds has one
+encoding. A bundle's identity is still the SHA-256 of its signed bytes, not of the file
+(pinagent.bundle): a signature by a key a device does not know is never checked there.
+
 External command protocol (--sign-command CMD):
 - CMD is split like a shell command line (shlex) and run without a shell, once per signature;
   use a script for pipes.
@@ -36,6 +41,7 @@ from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.pki.keys import PublicKeyInfo
 
 COMMAND_TIMEOUT = 120.0
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # the group order
 
 
 class Signer(Protocol):
@@ -51,6 +57,14 @@ def raw_of_der(der: bytes) -> bytes:
     if not (0 < r < 2**256 and 0 < s < 2**256):
         raise ValueError("r or s out of range")
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def low_s(raw: bytes) -> bytes:
+    """The same signature r||s with s <= n/2 ((r, n - s) verifies exactly when (r, s) does)."""
+    s = int.from_bytes(raw[32:], "big")
+    if s > P256_N // 2:
+        return raw[:32] + (P256_N - s).to_bytes(32, "big")
+    return raw
 
 
 def verifies(info: PublicKeyInfo, digest: bytes, raw: bytes) -> bool:
@@ -75,7 +89,7 @@ class LocalKeySigner:
         # RFC 6979 deterministic nonces: no dependence on the RNG at signing time, and the same
         # input gives the same bundle (reproducible test vectors).
         algorithm = ec.ECDSA(utils.Prehashed(hashes.SHA256()), deterministic_signing=True)
-        raw = raw_of_der(self.key.sign(digest, algorithm))
+        raw = low_s(raw_of_der(self.key.sign(digest, algorithm)))
         if not verifies(self.info, digest, raw):
             raise FleetpinError(
                 f"key {self.info.name}: the private key does not match {self.info.path or 'its public key file'}",
@@ -143,7 +157,7 @@ class CommandSigner:
             )
         for raw in signature_candidates(proc.stdout):
             if verifies(self.info, digest, raw):
-                return raw
+                return low_s(raw)
         raise FleetpinError(
             f"--sign-command {name}: its output is not a valid signature by key {self.info.name} ({self.info.key_id})",
             hint="the command must sign the given SHA-256 digest (not hash it again) with the key of "

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from fleetpin.errors import UsageError
 from fleetpin.line.boards import Board, get_board
-from fleetpin.sim.flashfs import FlashFS
+from fleetpin.sim.flashfs import FlashError, FlashFS, mac_text
 from fleetpin.sim.line import Faults, Line
 
 T = TypeVar("T")
@@ -43,6 +43,10 @@ CONFIG = "/fleetpin/config.json"
 SIGNERS = "/fleetpin/signers.bin"
 BUNDLE = "/fleetpin/bundle.bin"
 _HERE = Path(__file__).resolve().parent
+
+
+class FlashInUse(FlashError):
+    """Another virtual board is running from this flash file."""
 
 
 class Clock:
@@ -77,10 +81,10 @@ class Clock:
         return t.timestamp()
 
 
-def _make_cpython_agent(fs: Any, clock: Clock, cfg: dict[str, Any]) -> Any:
+def _make_cpython_agent(fs: Any, clock: Clock, cfg: dict[str, Any], mac: str) -> Any:
     from pinagent.agent import Agent
 
-    return Agent(fs, clock, cfg.get("device_id"), cfg.get("fleet"), _sim_tls())
+    return Agent(fs, clock, cfg.get("device_id"), cfg.get("fleet"), _sim_tls(), mac=mac)
 
 
 def _sim_tls() -> Any:
@@ -118,7 +122,7 @@ class _CPythonCore:
         from pinagent.service import Service
 
         b = self.b
-        self.agent = _make_cpython_agent(b.flash.store_fs(), b.clock, read_config(b.flash))
+        self.agent = _make_cpython_agent(b.flash.store_fs(), b.clock, read_config(b.flash), b.mac)
         self.agent.boot()
         self.svc = Service(self.agent)
         self.link = DeviceLink(self.svc.dispatch)
@@ -149,7 +153,7 @@ class _VmCore:
         prelude = (
             "from pinagent.agent import Agent\n"
             "def make_agent(fs, clock, cfg):\n"
-            "    return Agent(fs, clock, cfg.get('device_id'), cfg.get('fleet'), None)\n"
+            f"    return Agent(fs, clock, cfg.get('device_id'), cfg.get('fleet'), None, mac={self.b.mac!r})\n"
         )
         return prelude + (_HERE / "vm_main.py").read_text()
 
@@ -293,6 +297,7 @@ class VirtualBoard:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="fleetpin-board-")
             flash = Path(self._tmpdir.name) / "flash.img"
         self.flash_path = Path(flash)
+        self.mac = mac_text(self.flash_path)  # the base MAC its ROM bootloader reports too (a board is its flash)
         self._provision = (device_id, fleet, seed_bundle, signers)
         self.flash: FlashFS = None  # type: ignore[assignment]
         self.line: Line = None  # type: ignore[assignment]
@@ -300,6 +305,7 @@ class VirtualBoard:
         self._lock = threading.RLock()  # one feed or reset at a time
         self._flash_lock = threading.RLock()
         self._pending_reboot = False
+        self._held: Any = None  # the flash file, locked while the board runs
         self.boots = 0
 
     # ---- lifecycle
@@ -307,6 +313,7 @@ class VirtualBoard:
     def start(self) -> VirtualBoard:
         self.flash = FlashFS.open_image(self.flash_path, self.board)
         try:
+            self._hold_flash()
             self._provision_flash(*self._provision)
             self.line = Line(self._on_receive, self.baud, self.faults)
             self._core = _VmCore(self) if self.runtime == "micropython" else _CPythonCore(self)
@@ -317,12 +324,30 @@ class VirtualBoard:
             raise
         return self
 
+    def _hold_flash(self) -> None:
+        """A board runs in one place: a second board booting the same flash file (a virtual
+        station given a board another one is running, a second `fleetpin sim board`) is refused,
+        instead of two agents writing one filesystem. The lock goes with this process."""
+        import fcntl
+
+        held = open(self.flash_path, "rb")  # noqa: SIM115  (kept open while the board runs)
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            held.close()
+            raise FlashInUse(f"{self.flash_path}: this board is already running (its flash file is in use)",
+                             hint="stop the other board (or station) first") from None
+        self._held = held
+
     def stop(self) -> None:
         if self._core is not None:
             self._core.stop()
             self._core = None
         if self.line is not None:
             self.line.close()
+        if self._held is not None:
+            self._held.close()
+            self._held = None
         if self.flash is not None:
             self.flash.close()
         if self._tmpdir is not None:

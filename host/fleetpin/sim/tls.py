@@ -5,7 +5,9 @@
 
 - ssl.SSLContext(PROTOCOL_TLS_CLIENT) with verify_mode CERT_REQUIRED and check_hostname on, and
   nothing but the bundle's CA certificates as trust anchors (no system store: the board has
-  none either). Both settings are asserted on the context before the TCP connection is opened.
+  none either), any of which may end the chain, as in mbedTLS (VERIFY_X509_PARTIAL_CHAIN: an
+  intermediate the bundle carries is an anchor). Both settings are asserted on the context
+  before the TCP connection is opened.
 - After the handshake, the chain OpenSSL verified (root first, leaf last at depth 0, as
   mbedTLS calls its verify callback) is fed to `check`; a refusal closes the socket before it
   is returned, so no application byte is ever sent on it. The verified chain comes from
@@ -66,6 +68,9 @@ class SimTls:
             ctx.load_verify_locations(cadata=bytes(der))
         if ctx.verify_mode != ssl.CERT_REQUIRED or not ctx.check_hostname:
             raise VerificationOff(f"verify_mode {ctx.verify_mode!r}, check_hostname {ctx.check_hostname}")
+        # mbedTLS takes any trusted certificate as an anchor (an intermediate too) and ends the
+        # chain at the first one it reaches; OpenSSL wants a self-signed root unless told so
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         return ctx
 
     def open(self, host: str, port: int, timeout: float | None, ca_certs: Sequence[bytes | memoryview], check: Check) -> ssl.SSLSocket:

@@ -1,0 +1,115 @@
+# pinagent.agent and issue 12 ("trust hardening"): what a board trusts after a rotation, a
+# recovery, a one-key rotation or an invalid key, and a bundle's identity, through the agent with
+# the signed vectors of tests/vectors/make_bundle_vectors.py (helpers: agent_support.py; a module
+# of its own for the VM's heap). Runs unchanged under CPython and on the MicroPython runtimes.
+
+import hashlib
+import json
+
+from agent_support import E_BUNDLE, E_SIGNATURE, R, _agent, _bundle, _refused, _signers, _upload
+from faultfs import FaultFS
+from support import read_vector
+
+from pinagent import connect as C  # noqa: F401  (imported first, on its own: less garbage per VM step)
+from pinagent import store as S
+from pinagent.agent import Agent  # noqa: F401  (likewise)
+
+
+def _board(installed):
+    ffs = FaultFS(dirs=["/fleetpin"])
+    ffs.files[R + "signers.bin"] = _signers()
+    ffs.files[R + "bundle.bin"] = S.encode_slot(_signers(), installed)
+    return ffs
+
+
+def _vector(name):
+    return read_vector("bundle/" + name)
+
+
+def _rotated_board():
+    """A board on bundle v5 (signers_prod) that then installed rotate_v6 (everyday + backup sign;
+    new set {next, next-backup})."""
+    ffs = _board(_vector("good.bin"))
+    a = _agent(ffs)
+    assert a.identify()["bundle_version"] == 5
+    assert _upload(a, _vector("rotate_v6.bin"))["installed"]
+    return ffs
+
+
+def test_a_recovery_does_not_undo_a_key_rotation():
+    # Item 4: one bit of bundle.bin goes bad after a rotation. The board runs v5 again, but the
+    # retired everyday key can no longer sign for it, and the new key's bundle is taken.
+    ffs = _rotated_board()
+    slot = bytearray(ffs.files[R + "bundle.bin"])
+    slot[len(slot) // 2] ^= 1
+    ffs.files[R + "bundle.bin"] = bytes(slot)
+    a = _agent(ffs.reboot())
+    info = a.identify()
+    assert info["mode"] == S.MODE_RECOVERED and info["bundle_version"] == 5
+    e = _refused(_upload, a, _vector("rotate_v7_by_retired_key.bin"))
+    assert e.code == E_SIGNATURE and "not signed by a trusted key" in e.reason, e.reason
+    assert _upload(a, _vector("rotate_v7_by_new_key.bin"))["installed"]
+    assert _agent(a.fs.os.reboot()).identify()["bundle_version"] == 7
+
+
+def test_one_key_cannot_rotate_the_signer_set():
+    # Item 5: the everyday key alone (stolen) cannot replace the set; the device says so.
+    ffs = _board(_vector("good.bin"))
+    a = _agent(ffs)
+    before = dict(ffs.files)
+    e = _refused(_upload, a, _vector("rotate_v6_one_key.bin"))
+    assert e.code == E_SIGNATURE and "needs 2" in e.reason and "signed by 1" in e.reason, e.reason
+    assert ffs.files == before
+
+
+def test_a_rotation_to_an_invalid_key_is_refused_at_install():
+    # Item 6: a set with a point off the curve would lock the fleet out; refused by name.
+    ffs = _board(_vector("good.bin"))
+    a = _agent(ffs)
+    for name, words in (("new_signers_off_curve.bin", "SignerKeyInvalid"),
+                        ("new_signers_negated_pair.bin", "SignerKeyRepeated")):
+        e = _refused(_upload, a, _vector(name))
+        assert e.code == E_BUNDLE and words in e.reason, (name, e.reason)
+    assert a.identify()["bundle_version"] == 5
+
+
+def test_identify_states_the_trusted_keys_and_thresholds():
+    a = _agent(_board(_bundle("v1.bin")))
+    trust = json.loads(_signers())
+    info = a.identify()
+    assert info["signers"] == {"ids": [s["id"] for s in trust["signers"]], "threshold": 1, "rotation_threshold": 2}
+    a = _agent(_rotated_board().reboot())
+    new = json.loads(_vector("signers_new.json"))
+    assert a.identify()["signers"]["ids"] == [s["id"] for s in new["signers"]]
+    assert _agent(FaultFS()).identify()["signers"] is None
+
+
+_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _other_s(data):
+    """The same bundle with its last signature's s replaced by n - s: still a valid signature, other
+    bytes (ECDSA malleability)."""
+    s = int.from_bytes(data[-32:], "big")
+    return data[:-32] + (_N - s).to_bytes(32, "big")
+
+
+def test_a_bundle_has_one_identity_whatever_its_signature_encoding():
+    # Item 7: a bundle's identity is the SHA-256 of its signed bytes (what the signatures cover),
+    # so a re-encoded signature is the same bundle to IDENTIFY, receipts and the registry.
+    v2 = _bundle("v2.bin")
+    v2b = _other_s(v2)
+    assert v2b != v2
+    signed_id = hashlib.sha256(v2[:-73]).digest().hex()  # one signature: 1 + 8 + 64 bytes after
+    answers = []
+    for data in (v2, v2b):
+        ffs = _board(_bundle("v1.bin"))
+        a = _agent(ffs)
+        ans = _upload(a, data)
+        assert ans["installed"] and ans["bundle_id"] == signed_id, ans
+        info = _agent(ffs.reboot()).identify()
+        assert info["bundle_id"] == signed_id
+        assert info["bundle_sha256"] == hashlib.sha256(data).digest().hex()  # the bytes, for read-back
+        answers.append(info)
+    assert answers[0]["bundle_sha256"] != answers[1]["bundle_sha256"]
+    assert _agent(FaultFS()).identify()["bundle_id"] is None
