@@ -11,7 +11,9 @@ bytes that had to cross, measured in one run.
 - Start-up: the CLI's own start-up (interpreter, imports: `fleetpin device update --help`,
   best of 3) is printed once and taken out of every ratio.
 - Cases: bundles of ~2, 8 and 16 KB (the 16 KB one carries 8 CA certificates, the most a
-  bundle may), at 115200 and 921600 baud, and the 2 KB one at 9600; on every board runtime;
+  bundle may), at 115200 and 921600 baud, and the 2 KB one at 9600; on every board runtime
+  (fleetpin.sim.board.RUNTIMES: micropython = the board's main.py on MicroPython's unix port,
+  cpython = the agent in this process, wasm = the agent on the WebAssembly VM);
   on a clean line and with 0.1% and 1% mixed byte faults (drop 40%, flip 40%, duplicate 20%
   of them, each way, fixed seeds). The host's bundle cache holds the installed bundle (it
   built it), so nothing is read back; one row per runtime reads 8 KB back (an empty cache).

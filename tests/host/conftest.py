@@ -19,10 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def device_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repo's agent package with a stand-in main.py (device/main.py is written elsewhere)."""
+    """A copy of the repo's device/ folder: the agent package (linked), main.py and the manifest.
+    Virtual boards on the unix port run this main.py from the flash the image went to."""
     d = tmp_path_factory.mktemp("device")
     (d / "pinagent").symlink_to(REPO / "device" / "pinagent")
-    (d / "main.py").write_text("import pinagent\nprint('agent up')\n")
+    (d / "main.py").write_bytes((REPO / "device" / "main.py").read_bytes())
     (d / "manifest.py").write_text((REPO / "device" / "manifest.py").read_text())
     return d
 

@@ -1,4 +1,4 @@
-"""`fleetpin device ...` through pyserial over ptys against virtual boards, on both runtimes:
+"""`fleetpin device ...` through pyserial over ptys against virtual boards, on every runtime:
 updates (with the pin diff, the digest check and the receipt), refusals that leave the device
 unchanged, interrupted updates retried, a noisy line, and the errors a technician meets."""
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import serial
+from runtimes import runtime_params
 
 from fleetpin.field.transport import DeviceRefused, Transport
 from fleetpin.sim.board import VirtualBoard
@@ -25,7 +26,7 @@ from fleetpin.sim.pki import Pki
 from pinagent.reports import Reports
 
 FLEET = "acme"
-RUNTIMES = ["cpython", "micropython"]
+RUNTIMES = runtime_params()
 P1, P2, P3 = FILLER_PINS[:3]
 
 
@@ -428,19 +429,35 @@ def test_reboot_waits_for_the_device_to_come_back(fleetpin: Any, board: Any, run
     assert b.boots == 2
 
 
-def test_test_connect_gives_the_devices_own_verdict(fleetpin: Any, board: Any, pki: Pki, tls_server: Any, tmp_path: Path) -> None:
-    b = board(seed=None)
+@pytest.mark.parametrize("runtime", runtime_params("micropython", "cpython"))
+def test_test_connect_gives_the_devices_own_verdict(fleetpin: Any, board: Any, pki: Pki, tls_server: Any, tmp_path: Path,
+                                                     runtime: str) -> None:
+    """micropython: the agent's own TLS adapter on mbedTLS; cpython: fleetpin.sim.tls on ssl."""
+    b = board(runtime, seed=None)
     bundle = demo_bundle(FLEET, 1, {pki.host: [pki.pins["leaf"], pki.pins["backup"]]}, ca_der=[pki.root.der])
     (tmp_path / "b.bin").write_bytes(bundle)
     assert fleetpin("device", "update", "--port", b.port, tmp_path / "b.bin", "--yes", "--receipt", tmp_path / "r.json").exit_code == 0
     good = tls_server("leaf")
     r = fleetpin("device", "test-connect", "--port", b.port, f"{pki.host}:{good.port}", "--json")
     assert r.exit_code == 0, r.stderr + r.stdout
-    assert json.loads(r.stdout)["allowed"] is True
+    verdict = json.loads(r.stdout)
+    assert verdict["allowed"] is True and verdict["reason"] == "matched"
+    assert [c["depth"] for c in verdict["chain"]] == [0, 1, 2]  # the whole chain was seen, root included
     rogue = tls_server("rogue_leaf")
-    r = fleetpin("device", "test-connect", "--port", b.port, f"{pki.host}:{rogue.port}")
-    assert r.exit_code == 1 and "REFUSED tls_failed" in r.stdout
+    r = fleetpin("device", "test-connect", "--port", b.port, f"{pki.host}:{rogue.port}", "--json")
+    assert r.exit_code == 1
+    refused = json.loads(r.stdout)
+    # Refused either way. On the board (mbedTLS) the pin check sees the chain before mbedTLS fails
+    # it for its CA, so the verdict is the pin check's: a mismatch at depth 0 (device/PORTS.md).
+    # Python's ssl fails the CA first, and the check never sees the chain.
+    assert refused["allowed"] is False
+    assert refused["reason"] == ("mismatch" if runtime == "micropython" else "tls_failed"), refused
     assert rogue.requests == []  # not one application byte sent to the rogue server
+    # and the device recorded it, with the chain it was shown
+    reports = json.loads(fleetpin("device", "reports", "--port", b.port, "--json").stdout)["reports"]
+    assert [(x["port"], x["validation-result"]) for x in reports] == [(rogue.port, refused["reason"])]
+    shown = [c["pin-sha256"] for c in reports[0].get("served-certificate-chain", [])]
+    assert shown == ([pki.pins["rogue_leaf"]] if runtime == "micropython" else [])
 
 
 # ---- `fleetpin sim board` as its own process ----------------------------------------------------

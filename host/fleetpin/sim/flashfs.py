@@ -279,6 +279,11 @@ class FlashFS:
         return FS(self.os, self.open)
 
     @property
+    def fs_size(self) -> int:
+        """Bytes of the filesystem region (from fs_offset)."""
+        return len(self._ctx.buffer)
+
+    @property
     def writes(self) -> int:
         """Block programs and erases so far (each one went to the file)."""
         return self._ctx.writes
