@@ -637,3 +637,31 @@ def test_read_cached_serves_pieces_of_a_cached_answer_and_nothing_else():
     assert op == OP_ERROR and body[0] == E_RANGE
     op, body = ask(42, link.OP_READ_CACHED, bytes((5, 0)))
     assert op == OP_ERROR and body[0] == E_BAD_REQUEST
+
+
+def test_a_commit_lost_on_the_way_is_known_lost_from_the_ping_behind_it():
+    # the commit frame is dropped once; the PING sent right behind it is answered at once, so
+    # the commit goes again without waiting for its first probe (5 s here)
+    state = {"dropped": 0}
+
+    def drop_the_commit(direction, data):
+        if direction != "down" or state["dropped"]:
+            return [data]
+        out = bytearray()
+        frames = bytes(data).split(b"\x7e")
+        for i, f in enumerate(frames):
+            # a frame is seq, ctl, key... between flags; ctl 0x06 (attempt 0): WRITE_COMMIT
+            if len(f) >= 3 and f[1] == service.OP_WRITE_COMMIT and not state["dropped"]:
+                state["dropped"] = 1
+                continue
+            out += f
+            if i < len(frames) - 1:
+                out += b"\x7e"
+        return [bytes(out)]
+
+    b = Bench(fault=drop_the_commit)
+    b.client.link.slow_probe_ms = 5000
+    up = b.client.upload(signed_bundle(600, seed=9))
+    b.run(stop=lambda: up.done)
+    assert state["dropped"] == 1 and up.error is None and up.result == {"version": 1}
+    assert b.now < 1000, b.now  # not the 5 s probe

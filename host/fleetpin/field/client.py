@@ -451,6 +451,10 @@ class LongAnswer:
         c = self.client
         self._req = c._call(self.op, self.body, self.decode, self.exclusive, self.rto_ms,
                             retransmit=c.no_read_cached, answer=self.answer)
+        if self.rto_ms is not None and self.exclusive and not c.no_read_cached:
+            # a slow request (a commit, a TLS handshake) lost on the way would be found only by
+            # its first probe: a PING right behind it is answered at once if it never arrived
+            c._call(OP_PING, b"", _dec_bytes, rto_ms=self.rto_ms, retransmit=False, marker=True)
         self.call.seq = self._req.seq
         self.sends += 1
         self._seq = None
@@ -654,8 +658,8 @@ class Client:
         return self.link.idle
 
     # -- internals -------------------------------------------------------------------------
-    def _call(self, op, body, decode, exclusive=False, rto_ms=None, retransmit=True, answer=0):
-        seq = self.link.request(op, body, exclusive, rto_ms, retransmit, answer)
+    def _call(self, op, body, decode, exclusive=False, rto_ms=None, retransmit=True, answer=0, marker=False):
+        seq = self.link.request(op, body, exclusive, rto_ms, retransmit, answer, marker)
         c = Call(op, seq, decode)
         self._calls[seq] = c
         return c

@@ -99,8 +99,9 @@ class VersionMismatch:
 
 
 class _Request:
-    def __init__(self, seq, op, body, exclusive, slow_ms, retransmit, answer=0):
+    def __init__(self, seq, op, body, exclusive, slow_ms, retransmit, answer=0, marker=False):
         self.seq = seq
+        self.marker = marker  # sent right behind an exclusive request: its answer proves that one lost
         self.answer = answer  # expected answer body, bytes (sizes the timer on a slow line)
         self.op = op
         self.body = body
@@ -225,16 +226,20 @@ class HostLink:
             r.seq = self._seq
             self._seq = (self._seq + 1) & 0xFF
 
-    def request(self, op, body=b"", exclusive=False, rto_ms=None, retransmit=True, answer=0):
+    def request(self, op, body=b"", exclusive=False, rto_ms=None, retransmit=True, answer=0, marker=False):
         """Queues a request; returns its sequence number (matched by Response/Failed events).
         answer: the size of the answer body it expects (a read's length), for its timer.
         rto_ms: its own timeout, for a request the device may take long over (it is still
         probed sooner: a duplicate is answered from the device's cache). retransmit=False: a
         lost transmission fails it with reason "lost" instead of being sent again.
+        marker=True (with retransmit=False): a request that may go out right behind an exclusive
+        one (a PING): the device answers it only after that one, so if its answer comes first the
+        exclusive request was lost on the way, and is known lost at once, not after its timer.
+        A lost marker is only forgotten.
         Raises OversizeFrame if the frame would not fit the device's receive buffer."""
         if MIN_FRAME + len(body) > self.device_max_frame:
             raise OversizeFrame("request of %d bytes, the device takes %d" % (len(body), self.device_max_frame - MIN_FRAME))
-        r = _Request(self._seq, op, bytes(body), exclusive, rto_ms, retransmit, answer)
+        r = _Request(self._seq, op, bytes(body), exclusive, rto_ms, retransmit, answer, marker)
         self._seq = (self._seq + 1) & 0xFF
         self._queue.append(r)
         return r.seq
@@ -425,6 +430,8 @@ class HostLink:
         if not self.connected and r.op != OP_HELLO:
             return None
         if self._out:
+            if r.marker and len(self._out) < self.max_outstanding:
+                return self._queue.pop(0)
             if r.exclusive or len(self._out) >= self.max_outstanding:
                 return None
             for o in self._out.values():
@@ -493,6 +500,10 @@ class HostLink:
 
     def _lost(self, r, now, fast):
         """r's latest transmission is taken for lost: send it again, or give up."""
+        if r.marker:
+            del self._out[r.seq]  # it proved nothing: forget it
+            self._events.append(Failed(r.seq, r.op, "lost"))
+            return
         if not r.retransmit:
             del self._out[r.seq]
             silent = self.last_heard is None or now - self.last_heard >= self.max_attempts * self.rto_ms
