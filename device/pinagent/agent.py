@@ -378,7 +378,7 @@ class Agent:
     def write_begin(self, size, sha256):
         inc = self._incoming
         if inc is not None and inc.size == size and inc.sha256 == bytes(sha256):
-            return  # the same upload again: keep what arrived
+            return inc.ranges  # the same upload again: keep what arrived, and say what that is
         if size < 1 or size > _bundle.MAX_BUNDLE:
             raise _refuse("E_BUNDLE", "a bundle is 1 to %d bytes, not %d" % (_bundle.MAX_BUNDLE, size))
         self._incoming = None  # free the old buffer before allocating the new one

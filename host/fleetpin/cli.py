@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fleet": ("fleetpin.commands.fleet:fleet", "The fleet's reports and lockouts in the registry: import them, see the status after a rotation."),
     "preflight": ("fleetpin.commands.preflight:preflight", "Check live servers against a bundle before it ships: does any device get locked out."),
     "drill": ("fleetpin.commands.drill:drill", "Rehearse a pinning incident (rotation, lost key, rogue CA) on a virtual fleet."),
+    "devices": ("fleetpin.commands.devices:devices", "List the serial ports a board could be on, with their USB ids."),
     "device": ("fleetpin.commands.device:device", "Talk to one device over serial: info, update, reports, test-connect."),
     "sim": ("fleetpin.commands.sim:sim", "Virtual boards behind pseudo-terminals, for trying everything without hardware."),
     "export": ("fleetpin.commands.export:export", "Export pins for mobile apps (Android, TrustKit, OkHttp)."),

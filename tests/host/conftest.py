@@ -36,3 +36,10 @@ def _cheap_key_derivation(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(keys, "SCRYPT_N", 2**10)
     monkeypatch.setattr(keys, "SCRYPT_P", 1)
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fleetpin keeps bundles it built or read in the user's cache directory: never the real one
+    in tests (one per test module's session is enough)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))

@@ -113,9 +113,13 @@ def test_update_shows_the_diff_installs_checks_and_leaves_a_receipt(
     assert r.exit_code == 0, r.stderr
     out = r.stdout
     assert "bundle v1 -> v2" in out
-    assert f"~ api.example.com\n      starts accepting {P3}\n      stops accepting  {P1}" in out
-    assert f"+ new.example.com\n      starts accepting {P3}" in out
-    assert "- old.example.com (no longer pinned" in out
+    assert f"  api.example.com:\n      starts accepting server key {P3} (backup-1)\n" in out
+    assert f"      stops accepting server key {P1} (primary)\n" in out
+    assert f"  new pinned domain new.example.com: checked; pins expire 2030-01-01T00:00:00Z\n" in out
+    assert f"      accepts server key {P3} (primary)" in out
+    # security-relevant lines are marked: a domain no longer pinned, a fallback to CA validation
+    assert "! old.example.com: NO LONGER PINNED" in out
+    assert "!     after 2030-01-01T00:00:00Z: falls back to CA validation only" in out
     assert "digest checked" in out
     rec = json.loads(receipt.read_text())
     new_sha = hashlib.sha256(bundles["v2"].read_bytes()).hexdigest()

@@ -69,7 +69,7 @@ def _summary(results: list[StationResult]) -> output.Table:
 @click.command(name="provision")
 @click.option("--board", required=True, help="Board name; must be the one the image was built for.")
 @click.option("--image", "image_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Image directory (fleetpin image build).")
-@click.option("--port", "ports", multiple=True, help="Serial port of a station, or NAME=PORT; repeat for each.")
+@click.option("--port", "-p", "ports", multiple=True, help="Serial port of a station, or NAME=PORT; repeat for each.")
 @click.option("--virtual", type=click.IntRange(min=1), default=None, metavar="N",
               help="Instead of --port: N virtual stations (mock ROM bootloader, flash in a file) that boot the agent after flashing.")
 @click.option("--sim-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -85,7 +85,7 @@ def _summary(results: list[StationResult]) -> output.Table:
 @click.option("--no-confirm", is_flag=True, help="Do not wait for the agent to confirm its bundle after reset.")
 @click.option("--confirm-timeout", type=float, default=15.0, show_default=True, help="Seconds to wait for the agent.")
 @click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries after a transient serial error.")
-@click.option("--baud", type=int, default=None, help="Flashing baud rate (default: the board's max_baud).")
+@click.option("--baud", "-b", type=int, default=None, help="Flashing baud rate (default: the board's max_baud).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--boards-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Directory of board TOML files.")
 def provision_cmd(

@@ -490,11 +490,12 @@ def agent_confirm(port: str, expected_digest: str, *, baud: int = 115200, timeou
         from pinagent.service import Client, LinkFailure, RemoteError
 
     try:
-        ser = serial.serial_for_url(port, baudrate=baud, timeout=0.05)
+        ser = serial.serial_for_url(port, baudrate=baud, timeout=0.005)
     except (serial.SerialException, OSError) as e:
         raise ConfirmFailed(f"cannot open {port}: {e}", hint="check the cable") from None
     try:
-        client = Client(rto_ms=500, max_attempts=max(2, int(timeout / 0.5)))
+        # timers from the line's rate (10 bits a byte): no wait the line did not require
+        client = Client(rto_ms=500, max_attempts=max(2, int(timeout / 0.5)), min_rto_ms=40, byte_ms=10000.0 / baud)
         call = client.identify()
         t0 = time.monotonic()
         deadline = t0 + timeout
@@ -509,7 +510,7 @@ def agent_confirm(port: str, expected_digest: str, *, baud: int = 115200, timeou
             out = client.data_to_send(now_ms)
             if out:
                 ser.write(out)
-            data = ser.read(4096)
+            data = ser.read(max(1, ser.in_waiting))  # returns as soon as a byte is there
             now_ms = int((time.monotonic() - t0) * 1000)
             if data:
                 client.receive_data(data, now_ms)

@@ -247,7 +247,11 @@ class World:
 
     def session(self, board: VirtualBoard) -> Transport:
         t = Transport.open(board.port, timeout=10.0)
-        t.connect()
+        try:
+            t.connect()
+        except BaseException:
+            t.close()  # a port left open would be "busy" for every later session with this board
+            raise
         return t
 
     def connect(self, board: VirtualBoard, server: str) -> dict[str, Any]:
