@@ -181,7 +181,7 @@ def test_a_one_key_rotation_is_refused_before_sending(
         t.connect()
         with pytest.raises(DeviceRefused) as refused:
             t.upload(bundles["rotate_one_key"].read_bytes())
-    assert refused.value.code_name == "signature" and "needs 2" in str(refused.value)
+    assert refused.value.code_name == "signature" and "needs 2" in str(refused.value), str(refused.value)
     assert version_of(fleetpin, b.port) == 1
 
 
