@@ -280,10 +280,11 @@ class Service:
         except ServiceError as e:
             return OP_ERROR, _link.error_body(e.code, e.reason)
         except Exception as e:  # a handler bug must not take the service down
-            if type(e).__name__ == "ServiceError" and type(getattr(e, "code", None)) is int:
+            code = getattr(e, "code", None)
+            if type(e).__name__ == "ServiceError" and type(code) is int:
                 # a refusal from a handler that imported this module again after
                 # pinagent.forget() dropped it (its ServiceError is another class object)
-                return OP_ERROR, _link.error_body(e.code, e.reason)
+                return OP_ERROR, _link.error_body(code, getattr(e, "reason", str(e)))
             return OP_ERROR, _link.error_body(E_INTERNAL, "%s: %s" % (type(e).__name__, e))
 
     def end_session(self):
