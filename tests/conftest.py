@@ -15,6 +15,7 @@ from typing import Any
 
 import click.testing
 import pytest
+from pg import pg_server, pg_url, url  # noqa: F401  (the registry's fixtures: a PostgreSQL server, a URL per engine)
 
 from fleetpin.sim.pki import Pki, PkiFiles, make_pki
 from fleetpin.sim.tlsserver import TlsServer
@@ -29,6 +30,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    import pg
+
+    if pg.UNAVAILABLE:
+        terminalreporter.write_line(f"SKIPPED the PostgreSQL registry tests: PostgreSQL cannot start here: {pg.UNAVAILABLE[0]}",
+                                    yellow=True)
     if _RESULTS:
         terminalreporter.section("results the tests report")
         for line in _RESULTS:

@@ -13,6 +13,8 @@ a real build.
 
 from __future__ import annotations
 
+import itertools
+import os
 import subprocess
 import sys
 import tempfile
@@ -34,28 +36,35 @@ SIGNERS = (_VECTORS / "signers_prod.json").read_bytes()
 
 
 # The raw mock, less its session timer that breaks long esptool runs on a busy host (issue 18;
-# fleetpin.sim.rom explains it): the same override the virtual stations apply.
+# fleetpin.sim.rom explains it): the same override the virtual stations apply. Its first argument
+# is the board's base MAC (the mock would give every board of a chip the same one).
 _MOCK_WITHOUT_SESSION_TIMER = (
     "import sys\n"
-    "from esp32_mock_bootloader import server\n"
+    "from esp32_mock_bootloader import registers, server\n"
     "from esp32_mock_bootloader.cli import main\n"
     "from fleetpin.sim.rom import MOCK_SESSION_END_AFTER_FLASH_END\n"
     "server._FLASH_END_IDLE_SEC = MOCK_SESSION_END_AFTER_FLASH_END\n"
-    "sys.exit(main(sys.argv[1:]))\n"
+    "mac = tuple(bytes.fromhex(sys.argv[1].replace(':', '')))\n"
+    "registers.mac_bytes_for_chip = lambda chip: mac\n"
+    "registers.rom_profile.cache_clear()\n"
+    "sys.exit(main(sys.argv[2:]))\n"
 )
+_macs = itertools.count(1)
 
 
 class MockBoard:
     """esp32-mock-bootloader (PyPI) emulating one board's ROM bootloader on a fresh pty, in its
     own process (so a test can "unplug" it by killing that process). Its flash is 4 MiB, kept in
-    the process's memory across esptool sessions; its base MAC is derived from the chip name
-    alone (24:0a:c4 + sha256(chip)[:3]), so every mock of one chip has the same MAC.
+    the process's memory across esptool sessions; its base MAC is `mac`, by default one of its
+    own (24:0a:c4:fe + this process's id and a counter), as real boards have.
 
-        with MockBoard("esp32") as board: ... board.port ...
+        with MockBoard("esp32") as board: ... board.port ... board.mac ...
     """
 
-    def __init__(self, chip: str = "esp32") -> None:
+    def __init__(self, chip: str = "esp32", mac: str | None = None) -> None:
         self.chip = chip
+        n = next(_macs)
+        self.mac = mac or f"24:0a:c4:fe:{os.getpid() % 256:02x}:{n % 256:02x}"
         self.port = ""
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -63,7 +72,7 @@ class MockBoard:
         with tempfile.TemporaryDirectory() as tmp:
             port_file = Path(tmp) / "port"
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _MOCK_WITHOUT_SESSION_TIMER, "run", "--pty", "--chip", self.chip,
+                [sys.executable, "-c", _MOCK_WITHOUT_SESSION_TIMER, self.mac, "run", "--pty", "--chip", self.chip,
                  "--port-file", str(port_file)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -21,7 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MUST_SHIP = ("pinagent/agent.py", "pinagent/io/tls.py", "fleetpin/shipped/device/main.py",
              "fleetpin/shipped/device/manifest.py", "fleetpin/shipped/boards/esp32.toml",
-             "fleetpin/shipped/examples/policy.toml", "fleetpin/vm/runner.mjs")
+             "fleetpin/shipped/examples/policy.toml", "fleetpin/vm/runner.mjs",
+             "fleetpin/sim/unixport/_boot.py", "fleetpin/shipped/device/PORTS.md")
 
 
 class SmokeFailed(Exception):
@@ -97,6 +98,9 @@ def run_as_user(fleetpin: Path, work: Path, env: dict[str, str]) -> None:
     run("image", "build", "--board", "esp32", "--firmware", str(d / "firmware.bin"), "--bundle", str(d / "v1.fpb"),
         "--signers", str(d / "signers.json"), "-o", "img")
     run("provision", "--board", "esp32", "--image", "img", "--virtual", "2", "--registry", "reg.sqlite", "--json")
+    run("registry", "migrate", "--registry", "reg.sqlite")  # the migration scripts shipped in the wheel
+    run("registry", "boards", "--registry", "reg.sqlite")
+    run("fleet", "status", "--registry", "reg.sqlite", "--json")
     run("export", "android", str(d / "policy.toml"))
     board = subprocess.Popen([fp, "sim", "board", "--fleet", "acme-sensors", "--signers", str(d / "signers.json"),
                               "--seed-bundle", str(d / "v1.fpb"), "--json"], cwd=work, env=env,

@@ -1,7 +1,7 @@
 """The agent: wires storage, the bundle codec, pinned connections and failure reports together,
 and serves the update protocol as the service Handler.
 
-    agent = Agent(fs, clock, device_id, fleet, tls_adapter)
+    agent = Agent(fs, clock, device_id, fleet, tls_adapter, mac=board_mac)
     agent.boot()                                  loads the installed bundle (never raises)
     sock = agent.connect(host, port, timeout)     THE call for application code (pinned TLS)
     ctx = agent.tls_context()                     the same check for clients that take an
@@ -13,6 +13,8 @@ fs: a pinagent.store.FS (pinagent.io.flash on the board). clock(): POSIX seconds
 the clock is unset (the io layer converts the ESP32's 2000 epoch). fleet: this device's fleet id,
 or None to adopt the fleet of the installed bundle (a board whose config was lost stays usable).
 tls_adapter: see pinagent.connect (pinagent.io.tls on the board, fleetpin.sim.tls on CPython).
+mac: the board's base MAC ("aa:bb:cc:dd:ee:ff", what esptool read when the line provisioned it),
+or None if unknown; IDENTIFY says it, so the fleet's reports join the line's registry.
 
 Time: the clock is believed only at or above the time floor (store.BootState.time_floor: the
 newest trusted time kept in flash, at least the installed bundle's issue time). Trusted time is
@@ -69,10 +71,11 @@ _MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z
 class Agent:
     """See the module docstring. Implements pinagent.service.Handler's methods."""
 
-    def __init__(self, fs, clock, device_id, fleet, tls_adapter, root=_store.ROOT):
+    def __init__(self, fs, clock, device_id, fleet, tls_adapter, root=_store.ROOT, mac=None):
         self.fs = fs
         self.clock = clock
         self.device_id = device_id
+        self.mac = mac
         self.fleet = fleet
         self.tls = tls_adapter
         self.root = root

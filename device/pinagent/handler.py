@@ -101,6 +101,7 @@ def identify(agent):
     problems = [p[:_MAX_PROBLEM] for p in st.problems[:_MAX_PROBLEMS]]
     return {
         "device_id": agent.device_id,
+        "mac": agent.mac,
         "agent": VERSION,
         "format": _bundle.FORMAT,
         "fleet": agent.fleet,
@@ -141,7 +142,7 @@ def read_bundle(agent, offset, length):
 def write_begin(agent, size, sha256):
     inc = agent._incoming
     if inc is not None and inc.size == size and inc.sha256 == bytes(sha256):
-        return  # the same upload again: keep what arrived
+        return inc.ranges  # the same upload again: keep what arrived, and say what that is
     if size < 1 or size > _bundle.MAX_BUNDLE:
         raise _refuse("E_BUNDLE", "a bundle is 1 to %d bytes, not %d" % (_bundle.MAX_BUNDLE, size))
     agent._incoming = None  # free the old buffer before allocating the new one

@@ -43,12 +43,16 @@ ATTEMPT_MASK = const(0x60)
 OP_MASK = const(0x1F)
 
 OP_HELLO = const(0x00)  # link: start a session (resets the device's duplicate cache)
+OP_READ_CACHED = const(0x1E)  # link: a piece of a cached answer (a long answer over a noisy line)
 OP_ERROR = const(0x1F)  # response op for every failed request: code u8, utf-8 message
 
 # Error codes the link itself answers with (the full table is in service.py).
 E_NO_SESSION = const(1)
 E_VERSION = const(2)
+E_BAD_REQUEST = const(3)
+E_RANGE = const(7)
 E_INTERNAL = const(18)
+MAX_PIECE = const(512)  # largest piece of a cached answer READ_CACHED returns
 
 MIN_FRAME = const(7)  # seq + ctl + key + crc32
 DEFAULT_MAX_FRAME = const(256)  # decoded bytes (seq..crc) the device accepts
@@ -341,6 +345,8 @@ class DeviceLink:
             return encode_frame(seq, rctl | OP_HELLO, self._hello_body(0))
         if not self.session:
             return encode_frame(seq, rctl | OP_ERROR, error_body(E_NO_SESSION, "send HELLO (protocol %d) first" % PROTOCOL_VERSION))
+        if op == OP_READ_CACHED:
+            return self._read_cached(seq, rctl, f)
         for i in range(self.cache_size):
             if self._c_body[i] is not None and self._c_seq[i] == seq and self._c_req[i] == op:
                 self.duplicates += 1
@@ -356,3 +362,22 @@ class DeviceLink:
         self._c_body[i] = rbody
         self._c_next = (i + 1) % self.cache_size
         return encode_frame(seq, rctl | rop, rbody)
+
+    def _read_cached(self, seq, rctl, f):
+        # READ_CACHED: seq u8, offset u16, length u16 -> answer op u8, total u16, the piece.
+        # Read-only and not cached itself: it never pushes the answer it reads out of the cache.
+        if len(f) != 8:
+            return encode_frame(seq, rctl | OP_ERROR, error_body(E_BAD_REQUEST, "READ_CACHED: seq u8, offset u16, length u16"))
+        want = f[3]
+        off = f[4] | (f[5] << 8)
+        n = f[6] | (f[7] << 8)
+        for i in range(self.cache_size):
+            body = self._c_body[i]
+            if body is not None and self._c_seq[i] == want:
+                if off > len(body):
+                    break
+                n = min(n, MAX_PIECE)
+                t = len(body)
+                head = bytes((self._c_op[i], t & 0xFF, t >> 8))
+                return encode_frame(seq, rctl | OP_READ_CACHED, head + bytes(body[off : off + n]))
+        return encode_frame(seq, rctl | OP_ERROR, error_body(E_RANGE, "no cached answer to request %d" % want))

@@ -20,7 +20,7 @@ import json
 import struct
 
 from . import link as _link
-from .link import E_INTERNAL, E_NO_SESSION, E_VERSION, OP_ERROR, PROTOCOL_VERSION
+from .link import E_BAD_REQUEST, E_INTERNAL, E_NO_SESSION, E_RANGE, E_VERSION, OP_ERROR, PROTOCOL_VERSION
 
 OP_PING = const(0x01)
 OP_IDENTIFY = const(0x02)
@@ -34,11 +34,9 @@ OP_TEST_CONNECT = const(0x09)
 OP_REBOOT = const(0x0A)
 OP_ACK_REPORTS = const(0x0B)
 
-E_BAD_REQUEST = const(3)
 E_UNKNOWN_OP = const(4)
 E_UNSUPPORTED = const(5)
 E_NO_WRITE = const(6)
-E_RANGE = const(7)
 E_INCOMPLETE = const(8)
 E_DIGEST = const(9)
 E_SIGNATURE = const(10)
@@ -74,6 +72,7 @@ ERROR_NAMES = {
 
 MAX_READ = const(512)  # largest READ_BUNDLE / READ_REPORTS answer, bytes of data
 SHA256_LEN = const(32)
+MAX_RANGES = const(31)  # received ranges WRITE_BEGIN's answer lists (1 + 8 * 31 bytes fit a frame)
 
 
 class ServiceError(Exception):
@@ -105,7 +104,8 @@ class Handler:
 
     def write_begin(self, size, sha256):
         """Starts receiving a bundle of `size` bytes whose SHA-256 is `sha256` (32 bytes).
-        Beginning again with the same size and digest must keep what was received."""
+        Beginning again with the same size and digest must keep what was received, and may
+        return it as [start, end) ranges (sorted), so the host sends only the rest."""
         raise ServiceError(E_UNSUPPORTED, "write_begin")
 
     def write_chunk(self, offset, data):
@@ -192,8 +192,19 @@ def _read(reader):
 
 def _write_begin(svc, h, body):
     _need(body, 4 + SHA256_LEN, "WRITE_BEGIN")
-    h.write_begin(_u32(body, 0), bytes(body[4:]))
-    return b""
+    ranges = h.write_begin(_u32(body, 0), bytes(body[4:]))
+    if not ranges:
+        return b""
+    # count u8, then (start u32, end u32) each: as many as one answer holds (the host sends
+    # again whatever is not listed, which costs only time)
+    ranges = ranges[:MAX_RANGES]
+    out = bytearray(1 + 8 * len(ranges))
+    out[0] = len(ranges)
+    i = 1
+    for r in ranges:
+        struct.pack_into("<II", out, i, r[0], r[1])
+        i += 8
+    return bytes(out)
 
 
 def _write_chunk(svc, h, body):
@@ -269,6 +280,11 @@ class Service:
         except ServiceError as e:
             return OP_ERROR, _link.error_body(e.code, e.reason)
         except Exception as e:  # a handler bug must not take the service down
+            code = getattr(e, "code", None)
+            if type(e).__name__ == "ServiceError" and type(code) is int:
+                # a refusal from a handler that imported this module again after
+                # pinagent.forget() dropped it (its ServiceError is another class object)
+                return OP_ERROR, _link.error_body(code, getattr(e, "reason", str(e)))
             return OP_ERROR, _link.error_body(E_INTERNAL, "%s: %s" % (type(e).__name__, e))
 
     def end_session(self):

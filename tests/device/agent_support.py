@@ -89,9 +89,9 @@ def _board(installed=None, signers=True, config=None):
     return ffs
 
 
-def _agent(ffs, clock=NOW, fleet=FLEET, tls=None):
+def _agent(ffs, clock=NOW, fleet=FLEET, tls=None, mac="a0:b1:c2:d3:e4:f5"):
     fs = S.FS(ffs, ffs.open)
-    a = Agent(fs, lambda: clock, "a0b1c2d3e4f5", fleet, tls or FakeTls())
+    a = Agent(fs, lambda: clock, "a0b1c2d3e4f5", fleet, tls or FakeTls(), mac=mac)
     a.boot()
     return a
 

@@ -33,6 +33,7 @@ def test_boot_loads_the_provisioned_bundle_and_identifies():
     assert info["mode"] == S.MODE_OK and info["bundle_version"] == 1 and info["fleet"] == FLEET
     assert info["bundle_sha256"] == hashlib.sha256(_bundle("v1.bin")).digest().hex()
     assert info["device_id"] == "a0b1c2d3e4f5" and info["format"] == 1 and info["agent"]
+    assert info["mac"] == "a0:b1:c2:d3:e4:f5"  # the base MAC: the registry joins the line's records by it
     assert info["clock"] == "trusted" and info["time_floor"] == V1_ISSUED and info["now"] == NOW
     assert info["reports"] == 0 and info["trust"] and info["problems"] == [] and info["free"] > 0
 

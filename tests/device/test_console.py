@@ -29,7 +29,7 @@ class _Host:
         from pinagent import link  # whichever the device has loaded now
 
         self.link = link
-        self.dec = link.FrameDecoder(600)
+        self.dec = link.FrameDecoder(4096)  # IDENTIFY answers grew past 600 bytes (signers, mac)
         self.next = 1
         self.todo = []
         self.waiting = None

@@ -646,3 +646,52 @@ def test_the_loss_estimate_picks_the_payload_size():
     assert 0.004 < p < 0.025, p
     assert 18 <= host.best_payload(13, 187) <= 50
     assert host.best_payload(13, 20) == 20
+
+
+# ---- timers from the line's rate -----------------------------------------------------------
+
+
+def test_a_slow_line_never_sends_a_request_whose_answer_is_still_on_the_wire():
+    # 9600 baud: 1.04 ms a byte; eight 512-byte reads pipelined take ~4.5 s to come back
+    host = HostLink(rto_ms=300, min_rto_ms=150, byte_ms=1.0417)
+    dev = DeviceLink(lambda op, body: (op, bytes(512)))
+    sent = []
+
+    class Line(Sim):
+        def step(self):
+            out = self.host.data_to_send(self.now)
+            if out:
+                sent.append(out)
+                # the bytes cross at the line's rate, then the answers come back at it
+                self.to_dev.append((self.now + int(len(out) * 1.0417) + 1, out))
+            while self.to_dev and self.to_dev[0][0] <= self.now:
+                r = self.dev.receive_data(self.to_dev.pop(0)[1])
+                t = max(self.now, self.to_host[-1][0] if self.to_host else 0)
+                for i in range(0, len(r), 32):  # the answers trickle back, 32 bytes at a time
+                    piece = bytes(r[i : i + 32])
+                    t += len(piece) * 1.0417
+                    self.to_host.append((int(t) + 1, piece))
+            while self.to_host and self.to_host[0][0] <= self.now:
+                self.events.extend(self.host.receive_data(self.to_host.pop(0)[1], self.now))
+            self.events.extend(self.host.tick(self.now))
+            self.now += 1
+
+    line = Line(host, dev)
+    line.run()
+    seqs = [host.request(OP_ECHO, bytes((i,)), answer=512) for i in range(8)]
+    line.run(until_ms=60000)
+    assert sorted(e.seq for e in line.events if isinstance(e, link_host.Response)) == sorted(seqs)
+    assert host.retransmissions == 0 and dev.duplicates == 0 and line.now > 4000
+
+
+def test_the_frame_shrinks_on_a_fast_line_so_the_next_one_keeps_it_busy():
+    host = HostLink(byte_ms=0.0109)  # 921600 baud
+    host.window = 256  # as the device advertises
+    assert host.pipelined_frame() == host.window  # nothing measured yet
+    host._srtt, host._rttvar = 1.0, 0.2  # ~110 line bytes of round trip beyond the line time
+    assert 130 <= host.pipelined_frame() <= 150
+    host.byte_ms = 0.0868  # 115200 baud: the same latency is 14 bytes
+    assert host.pipelined_frame() >= 240
+    host.byte_ms = 0.0109
+    host._srtt = 10.0  # a slow device: never below 128
+    assert host.pipelined_frame() == 128

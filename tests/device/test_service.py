@@ -45,11 +45,17 @@ class FakeHandler(Handler):
         self.reports = bytearray(b'{"host":"a.example","reason":"mismatch"}\n' * 30)
         self.reboots = 0
         self.broken = False
+        self.resume = True  # write_begin says what it kept (False: an agent that does not)
+        self.identifies = 0
+        self.extra = {}  # more IDENTIFY fields (a long answer)
 
     def identify(self):
+        self.identifies += 1
         if self.broken:
             raise ValueError("flash read failed")
-        return {"device_id": "a0b1c2d3e4f5", "bundle_version": self.version, "free": self.capacity}
+        info = {"device_id": "a0b1c2d3e4f5", "bundle_version": self.version, "free": self.capacity}
+        info.update(self.extra)
+        return info
 
     def read_bundle(self, offset, length):
         if offset > len(self.bundle):
@@ -60,8 +66,24 @@ class FakeHandler(Handler):
         if size > self.capacity:
             raise ServiceError(E_NO_SPACE, "%d bytes, %d free" % (size, self.capacity))
         if self.incoming and self.incoming[0] == size and self.incoming[1] == sha256:
-            return  # the same upload again: keep what arrived
+            return self.received() if self.resume else None  # the same upload again: keep what arrived
         self.incoming = [size, bytes(sha256), bytearray(size), bytearray(size)]
+
+    def received(self):
+        """[start, end) ranges of the incoming bundle that arrived."""
+        out = []
+        have = self.incoming[3]
+        i = 0
+        while i < len(have):
+            if have[i]:
+                j = i
+                while j < len(have) and have[j]:
+                    j += 1
+                out.append([i, j])
+                i = j
+            else:
+                i += 1
+        return out
 
     def write_chunk(self, offset, data):
         self.chunk_calls += 1
@@ -483,3 +505,163 @@ def test_device_modules_carry_no_host_code():
     for name in ("Client", "Upload", "Call", "plan_chunks", "RemoteError", "LinkFailure", "BadResponse", "client"):
         assert not hasattr(service, name), name
     assert client.ERROR_NAMES is service.ERROR_NAMES and client.OP_WRITE_CHUNK == service.OP_WRITE_CHUNK
+
+
+# ---- resuming an interrupted upload; long answers over a noisy line ------------------------
+
+
+def test_an_interrupted_upload_resumes_from_what_the_device_acknowledged():
+    b = Bench()
+    bundle = signed_bundle(3000, seed=3)
+    up = b.client.upload(bundle)
+    b.run(stop=lambda: up.acked >= 1500)
+    assert not up.done and up.acked >= 1500
+    held = up.acked
+    # the host goes away (a pulled cable, Ctrl-C); a new session uploads the same bundle
+    b.client = Client(rto_ms=60)
+    b.down, b.up = [], []
+    calls = b.handler.chunk_calls
+    again = b.client.upload(bundle)
+    b.run(stop=lambda: again.done)
+    assert again.error is None and again.result == {"version": 1} and b.handler.bundle == bundle
+    assert again.resumed >= held and again.acked == 3000
+    # only what the device lacked went again: fewer chunk requests than the first run made
+    assert b.handler.chunk_calls - calls < calls
+
+
+def test_a_resume_against_an_agent_that_keeps_nothing_sends_everything():
+    handler = FakeHandler()
+    handler.resume = False
+    b = Bench(handler)
+    bundle = signed_bundle(2000, seed=4)
+    up = b.client.upload(bundle)
+    b.run(stop=lambda: up.acked >= 1000)
+    b.client = Client(rto_ms=60)
+    b.down, b.up = [], []
+    again = b.client.upload(bundle)
+    b.run(stop=lambda: again.done)
+    assert again.error is None and again.resumed == 0 and handler.bundle == bundle
+
+
+def test_write_begin_answers_the_ranges_it_holds():
+    h = FakeHandler()
+    svc = Service(h)
+    sha = hashlib.sha256(bytes(100)).digest()
+    begin = struct_pack_begin(100, sha)
+    assert svc.dispatch(service.OP_WRITE_BEGIN, memoryview(begin)) == (service.OP_WRITE_BEGIN, b"")
+    svc.dispatch(service.OP_WRITE_CHUNK, memoryview(bytes((10, 0, 0, 0)) + bytes(20)))
+    svc.dispatch(service.OP_WRITE_CHUNK, memoryview(bytes((50, 0, 0, 0)) + bytes(5)))
+    op, body = svc.dispatch(service.OP_WRITE_BEGIN, memoryview(begin))
+    assert op == service.OP_WRITE_BEGIN and client._dec_ranges(body) == [(10, 30), (50, 55)]
+
+
+def struct_pack_begin(size, sha):
+    return bytes((size & 0xFF, (size >> 8) & 0xFF, (size >> 16) & 0xFF, size >> 24)) + sha
+
+
+def damage_first_long_answer(stats, direction_wanted="up", longer_than=200):
+    """A fault that flips one byte of the first write longer than `longer_than` going that way."""
+
+    def fault(direction, data):
+        if direction == direction_wanted and len(data) > longer_than and not stats["hit"]:
+            stats["hit"] = 1
+            d = bytearray(data)
+            d[len(d) // 2] ^= 0x40
+            return [bytes(d)]
+        return [data]
+
+    return fault
+
+
+def test_a_long_answer_damaged_on_the_line_is_read_from_the_cache_in_pieces():
+    stats = {"hit": 0}
+    handler = FakeHandler()
+    handler.extra = {"problems": ["x" * 60, "y" * 60, "z" * 60], "note": "a long answer"}
+    b = Bench(handler, fault=damage_first_long_answer(stats))
+    b.run()  # HELLO
+    call = b.client.identify()
+    b.run(stop=lambda: call.done)
+    assert stats["hit"] == 1 and call.error is None, call.error
+    assert call.result["note"] == "a long answer" and call.result["problems"][2] == "z" * 60
+    assert handler.identifies == 1  # read from the cache, not asked again
+    assert not b.client.no_read_cached
+
+
+def test_a_long_request_lost_on_the_way_is_sent_again():
+    stats = {"hit": 0}
+    handler = FakeHandler()
+    b = Bench(handler, fault=damage_first_long_answer(stats, "down", longer_than=8))
+    b.run()  # HELLO (its request is 8 wire bytes: not hit)
+    call = b.client.identify()
+    b.run(stop=lambda: call.done)
+    assert stats["hit"] == 1 and call.error is None and call.result["device_id"] == "a0b1c2d3e4f5"
+    assert handler.identifies == 1  # the device never got the damaged request
+
+
+def test_an_agent_without_read_cached_gets_the_request_again():
+    stats = {"hit": 0}
+    handler = FakeHandler()
+    handler.extra = {"note": "n" * 300}
+    b = Bench(handler, fault=damage_first_long_answer(stats))
+
+    def old_agent(seq, rctl, f):
+        return encode_frame(seq, rctl | OP_ERROR, link.error_body(E_UNKNOWN_OP, "unknown op 0x1e"))
+
+    b.dev._read_cached = old_agent
+    b.run()
+    call = b.client.identify()
+    b.run(stop=lambda: call.done)
+    assert call.error is None and call.result["note"] == "n" * 300
+    assert b.client.no_read_cached and handler.identifies == 2
+
+
+def test_read_cached_serves_pieces_of_a_cached_answer_and_nothing_else():
+    dev = DeviceLink(lambda op, body: (op, b"0123456789" * 30))
+    dec = FrameDecoder(2048)
+
+    def ask(seq, op, body):
+        dec.feed(dev.receive_data(encode_frame(seq, op, body)))
+        f = dec.next_frame()
+        return f[1] & 0x1F, bytes(f[3:])
+
+    ask(0, 0, b"\x01")  # HELLO
+    assert ask(5, 2, b"")[1] == b"0123456789" * 30
+    op, body = ask(6, link.OP_READ_CACHED, bytes((5, 100, 0, 7, 0)))
+    assert op == link.OP_READ_CACHED and body == bytes((2, 44, 1)) + b"0123456"
+    # not cached itself: asking again reads again, and seq 5 is still there after many reads
+    for i in range(20):
+        ask(7 + i, link.OP_READ_CACHED, bytes((5, 0, 0, 1, 0)))
+    op, body = ask(40, link.OP_READ_CACHED, bytes((5, 44, 1, 9, 0)))
+    assert body == bytes((2, 44, 1)) and op == link.OP_READ_CACHED
+    op, body = ask(41, link.OP_READ_CACHED, bytes((9, 0, 0, 9, 0)))
+    assert op == OP_ERROR and body[0] == E_RANGE
+    op, body = ask(42, link.OP_READ_CACHED, bytes((5, 0)))
+    assert op == OP_ERROR and body[0] == E_BAD_REQUEST
+
+
+def test_a_commit_lost_on_the_way_is_known_lost_from_the_ping_behind_it():
+    # the commit frame is dropped once; the PING sent right behind it is answered at once, so
+    # the commit goes again without waiting for its first probe (5 s here)
+    state = {"dropped": 0}
+
+    def drop_the_commit(direction, data):
+        if direction != "down" or state["dropped"]:
+            return [data]
+        out = bytearray()
+        frames = bytes(data).split(b"\x7e")
+        for i, f in enumerate(frames):
+            # a frame is seq, ctl, key... between flags; ctl 0x06 (attempt 0): WRITE_COMMIT
+            if len(f) >= 3 and f[1] == service.OP_WRITE_COMMIT and not state["dropped"]:
+                state["dropped"] = 1
+                continue
+            out += f
+            if i < len(frames) - 1:
+                out += b"\x7e"
+        return [bytes(out)]
+
+    b = Bench(fault=drop_the_commit)
+    b.client.link.slow_probe_ms = 5000
+    up = b.client.upload(signed_bundle(600, seed=9))
+    b.run(stop=lambda: up.done)
+    assert state["dropped"] == 1 and up.error is None and up.result == {"version": 1}
+    assert b.now < 1000, b.now  # not the 5 s probe

@@ -19,10 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def device_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The repo's agent package with a stand-in main.py (device/main.py is written elsewhere)."""
+    """A copy of the repo's device/ folder: the agent package (linked), main.py and the manifest.
+    Virtual boards on the unix port run this main.py from the flash the image went to."""
     d = tmp_path_factory.mktemp("device")
     (d / "pinagent").symlink_to(REPO / "device" / "pinagent")
-    (d / "main.py").write_text("import pinagent\nprint('agent up')\n")
+    (d / "main.py").write_bytes((REPO / "device" / "main.py").read_bytes())
     (d / "manifest.py").write_text((REPO / "device" / "manifest.py").read_text())
     return d
 
@@ -35,3 +36,10 @@ def _cheap_key_derivation(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(keys, "SCRYPT_N", 2**10)
     monkeypatch.setattr(keys, "SCRYPT_P", 1)
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fleetpin keeps bundles it built or read in the user's cache directory: never the real one
+    in tests (one per test module's session is enough)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))

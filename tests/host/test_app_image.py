@@ -205,7 +205,7 @@ def readme_app(directory: Path) -> Path:
     """The application the README shows (app.py and config.py), written into `directory`."""
     import re
 
-    text = "".join(p.read_text() for p in (REPO / "README.md", REPO / "README_ux.md") if p.exists())
+    text = (REPO / "README.md").read_text()
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("app.py", "config.py"):
         found = re.search(rf"<!-- {re.escape(name)} -->\n```python\n(.*?)```", text, re.DOTALL)

@@ -15,7 +15,7 @@ from fleetpin import cli
 
 PACKAGE = Path(cli.__file__).parent
 EXPECTED = {"pin", "check", "key", "bundle", "boards", "image", "provision", "registry", "preflight", "drill",
-            "device", "sim", "export", "import", "demo"}
+            "device", "devices", "sim", "export", "import", "demo", "fleet"}
 
 
 def test_every_command_a_user_runs_is_in_the_table() -> None:

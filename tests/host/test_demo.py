@@ -1,4 +1,5 @@
-"""`make demo` is the main job: it must run to the end and account for every device."""
+"""`make demo` is the main job: it must run to the end and account for every device. Its boards
+run device/main.py on MicroPython's unix port (the default runtime)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from runtimes import needs_unix_port
 
 from fleetpin import cli
 
 
+@needs_unix_port
 def test_demo_runs_the_whole_story(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo-out"
     assert cli.main(["demo", "--out", str(out)]) == 0

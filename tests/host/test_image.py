@@ -56,7 +56,7 @@ def test_image_mounts_where_and_how_the_firmware_expects(tmp_path: Path, device_
     # the installed-bundle slot the agent boots from: the verifying signer set, the bundle, a digest
     assert store.decode_slot(fs.open("/fleetpin/bundle.bin", "rb").read())[:2] == (SIGNERS, BUNDLE)
     assert fs.open("/fleetpin/signers.bin", "rb").read() == SIGNERS
-    assert fs.open("/main.py", "rb").read().startswith(b"import pinagent")
+    assert fs.open("/main.py", "rb").read() == (device_dir / "main.py").read_bytes()  # as source, at the root
     mods = set(fs.listdir("/lib/pinagent"))
     assert {"bundle.mpy", "link.mpy", "service.mpy", "store.mpy", "__init__.mpy", "io"} <= mods
     assert "client.mpy" not in mods and "link_host.mpy" not in mods  # host-only modules stay home

@@ -428,8 +428,7 @@ def test_list_rules_prints_every_rule_whole(fleetpin: Callable[..., Any]) -> Non
 
 def _readme() -> str:
     root = Path(__file__).resolve().parents[2]
-    # README_ux.md: this change's README sections, kept beside README.md until they are merged into it
-    return "".join(p.read_text() for p in (root / "README.md", root / "README_ux.md") if p.exists())
+    return (root / "README.md").read_text()
 
 
 def test_readme_carries_the_rule_table() -> None:

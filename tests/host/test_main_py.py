@@ -153,6 +153,19 @@ def install_app(monkeypatch: pytest.MonkeyPatch, board: Board, fail: bool | Base
     return ran
 
 
+def test_a_config_that_names_the_board_gives_its_device_id(board: Board) -> None:
+    """Without a name in config.json the id is the base MAC (above); a config that names this
+    one board (a per-board provisioning step, a virtual board's flash) gives that name."""
+    board.provision(config={"fleet": FLEET, "board": "esp32", "image_id": "x", "device_id": "pump-17"})
+    calls: list[Any] = []
+    board.at(100, lambda: calls.append(board.client.identify()))
+    board.run_main()
+    assert calls[0].result["device_id"] == "pump-17"
+    for unnamed in ("", 17, None):  # not a name: the MAC again
+        board.provision(config={"fleet": FLEET, "device_id": unnamed})
+        assert board.console.board_agent().device_id == "a0b1c2d3e4f5"
+
+
 def test_main_serves_a_window_then_runs_the_app(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
     board.provision()
     ran = install_app(monkeypatch, board)
@@ -163,6 +176,7 @@ def test_main_serves_a_window_then_runs_the_app(board: Board, monkeypatch: pytes
     info = calls[0].result
     assert info["mode"] == S.MODE_OK and info["fleet"] == FLEET and info["bundle_version"] == 1
     assert info["device_id"] == "a0b1c2d3e4f5" and info["clock"] in ("trusted", "floor", "unset")
+    assert info["mac"] == "a0:b1:c2:d3:e4:f5"  # machine.unique_id(): the base MAC esptool read on the line
     # the session went idle for 30 s, then the app ran with the agent
     assert len(ran) == 1 and 30_000 <= ran[0][0] < 32_000 and ran[0][1].state.mode == S.MODE_OK
 

@@ -423,3 +423,32 @@ def test_unreadable_served_certificate_is_not_a_pass(pki: Pki, pki_files: PkiFil
     [r] = report.results
     assert r.status == "unreachable" and r.fetch_error is not None and "cannot parse" in r.fetch_error
     assert report.failed
+
+
+def test_record_puts_the_lockouts_in_the_registry_and_a_clean_run_clears_them(
+        capsys: pytest.CaptureFixture[str], pki: Pki, pki_files: PkiFiles, tls_server: StartServer, tmp_path: Path) -> None:
+    import hashlib
+
+    from fleetpin.field.fleet import fleet_status
+    from fleetpin.line.registry import Registry
+
+    server = tls_server("leaf")
+    reg = f"sqlite:///{tmp_path / 'reg.sqlite'}"
+    bad = write_policy(tmp_path, pki_files, [(pki.pins["backup"], "backup"), (pki.pins["rogue_leaf"], "old")])
+    bundle, _, _ = _signed_bundle(tmp_path, bad)
+    digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    code, obj, _ = run_json(capsys, bundle, "--host", at(server), "--record", "--registry", reg)
+    assert code == 1 and obj["recorded"]["lockouts"] == 1 and obj["recorded"]["bundle_sha256"] == digest
+    with Registry(reg) as r:
+        [lk] = fleet_status(r)["lockouts"]
+    assert (lk["source"], lk["bundle_sha256"], lk["bundle_version"], lk["host"], lk["port"]) == ("preflight", digest, 3, HOST, server.port)
+    assert lk["reason"].startswith("mismatch")
+    # the same bundle checked again once the server is fixed (here: served what it pins): cleared
+    good_server = tls_server("backup_leaf")
+    code, out, _ = run(capsys, bundle, "--host", at(good_server), "--record", "--registry", reg)
+    assert code == 0 and "recorded in" in out
+    with Registry(reg) as r:
+        assert fleet_status(r)["lockouts"] == []
+    # a policy has no digest devices could report: --record refuses it before connecting
+    code, _, err = run(capsys, bad, "--host", at(server), "--record", "--registry", reg)
+    assert code == 2 and "--record needs the built bundle" in err

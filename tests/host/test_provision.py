@@ -82,7 +82,7 @@ def test_several_stations_at_once(tmp_path: Path, image: LoadedImage, boards: An
     stations = [Station.parse(f"slot{i}={m.port}") for i, m in enumerate(mocks)]
     results = provision(stations, image, opts(confirm=lambda p, d: confirmed.append((p, d))), reg)
     assert [r.result for r in results] == [RESULT_OK] * 3, [r.error for r in results]
-    assert all(r.mac == "24:0a:c4:e2:95:26" for r in results)  # the mock's esp32 MAC
+    assert [r.mac for r in results] == [m.mac for m in mocks]  # each board's own MAC
     assert all(r.regions == {"firmware.bin": "written", "fs.bin": "written"} for r in results)
     assert sorted(confirmed) == sorted((m.port, image.bundle_sha256) for m in mocks)
     # they ran in parallel: every session overlaps every other
@@ -92,7 +92,7 @@ def test_several_stations_at_once(tmp_path: Path, image: LoadedImage, boards: An
         assert check.returncode == 0 and check.stdout.count("Verification successful") == 2, check.stdout[-500:]
     rows = reg.attempts()
     assert sorted((a.station, a.port, a.result, a.operator, a.image_id, a.mac) for a in rows) == [
-        (f"slot{i}", m.port, RESULT_OK, "tester", image.image_id, "24:0a:c4:e2:95:26") for i, m in enumerate(mocks)
+        (f"slot{i}", m.port, RESULT_OK, "tester", image.image_id, m.mac) for i, m in enumerate(mocks)
     ]
     assert all(a.bundle_sha256 == image.bundle_sha256 and a.ended >= a.started and a.error is None for a in rows)
 
@@ -124,7 +124,7 @@ def test_failures_are_recorded_with_their_reason_and_the_others_finish(tmp_path:
     rows = {a.station: a for a in reg.attempts()}
     assert {s: (a.result, a.error) for s, a in rows.items()} == {s: (r.result, r.error) for s, r in results.items()}
     # esptool refuses the wrong chip before it reads the MAC
-    assert rows["good"].mac == "24:0a:c4:e2:95:26" and rows["wrong"].mac is None
+    assert rows["good"].mac == good.mac and rows["wrong"].mac is None
 
 
 def test_flash_too_small_is_refused_before_writing(tmp_path: Path, device_dir: Path, boards: Any) -> None:
@@ -267,3 +267,40 @@ def test_cli_json_summary_registry_and_exit_code(tmp_path: Path, image: LoadedIm
         [("a", RESULT_SAME, "ana"), ("b", RESULT_FAILED, "ana"), (good.port, RESULT_SAME, "ana")],
         [("b", RESULT_FAILED, "ana"), ("a", RESULT_SAME, "ana"), (good.port, RESULT_SAME, "ana")],
     )
+
+
+# ---- the registry's claim ----------------------------------------------------------------------
+
+
+def test_a_station_keeps_its_claim_while_it_writes_and_stops_when_it_loses_it(tmp_path: Path, image: LoadedImage, boards: Any) -> None:
+    import sqlalchemy as sa
+
+    from fleetpin.line.registry import BUSY, CLAIMED, CONFIRMED
+
+    reg = Registry(tmp_path / "r.sqlite")
+    slow, stolen = boards(), boards()
+    seen: dict[str, Any] = {}
+
+    def events(station: Station, event: str, detail: dict[str, Any]) -> None:
+        if event != "progress" or station.name in seen:
+            return
+        if station.name == "slow":  # a write far longer than the lease: the station renews its claim meanwhile
+            time.sleep(1.5)
+            seen["slow"] = reg.claim(slow.mac, station="other:/dev/ttyUSB9", image_id=image.image_id,
+                                     bundle_sha256=image.bundle_sha256, lease=0.5)
+        else:  # another station took the board over (as after this one's lease ran out)
+            with reg.engine.begin() as conn:
+                conn.execute(sa.text("UPDATE boards SET token = 'theirs', station = 'other:/dev/ttyUSB9' WHERE mac = :m"),
+                             {"m": stolen.mac})
+            seen["stolen"] = True
+            time.sleep(0.5)  # the next renewal finds out
+
+    results = provision([Station("slow", slow.port), Station("stolen", stolen.port)], image, opts(lease=0.5), reg, events=events)
+    r = {x.station: x for x in results}
+    assert r["slow"].result == RESULT_OK and seen["slow"].outcome == BUSY and seen["slow"].holder.endswith(slow.port)
+    assert reg.board(slow.mac).state == CONFIRMED  # type: ignore[union-attr]
+    assert r["stolen"].result == RESULT_FAILED and (r["stolen"].error or "").startswith("claim lost:")
+    assert "fs.bin" not in r["stolen"].regions  # it stopped writing
+    row = reg.board(stolen.mac)
+    assert row is not None and (row.state, row.token, row.station) == (CLAIMED, "theirs", "other:/dev/ttyUSB9")  # left to its holder
+    assert [a.result for a in reg.attempts(stolen.mac)] == [RESULT_FAILED]

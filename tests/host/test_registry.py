@@ -53,3 +53,50 @@ def test_list_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert cli.main(["registry", "list", "--registry", str(path)]) == 0
     assert "slot1" in capsys.readouterr().out
     assert cli.main(["registry", "list", "--registry", str(tmp_path / "none.sqlite")]) == 2
+
+
+def _v01_file(path: Path) -> None:
+    """A registry as fleetpin 0.1 wrote it (its schema, frozen), with one provisioned board."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE attempts (id INTEGER PRIMARY KEY AUTOINCREMENT, mac TEXT, board TEXT NOT NULL, image_id TEXT NOT NULL,"
+            " bundle_sha256 TEXT NOT NULL, station TEXT NOT NULL, port TEXT NOT NULL, operator TEXT NOT NULL,"
+            " started REAL NOT NULL, ended REAL NOT NULL, result TEXT NOT NULL, error TEXT);"
+            "CREATE INDEX attempts_mac ON attempts (mac);")
+        db.execute("INSERT INTO attempts (mac, board, image_id, bundle_sha256, station, port, operator, started, ended, result)"
+                   " VALUES ('24:0a:c4:00:00:01', 'esp32', 'i', 'b', 'slot1', '/dev/ttyUSB0', 'ana', 1.0, 2.0, 'provisioned')")
+    db.close()
+
+
+def test_every_command_refuses_an_older_schema_until_migrated(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "old.sqlite"
+    _v01_file(path)
+    for argv in (["registry", "list"], ["registry", "boards"], ["fleet", "status"], ["fleet", "import", str(path)]):
+        assert cli.main([*argv, "--registry", str(path)]) == 1, argv
+        err = capsys.readouterr().err
+        assert "older than this fleetpin's" in err and "next: run: fleetpin registry migrate --registry" in err, err
+    assert cli.main(["registry", "migrate", "--registry", str(path)]) == 0
+    assert "schema 0001 -> 0002" in capsys.readouterr().out
+    assert cli.main(["registry", "migrate", "--registry", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) | {"registry": None} == {"registry": None, "before": "0002", "after": "0002"}
+    assert cli.main(["registry", "boards", "--registry", str(path), "--json"]) == 0
+    [board] = json.loads(capsys.readouterr().out)
+    assert (board["mac"], board["state"], board["station"]) == ("24:0a:c4:00:00:01", "confirmed", "slot1")  # what 0.1 provisioned
+    assert "token" not in board
+
+
+def test_every_command_refuses_a_newer_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlalchemy as sa
+
+    path = tmp_path / "new.sqlite"
+    Registry(path).close()
+    with sa.create_engine(f"sqlite:///{path}").begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
+    for argv in (["registry", "list"], ["registry", "migrate"], ["fleet", "status"], ["fleet", "import", str(path)],
+                 ["provision", "--board", "esp32", "--image", str(tmp_path), "--port", "/dev/null"]):  # (no image there)
+        assert cli.main([*argv, "--registry", str(path)]) == 1, argv
+        err = capsys.readouterr().err
+        assert "has schema revision 0099, newer than this fleetpin understands" in err and "nothing was read or written" in err, err
+        assert "next: upgrade fleetpin on this machine" in err

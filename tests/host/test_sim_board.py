@@ -1,5 +1,5 @@
 """Virtual boards: the flash image file (LittleFS at the board's fs_start, surviving restarts and
-kills), the line (rate, faults), and boards on both runtimes booting from their flash."""
+kills), the line (rate, faults), and boards on every runtime booting from their flash."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import serial
+from runtimes import needs_unix_port, runtime_params
 
 from fleetpin.errors import UsageError
 from fleetpin.field.transport import Transport
@@ -25,7 +26,7 @@ from pinagent.store import encode_slot
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "bundle"
 ESP32 = get_board("esp32")
-RUNTIMES = ["cpython", "micropython"]
+RUNTIMES = runtime_params()
 
 
 def geometry(size: int = 4 * MIB) -> FsGeometry:
@@ -54,6 +55,7 @@ def test_blank_flash_is_formatted_and_changes_survive_reopening(tmp_path: Path) 
     assert mount_littlefs(region, geometry()) == {"/fleetpin/config.json": b'{"fleet":"a"}'}
 
 
+@needs_unix_port
 def test_a_provisioned_image_boots_on_a_virtual_board(tmp_path: Path) -> None:
     """What `fleetpin image build` writes at fs_start (and esptool flashes) is what the board mounts."""
     signers = (VECTORS / "signers_prod.json").read_bytes()
@@ -122,6 +124,7 @@ def test_fault_spec_parsing() -> None:
             Faults.parse(bad)
 
 
+@needs_unix_port
 def test_the_line_rate_is_enforced() -> None:
     """4 KB at 19200 baud takes at least 10 bits per byte each way."""
     signers = demo_signer_set()
@@ -160,7 +163,7 @@ def test_an_update_persists_across_reset_and_runtimes(runtime: str, tmp_path: Pa
         board.reset()
         assert identify(board.port)["bundle_version"] == 2
         assert board.boots == 2
-    other = RUNTIMES[1 - RUNTIMES.index(runtime)]
+    other = "cpython" if runtime != "cpython" else "wasm"
     with VirtualBoard(flash=flash, runtime=other) as board:
         info = identify(board.port)
     assert info["bundle_version"] == 2 and info["fleet"] == "acme" and info["mode"] == "ok"
@@ -168,6 +171,7 @@ def test_an_update_persists_across_reset_and_runtimes(runtime: str, tmp_path: Pa
         assert f.read_file("/fleetpin/bundle.bin") == encode_slot(signers, v2)
 
 
+@needs_unix_port
 def test_a_virtual_fleet_runs_boards_side_by_side() -> None:
     with VirtualFleet(3, fleet="acme") as fleet:
         assert len(set(fleet.ports)) == 3
@@ -175,6 +179,7 @@ def test_a_virtual_fleet_runs_boards_side_by_side() -> None:
     assert ids == ["sim-000", "sim-001", "sim-002"]
 
 
+@needs_unix_port
 def test_the_port_is_exclusive() -> None:
     with VirtualBoard() as board:
         first = serial.Serial(board.port, 115200, exclusive=True)
@@ -183,3 +188,18 @@ def test_the_port_is_exclusive() -> None:
                 serial.Serial(board.port, 115200, exclusive=True)
         finally:
             first.close()
+
+
+def test_a_board_runs_in_one_place(tmp_path: Path) -> None:
+    """Two boards booting one flash file (the same board at two virtual stations) would be two
+    agents writing one filesystem: the second is refused until the first stops."""
+    from fleetpin.sim.board import FlashInUse
+    from fleetpin.sim.flashfs import mac_text
+
+    flash = tmp_path / "board.img"
+    with VirtualBoard(flash=flash) as first:
+        with pytest.raises(FlashInUse, match="already running"):
+            VirtualBoard(flash=flash).start()
+        assert first.mac == mac_text(flash)
+    with VirtualBoard(flash=flash) as again:  # stopped: its flash is free
+        assert again.mac == first.mac

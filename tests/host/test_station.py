@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fakefirmware import BUNDLE, SIGNERS, SMALL_APP_PARTITIONS, make_firmware
+from runtimes import needs_unix_port
 
 from fleetpin import cli
 from fleetpin.line.boards import MIB, get_board
@@ -29,8 +30,7 @@ from fleetpin.line.provision import (
 from fleetpin.line.registry import Registry
 from fleetpin.sim.board import BUNDLE as FS_BUNDLE
 from fleetpin.sim.board import VirtualBoard
-from fleetpin.sim.flashfs import FlashError, FlashFS, blank_image
-from fleetpin.sim.rom import board_mac
+from fleetpin.sim.flashfs import FlashError, FlashFS, blank_image, board_mac
 from fleetpin.sim.station import StationError, VirtualStation, VirtualStations
 from pinagent.store import encode_slot
 
@@ -61,6 +61,7 @@ def region(image: LoadedImage, name: str) -> tuple[int, bytes]:
     return int(r["offset"]), (image.directory / r["file"]).read_bytes()
 
 
+@needs_unix_port  # the board boots on the default runtime
 def test_several_stations_boot_the_agent_from_what_esptool_wrote(tmp_path: Path, image: LoadedImage) -> None:
     reg = Registry(tmp_path / "reg.sqlite")
     with VirtualStations(3, tmp_path / "line") as line:
@@ -76,6 +77,7 @@ def test_several_stations_boot_the_agent_from_what_esptool_wrote(tmp_path: Path,
             assert r.agent is not None and r.agent["port"] == st.agent_port
             assert r.agent["bundle_sha256"] == image.bundle_sha256 and r.agent["mode"] == "ok"
             assert r.agent["device_id"] == f"sim-slot{i + 1}"  # image build's config has none: from the file name
+            assert r.agent["mac"] == r.mac  # the agent says the MAC esptool read: field reports join this row
             assert r.agent["fleet"] == image.manifest["content"]["fleet"]
             assert st.flash.read_bytes()[fw_at : fw_at + len(fw)] == fw
             assert st.board.flash.read_file(FS_BUNDLE) == encode_slot(SIGNERS, BUNDLE)
@@ -99,6 +101,7 @@ def test_several_stations_boot_the_agent_from_what_esptool_wrote(tmp_path: Path,
         assert forced.result == RESULT_OK and forced.regions == {"firmware.bin": "written", "fs.bin": "written"}
 
 
+@needs_unix_port  # the board boots on the default runtime
 def test_the_filesystem_is_found_where_the_flashed_partition_table_puts_it(tmp_path: Path, device_dir: Path) -> None:
     img = _image(tmp_path / "img", device_dir, partitions=SMALL_APP_PARTITIONS)
     fs_at, fs_bin = region(img, "filesystem")
@@ -123,6 +126,7 @@ def test_flash_without_a_table_falls_back_and_a_broken_table_does_not_boot(tmp_p
         FlashFS.open_image(broken, ESP32)
 
 
+@needs_unix_port  # the board boots on the default runtime
 def test_failures_are_recorded_with_their_reason_while_the_others_finish(tmp_path: Path, device_dir: Path) -> None:
     # 1 MB of random app bytes: incompressible, so the write lasts long enough to pull the cable
     slow = _image(tmp_path / "slow", device_dir, app_payload=random.Random(1).randbytes(1024 * 1024))
@@ -208,6 +212,7 @@ def test_the_rom_keeps_its_stub_session_after_a_region_is_finished(tmp_path: Pat
     assert md5 == hashlib.md5(b"\xff" * 4096).digest() + b"\0\0"  # the stub's 16 bytes, not 32 hex chars
 
 
+@needs_unix_port  # the board boots on the default runtime
 def test_a_station_reset_twice_keeps_its_identity(tmp_path: Path, image: LoadedImage) -> None:
     with VirtualStation(tmp_path / "bench7.img") as st:
         [r] = provision([Station("s", st.port)], image, opts(), None)
@@ -220,6 +225,7 @@ def test_a_station_reset_twice_keeps_its_identity(tmp_path: Path, image: LoadedI
         assert named.device_id == "line-7"
 
 
+@needs_unix_port  # the board boots on the default runtime
 def test_cli_virtual_stations(tmp_path: Path, image: LoadedImage, capsys: pytest.CaptureFixture[str]) -> None:
     reg = tmp_path / "reg.sqlite"
     base = ["provision", "--board", "esp32", "--image", str(image.directory), "--registry", str(reg), "--operator", "ana"]
@@ -246,6 +252,7 @@ def test_station_start_failure_is_reported(tmp_path: Path) -> None:
     st.stop()
 
 
+@needs_unix_port  # the board boots on the default runtime
 def test_a_virtual_board_boots_the_flash_a_station_wrote(tmp_path: Path, image: LoadedImage) -> None:
     """The flash file outlives the station: `fleetpin sim board --flash` (VirtualBoard) boots it."""
     flash = tmp_path / "kept.img"

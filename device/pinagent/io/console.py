@@ -9,7 +9,9 @@
                                          went idle, and serving that stops, end the session
                                          (Service.end_session: an upload never committed
                                          gives its buffer back to the heap).
-    board_agent()                        the Agent over the board's flash, clock and TLS, booted
+    board_agent()                        the Agent over the board's flash, clock and TLS, booted;
+                                         its device id is the config's "device_id" if the
+                                         board's config names it, else the base MAC
 
 From the REPL (e.g. on a development board, after main.py handed over):
     import pinagent.io.console as c; c.serve()
@@ -239,6 +241,16 @@ def device_id():
         return "unknown"
 
 
+def base_mac():
+    """The base MAC as esptool prints it (aa:bb:cc:dd:ee:ff): machine.unique_id() on the ESP32."""
+    try:
+        import machine
+
+        return ":".join("%02x" % b for b in machine.unique_id())
+    except Exception:
+        return None
+
+
 def board_agent(fs=None, tls_adapter=None):
     """The agent over the board's flash (pinagent.io.flash), RTC and native TLS, booted."""
     from pinagent.agent import Agent
@@ -247,9 +259,13 @@ def board_agent(fs=None, tls_adapter=None):
 
     if fs is None:
         fs = flash.filesystem()
-    fleet = flash.read_config(fs).get("fleet")
+    cfg = flash.read_config(fs)
+    fleet = cfg.get("fleet")
     if not isinstance(fleet, str) or not fleet:
         fleet = None  # adopt the installed bundle's
-    agent = Agent(fs, posix_clock, device_id(), fleet, tls_adapter or EspTls())
+    name = cfg.get("device_id")  # a name the provisioning config gives this one board, if any
+    if not isinstance(name, str) or not name:
+        name = device_id()
+    agent = Agent(fs, posix_clock, name, fleet, tls_adapter or EspTls(), mac=base_mac())
     agent.boot()
     return agent

@@ -132,6 +132,17 @@ def load_policy_obj(path: Path) -> dict[str, Any]:
     return policy_from_doc({k: v for k, v in doc.items() if k not in ("bundle", "report")}, path.name)
 
 
+def bundle_view(data: bytes, name: str) -> View:
+    """The view of a bundle's bytes (a file's, or a device's installed bundle), named `name`."""
+    return _bundle_view(Path(name), data)
+
+
+def empty_view(name: str) -> View:
+    """No bundle at all (a device in the safe state): no domains, no CA certificates."""
+    return View(path=Path(name), kind=BUNDLE, policy_obj={"domains": [], "unpinned": "ca"},
+                policy=Policy.from_obj({"domains": []}), ca_certs=[], report=None)
+
+
 def _bundle_view(path: Path, data: bytes) -> View:
     try:
         b = dev_bundle.decode_unverified(data)

@@ -16,6 +16,7 @@ import click
 
 from fleetpin import output, passphrase
 from fleetpin.bundles.build import build_bundle, check_thresholds, load_bundle_source
+from fleetpin.bundles.cache import remember
 from fleetpin.bundles.chains import load_chains
 from fleetpin.bundles.diff import diff_views
 from fleetpin.bundles.inspect import check_signatures, inspect_obj, load_trust, needs_obj, signed_by, signers_text
@@ -112,6 +113,7 @@ def build(
         development=development, signers=signers, new_signers=new_set, trust=trust,
     )
     write_atomic(out_file, data)
+    remember(data)  # so `device update` can show what it replaces without reading it back
     b = dev_bundle.decode_unverified(data)
     summary = _summary(b)
     by = [{"key_id": s.info.key_id, "name": s.info.name} for s in signers]
@@ -260,6 +262,8 @@ def verify(
     )
     error = result.get("error")
     status = "ok" if error is None else "same_version" if error == "BundleSameVersion" else "refused"
+    if status != "refused":
+        remember(data)
     result = {"result": status, "runtime": runtime, "fleet_checked": fleet_checked, **result, **_who(data, trust)}
     if as_json:
         click.echo(json.dumps(result))

@@ -9,6 +9,8 @@ import click
 
 from fleetpin import output
 from fleetpin.errors import FleetpinError, UsageError
+from fleetpin.line.registry_url import ENV_VAR, URL_HELP
+from fleetpin.sim.board import DEFAULT_RUNTIME
 from fleetpin.sim.drill import DRILLS, DrillResult, run_drill
 
 if TYPE_CHECKING:
@@ -24,8 +26,14 @@ def _scenario_help() -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog="\b\nScenarios:\n" + _scenario_help())
 @click.argument("scenario", metavar="SCENARIO|all")
 @click.option("--devices", type=click.IntRange(1, 16), default=3, show_default=True, help="virtual boards in the fleet")
+@click.option("--runtime", type=click.Choice(["micropython", "cpython"]), default=DEFAULT_RUNTIME, show_default=True,
+              help="micropython: each board runs device/main.py on MicroPython's unix port, TLS on mbedTLS; "
+                   "cpython: the agent in this process, TLS through Python's ssl")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
-def drill(scenario: str, devices: int, as_json: bool) -> None:
+@click.option("--record", is_flag=True,
+              help="record in the registry the devices each scenario left UNREACHABLE or blocked (fleetpin fleet status)")
+@click.option("--registry", "registry_url", envvar=ENV_VAR, default=None, metavar="URL", help="with --record: " + URL_HELP)
+def drill(scenario: str, devices: int, runtime: str, as_json: bool, record: bool, registry_url: str | None) -> None:
     """Rehearse a pinning incident on a virtual fleet before production lives through it.
 
     Each scenario boots virtual boards (the real agent behind real serial ports) with a
@@ -34,9 +42,10 @@ def drill(scenario: str, devices: int, as_json: bool) -> None:
     device for its own verdict over serial, pushes the field updates that rescue it, and
     accounts for every device: connected, updated, blocked, or UNREACHABLE (bricked).
 
-    The agents run under CPython: their TLS goes through the simulation's adapter over
-    Python's ssl module. (The MicroPython VM has no tls or socket module; the agent's
-    protocol and storage code is tested on it by `make test` and `fleetpin sim board`.)
+    Each board runs device/main.py on MicroPython's unix port by default: the agent's own
+    TLS adapter on mbedTLS, its flash a LittleFS image. --runtime cpython runs the agents in
+    this process instead, their TLS through Python's ssl module (the WebAssembly VM has no
+    tls or socket module, so it cannot play a drill).
 
     \b
     Exit codes: 0 every expectation held and no device ended unreachable, 1 otherwise.
@@ -45,6 +54,11 @@ def drill(scenario: str, devices: int, as_json: bool) -> None:
     for n in names:
         if n not in DRILLS:
             raise UsageError(f"unknown scenario {n!r}", hint="one of: " + ", ".join(DRILLS) + ", or all")
+    reg = None
+    if record:
+        from fleetpin.line.registry import Registry
+
+        reg = Registry(registry_url)  # a bad URL or schema stops here, before any drill runs
     console = output.console()
     results: list[DrillResult] = []
     for n in names:
@@ -53,10 +67,19 @@ def drill(scenario: str, devices: int, as_json: bool) -> None:
             output.heading(console, f"drill: {d.title} ({n})")
             console.print(d.story, markup=False)
         echo = (lambda line: None) if as_json else (lambda line: console.print(line, markup=False, highlight=False))
-        r = run_drill(n, devices=devices, echo=echo)
+        r = run_drill(n, devices=devices, echo=echo, runtime=runtime)
         results.append(r)
         if not as_json:
             print_result(console, r)
+    if reg is not None:
+        from fleetpin.field.fleet import record_drill
+        from fleetpin.line.registry import display_url
+
+        with reg:
+            locked = record_drill(reg, [r.to_obj() for r in results])
+        if not as_json:
+            console.print(f"recorded in {display_url(reg.url)}: {locked} of {len(results)} scenario(s) left devices locked out",
+                          markup=False)
     if as_json:
         click.echo(json.dumps([r.to_obj() for r in results], indent=2))
     failed = [r.name for r in results if not r.passed]
@@ -73,4 +96,4 @@ def print_result(console: Console, r: DrillResult) -> None:
     for f in r.failures:
         console.print(output.assemble(("FAILED: ", "red"), f))
     verdict = ("PASSED", "green") if r.passed else ("FAILED", "red")
-    console.print(output.assemble(verdict, f" in {r.seconds:.1f} s\n"))
+    console.print(output.assemble(verdict, f" in {r.seconds:.1f} s (agents on {r.runtime})\n"))

@@ -10,7 +10,7 @@ import click
 from fleetpin.errors import UsageError
 from fleetpin.line.boards import MIB, default_boards_dir, flash_size_label, get_board, parse_flash_size
 from fleetpin.line.image import build_image, bundle_identity, verify_image
-from fleetpin.line.registry import DEFAULT_PATH, Registry, refuse_older_bundle
+from fleetpin.line.registry_url import ENV_VAR, URL_HELP
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 _boards_dir = click.option(
@@ -44,8 +44,8 @@ def _read(path: Path) -> bytes:
 @click.option("--app", "app", type=click.Path(exists=True, path_type=Path), metavar="FILE_OR_DIR",
               help="Your application: a .py file (installed as the `app` module) or a folder of modules with "
                    "app.py; main.py runs app.main(agent) after the agent boots.")
-@click.option("--registry", "registry_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_PATH,
-              show_default=True, help="Device registry (SQLite) to check the bundle against, if the file exists.")
+@click.option("--registry", "registry_url", envvar=ENV_VAR, default=None, metavar="URL",
+              help="Registry to check the bundle against (a SQLite file only if it exists). " + URL_HELP)
 @click.option("--allow-older-bundle", is_flag=True,
               help="Build even if the registry has seen a newer bundle for the fleet (a deliberate downgrade).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
@@ -59,7 +59,7 @@ def build(
     out_dir: Path,
     device_dir: Path | None,
     app: Path | None,
-    registry_path: Path,
+    registry_url: str | None,
     allow_older_bundle: bool,
     as_json: bool,
     boards_dir: Path | None,
@@ -88,9 +88,13 @@ def build(
     b = get_board(board, boards_dir or default_boards_dir())
     size = parse_flash_size(flash_size) if flash_size else b.flash_sizes[0] * MIB
     bundle_data = _read(bundle)
-    if registry_path.is_file() and not allow_older_bundle:  # no registry yet: nothing seen
-        fleet, version = bundle_identity(bundle_data)
-        refuse_older_bundle(Registry(registry_path), fleet, version, str(bundle))
+    if not allow_older_bundle:
+        from fleetpin.line.registry import Registry, missing_file, refuse_older_bundle
+
+        if not missing_file(registry_url):  # no registry yet: nothing seen
+            fleet, version = bundle_identity(bundle_data)
+            with Registry(registry_url, create=False) as reg:
+                refuse_older_bundle(reg, fleet, version, str(bundle))
     m = build_image(b, _read(firmware), bundle_data, _read(signers), size, out_dir, device_dir, app)
     if as_json:
         click.echo(json.dumps(m, indent=2))

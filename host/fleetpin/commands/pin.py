@@ -13,6 +13,7 @@ import click
 from fleetpin import output, passphrase
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.pki.certs import KeyRecord, PasswordSource, load_file, load_host, parse_host
+from fleetpin.vm.pin_output import parse_pin_lines
 
 RUNTIMES = ("host", "device", "micropython", "wasm")
 
@@ -245,18 +246,7 @@ def wasm_pins(ders: Sequence[bytes], heap_kb: int = 100) -> list[str]:
         raise FleetpinError(f"pinagent outgrew a {heap_kb} KB heap on the MicroPython VM "
                             f"({run.heap_total} bytes)", hint="a certificate this large may not fit on the device")
     out = "".join(step.stdout for step in run.steps)
-    result: dict[int, str] = {}
-    for line in out.splitlines():
-        tag, _, rest = line.partition(" ")
-        index, _, value = rest.partition(" ")
-        if tag == "PIN":
-            result[int(index)] = value.strip()
-        elif tag == "ERR":
-            raise FleetpinError(f"the device agent (MicroPython) cannot parse certificate {index}: {value}",
-                                hint="this device would refuse the connection; report it with the certificate")
-    if sorted(result) != list(range(len(ders))):
-        raise FleetpinError(f"the MicroPython VM printed {len(result)} pins for {len(ders)} certificates: {out!r}")
-    return [result[i] for i in range(len(ders))]
+    return parse_pin_lines(out, len(ders), "the MicroPython VM")
 
 
 def micropython_pins(ders: Sequence[bytes]) -> list[str]:

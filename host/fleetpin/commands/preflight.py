@@ -7,15 +7,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fleetpin import output
-from fleetpin.bundles.view import iso_date, load_view
+from fleetpin.bundles.view import View, iso_date, load_view
 from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.field import preflight as checks
 from fleetpin.field.preflight import Report, ServerResult
+from fleetpin.line.registry_url import ENV_VAR, URL_HELP
 from fleetpin.pki.certs import HostTarget, parse_host
 
 if TYPE_CHECKING:
@@ -35,8 +36,11 @@ if TYPE_CHECKING:
 @click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Seconds to wait for each server's TLS handshake.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--record", is_flag=True,
+              help="Record in the registry the servers that would lock out devices running this bundle (fleetpin fleet status).")
+@click.option("--registry", "registry_url", envvar=ENV_VAR, default=None, metavar="URL", help="With --record: " + URL_HELP)
 def preflight(source: Path, host_args: tuple[str, ...], trust_path: Path | None, now_text: str | None,
-                  timeout: float, as_json: bool) -> None:
+                  timeout: float, as_json: bool, record: bool, registry_url: str | None) -> None:
     """Connect to every domain's live server(s) and report what devices holding BUNDLE (a
     bundle file, or the POLICY.toml it is built from) would conclude: CA validation against
     the bundle's CA certificates only (as on the device), the pin verdict from the agent's own
@@ -66,6 +70,9 @@ def preflight(source: Path, host_args: tuple[str, ...], trust_path: Path | None,
     signatures = check_signatures(view, trust_path)
     if not view.rules and not targets:
         raise UsageError(f"{source}: no domains, and no --host: nothing to check")
+    if record and view.data is None:
+        raise UsageError(f"--record needs the built bundle, not {source}",
+                         hint="devices are matched by the digest of the bundle they run: pass the bundle file")
 
     console = _console()
     status_console = _console(stderr=True)
@@ -81,14 +88,33 @@ def preflight(source: Path, host_args: tuple[str, ...], trust_path: Path | None,
     else:
         report = checks.run(view, targets, now, timeout)
 
+    recorded = _record(registry_url, view, report) if record else None
     if as_json:
-        click.echo(json.dumps({**report.to_obj(), "signatures": signatures}, indent=2))
+        click.echo(json.dumps({**report.to_obj(), "signatures": signatures, **({"recorded": recorded} if record else {})}, indent=2))
     else:
         if trust_path is not None:
             console.print(signatures["status"], markup=False)
         print_report(report, console)
+        if recorded is not None:
+            console.print(f"recorded in {recorded['registry']}: {recorded['lockouts']} server(s) would lock out devices "
+                          f"running bundle {recorded['bundle_sha256'][:16]}", markup=False)
     if report.failed:
         raise FleetpinError(report.summary(), hint=report.hint())
+
+
+def _record(url: str | None, view: View, report: Report) -> dict[str, Any]:
+    """The lockouts this preflight found, in the registry (replacing the bundle's earlier ones)."""
+    import hashlib
+
+    from fleetpin.field.fleet import record_preflight
+    from fleetpin.line.registry import Registry, display_url
+
+    assert view.data is not None
+    digest = hashlib.sha256(view.data).hexdigest()  # what IDENTIFY reports for the installed bundle
+    version = (view.header or {}).get("version")
+    with Registry(url) as reg:
+        n = record_preflight(reg, digest, version if isinstance(version, int) else None, report.to_obj())
+        return {"registry": display_url(reg.url), "bundle_sha256": digest, "lockouts": n}
 
 
 # --- the report -----------------------------------------------------------------------------

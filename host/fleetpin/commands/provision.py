@@ -30,7 +30,7 @@ from fleetpin.line.provision import (
     agent_confirm,
     provision,
 )
-from fleetpin.line.registry import DEFAULT_PATH, Registry, refuse_older_bundle
+from fleetpin.line.registry import DEFAULT_LEASE_S, ENV_VAR, URL_HELP, Registry, display_url, refuse_older_bundle
 
 
 def _live_table(stations: list[Station]) -> Table:
@@ -69,13 +69,15 @@ def _summary(results: list[StationResult]) -> output.Table:
 @click.command(name="provision")
 @click.option("--board", required=True, help="Board name; must be the one the image was built for.")
 @click.option("--image", "image_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path), help="Image directory (fleetpin image build).")
-@click.option("--port", "ports", multiple=True, help="Serial port of a station, or NAME=PORT; repeat for each.")
+@click.option("--port", "-p", "ports", multiple=True, help="Serial port of a station, or NAME=PORT; repeat for each.")
 @click.option("--virtual", type=click.IntRange(min=1), default=None, metavar="N",
               help="Instead of --port: N virtual stations (mock ROM bootloader, flash in a file) that boot the agent after flashing.")
 @click.option("--sim-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --virtual: keep the stations' flash images here (slotN.img; default: a temporary directory).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None, help="Stations flashed at once (default: all).")
-@click.option("--registry", "registry_path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_PATH, show_default=True, help="Device registry (SQLite).")
+@click.option("--registry", "registry_url", envvar=ENV_VAR, default=None, metavar="URL", help=URL_HELP)
+@click.option("--claim-lease", type=click.FloatRange(min=3), default=DEFAULT_LEASE_S, show_default=True, metavar="SECONDS",
+              help="A station sharing the registry may take over a board this station claimed once it has been silent this long (killed, or cut off).")
 @click.option("--operator", default=None, help="Who runs the line (default: the login name).")
 @click.option("--force", is_flag=True, help="Reflash boards that already hold this image.")
 @click.option("--allow-older-bundle", is_flag=True,
@@ -83,7 +85,7 @@ def _summary(results: list[StationResult]) -> output.Table:
 @click.option("--no-confirm", is_flag=True, help="Do not wait for the agent to confirm its bundle after reset.")
 @click.option("--confirm-timeout", type=float, default=15.0, show_default=True, help="Seconds to wait for the agent.")
 @click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries after a transient serial error.")
-@click.option("--baud", type=int, default=None, help="Flashing baud rate (default: the board's max_baud).")
+@click.option("--baud", "-b", type=int, default=None, help="Flashing baud rate (default: the board's max_baud).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--boards-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Directory of board TOML files.")
 def provision_cmd(
@@ -93,7 +95,8 @@ def provision_cmd(
     virtual: int | None,
     sim_dir: Path | None,
     jobs: int | None,
-    registry_path: Path,
+    registry_url: str | None,
+    claim_lease: float,
     operator: str | None,
     force: bool,
     allow_older_bundle: bool,
@@ -107,11 +110,13 @@ def provision_cmd(
     """Flash the image onto the board on each --port, in parallel, and record every attempt.
 
     \b
-    Per station: esptool connects, refuses another chip or too small a flash, skips a board
-    the registry records (by MAC) as provisioned with this image and regions that already
-    hold the image's bytes (unless --force), writes and MD5-verifies the firmware and the
-    filesystem, reads the MAC, resets; then the agent must answer IDENTIFY with the image's
-    bundle digest (skip with --no-confirm). Exit 1 if any station failed.
+    Per station: esptool reads the board's MAC and the station claims the board in the
+    registry (stations sharing one never both write a board); esptool refuses another chip or
+    too small a flash, skips a board the registry records (by MAC) as confirmed with this image,
+    at any station, and regions that already hold the image's bytes (unless --force), writes
+    and MD5-verifies the firmware and the filesystem, resets; then the agent must answer
+    IDENTIFY with the image's bundle digest (skip with --no-confirm). Exit 1 if any station
+    failed, or found its board being written at another station.
 
     \b
     --virtual N runs the same line without hardware: N virtual boards in their ROM bootloader
@@ -130,12 +135,13 @@ def provision_cmd(
         raise UsageError("--virtual and --port exclude each other", hint="simulate stations or flash real ones, not both")
     if sim_dir is not None and virtual is None:
         raise UsageError("--sim-dir only goes with --virtual", hint="add --virtual N")
-    image = verify_image(image_dir, boards_dir)  # never flash an image that does not check out
-    if image.board.name != board:
-        raise UsageError(f"the image is for {image.board.name}, not {board}", hint="build an image for this board")
-    if not allow_older_bundle and image.bundle_version is not None:
-        refuse_older_bundle(Registry(registry_path), image.fleet, image.bundle_version, f"image {image_dir}")
     with contextlib.ExitStack() as stack:
+        reg = stack.enter_context(Registry(registry_url))  # first: a registry this station cannot use stops it here
+        image = verify_image(image_dir, boards_dir)  # never flash an image that does not check out
+        if image.board.name != board:
+            raise UsageError(f"the image is for {image.board.name}, not {board}", hint="build an image for this board")
+        if not allow_older_bundle and image.bundle_version is not None:
+            refuse_older_bundle(reg, image.fleet, image.bundle_version, f"image {image_dir}")
         if virtual is not None:
             from fleetpin.sim.station import VirtualStations
 
@@ -145,23 +151,12 @@ def provision_cmd(
         else:
             stations = [Station.parse(p) for p in ports]
             confirm = None if no_confirm else functools.partial(agent_confirm, baud=image.board.default_baud, timeout=confirm_timeout)
-        return _run(stations, image, confirm, force, retries, baud, operator, registry_path, jobs, as_json)
+        opts = ProvisionOptions(force=force, confirm=confirm, retries=retries, baud=baud, operator=operator or getpass.getuser(),
+                                lease=claim_lease)
+        return _run(stations, image, opts, reg, jobs, as_json)
 
 
-def _run(
-    stations: list[Station],
-    image: LoadedImage,
-    confirm: Confirm | None,
-    force: bool,
-    retries: int,
-    baud: int | None,
-    operator: str | None,
-    registry_path: Path,
-    jobs: int | None,
-    as_json: bool,
-) -> int:
-    opts = ProvisionOptions(force=force, confirm=confirm, retries=retries, baud=baud, operator=operator or getpass.getuser())
-    reg = Registry(registry_path)
+def _run(stations: list[Station], image: LoadedImage, opts: ProvisionOptions, reg: Registry, jobs: int | None, as_json: bool) -> int:
     console = output.console(err=True)
     if as_json or not console.is_terminal:
         results = provision(stations, image, opts, reg, jobs)
@@ -182,7 +177,7 @@ def _run(
     else:
         _summary(results).print(output.console())
         counts = {k: sum(r.result == k for r in results) for k in (RESULT_OK, RESULT_SAME, RESULT_FAILED)}
-        click.echo(", ".join(f"{n} {k}" for k, n in counts.items()) + f"; recorded in {registry_path}")
+        click.echo(", ".join(f"{n} {k}" for k, n in counts.items()) + f"; recorded in {display_url(reg.url)}")
     if failed:
         if not as_json:
             raise FleetpinError(f"{len(failed)} station(s) failed", hint="see the error column; fix and rerun those ports")

@@ -11,8 +11,13 @@ Loss recovery (host behaviour only; the wire format is link.py's):
 - a corrupted frame from the device is most likely the answer to the oldest unanswered
   transmission: that request is sent again at once (a duplicate is answered from the
   device's cache, so guessing wrong costs only its bytes);
-- the timer (rto) adapts to the measured round trip (Jacobson: srtt + 4 rttvar, between
-  min_rto_ms and rto_ms), backs off by doubling on every expiry, and only covers the tail;
+- the timers know the line: given the line's time per byte (byte_ms), each transmission's
+  answer is expected when the request has crossed the line and its answer, of the size the
+  request asks for, has crossed back behind the answers still queued before it; the timer
+  then adds only a margin for what the line does not explain (the device's own time, the
+  OS), which adapts to the measured excess (Jacobson: srtt + 4 rttvar, between min_rto_ms
+  and rto_ms) and grows by half on every expiry. So an answer still on the wire is never
+  asked for again, on a fast line or a slow one;
 - the observed frame loss gives a per-byte error-rate estimate, from which best_payload()
   picks the chunk size that moves the most data per wire byte.
 """
@@ -94,8 +99,10 @@ class VersionMismatch:
 
 
 class _Request:
-    def __init__(self, seq, op, body, exclusive, slow_ms, retransmit):
+    def __init__(self, seq, op, body, exclusive, slow_ms, retransmit, answer=0, marker=False):
         self.seq = seq
+        self.marker = marker  # sent right behind an exclusive request: its answer proves that one lost
+        self.answer = answer  # expected answer body, bytes (sizes the timer on a slow line)
         self.op = op
         self.body = body
         self.exclusive = exclusive
@@ -117,8 +124,12 @@ class _Tx:
         self.attempt = attempt
         self.nbytes = 0  # handed out so far
         self.sent_at = None  # when its last byte was handed out
+        self.expect = None  # when its answer should have arrived, by the line model
+        self.expect0 = None  # the same, as first predicted (what its round trip is measured by)
         self.retx_at = None  # send the request again if still unanswered then
-        self.drain_at = None  # presume its bytes consumed or lost then
+        self.drain_at = None  # forget it then: presume its bytes consumed or lost
+        self.free_at = None  # its bytes leave the window then (the device has read them)
+        self.freed = False
         self.resolved = False  # its outcome went into the loss estimate
         self.suspect = False  # a corrupted answer was taken for its own
 
@@ -128,6 +139,9 @@ class _Tx:
 _DECAY = 0.9
 _ANSWER_GUESS = 9  # wire bytes of an answer never seen (an empty one: flags, header, CRC)
 _MAX_BACKOFF = 12
+_FRAME = 9  # wire bytes of a frame besides its body: two flags, seq, ctl, key, CRC
+_ERROR_ANSWER = 110  # wire bytes an error answer may take (code + message of up to 96 bytes)
+_HARD_ATTEMPTS = 400  # a line that keeps delivering only damaged answers: give up at last
 
 
 def _grow(k):
@@ -150,12 +164,23 @@ class HostLink:
     order others or take long) wait for everything else to finish, and nothing is sent while
     one is outstanding.
 
-    rto_ms is the first timeout and the ceiling of the adaptive one; min_rto_ms its floor
-    (the time a full window takes to drain at the line rate is a sound choice). A request is
-    given up ("timeout") after max_attempts transmissions and max_attempts times its rto.
+    byte_ms is the line's time per byte (10 bits per byte: 10000 / baud), 0 when unknown:
+    each timer then runs from when the answer should have arrived over the line (the request's
+    bytes behind those already handed out, then the answer behind those still expected), and
+    rto_ms / min_rto_ms bound only the margin on top of that (rto_ms before anything was
+    measured). A request is given up ("timeout") after max_attempts transmissions once the
+    device has also been silent (not one byte, even damaged) for max_attempts times its rto:
+    a noisy line that keeps delivering damaged answers is retried (up to _HARD_ATTEMPTS).
     """
 
-    def __init__(self, rto_ms=1000, max_attempts=8, rx_max_frame=2048, min_rto_ms=50):
+    def __init__(self, rto_ms=1000, max_attempts=8, rx_max_frame=2048, min_rto_ms=50, byte_ms=0.0):
+        self.byte_ms = byte_ms
+        self.slow_probe_ms = 0  # a slow request is first probed after at least this (its work takes time)
+        self.drain_ms = None  # a transmission's bytes leave the window this long after they crossed
+        #                       (None: only when it is answered or its timer expires)
+        self._down_free = 0.0  # when the bytes handed out so far will have crossed to the device
+        self._up_free = 0.0  # when the answers expected so far will have crossed back
+        self.last_rx = None  # when any byte (even damaged) last arrived from the device
         self.rto_ms = rto_ms
         self.min_rto_ms = min_rto_ms
         self.max_attempts = max_attempts
@@ -175,7 +200,8 @@ class HostLink:
         self._events = []
         self._srtt = None  # smoothed round trip, ms (None: no sample yet)
         self._rttvar = 0.0
-        self._backoff = 0  # the rto is doubled this many times (reset by a fresh sample)
+        self._backoff = 0  # the rto is grown this many times (reset by a fresh sample)
+        self._heard = False  # an answer came since the last timer expired
         self._q_ok = 2.0
         self._q_n = 2.0
         self._q_bytes = 200.0
@@ -185,19 +211,35 @@ class HostLink:
         self.retransmissions = 0  # transmissions taken for lost and sent again (by us or the owner)
         self.fast_retransmissions = 0  # of those, the ones no timer had to wait for
         self.probes = 0  # slow requests sent again on a timer while the device may still be busy
+        self.resent_ops = {}  # op -> requests of that op sent again (or re-cut), for receipts
         self.wire_bytes_sent = 0
         self._hello()
 
     # -- API -------------------------------------------------------------------------------
-    def request(self, op, body=b"", exclusive=False, rto_ms=None, retransmit=True):
+    def reseed(self, seq):
+        """Numbers requests from seq on (before anything was sent): a session that starts at a
+        random number never takes an answer left on the wire by an earlier one for its own."""
+        if self._out or self._partial is not None:
+            raise ValueError("reseed before anything is sent")
+        self._seq = seq & 0xFF
+        for r in self._queue:
+            r.seq = self._seq
+            self._seq = (self._seq + 1) & 0xFF
+
+    def request(self, op, body=b"", exclusive=False, rto_ms=None, retransmit=True, answer=0, marker=False):
         """Queues a request; returns its sequence number (matched by Response/Failed events).
+        answer: the size of the answer body it expects (a read's length), for its timer.
         rto_ms: its own timeout, for a request the device may take long over (it is still
         probed sooner: a duplicate is answered from the device's cache). retransmit=False: a
         lost transmission fails it with reason "lost" instead of being sent again.
+        marker=True (with retransmit=False): a request that may go out right behind an exclusive
+        one (a PING): the device answers it only after that one, so if its answer comes first the
+        exclusive request was lost on the way, and is known lost at once, not after its timer.
+        A lost marker is only forgotten.
         Raises OversizeFrame if the frame would not fit the device's receive buffer."""
         if MIN_FRAME + len(body) > self.device_max_frame:
             raise OversizeFrame("request of %d bytes, the device takes %d" % (len(body), self.device_max_frame - MIN_FRAME))
-        r = _Request(self._seq, op, bytes(body), exclusive, rto_ms, retransmit)
+        r = _Request(self._seq, op, bytes(body), exclusive, rto_ms, retransmit, answer, marker)
         self._seq = (self._seq + 1) & 0xFF
         self._queue.append(r)
         return r.seq
@@ -232,6 +274,7 @@ class HostLink:
             p[2] = done + take
             self._inflight += take
             tx.nbytes += take
+            self._down_free = max(self._down_free, now_ms) + take * self.byte_ms
             if p[2] == len(wire):
                 self._sent(tx, now_ms)
                 self._partial = None
@@ -240,6 +283,8 @@ class HostLink:
 
     def receive_data(self, data, now_ms):
         """Feeds bytes read from the device; returns the events they complete."""
+        if data:
+            self.last_rx = now_ms
         self._dec.feed(data)
         while True:
             try:
@@ -268,12 +313,19 @@ class HostLink:
                         expired = True
                     self._observe(tx, False, 0)
                     self._lost(tx.req, now_ms, False)
+            if not tx.freed and now_ms >= tx.free_at:
+                # crossed and read by now: its bytes no longer take room in the device's buffer
+                tx.freed = True
+                self._inflight -= tx.nbytes
             if now_ms >= tx.drain_at:
                 # unanswered for its rto: presume its bytes consumed or lost
                 self._drop_tx(tx)
                 self._observe(tx, False, 0)
-        if expired and self._backoff < _MAX_BACKOFF:
-            self._backoff += 1
+        if expired:
+            if self._heard:
+                self._heard = False  # answers still come: a lost frame is the line's noise
+            elif self._backoff < _MAX_BACKOFF:
+                self._backoff += 1  # nothing since the last expiry: the device may be slow, wait longer
         return self._take_events()
 
     def next_deadline(self):
@@ -285,13 +337,16 @@ class HostLink:
             d = tx.drain_at
             if tx.retx_at is not None and tx.retx_at < d:
                 d = tx.retx_at
+            if not tx.freed and tx.free_at < d:
+                d = tx.free_at
             if t is None or d < t:
                 t = d
         return t
 
     def rto(self):
-        """The current retransmission timeout, ms: srtt + 4 rttvar within [min_rto_ms, rto_ms]
-        (rto_ms before the first sample), times 1.5 per expiry since the last sample."""
+        """The current retransmission margin, ms, on top of the line time an answer takes:
+        srtt + 4 rttvar of the measured excess within [min_rto_ms, rto_ms] (rto_ms before the
+        first sample), times 1.5 per expiry since the last sample."""
         return int(min(self.rto_ms, self._base_rto() * _grow(self._backoff)))
 
     def _base_rto(self):
@@ -299,6 +354,16 @@ class HostLink:
             return self.rto_ms
         base = self._srtt + 4 * self._rttvar
         return max(min(self.min_rto_ms, self.rto_ms), min(base, self.rto_ms))
+
+    def pipelined_frame(self):
+        """The largest frame that keeps the line busy: while one frame's answer comes back (the
+        measured excess round trip, in line bytes), the rest of the window must hold the next
+        one. At least 128 bytes (smaller ones cost more in overhead and in the device's time per
+        frame); no limit without a line rate or a measurement."""
+        if not self.byte_ms or self._srtt is None:
+            return self.window
+        wait = (self._srtt + self._rttvar) / self.byte_ms
+        return max(128, int(self.window - wait))
 
     @property
     def srtt(self):
@@ -365,6 +430,8 @@ class HostLink:
         if not self.connected and r.op != OP_HELLO:
             return None
         if self._out:
+            if r.marker and len(self._out) < self.max_outstanding:
+                return self._queue.pop(0)
             if r.exclusive or len(self._out) >= self.max_outstanding:
                 return None
             for o in self._out.values():
@@ -378,15 +445,32 @@ class HostLink:
         tx.sent_at = now
         if r.first_sent is None:
             r.first_sent = now
+        # The line model: the request reaches the device when its last byte has crossed (behind
+        # every byte handed out before it); its answer crosses back behind the answers still
+        # expected. An error answer may be longer than the one expected: allowed for in the
+        # timer only, not in the schedule of the answers behind it.
+        bm = self.byte_ms
+        arrive = max(now, self._down_free)
+        start = max(arrive, self._up_free)
+        size = _FRAME + r.answer + (r.answer >> 2)  # escapes: DER has ~13%, JSON none
+        tx.expect = tx.expect0 = start + size * bm
+        self._up_free = tx.expect
+        extra = (_ERROR_ANSWER - size) * bm if size < _ERROR_ANSWER else 0
+        due = tx.expect + extra
         if r.slow_ms is None:
-            tx.retx_at = tx.drain_at = now + self.rto()
+            tx.retx_at = tx.drain_at = int(due + self.rto())
         else:
             # probed from the quick rto up, 1.5 times longer each time (a duplicate waits in the
             # device's buffer and is answered from its cache), but its bytes are presumed drained
             # only after its own timeout
-            probe = self._base_rto() * _grow(r.timeouts)
-            tx.retx_at = now + int(min(probe, r.slow_ms))
-            tx.drain_at = now + r.slow_ms
+            probe = max(self._base_rto(), self.slow_probe_ms) * _grow(r.timeouts)
+            tx.retx_at = int(due + min(probe, r.slow_ms))
+            tx.drain_at = int(due) + r.slow_ms
+        tx.free_at = tx.drain_at
+        if self.drain_ms is not None:
+            # the device reads what arrives at once (an answer may take longer: that is its
+            # timer's business): the window then has room for what proves a loss sooner
+            tx.free_at = min(tx.drain_at, int(arrive + self.drain_ms))
 
     def _is_latest(self, tx):
         r = tx.req
@@ -394,7 +478,8 @@ class HostLink:
 
     def _drop_tx(self, tx):
         self._tx.remove(tx)
-        self._inflight -= tx.nbytes
+        if not tx.freed:
+            self._inflight -= tx.nbytes
 
     def _observe(self, tx, ok, answer_bytes):
         if tx.resolved:
@@ -415,6 +500,10 @@ class HostLink:
 
     def _lost(self, r, now, fast):
         """r's latest transmission is taken for lost: send it again, or give up."""
+        if r.marker:
+            del self._out[r.seq]  # it proved nothing: forget it
+            self._events.append(Failed(r.seq, r.op, "lost"))
+            return
         if not r.retransmit:
             del self._out[r.seq]
             silent = self.last_heard is None or now - self.last_heard >= self.max_attempts * self.rto_ms
@@ -422,12 +511,14 @@ class HostLink:
                 self._events.append(Failed(r.seq, r.op, "timeout"))
             else:
                 self.retransmissions += 1
+                self._count_resent(r.op)
                 if fast:
                     self.fast_retransmissions += 1
                 self._events.append(Failed(r.seq, r.op, "lost"))
             return
         budget = self.max_attempts * (r.slow_ms or self.rto_ms)
-        if r.attempts >= self.max_attempts and now - r.first_sent >= budget:
+        heard = self.last_rx if self.last_rx is not None and self.last_rx > r.first_sent else r.first_sent
+        if (r.attempts >= self.max_attempts and now - heard >= budget) or r.attempts >= _HARD_ATTEMPTS:
             del self._out[r.seq]
             if r in self._retx:
                 self._retx.remove(r)
@@ -435,6 +526,7 @@ class HostLink:
             if r.op == OP_HELLO:  # no device answering: nothing queued will ever go out
                 self._fail_all("timeout")
             return
+        self._count_resent(r.op)
         if r.slow_ms is not None and not fast:
             self.probes += 1
         else:
@@ -444,10 +536,15 @@ class HostLink:
         if r not in self._retx:
             self._retx.append(r)
 
+    def _count_resent(self, op):
+        self.resent_ops[op] = self.resent_ops.get(op, 0) + 1
+
     def _corrupted_answer(self, now):
         # Answers come in order: a damaged frame is most likely the answer to the oldest
         # transmission not yet answered, nor already taken for lost (blamed for an earlier
-        # damaged frame, or its timer expired).
+        # damaged frame, or its timer expired). The device is answering on time: the loss is
+        # the line's noise, so no timer needs to stretch for it.
+        self._backoff = 0
         for tx in self._tx:
             if tx.sent_at is None:
                 return
@@ -490,10 +587,24 @@ class HostLink:
             del self._tx[: i + 1]
             self._inflight = 0
             for t in self._tx:
-                self._inflight += t.nbytes
+                if not t.freed:
+                    self._inflight += t.nbytes
             self._observe(tx, True, len(f) + 6)
+            self._heard = True
             if tx.req.slow_ms is None:
-                self._sample_rtt(now - tx.sent_at)
+                excess = now - tx.expect0
+                self._sample_rtt(max(0, excess))
+            late = now - tx.expect
+            if late > 0:
+                # the answers behind it are that much later too (the device took its time)
+                self._up_free += late
+                for t in self._tx:
+                    if t.sent_at is not None:
+                        t.expect += late
+                        if t.retx_at is not None:
+                            t.retx_at += int(late)
+                        t.drain_at += int(late)
+                        t.free_at += int(late)
         r = self._out.get(seq)
         if r is None or (op != r.op and op != OP_ERROR):
             self.duplicates += 1

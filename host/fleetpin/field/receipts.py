@@ -3,10 +3,12 @@
 One JSON file per attempt, written atomically (temp file, then rename) so a receipt is either
 whole or absent. Fields:
     format 1, kind "device-update", result ("installed" | "already-installed" | "refused" |
-    "failed" | "aborted"), error and hint (null on success), port, device_id, fleet,
-    old {version, sha256, id}, new {version, sha256, id} (what the device reported afterwards, or
-    the bundle's own fields when it never got that far), bundle_file, started and finished (RFC
-    3339 UTC), duration_s, transfer (wire bytes sent, retransmissions), tool ("fleetpin X.Y").
+    "failed" | "aborted" | "interrupted": Ctrl-C), error and hint (null on success),
+    board_state (in words: what the device runs and holds after this attempt), port, device_id,
+    fleet, old {version, sha256, id}, new {version, sha256, id} (what the device reported
+    afterwards, or the bundle's own fields when it never got that far), bundle_file, started and
+    finished (RFC 3339 UTC), duration_s, transfer (wire bytes sent, retransmissions, resent:
+    requests sent again by op), tool ("fleetpin X.Y").
     `id` is the bundle's identity: the SHA-256 of its signed bytes (pinagent.bundle), the same
     for every encoding of one bundle; `sha256` is of the file's bytes, for the transfer check.
     (Agents before bundle ids report no id: null.)
@@ -27,7 +29,7 @@ from fleetpin import __version__
 from fleetpin.errors import UsageError
 from fleetpin.files import write_atomic
 
-RESULTS = ("installed", "already-installed", "refused", "failed", "aborted")
+RESULTS = ("installed", "already-installed", "refused", "failed", "aborted", "interrupted")
 
 
 def utc_now() -> str:
@@ -42,13 +44,14 @@ class Receipt:
     result: str = "failed"
     error: str | None = None
     hint: str | None = None
+    board_state: str | None = None
     device_id: str | None = None
     fleet: str | None = None
     old: dict[str, Any] = field(default_factory=lambda: {"version": None, "sha256": None, "id": None})
     new: dict[str, Any] = field(default_factory=lambda: {"version": None, "sha256": None, "id": None})
     finished: str | None = None
     duration_s: float | None = None
-    transfer: dict[str, int] = field(default_factory=dict)
+    transfer: dict[str, Any] = field(default_factory=dict)
 
     def to_obj(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"format": 1, "kind": "device-update"}

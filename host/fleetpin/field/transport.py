@@ -20,6 +20,7 @@ terminal (control, escape and bidirectional-override characters shown as \\xNN /
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import unicodedata
@@ -32,8 +33,14 @@ import serial
 from fleetpin.device_errors import hint_for
 from fleetpin.errors import FleetpinError
 from fleetpin.field.client import BadResponse, Call, Client, LinkFailure, RemoteError, Upload
+from pinagent.link import OP_READ_CACHED
+from pinagent.service import OPS
 
 DEFAULT_BAUD = 115200
+BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
+SLOW_FIRST_PROBE_MS = 1000  # first probe of a slow request (commit, TEST_CONNECT, REBOOT)
+DRAIN_MS = 50  # after a frame has crossed, the device has read it out of its buffer
+MIN_MARGIN_MS = 150  # least margin a timer keeps beyond the line time (OS and USB latency, a busy device)
 
 
 # ---- what a board sends is untrusted ------------------------------------------------------------
@@ -163,18 +170,37 @@ class Transport:
         port: str,
         timeout: float = 10.0,
         rto_ms: int | None = None,
+        baud: int | None = None,
     ) -> None:
         self.ser = ser
         self.port = port
         self.timeout = timeout
-        # The link retransmits each quick request every rto and gives up after `timeout`; slow
-        # requests (commit: a signature check in pure Python on the device) wait longer each time.
-        rto = rto_ms or max(100, min(1000, int(timeout * 1000 / 6)))
-        attempts = max(2, int(timeout * 1000 / rto))
-        self.client = Client(rto_ms=rto, slow_rto_ms=max(rto, int(timeout * 1000 / 2)), max_attempts=attempts)
+        baud = baud or getattr(ser, "baudrate", None) or DEFAULT_BAUD
+        self.baud = int(baud)
+        # Every timer runs from when the answer should have crossed the line at this rate (the
+        # link's line model: fleetpin.field.link_host); rto is only the margin on top of that,
+        # for what the line does not explain (the device's own time, the OS), and adapts to it.
+        # A request is given up once the device has said nothing for `timeout`; slow requests
+        # (commit: a signature check in pure Python on the device) are probed less often.
+        rto = rto_ms or 300
+        self.client = Client(rto_ms=rto, slow_rto_ms=max(rto, int(timeout * 1000)), max_attempts=8,
+                             min_rto_ms=MIN_MARGIN_MS, byte_ms=BITS_PER_BYTE * 1000.0 / self.baud)
+        self.client.link.max_attempts = max(8, int(timeout * 1000 / rto) + 1)
+        # a commit checks a signature in pure Python, a TEST_CONNECT makes a TLS handshake: a
+        # probe sooner would only wait in the device's buffer (a damaged answer is still asked
+        # for at once)
+        self.client.link.slow_probe_ms = SLOW_FIRST_PROBE_MS
+        # the device reads its buffer as bytes arrive: a frame lost on the way must not hold the
+        # window shut until its timer, so the next frame can go and prove the loss at once
+        self.client.link.drain_ms = DRAIN_MS
+        # a fresh session starts at a random sequence number, so an answer still on the wire
+        # from an earlier session (an interrupted command) is never taken for one of ours
+        self.client.link.reseed(int.from_bytes(os.urandom(1), "little"))
         self._t0 = time.monotonic()
         self._fixed_rto = rto_ms is not None
         self.rtt_ms: int | None = None
+        self.last_upload: Upload | None = None
+        self.ident: dict[str, Any] = {}  # set by callers that start the session with IDENTIFY
 
     # ---- opening
 
@@ -201,7 +227,7 @@ class Transport:
             ser.reset_input_buffer()  # a boot banner or an old announcement is not for us
         except (serial.SerialException, OSError):
             pass
-        return cls(ser, port, timeout)
+        return cls(ser, port, timeout, baud=baud)
 
     def close(self) -> None:
         try:
@@ -247,6 +273,11 @@ class Transport:
         """The device's IDENTIFY answer, type-checked (check_identity)."""
         return check_identity(self.call(self.client.identify(), "IDENTIFY"))
 
+    def connect_identify(self) -> dict[str, Any]:
+        """connect() with IDENTIFY as the session's first request (one round trip less than a
+        PING first); its answer, type-checked (check_identity)."""
+        return check_identity(self.connect(self.client.identify, "IDENTIFY"))
+
     def call(self, call: Call, what: str) -> Any:
         """Runs one request to its end; returns its result or raises a FleetpinError."""
         self.pump(lambda: call.done)
@@ -275,65 +306,63 @@ class Transport:
             hint="check the cable and that the board runs the agent (not the REPL or a crash loop); then retry",
         )
 
-    def connect(self) -> None:
-        """Starts the session (HELLO) and proves the agent answers with a PING, whose round trip
-        bounds the retransmission timeout: at most 6 times the round trip of a full chunk frame
-        each way at the port's baud rate, 150 to 1000 ms (PROTOCOL.md's 1000 ms suits the
-        slowest line). Within that the link adapts it to the round trips it measures, down to
-        twice the time a full window takes to drain at the baud rate. A restart announcement
-        right after opening is retried once."""
+    def connect(self, first: Callable[[], Call] | None = None, what: str = "the session start") -> Any:
+        """Starts the session (HELLO, queued first by the link) and proves an agent answers: with
+        `first` (e.g. client.identify), that request's result, else a PING's. The timers need no
+        measurement first: they follow from the line's rate (the link's line model) and adapt
+        their margin to every answer. A restart announcement right after opening is retried
+        once."""
+        result: Any = None
         for attempt in range(2):
-            link = self.client.link
-            retx = link.retransmissions
             started = time.monotonic()
-            call = self.client.ping(b"fleetpin")
+            call = first() if first is not None else self.client.ping(b"fleetpin")
             self.pump(lambda: call.done)
             if isinstance(call.error, LinkFailure) and call.error.reason == "restarted" and attempt == 0:
                 continue
-            self.result(call, "the session start")
+            result = self.result(call, what)
             break
-        if self._fixed_rto or link.retransmissions != retx:
-            return  # a lost frame: the time measures nothing
-        # HELLO then PING, each a round trip of small frames
         self.rtt_ms = int((time.monotonic() - started) * 1000 / 2)
-        baud = getattr(self.ser, "baudrate", DEFAULT_BAUD) or DEFAULT_BAUD
-        chunk_rtt = self.rtt_ms + 2 * 200 * 10 * 1000 / baud
-        link.rto_ms = int(max(150, min(link.rto_ms, 6 * chunk_rtt)))
-        link.min_rto_ms = int(max(20, 2 * link.window * 10 * 1000 / baud))
-        link.max_attempts = max(8, int(self.timeout * 1000 / link.rto_ms) + 1)
-        self.client.slow_rto_ms = max(link.rto_ms, min(self.client.slow_rto_ms, 2000))
+        return result
 
     # ---- multi-request operations
 
     def read_all(self, which: str) -> bytes:
-        """The whole stored bundle ("bundle") or report log ("reports"): the first read gives the
-        total, the rest is pipelined."""
-        c = self.client
-        req = c.read_bundle if which == "bundle" else c.read_reports
-        total, first = self.call(req(0), f"reading the {which}")
-        parts = [first]
-        got = len(first)
-        calls = []
-        off = got
-        while off < total:
-            calls.append(req(off))
-            off += 512
-        self.pump(lambda: all(x.done for x in calls))
-        for x in calls:
-            _t, data = self.result(x, f"reading the {which}")
-            parts.append(data)
-            got += len(data)
-        data = b"".join(parts)
-        if len(data) != total:
-            raise FleetpinError(f"read {len(data)} of the {which}'s {total} bytes", hint="it changed while being read: retry")
-        return data
+        """The whole stored bundle ("bundle") or report log ("reports"), read in pieces the
+        line's error rate pays for (fleetpin.field.client.Read), pipelined."""
+        plan = self.client.read_all(which)
+        self.pump(lambda: plan.done)
+        if plan.error is not None:
+            what = f"reading the {which}"
+            if isinstance(plan.error, BadResponse):
+                raise FleetpinError(f"{what}: {plan.error}", hint="it changed while being read: retry")
+            fake = Call(0, 0, None)
+            fake.error, fake.done = plan.error, True
+            self.result(fake, what)
+        return plan.data or b""
 
-    def upload(self, bundle: bytes, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """Sends and commits a bundle. On a noisy line the link shrinks the chunks to what the
-        error rate pays for and re-sends only the lost ones (fleetpin.field.client.Upload), in the
-        same session: the device keeps every chunk it received."""
-        total = len(bundle)
+    def start_upload(self, bundle: bytes) -> Upload:
+        """Queues the upload (WRITE_BEGIN first) and hands out what the line takes now, so the
+        transfer runs while the caller works; upload(..., up) then sees it through."""
         up: Upload = self.client.upload(bundle)
+        self.last_upload = up
+        out = self.client.data_to_send(self.now_ms())
+        if out:
+            try:
+                self.ser.write(out)
+            except (serial.SerialException, OSError) as e:
+                raise NoAnswer(f"the serial port {self.port} failed: {e}", "port", hint="check the cable, then run the command again") from None
+        return up
+
+    def upload(self, bundle: bytes, progress: Callable[[int, int], None] | None = None, up: Upload | None = None) -> dict[str, Any]:
+        """Sends and commits a bundle (or sees through one start_upload began). On a noisy line
+        the link shrinks the chunks to what the error rate pays for and re-sends only the lost
+        ones (fleetpin.field.client.Upload), in the same session: the device keeps every chunk
+        it received, and a new session resumes from what it acknowledged (WRITE_BEGIN's
+        answer)."""
+        total = len(bundle)
+        if up is None:
+            up = self.client.upload(bundle)
+        self.last_upload = up
 
         def report() -> None:
             if progress is not None:
@@ -350,11 +379,15 @@ class Transport:
         return dict(up.result or {})
 
     @staticmethod
-    def _link_stats(c: Client) -> dict[str, int]:
+    def _link_stats(c: Client) -> dict[str, Any]:
         link = c.link
-        return {"wire_bytes_sent": link.wire_bytes_sent, "retransmissions": link.retransmissions, "bad_frames": link.bad_frames}
+        names = {op: name for op, (name, _run) in OPS.items()}
+        names[OP_READ_CACHED] = "READ_CACHED"
+        resent = {names.get(op, "HELLO" if op == 0 else str(op)): n for op, n in sorted(link.resent_ops.items())}
+        return {"wire_bytes_sent": link.wire_bytes_sent, "retransmissions": link.retransmissions + link.probes,
+                "bad_frames": link.bad_frames, "resent": resent}
 
     @property
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return self._link_stats(self.client)
 

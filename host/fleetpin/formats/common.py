@@ -49,7 +49,7 @@ All formats: `unpinned = "block"` (refuse hosts without a rule) is not expressib
 
 The cross-rule effects (widening, overlaps, names taken) are found by comparing, for every
 rule's name and for names one and two labels below it, the rule fleetpin would apply with what
-the exported configuration would apply (`_compare`), so the warnings follow from the formats'
+the exported configuration would apply (`compare_matching`), so the warnings follow from the formats'
 matching rules rather than from a list of special cases.
 """
 
@@ -107,7 +107,7 @@ def load_policy_source(path: Path) -> dict[str, Any]:
     return load_policy_obj(path)
 
 
-def _policy(obj: dict[str, Any]) -> Any:
+def parse_policy(obj: dict[str, Any]) -> Any:
     try:
         return dev_policy.Policy.from_obj(obj)
     except dev_policy.PolicyError as e:
@@ -117,7 +117,7 @@ def _policy(obj: dict[str, Any]) -> Any:
 # --- shared helpers -------------------------------------------------------------------------
 
 
-def _is_ip(rule: Any) -> bool:
+def is_ip_rule(rule: Any) -> bool:
     return ":" in rule.base or rule.base[rule.base.rfind(".") + 1:].isdigit()
 
 
@@ -125,32 +125,32 @@ def _day(expires: int) -> str:
     return dt.datetime.fromtimestamp(expires, dt.timezone.utc).strftime("%Y-%m-%d")
 
 
-def _iso(expires: int) -> str:
+def iso_time(expires: int) -> str:
     return dt.datetime.fromtimestamp(expires, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _expiry_date(rule: Any, fmt: str, warnings: list[ExportWarning]) -> str | None:
+def expiry_date(rule: Any, fmt: str, warnings: list[ExportWarning]) -> str | None:
     """The yyyy-MM-dd after which the format stops checking the pins, or None (never)."""
     if rule.on_expiry == dev_policy.ON_EXPIRY_ENFORCE:
         return None  # the device keeps enforcing after `expires`; so does a pin set without expiry
     if rule.expires % _DAY:
         warnings.append(ExportWarning(rule.host, (
-            f"expires {_iso(rule.expires)} is not 00:00 UTC and {fmt} takes a date: exported as "
+            f"expires {iso_time(rule.expires)} is not 00:00 UTC and {fmt} takes a date: exported as "
             f"{_day(rule.expires)}, so the app falls back to CA validation up to a day earlier")))
     return _day(rule.expires)
 
 
-def _pin_texts(rule: Any) -> list[str]:
+def pin_texts(rule: Any) -> list[str]:
     return [dev_pins.pin_to_text(d) for d in rule.pins]
 
 
-def _pin_lines(rule: Any, line: Callable[[str], str], note: Callable[[str], str]) -> list[str]:
+def pin_lines(rule: Any, line: Callable[[str], str], note: Callable[[str], str]) -> list[str]:
     """A line per pin of the rule, its label (if any) appended as a comment."""
-    return [line(text) + ("" if label is None else note(_comment(label)))
-            for text, label in zip(_pin_texts(rule), rule.labels)]
+    return [line(text) + ("" if label is None else note(comment_line(label)))
+            for text, label in zip(pin_texts(rule), rule.labels)]
 
 
-def _comment(text: str) -> str:
+def comment_line(text: str) -> str:
     """Text safe inside an XML or a // comment: one line, no "--"."""
     text = re.sub(r"[\x00-\x1f\x7f]", " ", text)
     while "--" in text:
@@ -158,7 +158,7 @@ def _comment(text: str) -> str:
     return text
 
 
-def _unpinned_warning(policy: Any, fmt: str, warnings: list[ExportWarning]) -> None:
+def unpinned_warning(policy: Any, fmt: str, warnings: list[ExportWarning]) -> None:
     if policy.unpinned == dev_policy.UNPINNED_BLOCK:
         warnings.append(ExportWarning(UNPINNED_DOMAIN, (
             f'unpinned = "block" refuses hosts without a rule; {fmt} cannot say that: '
@@ -172,7 +172,7 @@ def _names_by_priority(rules: list[Any]) -> list[Any]:
     return sorted(rules, key=lambda r: (order[r.kind], r.index))
 
 
-def _domain_name(rule: Any) -> tuple[str, bool]:
+def domain_name(rule: Any) -> tuple[str, bool]:
     """The (name, includeSubdomains) of a rule in a format without wildcards."""
     if rule.kind == dev_policy.EXACT:
         return rule.host, bool(rule.include_subdomains)
@@ -180,7 +180,7 @@ def _domain_name(rule: Any) -> tuple[str, bool]:
 
 
 @dataclass
-class _Entry:
+class Entry:
     """One exported domain entry: its name or pattern, the rule it came from, and the key that
     says what it enforces (equal keys = the same behaviour for a connection)."""
 
@@ -190,22 +190,22 @@ class _Entry:
     key: Hashable
 
 
-def _claim_names(rules: list[Any], fmt: str, key: Callable[[Any], Hashable], skipped: set[int],
-                 warnings: list[ExportWarning]) -> dict[str, _Entry]:
+def claim_names(rules: list[Any], fmt: str, key: Callable[[Any], Hashable], skipped: set[int],
+                 warnings: list[ExportWarning]) -> dict[str, Entry]:
     """The entries of a format that allows each domain name once: the rules not in `skipped`, by
     priority; a rule whose name is taken is left out (added to `skipped`) with a warning."""
-    entries: dict[str, _Entry] = {}
+    entries: dict[str, Entry] = {}
     for rule in _names_by_priority(rules):
         if rule.index in skipped:
             continue
-        name, include = _domain_name(rule)
+        name, include = domain_name(rule)
         other = entries.get(name)
         if other is not None:
             skipped.add(rule.index)
             warnings.append(ExportWarning(rule.host, (
                 f"not exported: {fmt} allows each name once, and {name} is taken by the rule for {other.rule.host}")))
             continue
-        entries[name] = _Entry(name, include, rule, key(rule))
+        entries[name] = Entry(name, include, rule, key(rule))
     return entries
 
 
@@ -220,14 +220,14 @@ def _witnesses(rules: list[Any]) -> list[tuple[str, str]]:
     for rule in rules:
         out.setdefault(rule.base, rule.base)
     for rule in rules:
-        if _is_ip(rule):
+        if is_ip_rule(rule):
             continue
         out.setdefault(f"{_WITNESS}.{rule.base}", f"other names one label below {rule.base}")
         out.setdefault(f"{_WITNESS}.{_WITNESS}.{rule.base}", f"other names two or more labels below {rule.base}")
     return list(out.items())
 
 
-def _compare(policy: Any, fmt: str, fleet: Callable[[Any], Outcome], target: Callable[[str], tuple[Outcome, Any]],
+def compare_matching(policy: Any, fmt: str, fleet: Callable[[Any], Outcome], target: Callable[[str], tuple[Outcome, Any]],
              skipped: set[int], warnings: list[ExportWarning]) -> None:
     """Warns wherever the exported configuration would treat a name differently from fleetpin.
     `fleet(rule)` is what the format would say for a rule; `target(name)` what the export says
@@ -247,11 +247,11 @@ def _compare(policy: Any, fmt: str, fleet: Callable[[Any], Outcome], target: Cal
         warnings.append(ExportWarning(concern, f"{'; '.join(descs)}: {fmt} would apply {got_text}, fleetpin {want_text}"))
 
 
-def _below(name: str, base: str) -> bool:
+def is_below(name: str, base: str) -> bool:
     return name.endswith("." + base)
 
 
-def _dedupe(warnings: list[ExportWarning]) -> list[ExportWarning]:
+def dedupe_warnings(warnings: list[ExportWarning]) -> list[ExportWarning]:
     seen: set[ExportWarning] = set()
     out = []
     for w in warnings:

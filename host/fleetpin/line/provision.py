@@ -1,22 +1,23 @@
 """Provisioning stations: flash a verified image onto many boards at once and record every
 attempt.
 
-Per station (a thread each), one esptool PROCESS (`python -m esptool`: esptool is GPL-2.0+, so
-it stays a separate program, and its process-wide logger stays per board) does everything
-that touches the ROM bootloader in a single session:
-  - `--chip <board's chip>`: esptool refuses another chip right after connecting;
-  - `write-flash --flash-size keep`: esptool detects the real flash size and refuses, before
-    writing anything, a region that does not fit (flash smaller than the image was built for).
-    `keep` also leaves the bootloader header as `image build` set it, so the bytes on flash are
-    exactly the manifest's (a larger chip is fine: ESP-IDF uses the header's size, which is
-    also where the filesystem ends);
-  - `--skip-flashed` (unless force): esptool compares each region's MD5 on the chip first and
-    skips a region that already holds the image's bytes;
-  - before that, on a re-run (the registry knows boards provisioned with this image), `read-mac`
-    recognises such a board by its MAC: nothing is written, not even the filesystem the agent
-    has written its state to since (unless force);
-  - each written region is verified by MD5 (esptool 5 always does), the base MAC printed at
-    connect is the device's identity; `--after hard-reset` boots the new firmware.
+Per station (a thread each), esptool runs as a separate PROCESS (`python -m esptool`: esptool is
+GPL-2.0+, so it stays a separate program, and its process-wide logger stays per board):
+  - first `read-mac` (staying in the bootloader): the base MAC is the board's identity, and with
+    a registry the station claims the board by it before writing anything (fleetpin.line.registry:
+    two stations sharing a registry never both write one board; a board confirmed with this
+    image, here or at another station, is skipped: nothing is written, not even the filesystem
+    the agent has written its state to since, unless force). The claim is renewed while the
+    station works, moved to written after the verified write, to confirmed after the agent
+    check, or to failed with the reason;
+  - then one session writes: `--chip <board's chip>` (esptool refuses another chip right after
+    connecting); `write-flash --flash-size keep` (esptool detects the real flash size and
+    refuses, before writing anything, a region that does not fit; `keep` also leaves the
+    bootloader header as `image build` set it, so the bytes on flash are exactly the manifest's,
+    and a larger chip is fine: ESP-IDF uses the header's size, which is also where the
+    filesystem ends); `--skip-flashed` (unless force: esptool compares each region's MD5 on the
+    chip first and skips a region that already holds the image's bytes); each written region
+    is verified by MD5 (esptool 5 always does); `--after hard-reset` boots the new firmware.
 Then `confirm(port, expected_bundle_digest)` checks the agent booted with the right bundle; what
 it returns (the agent's IDENTIFY answer) is kept in the result. Virtual stations (a mock ROM
 bootloader whose flash then boots the agent) have their own confirm: fleetpin.sim.station.
@@ -28,7 +29,9 @@ goes to the registry.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -41,7 +44,7 @@ from typing import Any, Protocol
 
 from fleetpin.errors import FleetpinError
 from fleetpin.line.image import LoadedImage
-from fleetpin.line.registry import Attempt, Registry
+from fleetpin.line.registry import BUSY, DEFAULT_LEASE_S, SKIP, Attempt, Claim, ClaimLost, Registry
 
 RESULT_OK = "provisioned"
 RESULT_SAME = "already-provisioned"
@@ -156,6 +159,8 @@ class ProvisionOptions:
     esptool: Sequence[str] = (sys.executable, "-m", "esptool")
     operator: str = "unknown"
     session_timeout: float = 600.0
+    host: str = field(default_factory=socket.gethostname)  # with the port, names the station in claims
+    lease: float = DEFAULT_LEASE_S  # a claim this station stops renewing is free after this long
 
 
 def esptool_command(opts: ProvisionOptions, image: LoadedImage, port: str) -> list[str]:
@@ -246,26 +251,13 @@ class OtherBoard(EsptoolRun):
         return False
 
 
-def _provisioned_before(opts: ProvisionOptions, image: LoadedImage, station: Station, registry: Registry | None,
-                        on_line: Callable[[EsptoolRun, str], None]) -> EsptoolRun | None:
-    """The read-mac run of a board the registry already records as provisioned with this
-    image, else None. Only asked when the registry knows boards with this image (a re-run), so a
-    fresh batch pays nothing; the board is reset out of the bootloader, as after a write."""
-    if opts.force or registry is None:
-        return None
-    done = {a.mac for a in registry.attempts() if a.image_id == image.image_id and a.result != RESULT_FAILED and a.mac}
-    if not done:
-        return None
-    cmd = [*opts.esptool, "--chip", image.board.chip, "--port", station.port, "--after", "hard-reset", "read-mac"]
-    run = run_esptool(cmd, on_line, opts.session_timeout)
-    return run if run.error is None and run.mac in done else None
-
-
 def _same_board(opts: ProvisionOptions, image: LoadedImage, station: Station, on_line: Callable[[EsptoolRun, str], None]) -> EsptoolRun:
     """Reads the MAC of the board now on the station's port (staying in the bootloader); an
     error run if it is not the board the first attempt saw."""
     cmd = [*opts.esptool, "--chip", image.board.chip, "--port", station.port, "--after", "no-reset", "read-mac"]
     run = run_esptool(cmd, on_line, opts.session_timeout)
+    if run.error is None and run.mac is None:
+        run.error = f"esptool read-mac printed no MAC for the board on {station.port}"
     if run.error is None and run.mac is not None and run.mac != station.mac:
         other = OtherBoard()
         other.mac = station.mac
@@ -290,6 +282,33 @@ def _reason(run: EsptoolRun, image: LoadedImage) -> str:
     return e
 
 
+class _LeaseKeeper:
+    """Renews a station's claim on a board every third of its lease while the station works on
+    it, so a long write is never taken over; `lost` says why the claim is gone (taken over after
+    the database was out of reach for a whole lease), and the station stops writing."""
+
+    def __init__(self, registry: Registry, claim: Claim, lease: float) -> None:
+        self.registry, self.claim, self.lease = registry, claim, lease
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease {claim.mac}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            try:
+                self.registry.renew(self.claim, self.lease)
+            except ClaimLost as e:
+                self.lost = str(e)
+                return
+            except FleetpinError:
+                continue  # the database is out of reach: try again (the lease is what others go by)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def provision_station(
     station: Station,
     image: LoadedImage,
@@ -297,6 +316,11 @@ def provision_station(
     registry: Registry | None,
     events: StationEvents | None = None,
 ) -> StationResult:
+    """One station: with a registry, read the board's MAC and claim it first (a board confirmed
+    with this image is skipped, a board another station is writing is left alone), then write,
+    verify and confirm it, moving its claim along (written, then confirmed, or failed with the
+    reason); every attempt is recorded. Without one (tests, `fleetpin sim`), just write."""
+
     def emit(event: str, **detail: Any) -> None:
         if events is not None:
             events(station, event, detail)
@@ -309,8 +333,12 @@ def provision_station(
     first_error: str | None = None
     run = EsptoolRun()
     agent: dict[str, Any] | None = None
+    claim: Claim | None = None
+    keeper: _LeaseKeeper | None = None
 
     def on_line(r: EsptoolRun, line: str) -> None:
+        if keeper is not None and keeper.lost:  # stop writing a board this station no longer holds
+            raise ClaimLost(keeper.lost)
         station.mac = station.mac or r.mac
         if r.current:
             done = sum(regions.get(f, 0) for f in r.regions)
@@ -325,67 +353,108 @@ def provision_station(
             emit("compare", line=line)
 
     cmd = esptool_command(opts, image, station.port)
-    run = _provisioned_before(opts, image, station, registry, on_line)
-    if run is not None:  # recognised by its MAC: nothing is written (its state on flash stays)
-        station.mac, station.attempt = run.mac, 1
-        run.regions = {f: "skipped" for f in regions}
-    for attempt in range(1, opts.retries + 2 if run is None else 1):
-        station.attempt = attempt
-        station.phase, station.percent = "connecting", 0.0
-        emit("attempt", attempt=attempt)
-        # A retry reopens the port by name, and a port name can now belong to another board
-        # (unplugged, and another one plugged in): check it is the same board before writing.
-        run = _same_board(opts, image, station, on_line) if attempt > 1 and station.mac else EsptoolRun()
-        if run.error is None:
-            run = run_esptool(cmd, on_line, opts.session_timeout)
-        station.mac = station.mac or run.mac
-        if run.error is None:
-            break
-        reason = _reason(run, image)
-        first_error = first_error or reason
-        emit("error", reason=reason, transient=run.transient, attempt=attempt)
-        if not run.transient or attempt > opts.retries:
-            error = reason if first_error == reason else f"{first_error}; then after {attempt} attempts: {reason}"
-            break
-        station.phase = f"retrying ({run.error[:40]})"
-        time.sleep(opts.backoff * 2 ** (attempt - 1))
-    if run.error is None:
-        written = [f for f, how in run.regions.items() if how == "written"]
-        missing = [f for f in regions if f not in run.regions]
-        if missing:
-            error = f"esptool finished without confirming {', '.join(missing)}"
-        else:
-            result = RESULT_OK if written else RESULT_SAME
-            if opts.confirm is not None:
-                station.phase = "confirming agent"
-                emit("confirm")
-                try:
-                    answer = opts.confirm(station.port, image.bundle_sha256)
-                    agent = answer if isinstance(answer, dict) else None
-                except Exception as e:  # a broken confirm step is a failed station, not a crash
-                    result, error = RESULT_FAILED, f"agent check failed: {e}"
+    try:
+        for attempt in range(1, opts.retries + 2):
+            station.attempt = attempt
+            station.phase, station.percent = "connecting", 0.0
+            emit("attempt", attempt=attempt)
+            # The MAC first: the registry's claim needs it before anything is written. A retry
+            # reopens the port by name, and a port name can now belong to another board
+            # (unplugged, and another one plugged in): check it is the same board before writing.
+            run = _same_board(opts, image, station, on_line) if registry is not None or (attempt > 1 and station.mac) else EsptoolRun()
+            if run.error is None and registry is not None and claim is None:
+                claim = _claim(registry, station, image, opts)
+                emit("claim", outcome=claim.outcome, holder=claim.holder)
+                if not claim.may_write:
+                    break
+                keeper = _LeaseKeeper(registry, claim, opts.lease)
+            if run.error is None:
+                run = run_esptool(cmd, on_line, opts.session_timeout)
+            station.mac = station.mac or run.mac
+            if run.error is None:
+                break
+            reason = _reason(run, image)
+            first_error = first_error or reason
+            emit("error", reason=reason, transient=run.transient, attempt=attempt)
+            if not run.transient or attempt > opts.retries:
+                error = reason if first_error == reason else f"{first_error}; then after {attempt} attempts: {reason}"
+                break
+            station.phase = f"retrying ({run.error[:40]})"
+            time.sleep(opts.backoff * 2 ** (attempt - 1))
+        if claim is not None and claim.outcome == SKIP:
+            # confirmed with this image already (here or at another station): nothing is written,
+            # not even the filesystem the agent has written its state to since; the board is
+            # reset out of the bootloader, as after a write, and checked like one
+            run = _reset(opts, image, station, on_line)
+            run.regions = {f: "skipped" for f in regions}
+        elif claim is not None and claim.outcome == BUSY:
+            error = f"board {claim.mac} is being provisioned at station {claim.holder} right now: not written here"
+        if run.error is None and error is None:
+            written = [f for f, how in run.regions.items() if how == "written"]
+            missing = [f for f in regions if f not in run.regions]
+            if missing:
+                error = f"esptool finished without confirming {', '.join(missing)}"
+            else:
+                if claim is not None and claim.may_write:
+                    assert registry is not None
+                    registry.written(claim, opts.lease)
+                result = RESULT_OK if written else RESULT_SAME
+                if opts.confirm is not None:
+                    station.phase = "confirming agent"
+                    emit("confirm")
+                    try:
+                        answer = opts.confirm(station.port, image.bundle_sha256)
+                        agent = answer if isinstance(answer, dict) else None
+                    except Exception as e:  # a broken confirm step is a failed station, not a crash
+                        result, error = RESULT_FAILED, f"agent check failed: {e}"
+                if claim is not None and claim.may_write and error is None:
+                    assert registry is not None
+                    registry.confirmed(claim)
+        elif run.error is not None and error is None:
+            error = _reason(run, image)
+    except ClaimLost as e:  # taken over by another station: this one must not record the board
+        result, error, claim = RESULT_FAILED, f"claim lost: {e}", None
+    except FleetpinError as e:  # the registry is out of reach: nothing more is written
+        result, error = RESULT_FAILED, f"registry: {e}"
+    finally:
+        if keeper is not None:
+            keeper.stop()
+    if error is not None:
+        result = RESULT_FAILED
+        if claim is not None and claim.may_write and registry is not None:
+            with contextlib.suppress(FleetpinError):  # lost or out of reach: its lease runs out
+                registry.failed(claim, error)
     station.phase = result if error is None else "failed"
     station.percent = 100.0 if error is None else station.percent
     ended = time.time()
     if registry is not None:
-        registry.record(
-            Attempt(
-                mac=station.mac,
-                board=image.board.name,
-                image_id=image.image_id,
-                bundle_sha256=image.bundle_sha256,
-                station=station.name,
-                port=station.port,
-                operator=opts.operator,
-                started=started,
-                ended=ended,
-                result=result,
-                error=error,
-            )
-        )
+        attempt_row = Attempt(mac=station.mac, board=image.board.name, image_id=image.image_id, bundle_sha256=image.bundle_sha256,
+                              station=station.name, port=station.port, operator=opts.operator, started=started, ended=ended,
+                              result=result, error=error)
+        try:
+            registry.record(attempt_row)
+        except FleetpinError as e:
+            error = f"{error}; " if error else ""
+            error += f"not recorded in the registry: {e}"
+            result = RESULT_FAILED
     res = StationResult(station.name, station.port, result, station.mac, run.chip, error, station.attempt, started, ended, dict(run.regions), agent)
     emit("done", result=res)
     return res
+
+
+def _claim(registry: Registry, station: Station, image: LoadedImage, opts: ProvisionOptions) -> Claim:
+    """Claims the board now on the station's port (its MAC was just read). The station is named
+    by this host and the port: unique on the line, and the same when it retries."""
+    assert station.mac is not None
+    return registry.claim(station.mac, station=f"{opts.host}:{station.port}", image_id=image.image_id,
+                          bundle_sha256=image.bundle_sha256, board=image.board.name, port=station.port,
+                          operator=opts.operator, lease=opts.lease, force=opts.force)
+
+
+def _reset(opts: ProvisionOptions, image: LoadedImage, station: Station, on_line: Callable[[EsptoolRun, str], None]) -> EsptoolRun:
+    """Resets the board out of the bootloader without writing (esptool read-mac --after hard-reset)."""
+    cmd = [*opts.esptool, "--chip", image.board.chip, "--port", station.port, "--after", "hard-reset", "read-mac"]
+    return run_esptool(cmd, on_line, opts.session_timeout)
 
 
 def provision(
@@ -421,11 +490,12 @@ def agent_confirm(port: str, expected_digest: str, *, baud: int = 115200, timeou
         from pinagent.service import Client, LinkFailure, RemoteError
 
     try:
-        ser = serial.serial_for_url(port, baudrate=baud, timeout=0.05)
+        ser = serial.serial_for_url(port, baudrate=baud, timeout=0.005)
     except (serial.SerialException, OSError) as e:
         raise ConfirmFailed(f"cannot open {port}: {e}", hint="check the cable") from None
     try:
-        client = Client(rto_ms=500, max_attempts=max(2, int(timeout / 0.5)))
+        # timers from the line's rate (10 bits a byte): no wait the line did not require
+        client = Client(rto_ms=500, max_attempts=max(2, int(timeout / 0.5)), min_rto_ms=40, byte_ms=10000.0 / baud)
         call = client.identify()
         t0 = time.monotonic()
         deadline = t0 + timeout
@@ -440,7 +510,7 @@ def agent_confirm(port: str, expected_digest: str, *, baud: int = 115200, timeou
             out = client.data_to_send(now_ms)
             if out:
                 ser.write(out)
-            data = ser.read(4096)
+            data = ser.read(max(1, ser.in_waiting))  # returns as soon as a byte is there
             now_ms = int((time.monotonic() - t0) * 1000)
             if data:
                 client.receive_data(data, now_ms)

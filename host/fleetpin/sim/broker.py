@@ -247,9 +247,8 @@ class MqttApp:
             self.received += 1
 
     def _run(self) -> None:
-        from pinagent.connect import ConnectError
-
         from fleetpin.sim.mqtt import MQTTClient
+        from pinagent.connect import ConnectError
 
         while not self._stop.is_set():
             agent = self.agent_of()

@@ -172,8 +172,8 @@ def production_line(s: Story, out: Path, fleet_dir: Path) -> None:
         "One verified image (firmware + a LittleFS filesystem holding the agent, the bundle and the "
         "signer set), then three stations flashed at once by the real esptool through the ROM "
         "bootloader emulator. Each board then resets into the agent, which must report the image's "
-        "bundle digest. The firmware is a stand-in with MicroPython's layout (the virtual board runs "
-        "the agent in Python).",
+        "bundle digest. The firmware is a stand-in with MicroPython's layout; the virtual board runs "
+        "the image's main.py and agent on MicroPython's unix port, its filesystem the one esptool wrote.",
     )
     firmware = out / "firmware.bin"
     firmware.write_bytes(stand_in_firmware("esp32"))
@@ -202,9 +202,10 @@ def field_story(s: Story, out: Path, pki: Pki, srv: dict[str, TlsServer], boards
                 keys: Path, policy: Path) -> None:
     api, backup, rogue = (f"{API_HOST}:{srv[n].port}" for n in ("leaf", "backup_leaf", "rogue_leaf"))
     s.section("Devices connect", "Each device's own verdict, asked over serial: the real server, then a "
-              "man in the middle with a certificate from a rogue CA. That CA is not in the bundle, so the "
-              "device refuses the chain at CA validation and records a failure report (a CA the bundle "
-              "does trust mis-issuing is caught by the pin check: see the rogue-ca drill below).")
+              "man in the middle with a certificate from a rogue CA. Neither its key nor its CA is in the "
+              "bundle: the device refuses the chain (mbedTLS shows it to the pin check before failing its "
+              "CA, so the verdict names the pin mismatch) and records a failure report (a CA the bundle "
+              "does trust mis-issuing is caught by the pin check too: see the rogue-ca drill below).")
     for b in boards:
         s.run("device", "test-connect", "--port", b.port, api)
     s.run("device", "test-connect", "--port", boards[0].port, rogue, expect=1)

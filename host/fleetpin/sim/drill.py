@@ -43,7 +43,7 @@ from fleetpin.field.transport import DeviceRefused, Transport
 from fleetpin.pki import keys
 from fleetpin.pki.certs import parse_host
 from fleetpin.pki.signing import LocalKeySigner
-from fleetpin.sim.board import VirtualBoard
+from fleetpin.sim.board import DEFAULT_RUNTIME, VirtualBoard
 from fleetpin.sim.broker import MqttApp, SimBroker
 from fleetpin.sim.pki import Pki, make_pki, pin_of_key
 from fleetpin.sim.tlsserver import TlsServer
@@ -177,11 +177,22 @@ class World:
 
     def sync_time(self, boards: list[VirtualBoard], server: str = "api") -> dict[str, str]:
         """Each device's application asks `server` for the time over a pinned connection and
-        hands it to agent.server_time, which takes it only if the pin matched."""
+        hands it to agent.server_time, which takes it only if the pin matched. On the cpython
+        runtime the application runs in this process; on micropython it is the board's own
+        /app.py (TIME_APP), run by main.py after the listening window of a power cycle."""
         port = self.servers[server].port
+        on_board = [b for b in boards if b.agent is None]
+        for b in on_board:  # all at once: each waits out its own listening window
+            b.install_app(TIME_APP % {"host": API, "port": port, "mark": APP_MARK})
+        if on_board:
+            self.log(f"  {len(on_board)} device(s) get the application as /app.py and restart: main.py runs it "
+                     "after its listening window")
         results = {}
         for b in boards:
-            outcome = b.run_app(lambda agent: _time_app(agent, port))
+            if b in on_board:
+                outcome = b.app_output(APP_MARK)
+            else:
+                outcome = b.run_app(lambda agent: _time_app(agent, port))
             results[b.device_id or "?"] = outcome
             self.log(f"  {b.device_id} [{b.bundle_label}] app asks {server} for the time: {outcome}")  # type: ignore[attr-defined]
         return results
@@ -236,7 +247,11 @@ class World:
 
     def session(self, board: VirtualBoard) -> Transport:
         t = Transport.open(board.port, timeout=10.0)
-        t.connect()
+        try:
+            t.connect()
+        except BaseException:
+            t.close()  # a port left open would be "busy" for every later session with this board
+            raise
         return t
 
     def connect(self, board: VirtualBoard, server: str) -> dict[str, Any]:
@@ -305,6 +320,45 @@ class World:
                 status = "UNREACHABLE"
                 self.failures.append(f"{dev} ended unreachable ({v.get('reason')})")
             self.outcomes.append(Outcome(dev, b.bundle_label, status, str(v.get("reason"))))  # type: ignore[attr-defined]
+
+
+APP_MARK = "fleetpin-app:"
+# _time_app as the board's /app.py (MicroPython): main.py calls main(agent) after the listening
+# window; it prints its outcome on the console, removes itself (a one-shot job: later boots run
+# no application) and returns, and main.py serves the protocol again.
+TIME_APP = """\
+def _sync(agent):
+    from pinagent.connect import ConnectError
+    try:
+        sock, check = agent.open("%(host)s", %(port)d, 5)
+    except ConnectError as e:
+        return "refused (%%s)" %% e.reason
+    try:
+        sock.write(b"TIME\\n")
+        data = b""
+        while not data.endswith(b"\\n"):
+            chunk = sock.read(64)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    try:
+        t = int(data)
+    except ValueError:
+        return "no time in the answer"
+    return "taken as trusted time" if agent.server_time(check, t) else "not taken (%%s)" %% check.verdict.reason
+
+
+def main(agent):
+    import os
+    try:
+        outcome = _sync(agent)
+    except Exception as e:
+        outcome = "failed (%%r)" %% (e,)
+    os.remove("/app.py")
+    print("%(mark)s", outcome)
+"""
 
 
 def _time_app(agent: Any, port: int) -> str:
@@ -563,10 +617,12 @@ class DrillResult:
     failures: list[str]
     timeline: list[str]
     seconds: float
+    runtime: str = DEFAULT_RUNTIME  # where the boards' agents ran (fleetpin.sim.board.RUNTIMES)
 
     def to_obj(self) -> dict[str, Any]:
         return {
             "scenario": self.name,
+            "runtime": self.runtime,
             "passed": self.passed,
             "devices": [o.__dict__ for o in self.outcomes],
             "failures": self.failures,
@@ -575,10 +631,11 @@ class DrillResult:
         }
 
 
-def run_drill(name: str, devices: int = 3, echo: Callable[[str], None] = lambda s: None) -> DrillResult:
+def run_drill(name: str, devices: int = 3, echo: Callable[[str], None] = lambda s: None,
+              runtime: str = DEFAULT_RUNTIME) -> DrillResult:
     drill = DRILLS[name]
     started = time.monotonic()
-    w = World(name, devices, "cpython", echo)
+    w = World(name, devices, runtime, echo)
     try:
         drill.run(w)
     except FleetpinError as e:
@@ -587,5 +644,5 @@ def run_drill(name: str, devices: int = 3, echo: Callable[[str], None] = lambda 
         w.close()
     if not w.outcomes:
         w.failures.append("no device was accounted for")
-    return DrillResult(name, not w.failures, w.outcomes, w.failures, w.timeline, time.monotonic() - started)
+    return DrillResult(name, not w.failures, w.outcomes, w.failures, w.timeline, time.monotonic() - started, runtime)
 

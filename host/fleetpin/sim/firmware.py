@@ -1,8 +1,8 @@
 """A stand-in MicroPython `firmware.bin` for demos and tests: an ESP-IDF bootloader image, a real
 ESP-IDF binary partition table at flash 0x8000 (MicroPython's partitions-4MiBplus.csv), and an
 app image in the factory partition, laid out as MicroPython's combined image is (file offset =
-flash offset - the board's firmware offset). The images carry no MicroPython code -- the virtual
-board runs the agent in Python -- but their headers, checksums and appended SHA-256 are what
+flash offset - the board's firmware offset). The images carry no MicroPython code -- a virtual
+board runs the filesystem's main.py on MicroPython's unix port instead -- but their headers, checksums and appended SHA-256 are what
 esptool's `image-info` accepts, so esptool and `fleetpin image build` treat it as a real build.
 
     stand_in_firmware("esp32") -> bytes

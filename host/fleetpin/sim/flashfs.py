@@ -22,11 +22,13 @@ every 3 s and never run main.py).
     flash = FlashFS.open_image(path, board)       # creates a blank image if path is missing
     fs = flash.store_fs()                          # pinagent.store.FS over it
     flash.read_file("/fleetpin/bundle.bin"); flash.write_file(path, data)   # host-side helpers
+    board_mac(path), mac_text(path)               # the board's base MAC: its ROM's, its agent's
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +43,20 @@ from fleetpin.line.image import PART_TABLE_MAX, FirmwareError, fs_bounds, read_p
 
 S_IFDIR = 0x4000
 S_IFREG = 0x8000
+
+
+def board_mac(flash: Path) -> tuple[int, ...]:
+    """A stable base MAC per virtual board, derived from its flash file (the mock ROM gives every
+    board of a chip the same one, which a device registry keyed on the MAC cannot tell apart).
+    Espressif's OUI, as the mock uses. Its ROM bootloader (sim.rom) reports it to esptool and its
+    agent (sim.board) to IDENTIFY, as machine.unique_id() does on a real board."""
+    suffix = hashlib.sha256(str(flash.resolve()).encode()).digest()[:3]
+    return (0x24, 0x0A, 0xC4, *suffix)
+
+
+def mac_text(flash: Path) -> str:
+    """board_mac as esptool prints it: aa:bb:cc:dd:ee:ff."""
+    return ":".join(f"{b:02x}" for b in board_mac(flash))
 
 
 class FlashError(FleetpinError):
@@ -261,6 +277,11 @@ class FlashFS:
         from pinagent.store import FS
 
         return FS(self.os, self.open)
+
+    @property
+    def fs_size(self) -> int:
+        """Bytes of the filesystem region (from fs_offset)."""
+        return len(self._ctx.buffer)
 
     @property
     def writes(self) -> int:

@@ -14,7 +14,6 @@ process, like esptool itself.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import mmap
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 
 from esp32_mock_bootloader import protocol, registers, server
 from esp32_mock_bootloader.cli import main as mock_main
+
+from fleetpin.sim.flashfs import board_mac
 
 FLASH_SIZE = protocol.FLASH_MOCK_SIZE
 
@@ -48,14 +49,6 @@ class FileFlash(server.FlashImage):
                 f.write(b"\xff" * (FLASH_SIZE - f.tell()))
         self._file = open(path, "r+b")
         self.data = mmap.mmap(self._file.fileno(), FLASH_SIZE)  # type: ignore[assignment]
-
-
-def board_mac(flash: Path) -> tuple[int, ...]:
-    """A stable base MAC per virtual board, derived from its flash file (the mock gives every
-    board of a chip the same one, which a device registry keyed on the MAC cannot tell apart).
-    Espressif's OUI, as the mock uses."""
-    suffix = hashlib.sha256(str(flash.resolve()).encode()).digest()[:3]
-    return (0x24, 0x0A, 0xC4, *suffix)
 
 
 def main(argv: list[str] | None = None) -> int:

