@@ -1,60 +1,419 @@
-"""The agent's RAM on the MicroPython VM (100 KB initial heap), as the board would hold it:
-modules loaded from .mpy (as `fleetpin image build` installs them), the agent booted from its
-flash (a bundle of 3 domains and 2 CA certificates), then the serial service loaded, then one
-pin decision of the connection path.
+"""The agent's RAM as the board would hold it, and its boot time, on real MicroPython (the unix
+port, -X heapsize: a hard heap, garbage collected as on a board), with ESP32 estimates.
 
-Printed: live heap after each stage (garbage collected between stages: each is its own
-top-level call, the only place this VM collects), split into code and data. On a production
-build with pinagent frozen into the firmware, the bytecode stays in flash and only the data
-part uses the heap.
+The whole life (bench/mp_agent_life.py, on MicroPython; this process is the host): the board's
+own main.py boots the agent from flash (a 3-domain bundle with its CA certificates; the config
+names the fleet), serves the listening window, and runs the application: a pinned connection to
+a loopback TLS server (fleetpin.sim.tlsserver, 127.0.0.1) that serves a 3-certificate chain the
+bundle pins, and one to a server whose chain it does not pin (refused: a report written). With a
+host, the window carries a real session from fleetpin.field.transport (the CLI's own code) over
+the process's stdin/stdout: HELLO, PING, IDENTIFY, one full update (the next version; the
+device verifies its signature), the reports read and acknowledged, REBOOT. ROUNDS such wakes in
+one process, each booting from what the last one left in flash; the live heap at the end of each
+round must not grow. Without a host: the steady state (the window passes, nothing else loaded).
+
+For each: the smallest -X heapsize the whole life passes in (bisection, 1 KB), with the agent
+loaded from .mpy (as `fleetpin image build` installs it) and from source. This port is 64-bit:
+the same modules take more heap than on the 32-bit ESP32. The ratio is measured in the same run
+on the same modules (.mpy): live heap here / live heap on the 32-bit WebAssembly VM
+(bench_heap_runtimes). ESP32 estimate = heap here / ratio. Targets: the whole life within 64 KB
+(ESP32 estimate) from .mpy, and passing here under -X heapsize of 64 KB x the ratio.
+
+Boot time: from the modules' import (main.py compiled, pinagent loaded from .mpy) through the
+agent's boot (store, bundle, policy, reports) to the first pin decision on a 3-certificate chain
+(the verify callback's work for a handshake, not the handshake itself), timed here and estimated
+for an ESP32 at 240 MHz with the pidigits calibration of bench_ecdsa (+-2x; reading .mpy files
+from the board's flash is not modelled). Target: at most 50 ms.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
-from bench.bench_bundle import FLEET, make_case
-from fleetpin.sim.pki import make_pki
-from fleetpin.vm import wasm
+from bench.bench_bundle import FLEET
+from bench.bench_ecdsa import ESP32_PIDIGITS_MS, PI_SOURCE, PIDIGITS
+from fleetpin import agent_files
+from fleetpin.bundles.build import BundleSource, build_bundle, canonical_json
+from fleetpin.field.transport import Transport
+from fleetpin.pki.keys import public_info, signer_set_obj
+from fleetpin.pki.signing import LocalKeySigner
+from fleetpin.sim.pki import Pki, make_pki
+from fleetpin.sim.tlsserver import TlsServer
+from fleetpin.vm import unix
 from pinagent import store as dev_store
 
-STAGES = [
-    ("baseline", "import gc"),
-    ("agent code (agent, store, bundle, policy, ecdsa, der, pins, reports, connect)",
-     "from pinagent import agent as A, store as S, bundle, policy, ecdsa, der, pins, reports, connect, signers"),
-    ("booted agent: verified bundle, policy, reports ring",
-     "import os\nAG = A.Agent(S.FS(os, open), lambda: NOW, 'bench-1', %r, None)\nAG.boot()\n"
-     "assert AG.state.mode == 'ok', AG.state.mode"),
-    ("serial service code (service, link)", "from pinagent import service, link\nSVC = service.Service(AG)\nLNK = link.DeviceLink(SVC.dispatch)"),
-    ("one pin decision on a 3-certificate chain (kept: the last verdict)",
-     "CH = connect.PinCheck(AG.state.decoded.policy, 'api.bench.test', NOW, 0)\n"
-     "for depth in (2, 1, 0):\n    CH.on_cert(CERTS[depth], depth)\nassert CH.verdict.allowed, CH.verdict.reason"),
-]
+HERE = Path(__file__).resolve().parent
+DRIVER = HERE / "mp_agent_life.py"
+HOST = "api.bench.test"
+NAMESPACE = "fleetpin-bench-bundle"
+ROUNDS = 20
+FIRST = 1  # the version in flash at the start
+TARGET_KB = 64
+WINDOW_MS = 5000  # with a host: the session starts within it (then runs until REBOOT)
+STEADY_WINDOW_MS = 50  # without a host: the window passes (main.py's is 3 s; only the wait differs)
+LIFE_TIMEOUT = 300.0
+GROWTH_SLACK = 256  # bytes the live heap may differ between rounds (the log's counters, version digits)
+
+# The board resolves names by DNS; here every name is 127.0.0.1 (the servers' only address), through a
+# `socket` module put first on the path (the real one stays reachable as `usocket`): TLS still sees the name.
+SOCKET_SHIM = """from usocket import *
+import usocket as _real
+
+
+def getaddrinfo(host, port, *args):
+    return _real.getaddrinfo("127.0.0.1", port, *args)
+"""
+
+
+# ---- the bundles, the flash, the servers
+
+
+def _signer() -> tuple[LocalKeySigner, bytes]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.derive_private_key(0xB0B0CAFE, ec.SECP256R1())
+    signer = LocalKeySigner(key, public_info(key.public_key(), "bench", "production"))
+    other = ec.derive_private_key(0xB0B0CAFF, ec.SECP256R1())
+    signers = canonical_json(signer_set_obj([signer.info, public_info(other.public_key(), "vault", "production")]))
+    return signer, signers
+
+
+def make_bundles(count: int) -> tuple[list[bytes], bytes, Pki]:
+    """Versions FIRST..FIRST+count-1 of one 3-domain bundle (primary and backup pins each, the
+    root and intermediate CA certificates), the signer set, and the PKI of HOST."""
+    signer, signers = _signer()
+    domains = []
+    for i, host in enumerate((HOST, "telemetry.bench.test", "ota.bench.test")):
+        pki = make_pki(host, namespace=NAMESPACE)
+        domains.append({"host": host, "include_subdomains": i == 1, "enforce": True, "expires": 4102444800,
+                        "on_expiry": "fallback", "pins": [{"pin": pki.leaf.pin, "label": "primary"},
+                                                          {"pin": pki.backup_leaf.pin, "label": "backup"}]})
+    pki = make_pki(HOST, namespace=NAMESPACE)
+    source = BundleSource(policy={"domains": domains}, ca_certs=[pki.root.der, pki.intermediate.der])
+    issued = int(time.time()) - 60
+    bundles = [build_bundle(source, fleet=FLEET, version=v, issued=issued, development=False, signers=[signer])
+               for v in range(FIRST, FIRST + count)]
+    return bundles, signers, pki
+
+
+def write_flash(folder: Path, bundle: bytes, signers: bytes) -> None:
+    folder.mkdir(parents=True)
+    (folder / "signers.bin").write_bytes(signers)
+    (folder / "bundle.bin").write_bytes(dev_store.encode_slot(signers, bundle))
+    (folder / "config.json").write_text(json.dumps({"fleet": FLEET}))
+
+
+def board_tree(dest: Path, compiled: bool) -> Path:
+    """The board's filesystem as `fleetpin image build` installs it (pinagent as .mpy, main.py as
+    source), or with the agent as source; plus the driver (.mpy) and the socket shim."""
+    for f in agent_files.read_manifest():
+        target = dest / f.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if f.in_package and compiled:
+            target.with_suffix(".mpy").write_bytes(agent_files.compiled(f, "xtensawin"))
+        else:
+            shutil.copyfile(f.source, target)
+    (dest / "mp_agent_life.mpy").write_bytes(agent_files.compile_mpy(DRIVER, "mp_agent_life.py"))
+    (dest / "socket.py").write_text(SOCKET_SHIM)
+    return dest
+
+
+# ---- the host end: the CLI's transport over the process's pipes
+
+
+class _Pipe:
+    """What fleetpin.field.transport.Transport needs of a serial port, over a process's pipes."""
+
+    baudrate = 115200
+    in_waiting = 0
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        self._in = proc.stdin
+        self._fd = proc.stdout.fileno()
+
+    def write(self, data: bytes) -> int:
+        self._in.write(data)
+        self._in.flush()
+        return len(data)
+
+    def read(self, n: int = 1, timeout: float = 0.005) -> bytes:
+        ready, _, _ = select.select([self._fd], [], [], timeout)
+        if not ready:
+            return b""
+        data = os.read(self._fd, 4096)
+        if not data:
+            raise OSError("the board's process ended")
+        return data
+
+    def wait_announce(self, timeout: float) -> None:
+        """Reads up to the end of the device's start-up announcement (one frame: two flags)."""
+        flags = 0
+        end = time.monotonic() + timeout
+        while flags < 2:
+            if time.monotonic() > end:
+                raise TimeoutError("no announcement from the board")
+            flags += self.read(timeout=0.05).count(0x7E)
+
+
+def _session(pipe: _Pipe, bundle: bytes) -> None:
+    pipe.wait_announce(60)
+    t = Transport(pipe, "bench-pipe", timeout=60)
+    t.connect()
+    t.identify()
+    answer = t.upload(bundle)
+    if not answer.get("installed"):
+        raise RuntimeError(f"update not installed: {answer}")
+    log = t.read_all("reports")
+    total = json.loads(log.split(b"\n", 1)[0])["total"]
+    t.call(t.client.ack_reports(total), "ACK_REPORTS")
+    t.call(t.client.reboot(), "REBOOT")
+
+
+def run_life(tree: Path, flash0: Path, job: dict[str, Any], heap: int, bundles: list[bytes], update: bool,
+             wakes: int = 1) -> tuple[bool, dict[str, Any]]:
+    """A life under -X heapsize=heap bytes: `wakes` processes one after the other (each a wake
+    from reset) on one flash, each running job["rounds"] rounds. (passed, figures of the FP
+    lines; "growth": how much the live heap rose across rounds and application runs)."""
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="fleetpin-life-") as tmp:
+        flash = Path(tmp) / "flash"
+        shutil.copytree(flash0, flash)
+        for w in range(wakes):
+            first = FIRST + (w * job["rounds"] if update else 0)
+            ok, figures = _run_process(tree, Path(tmp), {**job, "flash": str(flash), "update": update, "first": first,
+                                                         "window_ms": WINDOW_MS if update else STEADY_WINDOW_MS},
+                                       heap, bundles[first - FIRST:])
+            if not ok:
+                return False, figures
+    return True, figures
+
+
+def _run_process(tree: Path, tmp: Path, job: dict[str, Any], heap: int, bundles: list[bytes]) -> tuple[bool, dict[str, Any]]:
+    (tmp / "mp_agent_job.json").write_text(json.dumps(job))
+    env = {**os.environ, "MICROPYPATH": os.pathsep.join([str(tree), unix.FROZEN])}
+    proc = subprocess.Popen([str(unix.executable()), "-X", f"heapsize={heap}", "-c", "import mp_agent_life"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp, env=env)
+    lines: list[str] = []
+    assert proc.stderr is not None
+    err = proc.stderr
+    reader = threading.Thread(target=lambda: lines.extend(x.decode(errors="replace") for x in err), daemon=True)
+    reader.start()
+    pipe = _Pipe(proc)
+    host_error = None
+    try:
+        if job["update"]:
+            for i in range(job["rounds"]):
+                _session(pipe, bundles[i + 1])
+        deadline = time.monotonic() + LIFE_TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                pipe.read(timeout=0.05)  # the announcements of a life without a host, until it ends
+        except OSError:
+            pass
+    except Exception as e:  # the board died (out of heap) or refused: this heap is too small
+        host_error = f"{type(e).__name__}: {e}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        reader.join(5)
+    figures = _figures(lines)
+    figures["host_error"] = host_error
+    figures["output"] = "".join(lines[-20:])
+    passed = proc.returncode == 0 and host_error is None and "done" in figures
+    if passed:
+        figures["growth"] = max(_growth(figures["round"]), _growth(figures["app"]))
+        passed = figures["growth"] <= GROWTH_SLACK
+    return passed, figures
+
+
+def _growth(values: list[int]) -> int:
+    return max(values) - values[0] if values else 0
+
+
+def _figures(lines: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 2 or parts[0] != "FP":
+            continue
+        tag = parts[1]
+        if tag in ("booted", "served", "app", "round"):
+            out.setdefault(tag, []).append(int(parts[3]))
+        elif tag == "start":
+            out["start"] = int(parts[2])
+        elif tag == "done":
+            out["done"] = int(parts[2])
+        elif tag == "failed":
+            out["failed"] = " ".join(parts[2:])
+    return out
+
+
+def smallest_heap(passes: Any, low: int, high: int, step: int = 1024, margin: int = 3) -> int | None:
+    """The smallest heap (bytes, a multiple of step) from which passes(heap) holds at every step
+    up to `margin` steps more; None above high. Found by bisection, then checked upwards: near
+    the threshold the outcome is not monotonic (where the allocator finds room for a block
+    depends on everything allocated and freed before it)."""
+    if not passes(high):
+        return None
+    while high - low > step:
+        mid = (low + high) // 2 // step * step
+        if passes(mid):
+            high = mid
+        else:
+            low = mid
+    heap = high  # passes
+    k = 1
+    while k <= margin:
+        if passes(heap + k * step):
+            k += 1
+            continue
+        heap += (k + 1) * step  # past the one that failed: the next that passes
+        while not passes(heap):
+            heap += step
+        k = 1
+    return heap
+
+
+# ---- the ratio: the same modules here and on the 32-bit VM
+
+
+def module_ratio(bundle: bytes, signers: bytes) -> tuple[float, int, int]:
+    """(unix / VM, unix bytes, VM bytes): every pinagent module from .mpy, live after import."""
+    from bench.bench_heap_runtimes import MODULES, unix_steps, vm_steps
+
+    now = int(time.time())
+    with tempfile.TemporaryDirectory(prefix="fleetpin-flash-") as tmp:
+        flash = Path(tmp)
+        slot = dev_store.encode_slot(signers, bundle)
+        (flash / "signers.bin").write_bytes(signers)
+        (flash / "bundle.bin").write_bytes(slot)
+        u = unix_steps(True, flash, now)
+        v = vm_steps(True, {"/fleetpin/signers.bin": signers, "/fleetpin/bundle.bin": slot}, now)
+    last = MODULES[-1]
+    return (u[last] - u["baseline"]) / (v[last] - v["baseline"]), u[last] - u["baseline"], v[last] - v["baseline"]
+
+
+# ---- boot time
+
+BOOT_SETUP = """\
+import gc, sys, vfs, os
+vfs.mount(vfs.VfsPosix('flash'), '/fleetpin')
+CERTS = [open('c%%d.der' %% i, 'rb').read() for i in range(3)]
+%s
+def _purge():
+    for name in list(sys.modules):
+        if name == 'main' or name.startswith('pinagent'):
+            del sys.modules[name]
+    gc.collect()
+_purge()
+import main
+from pinagent.io import console
+AG = console.board_agent()
+assert AG.state.mode == 'ok', AG.state.problems
+"""
+
+_IMPORTS = "_purge()\nimport main\nfrom pinagent.io import console\nimport pinagent.agent, pinagent.io.flash, pinagent.io.tls\n"
+_DECISION = ("ch, _ = ag.pin_check(%r, 443)\nfor d in (2, 1, 0):\n    ch.on_cert(CERTS[d], d)\n"
+             "assert ch.verdict.allowed, ch.verdict.reason" % HOST)
+BOOT_BLOCKS = {
+    # a wake (from deep sleep or reset): nothing loaded; main.py compiled, the agent imported,
+    # booted from flash, the first pin decision
+    "wake": _IMPORTS + "ag = console.board_agent()\n" + _DECISION,
+    "imports": _IMPORTS,  # the modules' part: main.py compiled and what the agent's import loads
+    "decision": "ag = AG\n" + _DECISION,  # one decision, everything loaded
+    "pi": "pi_digits(%d)" % PIDIGITS,  # the calibration
+}
+
+
+def boot_times(bundle: bytes, signers: bytes, pki: Pki) -> dict[str, float]:
+    """Median ms per block on the unix port (bench.unix_timing), with the board's files."""
+    from bench.unix_timing import median_ms
+
+    files = {f"lib/{f.name[:-3]}.mpy" if f.in_package else f.name: (agent_files.compiled(f, "xtensawin")
+             if f.in_package else f.source.read_bytes()) for f in agent_files.read_manifest()}
+    files["flash/signers.bin"] = signers
+    files["flash/bundle.bin"] = dev_store.encode_slot(signers, bundle)
+    files["flash/config.json"] = json.dumps({"fleet": FLEET}).encode()
+    for i, der in enumerate(pki.chain_der("leaf", with_root=True)):
+        files[f"c{i}.der"] = der
+    setup = "import sys\nsys.path[:0] = ['', 'lib']\n" + BOOT_SETUP % PI_SOURCE
+    return median_ms(setup, BOOT_BLOCKS, files, rounds=15, heap_kb=512, collect=True)
+
+
+# ---- the report
+
+
+# (label, update, wakes: processes one after the other, rounds per process, application runs per round)
+SCENARIOS = (
+    ("a host updates at every wake", True, ROUNDS, 1, 1),
+    ("no host: one wake, then the app", False, 1, 1, ROUNDS),
+    ("%d wakes in one process, modules kept" % ROUNDS, True, 1, ROUNDS, 1),
+)
 
 
 def run() -> None:
-    data, signers, _ = make_case()
-    pki = make_pki("api.bench.test", namespace="fleetpin-bench-bundle")
-    chain = pki.chain_der("leaf", with_root=True)
-    files = {
-        "/fleetpin/signers.bin": signers,
-        "/fleetpin/bundle.bin": dev_store.encode_slot(signers, data),
-        **{f"/bench/c{i}.der": d for i, d in enumerate(chain)},
-    }
-    setup = "NOW = %d\nCERTS = [open('/bench/c%%d.der' %% i, 'rb').read() for i in range(3)]" % int(time.time())
-    steps = ["import sys\nsys.path.insert(0, %r)" % wasm.VM_DEVICE_DIR, setup]
-    steps += [code % FLEET if "%r" in code else code for _, code in STAGES]
-    run_ = wasm.run_steps(steps, {**wasm.device_files(compiled=True), **files}, heap_kb=100)
-    failed = next((s for s in run_.steps if s.error is not None), None)
-    if failed is not None:
-        raise wasm.VMError(failed.error or "")
-    used = [s.heap_used for s in run_.steps[2:]]
-    base = used[0]
-    print(f"   live heap on the VM (bundle {len(data)} bytes), collected between stages:")
-    for (name, _), before, after in zip(STAGES[1:], used, used[1:]):
-        print(f"   {(after - before) / 1024:6.1f} KB  {name}")
-    code = (used[1] - used[0]) + (used[3] - used[2])
-    total = used[-1] - base
-    print(f"   {total / 1024:6.1f} KB  in all: {code / 1024:.1f} KB of it the modules (.mpy code and their globals), "
-          f"{(total - code) / 1024:.1f} KB data")
-    print("   frozen into the firmware, the bytecode stays in flash: the agent then needs the data part only")
+    try:
+        unix.executable()
+    except Exception as e:
+        print(f"   skipped: no MicroPython unix port here ({e})")
+        return
+    bundles, signers, pki = make_bundles(ROUNDS + 1)
+    ratio, u_mod, v_mod = module_ratio(bundles[0], signers)
+    print(f"   ratio 64-bit/32-bit, every pinagent module from .mpy: {u_mod / 1024:.1f} KB here, "
+          f"{v_mod / 1024:.1f} KB on the 32-bit VM: {ratio:.2f}")
+    budget = int(TARGET_KB * 1024 * ratio)
+    with tempfile.TemporaryDirectory(prefix="fleetpin-bench-agent-") as tmp_name:
+        tmp = Path(tmp_name)
+        flash0 = tmp / "flash0"
+        write_flash(flash0, bundles[0], signers)
+        good = TlsServer(pki.chain_pem("leaf"), pki.leaf.key_pem)
+        bad = TlsServer(pki.chain_pem("renewed_leaf"), pki.renewed_leaf.key_pem)
+        trees = {c: board_tree(tmp / f"tree-{c}", c) for c in (True, False)}
+        with good, bad:
+            print(f"   smallest -X heapsize the life passes in (1 KB steps), ESP32 estimate = / {ratio:.2f}; "
+                  f"target {TARGET_KB} KB = {budget / 1024:.1f} KB here (wakes: processes from reset, one after the other)")
+            print(f"   {'':48} {'here':>8} {'ESP32 est.':>10}  {'live, app running':>17}  at {budget // 1024} KB")
+            for label, update, wakes, rounds, app_rounds in SCENARIOS:
+                job = {"rounds": rounds, "app_rounds": app_rounds, "host": HOST, "good": good.port, "bad": bad.port}
+                for compiled, tree in trees.items():
+                    name = f"{label}, {'.mpy' if compiled else 'source'}"
+                    ok, fig = run_life(tree, flash0, job, 1024 * 1024, bundles, update, wakes)
+                    if not ok:
+                        print(f"   {name:48} FAILED with a 1 MB heap: {fig.get('failed') or fig.get('host_error')}"
+                              f"\n{fig['output']}")
+                        continue
+
+                    def passes(heap: int, tree: Path = tree, update: bool = update, n: int = min(wakes, 2)) -> bool:
+                        return run_life(tree, flash0, job, heap, bundles, update, n)[0]  # noqa: B023
+
+                    peak = smallest_heap(passes, 16 * 1024, 512 * 1024)
+                    while peak is not None and wakes > 2 and not run_life(tree, flash0, job, peak, bundles, update,
+                                                                          wakes)[0]:
+                        peak += 1024  # the quick search ran 2 wakes: all of them must pass
+                    at_budget = run_life(tree, flash0, job, budget, bundles, update, wakes)[0]
+                    live = max(fig["app"]) - fig["start"]
+                    peak_text = f"{peak / 1024:6.0f} KB {peak / 1024 / ratio:7.1f} KB" if peak else "  > 512 KB"
+                    print(f"   {name:48} {peak_text}  {live / 1024:8.1f} KB (+{fig['growth']} B)  "
+                          f"{'passes' if at_budget else 'FAILS'}")
+    times = boot_times(bundles[0], signers, pki)
+    scale = ESP32_PIDIGITS_MS / times["pi"]
+    print(f"   boot time here (median ms) and ESP32 @240 MHz estimate (x{scale:.1f}: pidigits {times['pi']:.2f} ms "
+          f"here; +-2x; reading .mpy files from the board's flash not modelled); target 50 ms:")
+    agent = times["wake"] - times["imports"]
+    rows = (("a wake to the first pin decision (3-certificate chain)", times["wake"]),
+            ("  main.py compiled, the agent's modules loaded (.mpy)", times["imports"]),
+            ("  the agent's boot and the first pin decision", agent),
+            ("  of which the pin decision", times["decision"]))
+    for label, ms in rows:
+        print(f"   {label:60} {ms:7.2f} ms  ESP32 ~{ms * scale:6.0f} ms")

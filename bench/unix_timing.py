@@ -1,7 +1,9 @@
 """Timing on real MicroPython (the unix port, C hashlib and C bigints, as on the board): each
 named block becomes a function, all are called in interleaved rounds in one process (so a busy
 machine slows them alike), the first rounds are discarded, and the median per block is
-returned in ms, minus an empty call's cost. Files are put beside the script (relative paths)."""
+returned in ms, minus an empty call's cost. Files are put beside the script (relative paths).
+collect=True collects garbage before each call (not timed), so no block pays for another's
+garbage: the calibration block (pidigits) is sensitive to it."""
 
 from __future__ import annotations
 
@@ -13,13 +15,16 @@ from collections.abc import Mapping
 from fleetpin.vm import unix
 
 _LOOP = """
-import time, json
+import time, json, gc
 _names = %r
+_collect = %r
 _fns = [globals()['_b_' + n] for n in _names]
 _rows = []
 for _r in range(%d):
     _row = []
     for _f in _fns:
+        if _collect:
+            gc.collect()
         _t = time.ticks_us()
         _f()
         _row.append(time.ticks_diff(time.ticks_us(), _t))
@@ -29,11 +34,11 @@ print('FP-TIMES ' + json.dumps(_rows[%d:]))
 
 
 def median_ms(setup: str, blocks: Mapping[str, str], files: Mapping[str, bytes] = {}, *, rounds: int = 15,
-              warmup: int = 3, heap_kb: int = 256) -> dict[str, float]:
+              warmup: int = 3, heap_kb: int = 256, collect: bool = False) -> dict[str, float]:
     names = ["empty", *blocks]
     fns = "def _b_empty():\n    pass\n" + "".join(
         f"def _b_{n}():\n{textwrap.indent(body, '    ')}\n" for n, body in blocks.items())
-    script = setup + "\n" + fns + _LOOP % (names, warmup + rounds, warmup)
+    script = setup + "\n" + fns + _LOOP % (names, collect, warmup + rounds, warmup)
     out = unix.run_with_files(script, files, heap_kb=heap_kb, timeout=600).stdout
     line = next(x for x in out.splitlines() if x.startswith("FP-TIMES "))
     rows = json.loads(line[len("FP-TIMES "):])

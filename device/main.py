@@ -8,6 +8,9 @@
 # 3. Listening window: serve the update protocol on the console for WINDOW_MS after reset,
 #    waiting for a HELLO; a session that started is served until it goes idle. This is how a
 #    locked production board without a REPL is updated: reset it, and the host says HELLO.
+#    A wake from deep sleep (machine.reset_cause()) skips it: a board that sleeps between
+#    measurements pays the boot at every wake, and the window would be most of it. A reset (the
+#    button, the host's DTR/RTS, power) opens it as before.
 # 4. The application hook: if /app.py (or app.mpy) exists, app.main(agent) runs. Application
 #    code opens its TLS connections with agent.connect(host, port, timeout): pinned, verified.
 # 5. When there is no app, or it returns or fails: serve the protocol for good, unless the
@@ -80,6 +83,15 @@ def _repl_wanted():
         return False
 
 
+def _woke_from_deep_sleep():
+    try:
+        import machine
+
+        return machine.reset_cause() == machine.DEEPSLEEP_RESET
+    except Exception:  # no such call (CPython, the unix port): a reset
+        return False
+
+
 def start():
     """(console module, agent); (None, error text) if the agent's code itself cannot be imported."""
     try:
@@ -127,7 +139,10 @@ def main():
         micropython.kbd_intr(3)
         return None
     try:
-        console.serve(agent, window_ms=WINDOW_MS, ctrl_c_after=repl)
+        if not _woke_from_deep_sleep():
+            console.serve(agent, window_ms=WINDOW_MS, ctrl_c_after=repl)
+        elif repl:
+            micropython.kbd_intr(3)  # as the window leaves it, for the app
     except _ANY as e:
         _say("listening window failed:")
         _print_exception(e)

@@ -1,3 +1,30 @@
 # pinagent: the fleetpin device agent. The core modules are pure (bytes in, decisions out);
 # everything that touches hardware lives in pinagent.io and is passed in.
 VERSION = "0.1.0"
+
+# The update path: the serial service and what an update needs (the bundle decoder with its
+# signature, signer-set and policy checks). Loaded by a boot (the decoder) and by a serial
+# session, and forgotten by both when done: an application never holds its code. Always
+# forgotten together: the handler's error table holds the bundle's classes, which a reloaded
+# bundle's would not match.
+UPDATE_PATH = ("pinagent.handler", "pinagent.service", "pinagent.link", "pinagent.bundle", "pinagent.policy_load",
+               "pinagent.signers", "pinagent.ecdsa")
+
+
+def forget(names=UPDATE_PATH):
+    """Forgets these modules of the package (sys.modules, and the attribute `import pinagent.x`
+    set here), so the heap their code holds is freed at the next collection. Nothing that stays
+    loaded may refer to them (it imports them inside functions, never at module level); the next
+    import loads them again. On MicroPython only: on CPython the rest of the process (the tests)
+    holds their classes, and the heap is no issue. The strings a module interned stay (qstrs)."""
+    import sys
+
+    if sys.implementation.name != "micropython":
+        return
+    pkg = sys.modules.get("pinagent")
+    for name in names:
+        if sys.modules.pop(name, None) is not None and pkg is not None and name.count(".") == 1:
+            try:
+                delattr(pkg, name[9:])
+            except AttributeError:
+                pass

@@ -37,10 +37,16 @@ serial, never sent over the network), except in safe mode, where each refusal is
 IDENTIFY already says why (recording them would only wear the flash). The serial console is not
 authenticated, so nothing on it erases reports: a host acknowledges what it read (ack_reports).
 
-Sessions: when a serial session ends (the I/O loop calls Service.end_session: idle, or serving
-stopped), an upload never committed and the READ_REPORTS snapshot are dropped, so their buffers
-(up to 32 KB) go back to the heap before the application runs. TEST_CONNECT reaches only hosts
-the installed bundle has a rule for: the cable is no way to make the device probe its network.
+Sessions: what each request does is pinagent.handler's (loaded only while a host is connected;
+the Handler methods here call it). When a serial session ends (the I/O loop calls
+Service.end_session: idle, or serving stopped), an upload never committed and the READ_REPORTS
+snapshot are dropped, so their buffers (up to 32 KB) go back to the heap before the application
+runs. TEST_CONNECT reaches only hosts the installed bundle has a rule for: the cable is no way to
+make the device probe its network.
+
+Heap: at boot the agent loads the store, the bundle decoder (without pinagent.ecdsa and
+pinagent.signers: no signature is checked at boot), the policy, the pin check and the reports;
+the update path (service, link, handler, signers, ecdsa) comes and goes with a host's session.
 """
 
 try:
@@ -53,75 +59,13 @@ except ImportError:  # CPython
 
 import hashlib
 
-from . import VERSION
-from . import bundle as _bundle
-from . import connect as _connect
-from . import reports as _reports
-from . import signers as _signers
+from . import forget
 from . import store as _store
 from .policy import MATCHED, REPORT_ONLY_MISMATCH, canonical_host
 
 CONNECT_TIMEOUT = const(10)  # seconds, TEST_CONNECT and connect() without a timeout
 FLOOR_STEP = const(3600)  # trusted times closer than this to the floor are not written to flash
-MAX_GAPS = const(64)  # separate received pieces of a bundle being written (in-order hosts make 1-8)
-_MAX_PROBLEMS = const(4)
-_MAX_PROBLEM = const(80)
 _MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z
-
-# Bundle and storage errors -> service error codes (names in pinagent.service; PROTOCOL.md)
-_CODES = (
-    (_bundle.BundleSignatureError, "E_SIGNATURE"),
-    (_bundle.BundleWrongFleet, "E_FLEET"),
-    (_bundle.BundleRollback, "E_ROLLBACK"),
-    (_store.Rollback, "E_ROLLBACK"),
-    (_store.NoTrustAnchor, "E_SIGNATURE"),
-    (_signers.SignerSetError, "E_SIGNATURE"),
-    (_store.NoSpace, "E_NO_SPACE"),
-    (_store.TooLarge, "E_BUNDLE"),
-    (_store.StoreError, "E_STORAGE"),
-    (_bundle.BundleError, "E_BUNDLE"),  # malformed, too large, schema, from the future
-)
-
-
-def _refuse(name, reason):
-    """A service.ServiceError with the code named `name`. The service modules (and the link
-    under them, ~12 KB of heap) are imported only when the board serves the protocol: an
-    application that only opens connections never loads them."""
-    from . import service
-
-    return service.ServiceError(getattr(service, name), reason)
-
-
-class _Incoming:
-    """A bundle being received: its buffer and the byte ranges that arrived ([start, end),
-    sorted and merged, so duplicates and retransmissions cost nothing)."""
-
-    __slots__ = ("size", "sha256", "buf", "ranges")
-
-    def __init__(self, size, sha256):
-        self.size = size
-        self.sha256 = sha256
-        self.buf = bytearray(size)
-        self.ranges = []
-
-    def add(self, start, end):
-        out = []
-        for r in self.ranges:
-            if r[1] < start or r[0] > end:
-                out.append(r)
-            else:
-                start = min(start, r[0])
-                end = max(end, r[1])
-        out.append([start, end])
-        out.sort(key=_first)
-        self.ranges = out
-
-    def complete(self):
-        return self.size == 0 or (len(self.ranges) == 1 and self.ranges[0][0] == 0 and self.ranges[0][1] == self.size)
-
-
-def _first(r):
-    return r[0]
 
 
 class Agent:
@@ -137,7 +81,8 @@ class Agent:
         self.root = root
         self.store = _store.Store(fs, self._verify, root)
         self.state = None  # store.BootState
-        self.reports = None
+        self._reports = None  # pinagent.reports.Reports, made on first use (.reports)
+        self._report_settings = None
         self.bundle_sha256 = None  # hex SHA-256 of the installed bundle's bytes (transfer read-back)
         self.bundle_id = None  # hex SHA-256 of its signed bytes: the bundle's identity (pinagent.bundle)
         self.report_enabled = True
@@ -152,31 +97,53 @@ class Agent:
     # ---- boot and time
 
     def boot(self):
-        """Loads the installed bundle (store.Store.boot: never raises for anything in storage)."""
+        """Loads the installed bundle (store.Store.boot: never raises for anything in storage).
+        The bundle decoder it needed is forgotten afterwards (pinagent.UPDATE_PATH): only an
+        update needs it again."""
         try:
             st = self.store.boot()
         except Exception as e:  # a bug: stay up in the safe state
+            from .connect import error_text
+
             st = _store.BootState()
-            st.problems.append("boot: " + _connect.error_text(e))
+            st.problems.append("boot: " + error_text(e))
             self.store.state = st
         self.state = st
         self._loaded()
+        forget()
         return st
 
     def _loaded(self):
         st = self.state
         b = st.decoded
-        settings = b.report if b is not None else _bundle.REPORT_DEFAULTS
-        if self.reports is None:
-            self.reports = _reports.Reports(self.fs, self.root, settings["max_bytes"], settings["max_entries"])
+        if b is not None:
+            settings = b.report
         else:
-            self.reports.max_bytes = settings["max_bytes"]
-            self.reports.max_entries = settings["max_entries"]
+            from .bundle import REPORT_DEFAULTS as settings
+        self._report_settings = settings
+        if self._reports is not None:
+            self._reports.max_bytes = settings["max_bytes"]
+            self._reports.max_entries = settings["max_entries"]
         self.report_enabled = settings["enabled"] is True
         self.bundle_sha256 = None if st.bundle is None else hashlib.sha256(st.bundle).digest().hex()
         self.bundle_id = None if b is None else b.digest.hex()
         if self.fleet is None and b is not None:
             self.fleet = b.fleet
+
+    @property
+    def reports(self):
+        """The failure reports (pinagent.reports.Reports), loaded on first use: a board whose
+        connections all pass never loads the module."""
+        r = self._reports
+        if r is None:
+            from .reports import Reports
+
+            s = self._report_settings
+            if s is None:
+                self.boot()
+                s = self._report_settings
+            r = self._reports = Reports(self.fs, self.root, s["max_bytes"], s["max_entries"])
+        return r
 
     def now(self):
         """The device clock (POSIX seconds) or None; a failing clock counts as unset."""
@@ -225,23 +192,31 @@ class Agent:
 
     def _verify(self, data, signers_bytes, installed_version):
         """store.Store's verify: the signed bundle against a signer set (module docstring of
-        pinagent.store). At boot (installed_version None) no rollback, same-version or
-        from-the-future check: a clock reading 2000 must not reject the installed bundle."""
-        # The trusted set is already trusted: loaded without the key checks a NEW set gets at
-        # install (pinagent.signers), so a set an older agent stored never bricks the board.
-        trusted = _signers.load_signers(signers_bytes, False)
-        fleet = self.fleet
+        pinagent.store). At boot (installed_version None) the installed bundle is decoded, not
+        verified again: its signatures were checked when it was installed, and the store has
+        just checked the slot's digest (pinagent.bundle, "Trust is established at install"). No
+        rollback, same-version or from-the-future check then either: a clock reading 2000 must
+        not reject the installed bundle. pinagent.signers is loaded only for an update, or for
+        a bundle that carries a new signer set."""
+        from . import bundle as _bundle
+
         if installed_version is None:
-            if fleet is None:
-                fleet = _bundle.parse_envelope(data).header["fleet"]
-            b = _bundle.decode_bundle(data, trusted, fleet, None, None, 0, True)
+            b = _bundle.decode_bundle(data, None, self.fleet, None, None, 0, True)
         else:
-            if fleet is None:
+            if self.fleet is None:
                 raise _bundle.BundleWrongFleet("this device has no fleet configured")
+            from . import signers as _signers
+
+            # The trusted set is already trusted: loaded without the key checks a NEW set gets at
+            # install (pinagent.signers), so a set an older agent stored never bricks the board.
+            trusted = _signers.load_signers(signers_bytes, False)
             floor = self.state.time_floor if self.state is not None else 0
-            b = _bundle.decode_bundle(data, trusted, fleet, installed_version, self.now(), floor)
-        nxt = signers_bytes if b.signers is None else _signers.dump_signers(b.signers)
-        return _store.Verified(b, b.version, b.issued, nxt)
+            b = _bundle.decode_bundle(data, trusted, self.fleet, installed_version, self.now(), floor)
+        if b.signers is None:
+            return _store.Verified(b, b.version, b.issued, signers_bytes)
+        from . import signers as _signers
+
+        return _store.Verified(b, b.version, b.issued, _signers.dump_signers(b.signers))
 
     # ---- pinned connections
 
@@ -249,6 +224,8 @@ class Agent:
         """(check, ca_certs) for one handshake with `host`: a fresh connect.PinCheck under the
         installed bundle's policy, the clock and the time floor, and the bundle's CA certificates.
         Safe mode raises NoBundle (recorded as the last verdict)."""
+        from . import connect as _connect
+
         st = self.state
         if st is None:
             st = self.boot()
@@ -278,6 +255,8 @@ class Agent:
         check, ca_certs = self.pin_check(canon if canon is not None else host, port)
         if timeout is None:
             timeout = CONNECT_TIMEOUT
+        from . import connect as _connect
+
         try:
             sock, check = _connect.open_pinned(self.tls, None, ca_certs, host, port, timeout, check=check)
         except _connect.ConnectError as e:
@@ -316,204 +295,51 @@ class Agent:
             st = self.state
             when = now if now is not None and now >= st.time_floor else None
             subjects = check.subjects if check is not None else None
-            r = _reports.make_report(verdict.to_obj(), port, subjects, when, st.version, self.device_id)
+            from .reports import make_report
+
+            r = make_report(verdict.to_obj(), port, subjects, when, st.version, self.device_id)
             if check is not None and check.detail:
                 r["detail"] = check.detail
             return self.reports.add(r)
         except Exception:  # a report must never turn a verdict into a crash
             return None
 
-    # ---- service Handler
+    # ---- service Handler: what each request does is pinagent.handler's, loaded only while a
+    # host is connected (pinagent.io.console drops it, with the service, when the session ends)
 
     def identify(self):
-        st = self.state
-        now = self.now()
-        try:
-            free = self.fs.free(self.root)[0]
-        except Exception:
-            free = None
-        try:
-            pending = self.reports.pending()
-            kept = len(self.reports._entries)
-        except Exception:
-            pending = kept = None
-        problems = [p[:_MAX_PROBLEM] for p in st.problems[:_MAX_PROBLEMS]]
-        return {
-            "device_id": self.device_id,
-            "mac": self.mac,
-            "agent": VERSION,
-            "format": _bundle.FORMAT,
-            "fleet": self.fleet,
-            "mode": st.mode,
-            "bundle_version": st.version,
-            "bundle_sha256": self.bundle_sha256,
-            "bundle_id": self.bundle_id,
-            "clock": self.clock_state(now),
-            "now": now,
-            "time_floor": st.time_floor,
-            "trusted_time": self.trusted_now(),
-            "trust": st.signers is not None,
-            "signers": self._signers_info(),
-            "free": free,
-            "reports": pending,
-            "reports_kept": kept,
-            "problems": problems,
-        }
-
-    def _signers_info(self):
-        """The trusted set for IDENTIFY: key ids and thresholds (None without a readable set)."""
-        try:
-            t = _signers.load_signers(self.state.signers, False)
-        except Exception:  # none (None), or unreadable
-            return None
-        return {"ids": [s.key_id.hex() for s in t.signers], "threshold": t.threshold,
-                "rotation_threshold": t.rotation_threshold}
+        return _handler().identify(self)
 
     def read_bundle(self, offset, length):
-        data = self.state.bundle or b""
-        if offset > len(data):
-            raise _refuse("E_RANGE", "offset %d past the bundle's %d bytes" % (offset, len(data)))
-        return len(data), memoryview(data)[offset:offset + length]
+        return _handler().read_bundle(self, offset, length)
 
     def write_begin(self, size, sha256):
-        inc = self._incoming
-        if inc is not None and inc.size == size and inc.sha256 == bytes(sha256):
-            return inc.ranges  # the same upload again: keep what arrived, and say what that is
-        if size < 1 or size > _bundle.MAX_BUNDLE:
-            raise _refuse("E_BUNDLE", "a bundle is 1 to %d bytes, not %d" % (_bundle.MAX_BUNDLE, size))
-        self._incoming = None  # free the old buffer before allocating the new one
-        try:
-            free, block = self.fs.free(self.root)
-        except Exception:
-            free, block = None, 0
-        # the slot adds the signer set and 42 bytes; bundle.prev may be dropped to make room
-        if free is not None and free + self._prev_size() < size + 1024 + 2 * block:
-            raise _refuse("E_NO_SPACE", "%d bytes, %d free" % (size, free))
-        self._incoming = _Incoming(size, bytes(sha256))
-
-    def _prev_size(self):
-        try:
-            return max(0, self.fs.size(self.root + "/" + _store.BUNDLE_PREV))
-        except Exception:
-            return 0
+        return _handler().write_begin(self, size, sha256)
 
     def write_chunk(self, offset, data):
-        inc = self._incoming
-        if inc is None:
-            raise _refuse("E_NO_WRITE", "WRITE_BEGIN first")
-        end = offset + len(data)
-        if end > inc.size:
-            raise _refuse("E_RANGE", "chunk %d..%d past the bundle's %d bytes" % (offset, end, inc.size))
-        inc.buf[offset:end] = data
-        inc.add(offset, end)
-        if len(inc.ranges) > MAX_GAPS:  # a host sends in order; scattered chunks would cost heap and time
-            self._incoming = None
-            raise _refuse("E_RANGE", "more than %d separate pieces: start again with WRITE_BEGIN" % MAX_GAPS)
+        return _handler().write_chunk(self, offset, data)
 
     def write_commit(self):
-        inc = self._incoming
-        if inc is None:
-            if self._committed is not None:
-                return self._committed[1]  # committed already: the same answer
-            raise _refuse("E_NO_WRITE", "nothing received: WRITE_BEGIN first")
-        if not inc.complete():
-            raise _refuse("E_INCOMPLETE", "bytes missing before the commit")
-        if hashlib.sha256(inc.buf).digest() != inc.sha256:
-            raise _refuse("E_DIGEST", "the received bytes do not match WRITE_BEGIN's sha256")
-        data = inc.buf
-        try:
-            v = self.store.install(data)
-        except _bundle.BundleSameVersion as e:
-            self._incoming = None
-            answer = {"version": self.state.version, "installed": False, "reason": e.reason}
-            self._committed = (inc.sha256, answer)
-            return answer
-        except Exception as e:
-            self._incoming = None  # refused for good: give its buffer (up to 32 KB) back to the heap
-            raise _refuse(_code_of(e), _reason_of(e))
-        self._incoming = None
-        self._loaded()
-        answer = {"version": v.version, "installed": True, "issued": v.issued, "bundle_sha256": self.bundle_sha256,
-                  "bundle_id": self.bundle_id}
-        self._committed = (inc.sha256, answer)
-        return answer
+        return _handler().write_commit(self)
 
     def read_reports(self, offset, length):
-        if offset == 0 or self._served is None:
-            # One snapshot per read-through: the chunks of one read are consistent.
-            self._served = self.reports.export()
-        data = self._served
-        if offset > len(data):
-            raise _refuse("E_RANGE", "offset %d past the log's %d bytes" % (offset, len(data)))
-        return len(data), memoryview(data)[offset:offset + length]
+        return _handler().read_reports(self, offset, length)
 
     def ack_reports(self, seq):
-        acked = self.reports.ack(seq)
-        return {"acked": acked, "pending": self.reports.pending()}
+        return _handler().ack_reports(self, seq)
+
+    def test_connect(self, host, port):
+        return _handler().test_connect(self, host, port)
 
     def end_session(self):
         self._incoming = None
         self._served = None
 
-    def test_connect(self, host, port):
-        canon = canonical_host(host)
-        b = self.state.decoded if self.state is not None else None
-        if canon is None or (b is not None and b.policy.rule_for(canon) is None):
-            raise _refuse("E_CONNECT", "%r: no rule for this host in the installed bundle (TEST_CONNECT "
-                                       "reaches pinned hosts only)" % (host[:64],))
-        host = canon
-        try:
-            sock, check = self.open(host, port)
-        except _connect.NetworkError as e:
-            raise _refuse("E_CONNECT", "%s:%d: %s" % (host, port, e.detail or e.reason))
-        except _connect.ConnectError as e:
-            return _verdict_answer(e.verdict, port, e.detail)
-        _connect._close(sock)  # nothing is sent: the handshake is the test
-        return _verdict_answer(check.verdict, port, None)
-
     def reboot(self):
         self.reboot_requested = True
 
 
-def _verdict_answer(v, port, detail):
-    chain = []
-    for depth, digest in v.chain:
-        chain.append({"depth": depth, "pin": _pin_text(digest)})
-    rule = v.rule
-    out = {
-        "allowed": v.allowed,
-        "reason": v.reason,
-        "host": v.host,
-        "port": port,
-        "rule": None if rule is None else rule.host,
-        "matched_label": None if rule is None or v.matched_pin is None else rule.label_of(v.matched_pin),
-        "matched_depth": v.matched_depth,
-        "clock_trusted": v.clock_trusted,
-        "expired": v.expired,
-        "chain": chain,
-    }
-    if detail:
-        out["detail"] = detail
-    return out
+def _handler():
+    from . import handler
 
-
-def _pin_text(digest):
-    from .pins import pin_to_text
-
-    return pin_to_text(digest)
-
-
-def _code_of(e):
-    for cls, code in _CODES:
-        if isinstance(e, cls):
-            return code
-    return "E_STORAGE" if isinstance(e, OSError) else "E_INTERNAL"
-
-
-def _reason_of(e):
-    reason = getattr(e, "reason", None)
-    if not isinstance(reason, str):
-        return _connect.error_text(e)
-    if isinstance(e, _store.NoTrustAnchor):
-        return reason + ": reprovision the board"
-    return reason
+    return handler

@@ -72,10 +72,14 @@ decode_bundle checks, in this order, and raises one named error each (all Bundle
                             one key, stolen or not, can never replace the set (as TUF requires a
                             threshold of the old root to sign a new root).
 
-Trust is established at install. At boot (at_boot=True) the installed bundle is only re-checked
-against damage: its signatures still verify, but the thresholds and the new set's key checks are
-not applied again (a bundle an older agent installed under older rules must not turn into a
-bricked board; pinagent.store keeps the signer set and the highest version from going back).
+Trust is established at install. At boot (at_boot=True) the installed bundle is decoded, not
+verified again: no signature, threshold, key or CA certificate check (steps 3, 5, 6 and the
+certificates' and new set's checks of 7), since all of them passed when it was installed (by the
+agent, or by `fleetpin image build` for the factory image), and pinagent.store has just checked
+the slot's digest against damage. So a board that deep-sleeps pays no ECDSA verification at each
+wake, and a bundle an older agent installed under older rules never turns into a bricked board
+(pinagent.store keeps the signer set and the highest version from going back). Whoever can rewrite
+the slot and its digest in flash can rewrite the agent itself: the signatures never defended that.
 
 Identity: a bundle is named by `digest`, the SHA-256 of its signed bytes, never by a hash of the
 whole file: ECDSA signatures are malleable ((r, n - s) verifies too) and a signature by a key the
@@ -85,15 +89,14 @@ The host tool signs with low s (s <= n/2), so what it builds is canonical.
 Heap: the input stays one buffer; certificates and signatures are memoryviews into it; the
 header and payload JSON are parsed straight from memoryviews on MicroPython (CPython's json
 needs bytes: one transient copy there). The payload dict is dropped once the policy is built.
+pinagent.ecdsa and pinagent.signers are imported only when a signature is checked or the payload
+carries a signer set: a boot loads neither (a bundle that rotates the keys loads signers).
 """
 
 import hashlib
 import json
 import struct
 
-from . import der as _der
-from . import ecdsa as _ecdsa
-from . import signers as _signers
 from .policy import Policy, PolicyError
 
 try:
@@ -119,8 +122,8 @@ MAX_VERSION = const(0x7FFFFFFF)
 MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z
 _MAX_FLEET = const(64)
 
-PRODUCTION = _signers.PRODUCTION
-DEVELOPMENT = _signers.DEVELOPMENT
+PRODUCTION = "production"  # the channels of pinagent.signers (not imported at boot)
+DEVELOPMENT = "development"
 
 _HEADER_KEYS = ("format", "fleet", "version", "issued", "channel", "key_ids")
 _PAYLOAD_KEYS = ("policy", "report", "signers")
@@ -320,6 +323,8 @@ def check_signatures(env, signers, digest):
     signature must verify. Signatures by unknown keys are skipped (rotation overlap). Returns the
     Signers of the distinct keys whose signatures verified (a key and its negation count once);
     thresholds are the caller's (check_threshold)."""
+    from . import ecdsa as _ecdsa
+
     channel = env.header["channel"]
     if channel != signers.channel:
         raise BundleSignatureError("a %s bundle, and this device trusts %s keys only" % (channel, signers.channel))
@@ -358,14 +363,19 @@ def decode_bundle(data, signers, fleet, installed_version, now, time_floor, at_b
     signers: the trusted pinagent.signers.SignerSet. fleet: this device's fleet id.
     installed_version: version of the installed bundle, 0 or None if there is none.
     now: POSIX seconds (UTC) or None if the clock is unknown; time_floor: newest trusted time.
-    at_boot: re-checking the installed bundle (no thresholds, no key checks of a new set).
+    at_boot: decoding the installed bundle, verified when it was installed (module docstring):
+    steps 1, 2, 4 and the policy and report schema only; signers may be None, and so may fleet
+    (the bundle's own is taken).
     """
     env = parse_envelope(data)
     h = env.header
     digest = env.digest()
+    if at_boot:
+        if fleet is not None and h["fleet"] != fleet:
+            raise BundleWrongFleet("bundle is for fleet %r, this device is in fleet %r" % (h["fleet"], fleet))
+        return _decode(env, digest, False)
     signed = check_signatures(env, signers, digest)
-    if not at_boot:
-        check_threshold(signed, signers.threshold, "a bundle")
+    check_threshold(signed, signers.threshold, "a bundle")
     if h["fleet"] != fleet:
         raise BundleWrongFleet("bundle is for fleet %r, this device is in fleet %r" % (h["fleet"], fleet))
     version = h["version"]
@@ -378,8 +388,8 @@ def decode_bundle(data, signers, fleet, installed_version, now, time_floor, at_b
         raise BundleFromFuture(
             "bundle issued at %d, %d s ahead of the device clock %d" % (h["issued"], h["issued"] - now, now)
         )
-    b = _decode(env, digest, not at_boot)
-    if b.signers is not None and not at_boot:
+    b = _decode(env, digest, True)
+    if b.signers is not None:
         check_threshold(signed, signers.rotation_threshold, "a signer-set change")
     return b
 
@@ -391,7 +401,7 @@ def decode_unverified(data):
     return _decode(env, env.digest(), True)
 
 
-def _decode(env, digest, check_keys):
+def _decode(env, digest, checks):
     h = env.header
     b = Bundle()
     b.format = h["format"]
@@ -402,11 +412,12 @@ def _decode(env, digest, check_keys):
     b.key_ids = [bytes(kid) for kid, _ in env.sigs]
     b.digest = digest
     b.size = len(env.data)
-    _decode_payload(b, env, check_keys)
+    _decode_payload(b, env, checks)
     return b
 
 
-def _decode_payload(b, env, check_keys):
+def _decode_payload(b, env, checks):
+    # checks: the new signer set's key checks and the CA certificates' DER walk (not at boot)
     obj = _json(env.payload)
     if not isinstance(obj, dict):
         raise BundleSchemaError("payload is not a JSON object")
@@ -422,19 +433,24 @@ def _decode_payload(b, env, check_keys):
     b.report = _report(obj.get("report", {}))
     b.signers = None
     if "signers" in obj:
+        from . import signers as _signers
+
         try:
-            b.signers = _signers.signers_from_obj(obj["signers"], check_keys)
+            b.signers = _signers.signers_from_obj(obj["signers"], checks)
         except (_signers.SignerKeyInvalid, _signers.SignerKeyRepeated) as e:
             raise BundleSignerKeyError("payload: new signer set: %s: %s" % (type(e).__name__, e.reason))
         except _signers.SignerSetError as e:
             raise BundleSchemaError("payload: new " + e.reason)
         if b.signers.channel != b.channel:
             raise BundleSchemaError("payload: a %s bundle cannot install %s signers" % (b.channel, b.signers.channel))
-    for i in range(len(env.certs)):
-        try:
-            _der.spki_of_certificate(env.certs[i])
-        except _der.DerError as e:
-            raise BundleSchemaError("CA certificate %d: %s" % (i, e))
+    if checks:
+        from . import der as _der
+
+        for i in range(len(env.certs)):
+            try:
+                _der.spki_of_certificate(env.certs[i])
+            except _der.DerError as e:
+                raise BundleSchemaError("CA certificate %d: %s" % (i, e))
     b.ca_certs = env.certs
 
 

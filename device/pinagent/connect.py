@@ -48,7 +48,7 @@ except ImportError:  # CPython
 
 
 from . import policy as _policy
-from .der import DerError, parse_certificate, spki_of_certificate
+from .der import DerError, spki_of_certificate, subject_cn
 from .pins import spki_digest
 
 # Verdict reasons beyond pinagent.policy's (which the check passes through unchanged)
@@ -204,10 +204,10 @@ def _depth_of(item):
 
 
 def _subject(cert):
-    # For reports only: a certificate mbedTLS accepted may still be one the strict walker
-    # refuses, and that must not change the decision.
+    # For reports only: a certificate mbedTLS accepted may still be one the walker refuses,
+    # and that must not change the decision.
     try:
-        cn = parse_certificate(cert).subject_cn
+        cn = subject_cn(cert)
     except Exception:
         return None
     return None if cn is None else cn[:_MAX_SUBJECT]

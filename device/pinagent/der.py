@@ -1,11 +1,13 @@
 # A minimal, strict DER walker for X.509 certificates: just enough to find the
 # SubjectPublicKeyInfo (the bytes a pin hashes), the subject CN and the validity dates.
 #
-# Two entry points, one walk:
+# Three entry points, one walk:
 # - spki_of_certificate: the hot path (every TLS handshake, every certificate). It checks the
 #   outer SEQUENCE spans the input exactly, the TBSCertificate fits and is followed by a
 #   SEQUENCE, and every field up to the SPKI has its tag and fits; it reads nothing after the
 #   SPKI's header. About 15 us a certificate on the VM, ~300 bytes of heap.
+# - subject_cn: the same walk, then the subject Name only (the pin check keeps it for reports,
+#   for every certificate of every handshake).
 # - parse_certificate: everything else too: the whole tree is well-formed DER (nesting
 #   bounded), the signature fields, the SPKI's inside, the order of the optional fields,
 #   both Names, and the dates. For bytes nobody has parsed yet (host side, tests, bundles).
@@ -394,6 +396,21 @@ def spki_of_certificate(der):
     m = [0] * _M_SIZE
     _walk(buf, m)
     return buf[m[_SPKI] : m[_SPKI_END]]
+
+
+def subject_cn(der):
+    """The subject's commonName of a DER certificate (None if it has none), by the hot path's
+    walk and then the subject Name: for certificates mbedTLS has parsed already (the verify
+    callback). parse_certificate checks everything else as well, for bytes nobody has checked."""
+    buf = der if type(der) is memoryview else memoryview(der)
+    m = [0] * _M_SIZE
+    _walk(buf, m)
+    tbs_end = m[_TBS_END]
+    pos = m[_FIELDS]
+    for _ in range(4):  # serialNumber, signature, issuer, validity: walked already, so plain reads
+        pos = _tlv(buf, pos, tbs_end, m)
+    s, e = _content(buf, pos, tbs_end, m)
+    return _name_cn(buf, s, e, m)
 
 
 def _content(buf, pos, end, m):

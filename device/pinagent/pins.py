@@ -5,8 +5,6 @@
 import binascii
 import hashlib
 
-from pinagent.der import spki_of_certificate
-
 _PREFIX = b"sha256/"
 _DIGEST_SIZE = 32
 _TEXT_SIZE = 44  # 43 base64 characters and one '='
@@ -63,6 +61,16 @@ def parse_pin(text):
         raise PinError("a pin is text, not %s" % type(text).__name__)
     if raw[: len(_PREFIX)] == _PREFIX:
         raw = raw[len(_PREFIX) :]
+    # The usual case, in C: canonical base64 of 32 bytes is exactly what encoding them gives
+    # back (a character outside the alphabet, misplaced padding or unused bits set would not
+    # survive the round trip). Anything else goes through the checks below, which say why.
+    if len(raw) == _TEXT_SIZE:
+        try:
+            digest = binascii.a2b_base64(raw)
+        except Exception:  # binascii.Error: ValueError on CPython, Exception in micropython-lib
+            digest = None
+        if digest is not None and len(digest) == _DIGEST_SIZE and pin_to_text(digest).encode() == raw:
+            return digest
     n = len(raw)
     if raw[: len(_PREFIX)] == _PREFIX:
         raise PinError("prefix 'sha256/' given twice")
@@ -108,6 +116,8 @@ def parse_pin(text):
 def chain_digests(ders):
     """[(depth, SPKI SHA-256)] for a chain of DER certificates, leaf first (depth 0).
     Raises pinagent.der.DerError for a malformed certificate."""
+    from pinagent.der import spki_of_certificate  # (pins are parsed at boot, before der is needed)
+
     out = []
     depth = 0
     for der in ders:

@@ -25,8 +25,10 @@ retired key, perhaps a compromised one, would be trusted again. The factory sign
 the anchor for a board that has never installed a bundle.
 
 Threat model: authenticity is established once, by the signature check at install time. At boot
-the store re-checks each slot's digest and re-runs `verify` against corruption, torn or stale
-files; it does not defend against someone who can write the flash (they could replace the agent).
+the store re-checks each slot's digest against corruption, torn or stale files, and runs `verify`
+with installed_version None, which the agent makes a decode without any signature check (so a
+wake from deep sleep pays no ECDSA); it does not defend against someone who can write the flash
+(they could replace the agent).
 
 Injected verification (the agent wires pinagent.bundle and pinagent.signers into it):
     verify(bundle_bytes, signers_bytes, installed_version) -> Verified(bundle, version, issued,

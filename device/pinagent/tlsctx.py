@@ -14,7 +14,7 @@ reports, and:
 - do_handshake_on_connect=True (the default; umqtt.simple, most clients): the handshake runs
   in wrap_socket, which returns the TLS socket or raises PinBlocked / TlsRefused / NoBundle;
 - do_handshake_on_connect=False (asyncio.open_connection): the handshake runs on the first
-  read or write, so wrap_socket returns a pinagent.io.tls.DeferredSocket; a refused chain
+  read or write, so wrap_socket returns a pinagent.io.deferred.DeferredSocket; a refused chain
   raises PinBlocked or TlsRefused (carrying the verdict) from that first read or write, and
   from every one after it. No application byte is sent before the verdict allows it: mbedTLS
   writes nothing before its handshake is over, and the check aborts the handshake.
@@ -82,7 +82,7 @@ class PinnedContext:
             raise agent.record(check, None, _connect.refusal(check, e))
         if do_handshake_on_connect:
             return _settle(agent, check, tls_sock, None)
-        from .io.tls import DeferredSocket
+        from .io.deferred import DeferredSocket
 
         return DeferredSocket(tls_sock, _Settle(agent, check, tls_sock).decide)
 

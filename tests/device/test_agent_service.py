@@ -98,7 +98,7 @@ def test_upload_checks_completeness_and_digest():
 
 
 def test_scattered_chunks_are_refused_before_they_cost_heap_and_a_refused_commit_frees_its_buffer():
-    from pinagent.agent import MAX_GAPS
+    from pinagent.handler import MAX_GAPS
 
     a = _agent(_board("v1.bin"))
     data = _bundle("v2.bin")

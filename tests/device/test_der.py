@@ -7,7 +7,7 @@ import hashlib
 from support import raises, read_vector, vector_json
 
 from pinagent import der as _der
-from pinagent.der import DerError, parse_certificate, spki_of_certificate
+from pinagent.der import DerError, parse_certificate, spki_of_certificate, subject_cn
 from pinagent.pins import parse_pin
 
 
@@ -33,6 +33,27 @@ def test_every_good_vector_parses_to_the_openssl_values():
         assert c.not_before == v["not_before"], where + "not_before %d" % c.not_before
         assert c.not_after == v["not_after"], where + "not_after %d" % c.not_after
         assert bytes(spki_of_certificate(data)) == bytes(c.spki), where + "fast path differs"
+        assert subject_cn(data) == v["subject_cn"], where + "subject_cn %r" % (subject_cn(data),)
+
+
+def test_subject_cn_walks_to_the_subject_and_refuses_what_it_reads_badly():
+    # what the pin check keeps for reports, without parse_certificate's full check
+    certs = _vectors()["certs"]
+    assert subject_cn(read_vector(certs["no-cn"]["der"])) is None
+    data = read_vector(certs["ec-p256"]["der"])
+    for n in (0, 1, 10, len(data) - 1):
+        raises(DerError, subject_cn, data[:n])
+    buf = bytearray(read_vector(certs["chain-leaf"]["der"]))
+    for i in range(len(buf)):  # a damaged certificate: a DerError or some text, nothing else
+        saved = buf[i]
+        for value in (saved ^ 0xFF, saved ^ 0x01):
+            buf[i] = value
+            try:
+                cn = subject_cn(buf)
+            except DerError:
+                cn = None
+            assert cn is None or isinstance(cn, str), i
+        buf[i] = saved
 
 
 def test_edge_vectors_cover_what_they_claim():

@@ -7,7 +7,7 @@ from support import raises, read_vector
 
 from pinagent import agent, store  # noqa: F401  (fakeclients' imports, named here: the VM runner loads each alone)
 from pinagent import connect as C
-from pinagent.io.tls import DeferredSocket
+from pinagent.io.deferred import DeferredSocket
 
 # ---- the TLS context
 

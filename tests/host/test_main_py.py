@@ -341,6 +341,36 @@ def test_an_agent_that_is_not_installed_never_gives_a_locked_board_the_repl(
     assert board.ctrl_c_on_after_start() == []
 
 
+def _deep_sleep_wake(monkeypatch: pytest.MonkeyPatch) -> None:
+    machine = sys.modules["machine"]
+    monkeypatch.setattr(machine, "DEEPSLEEP_RESET", 4, raising=False)
+    monkeypatch.setattr(machine, "reset_cause", lambda: 4, raising=False)
+
+
+def test_a_wake_from_deep_sleep_runs_the_app_at_once(board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A board that deep-sleeps pays its boot at every wake: no listening window then (issue 19,
+    item 6). A reset (the button, the host's DTR/RTS, power) still opens it."""
+    board.provision()
+    _deep_sleep_wake(monkeypatch)
+    ran = install_app(monkeypatch, board)
+    board.stop_at = 10_000
+    board.run_main()
+    assert len(ran) == 1 and ran[0][0] == 0 and ran[0][1].state.mode == S.MODE_OK  # no wait at all
+    assert [e for e in ran[0][2] if e[0] == "kbd_intr"] == [("kbd_intr", -1)]  # locked: Ctrl-C stays off
+    assert board.ctrl_c_on_after_start() == []
+
+
+def test_a_development_board_waking_from_deep_sleep_gets_ctrl_c_for_its_app(
+        board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    board.provision(config={"fleet": FLEET, "repl": True})
+    _deep_sleep_wake(monkeypatch)
+    ran = install_app(monkeypatch, board)
+    board.stop_at = 10_000
+    board.run_main()
+    assert len(ran) == 1 and ran[0][0] == 0
+    assert [e for e in ran[0][2] if e[0] == "kbd_intr"][-1] == ("kbd_intr", 3)  # as after a window
+
+
 def test_posix_clock_converts_the_2000_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     from pinagent.io import console
 

@@ -16,6 +16,11 @@
 From the REPL (e.g. on a development board, after main.py handed over):
     import pinagent.io.console as c; c.serve()
 
+Heap: the update path (pinagent.UPDATE_PATH: link, service, handler, bundle, signers, ecdsa) is
+imported only when a frame starts on the console (a flag byte: a host's HELLO), and forgotten
+again when the session ends or serving stops, so the application never holds its code. Until
+then serve() only watches for that byte (the start-up announcement is a constant, ANNOUNCE).
+
 Ctrl-C is disabled (micropython.kbd_intr(-1)) while serving, so no byte of a transfer can
 interrupt it. When serve() returns or raises it is enabled again only if ctrl_c_after is true
 (the default, for serve() typed at the REPL); main.py passes False on locked (production)
@@ -34,8 +39,7 @@ except ImportError:  # CPython
 
 import time
 
-from pinagent.link import DeviceLink
-from pinagent.service import Handler, Service
+from pinagent import forget
 
 WINDOW_MS = const(3000)  # after reset: how long main.py waits for a HELLO
 IDLE_MS = const(30000)  # a session with no frame for this long is over
@@ -43,6 +47,11 @@ POLL_MS = const(20)
 RESET_DELAY_MS = const(100)  # lets the REBOOT answer leave the UART before the reset
 EPOCH_2000 = const(946684800)  # POSIX seconds of 2000-01-01, the ESP32 port's epoch
 MIN_PLAUSIBLE = const(1704067200)  # 2024-01-01: an earlier reading means the clock was never set
+FLAG = const(0x7E)  # every frame starts with it (pinagent.link)
+
+# pinagent.link.DeviceLink(...).announce() with the link's defaults (window 256, max_frame 256,
+# cache 8): the unsolicited HELLO answer written when serving starts (tests check they agree)
+ANNOUNCE = b"~\x00\x80\x00}!\x00}!\x00}!\x08}!\x94\x9a\xd4\xa0~"
 
 
 # The board's tick functions; CPython (the simulation, the tests) has none of them.
@@ -110,9 +119,9 @@ class StdioPort:
         self._out.write(data)
 
 
-class BrokenAgent(Handler):
+class BrokenAgent:
     """Stands in when the agent cannot even be built (e.g. out of memory): IDENTIFY says why,
-    REBOOT works, everything else is refused as unsupported."""
+    REBOOT works, every other request is refused as unsupported (service.Handler's requests)."""
 
     def __init__(self, error):
         self.error = "%s: %s" % (type(error).__name__, error)
@@ -124,11 +133,34 @@ class BrokenAgent(Handler):
     def reboot(self):
         self.reboot_requested = True
 
+    def end_session(self):
+        pass
+
+    def __getattr__(self, name):  # read_bundle, write_begin, ...: refused
+        def unsupported(*args):
+            from pinagent import service
+
+            raise service.ServiceError(service.E_UNSUPPORTED, name)
+
+        return unsupported
+
+
+def _open(agent, session):
+    """The update path, imported now: (service, device link); `session` carries a session over
+    from a link that was dropped while it was open (serving for good: the host did not say bye)."""
+    from pinagent.link import DeviceLink
+    from pinagent.service import Service
+
+    svc = Service(agent)
+    link = DeviceLink(svc.dispatch)
+    link.session = session
+    return svc, link
+
 
 def serve(agent=None, window_ms=None, idle_ms=IDLE_MS, port=None, reset=None, ctrl_c_after=True):
     """Serves the protocol (module docstring); returns the agent."""
     _kbd_intr(-1)
-    svc = None
+    svc = link = None
     try:
         if agent is None:
             try:
@@ -137,37 +169,42 @@ def serve(agent=None, window_ms=None, idle_ms=IDLE_MS, port=None, reset=None, ct
                 agent = BrokenAgent(e)
         if port is None:
             port = StdioPort()
-        svc = Service(agent)
-        link = DeviceLink(svc.dispatch)
-        port.write(link.announce())
+        port.write(ANNOUNCE)
         start = last = ticks_ms()
-        idle = False
+        live = False  # a session was open when serving for good dropped its link
         while True:
             data = port.read(POLL_MS)
             now = ticks_ms()
-            if data:
+            if data and link is None and FLAG in data:  # a frame starts: a host is there
+                svc, link = _open(agent, live)
+                last = now
+            if data and link is not None:
                 frames = link.frames
                 out = link.receive_data(data)
                 if out:
                     port.write(out)
                 if link.frames != frames:
                     last = now
-                    idle = False
                 if svc.reboot_requested:
                     sleep_ms(RESET_DELAY_MS)
                     (reset or _reset)()
                     return agent
-            if not link.session:
-                if window_ms is not None and ticks_diff(now, start) >= window_ms:
-                    return agent
-            elif idle_ms is not None and not idle and ticks_diff(now, last) >= idle_ms:
+            if link is not None and idle_ms is not None and ticks_diff(now, last) >= idle_ms:
                 if window_ms is not None:
-                    return agent  # (the session ends below)
-                idle = True  # serving for good: the session is over, the board keeps listening
-                svc.end_session()
+                    if link.session:
+                        return agent  # (the session ends below)
+                else:  # serving for good: the session is over, its code goes; the board keeps listening
+                    live = link.session
+                    svc.end_session()
+                    svc = link = None
+                    forget()
+            if window_ms is not None and (link is None or not link.session) and ticks_diff(now, start) >= window_ms:
+                return agent
     finally:
         if svc is not None:
             svc.end_session()
+        svc = link = None
+        forget()
         if ctrl_c_after:
             _kbd_intr(3)
 

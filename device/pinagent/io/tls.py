@@ -2,8 +2,8 @@
 
     EspTls().open(host, port, timeout, ca_certs, check) -> TLS socket
     EspTls().wrap(sock, host, ca_certs, check, client_cert=None, do_handshake=True) -> TLS socket
-    DeferredSocket(tls_sock, settle)    a TLS socket whose handshake runs on its first read or
-                                        write (asyncio); settle(error) decides it (pinagent.tlsctx)
+
+(A TLS socket whose handshake runs on its first read or write, for asyncio: pinagent.io.deferred.)
 
 - tls.SSLContext(tls.PROTOCOL_TLS_CLIENT), verify_mode CERT_REQUIRED (set, then asserted: the
   `ssl` wrapper module and ssl.wrap_socket default to CERT_NONE, which makes intermediate and
@@ -21,9 +21,6 @@ Failures before the handshake (DNS, TCP connect, timeout) raise connect.NetworkE
 handshake's own exceptions (OSError, ValueError with mbedTLS's verify text) pass through for
 connect.open_pinned to classify. The raw socket is closed on every failure.
 """
-
-from pinagent.connect import NetworkError, error_text
-
 
 class VerificationOff(Exception):
     """The TLS context would not verify the chain: refused before any connection."""
@@ -71,6 +68,8 @@ class EspTls:
             sock.settimeout(timeout)
             sock.connect(addr[-1])
         except Exception as e:
+            from pinagent.connect import NetworkError, error_text
+
             if sock is not None:
                 _close(sock)
             raise NetworkError("network", None, error_text(e))
@@ -96,107 +95,3 @@ def _close(sock):
         sock.close()
     except Exception:
         pass
-
-
-# ---- a handshake on the first read or write (asyncio.open_connection)
-
-from io import IOBase  # a user stream: select.poll calls its ioctl (MICROPY_PY_IO_IOBASE, on ESP32)
-
-_POLL = 3  # MP_STREAM_POLL (py/stream.h): select.poll on this object asks for these events
-_CLOSE = 4  # MP_STREAM_CLOSE
-
-
-class DeferredSocket(IOBase):
-    """Stands in for a TLS socket whose handshake runs on its first read or write (mbedTLS with
-    do_handshake_on_connect=False, as asyncio.open_connection asks for it). Until the pin check
-    has decided, every call goes through `settle`:
-
-        settle(error)   error: the exception the call raised (the handshake failed, or the
-                        check refused the chain), or None when the call got through; raises the
-                        connection's ConnectError, or returns when the verdict allows it
-
-    and a refusal is raised again by every later call. Once allowed, calls go straight to the
-    TLS socket. `ioctl` makes it pollable (select.poll, asyncio): it forwards the poll to the
-    TLS socket, which knows whether mbedTLS holds decrypted bytes the raw socket does not show.
-    """
-
-    def __init__(self, sock, settle):
-        self._s = sock
-        self._settle = settle
-        self._pending = True  # the pin check has not decided yet
-        self._error = None
-        self._poll = None
-
-    def _call(self, fn, args):
-        if not self._pending:
-            return fn(*args)
-        if self._error is not None:
-            raise self._error
-        try:
-            r = fn(*args)
-        except Exception as e:
-            self._refuse(e)
-        if r is None:  # would block: the handshake (or the data) has not arrived yet
-            return None
-        try:
-            self._settle(None)
-        except Exception as e:
-            self._refuse(e)
-        self._pending = False
-        return r
-
-    def _refuse(self, e):
-        try:
-            self._settle(e)
-            err = e  # settle accepted an error: cannot happen, fail closed anyway
-        except Exception as refusal:
-            err = refusal
-        self._error = err
-        _close(self._s)
-        raise err
-
-    def read(self, n=-1):
-        return self._call(self._s.read, (n,))
-
-    def readinto(self, buf, n=-1):
-        return self._call(self._s.readinto, (buf,) if n < 0 else (buf, n))
-
-    def readline(self):
-        return self._call(self._s.readline, ())
-
-    def write(self, buf):
-        return self._call(self._s.write, (buf,))
-
-    def recv(self, n):
-        return self._call(self._s.recv, (n,))
-
-    def send(self, buf):
-        return self._call(self._s.send, (buf,))
-
-    def sendall(self, buf):
-        return self._call(self._s.sendall, (buf,))
-
-    def setblocking(self, flag):
-        self._s.setblocking(flag)
-
-    def close(self):
-        _close(self._s)
-
-    def ioctl(self, op, arg):
-        if op == _POLL:
-            if self._error is not None:
-                return arg  # ready: the next call raises the refusal
-            import select
-
-            p = self._poll
-            if p is None:
-                p = self._poll = select.poll()
-                p.register(self._s, arg)
-            else:
-                p.modify(self._s, arg)
-            ready = p.poll(0)
-            return ready[0][1] if ready else 0
-        if op == _CLOSE:
-            _close(self._s)
-            return 0
-        return -1  # no file descriptor of its own: select polls it through POLL

@@ -1,0 +1,282 @@
+"""The agent's side of the serial update service: what each request does, for
+pinagent.agent.Agent (whose service.Handler methods call these with the agent). Loaded only while
+a host is connected: pinagent.io.console imports the service (and so this module) when a frame
+starts on the console, and drops them when the session ends, so an application never holds
+their code; the session's state (the upload being received, the reports snapshot, the last
+commit's answer) stays on the agent, which drops it in end_session.
+
+Upload: WRITE_BEGIN allocates the bundle's buffer, WRITE_CHUNKs fill it (any order, duplicates
+free), WRITE_COMMIT checks the digest and installs it through the store, which verifies its
+signatures (pinagent.bundle, with pinagent.ecdsa and pinagent.signers, which this module loads:
+IDENTIFY says the trusted set's keys).
+"""
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+import hashlib
+
+from . import VERSION
+from . import bundle as _bundle
+from . import connect as _connect
+from . import signers as _signers
+from . import store as _store
+from .policy import canonical_host
+
+MAX_GAPS = const(64)  # separate received pieces of a bundle being written (in-order hosts make 1-8)
+_MAX_PROBLEMS = const(4)
+_MAX_PROBLEM = const(80)
+
+# Bundle and storage errors -> service error codes (names in pinagent.service; PROTOCOL.md)
+_CODES = (
+    (_bundle.BundleSignatureError, "E_SIGNATURE"),
+    (_bundle.BundleWrongFleet, "E_FLEET"),
+    (_bundle.BundleRollback, "E_ROLLBACK"),
+    (_store.Rollback, "E_ROLLBACK"),
+    (_store.NoTrustAnchor, "E_SIGNATURE"),
+    (_signers.SignerSetError, "E_SIGNATURE"),
+    (_store.NoSpace, "E_NO_SPACE"),
+    (_store.TooLarge, "E_BUNDLE"),
+    (_store.StoreError, "E_STORAGE"),
+    (_bundle.BundleError, "E_BUNDLE"),  # malformed, too large, schema, from the future
+)
+
+
+def _refuse(name, reason):
+    """A service.ServiceError with the code named `name` (the service is loaded: it called us)."""
+    from . import service
+
+    return service.ServiceError(getattr(service, name), reason)
+
+
+class _Incoming:
+    """A bundle being received: its buffer and the byte ranges that arrived ([start, end),
+    sorted and merged, so duplicates and retransmissions cost nothing)."""
+
+    __slots__ = ("size", "sha256", "buf", "ranges")
+
+    def __init__(self, size, sha256):
+        self.size = size
+        self.sha256 = sha256
+        self.buf = bytearray(size)
+        self.ranges = []
+
+    def add(self, start, end):
+        out = []
+        for r in self.ranges:
+            if r[1] < start or r[0] > end:
+                out.append(r)
+            else:
+                start = min(start, r[0])
+                end = max(end, r[1])
+        out.append([start, end])
+        out.sort(key=_first)
+        self.ranges = out
+
+    def complete(self):
+        return self.size == 0 or (len(self.ranges) == 1 and self.ranges[0][0] == 0 and self.ranges[0][1] == self.size)
+
+
+def _first(r):
+    return r[0]
+
+
+def identify(agent):
+    st = agent.state
+    now = agent.now()
+    try:
+        free = agent.fs.free(agent.root)[0]
+    except Exception:
+        free = None
+    try:
+        pending = agent.reports.pending()
+        kept = len(agent.reports._entries)
+    except Exception:
+        pending = kept = None
+    problems = [p[:_MAX_PROBLEM] for p in st.problems[:_MAX_PROBLEMS]]
+    return {
+        "device_id": agent.device_id,
+        "mac": agent.mac,
+        "agent": VERSION,
+        "format": _bundle.FORMAT,
+        "fleet": agent.fleet,
+        "mode": st.mode,
+        "bundle_version": st.version,
+        "bundle_sha256": agent.bundle_sha256,
+        "bundle_id": agent.bundle_id,
+        "clock": agent.clock_state(now),
+        "now": now,
+        "time_floor": st.time_floor,
+        "trusted_time": agent.trusted_now(),
+        "trust": st.signers is not None,
+        "signers": _signers_info(agent),
+        "free": free,
+        "reports": pending,
+        "reports_kept": kept,
+        "problems": problems,
+    }
+
+
+def _signers_info(agent):
+    """The trusted set for IDENTIFY: key ids and thresholds (None without a readable set)."""
+    try:
+        t = _signers.load_signers(agent.state.signers, False)
+    except Exception:  # none (None), or unreadable
+        return None
+    return {"ids": [s.key_id.hex() for s in t.signers], "threshold": t.threshold,
+            "rotation_threshold": t.rotation_threshold}
+
+
+def read_bundle(agent, offset, length):
+    data = agent.state.bundle or b""
+    if offset > len(data):
+        raise _refuse("E_RANGE", "offset %d past the bundle's %d bytes" % (offset, len(data)))
+    return len(data), memoryview(data)[offset:offset + length]
+
+
+def write_begin(agent, size, sha256):
+    inc = agent._incoming
+    if inc is not None and inc.size == size and inc.sha256 == bytes(sha256):
+        return inc.ranges  # the same upload again: keep what arrived, and say what that is
+    if size < 1 or size > _bundle.MAX_BUNDLE:
+        raise _refuse("E_BUNDLE", "a bundle is 1 to %d bytes, not %d" % (_bundle.MAX_BUNDLE, size))
+    agent._incoming = None  # free the old buffer before allocating the new one
+    try:
+        free, block = agent.fs.free(agent.root)
+    except Exception:
+        free, block = None, 0
+    # the slot adds the signer set and 42 bytes; bundle.prev may be dropped to make room
+    if free is not None and free + _prev_size(agent) < size + 1024 + 2 * block:
+        raise _refuse("E_NO_SPACE", "%d bytes, %d free" % (size, free))
+    agent._incoming = _Incoming(size, bytes(sha256))
+
+
+def _prev_size(agent):
+    try:
+        return max(0, agent.fs.size(agent.root + "/" + _store.BUNDLE_PREV))
+    except Exception:
+        return 0
+
+
+def write_chunk(agent, offset, data):
+    inc = agent._incoming
+    if inc is None:
+        raise _refuse("E_NO_WRITE", "WRITE_BEGIN first")
+    end = offset + len(data)
+    if end > inc.size:
+        raise _refuse("E_RANGE", "chunk %d..%d past the bundle's %d bytes" % (offset, end, inc.size))
+    inc.buf[offset:end] = data
+    inc.add(offset, end)
+    if len(inc.ranges) > MAX_GAPS:  # a host sends in order; scattered chunks would cost heap and time
+        agent._incoming = None
+        raise _refuse("E_RANGE", "more than %d separate pieces: start again with WRITE_BEGIN" % MAX_GAPS)
+
+
+def write_commit(agent):
+    inc = agent._incoming
+    if inc is None:
+        if agent._committed is not None:
+            return agent._committed[1]  # committed already: the same answer
+        raise _refuse("E_NO_WRITE", "nothing received: WRITE_BEGIN first")
+    if not inc.complete():
+        raise _refuse("E_INCOMPLETE", "bytes missing before the commit")
+    if hashlib.sha256(inc.buf).digest() != inc.sha256:
+        raise _refuse("E_DIGEST", "the received bytes do not match WRITE_BEGIN's sha256")
+    data = inc.buf
+    try:
+        v = agent.store.install(data)
+    except _bundle.BundleSameVersion as e:
+        agent._incoming = None
+        answer = {"version": agent.state.version, "installed": False, "reason": e.reason}
+        agent._committed = (inc.sha256, answer)
+        return answer
+    except Exception as e:
+        agent._incoming = None  # refused for good: give its buffer (up to 32 KB) back to the heap
+        raise _refuse(_code_of(e), _reason_of(e))
+    agent._incoming = None
+    agent._loaded()
+    answer = {"version": v.version, "installed": True, "issued": v.issued, "bundle_sha256": agent.bundle_sha256,
+              "bundle_id": agent.bundle_id}
+    agent._committed = (inc.sha256, answer)
+    return answer
+
+
+def read_reports(agent, offset, length):
+    if offset == 0 or agent._served is None:
+        # One snapshot per read-through: the chunks of one read are consistent.
+        agent._served = agent.reports.export()
+    data = agent._served
+    if offset > len(data):
+        raise _refuse("E_RANGE", "offset %d past the log's %d bytes" % (offset, len(data)))
+    return len(data), memoryview(data)[offset:offset + length]
+
+
+def ack_reports(agent, seq):
+    acked = agent.reports.ack(seq)
+    return {"acked": acked, "pending": agent.reports.pending()}
+
+
+def test_connect(agent, host, port):
+    canon = canonical_host(host)
+    b = agent.state.decoded if agent.state is not None else None
+    if canon is None or (b is not None and b.policy.rule_for(canon) is None):
+        raise _refuse("E_CONNECT", "%r: no rule for this host in the installed bundle (TEST_CONNECT "
+                                   "reaches pinned hosts only)" % (host[:64],))
+    host = canon
+    try:
+        sock, check = agent.open(host, port)
+    except _connect.NetworkError as e:
+        raise _refuse("E_CONNECT", "%s:%d: %s" % (host, port, e.detail or e.reason))
+    except _connect.ConnectError as e:
+        return _verdict_answer(e.verdict, port, e.detail)
+    _connect._close(sock)  # nothing is sent: the handshake is the test
+    return _verdict_answer(check.verdict, port, None)
+
+
+def _verdict_answer(v, port, detail):
+    chain = []
+    for depth, digest in v.chain:
+        chain.append({"depth": depth, "pin": _pin_text(digest)})
+    rule = v.rule
+    out = {
+        "allowed": v.allowed,
+        "reason": v.reason,
+        "host": v.host,
+        "port": port,
+        "rule": None if rule is None else rule.host,
+        "matched_label": None if rule is None or v.matched_pin is None else rule.label_of(v.matched_pin),
+        "matched_depth": v.matched_depth,
+        "clock_trusted": v.clock_trusted,
+        "expired": v.expired,
+        "chain": chain,
+    }
+    if detail:
+        out["detail"] = detail
+    return out
+
+
+def _pin_text(digest):
+    from .pins import pin_to_text
+
+    return pin_to_text(digest)
+
+
+def _code_of(e):
+    for cls, code in _CODES:
+        if isinstance(e, cls):
+            return code
+    return "E_STORAGE" if isinstance(e, OSError) else "E_INTERNAL"
+
+
+def _reason_of(e):
+    reason = getattr(e, "reason", None)
+    if not isinstance(reason, str):
+        return _connect.error_text(e)
+    if isinstance(e, _store.NoTrustAnchor):
+        return reason + ": reprovision the board"
+    return reason
