@@ -45,26 +45,26 @@ print('FP', 'booted', gc.mem_alloc())
 """
 
 
-def unix_steps(compiled: bool, flash: Path, now: int) -> dict[str, int]:
+def unix_steps(compiled: bool, flash: Path, now: int, modules: list[str] = MODULES) -> dict[str, int]:
     with tempfile.TemporaryDirectory(prefix="fleetpin-bench-") as tmp:
         lib = unix.install_pinagent(Path(tmp) / "lib", compiled=compiled)
         script = Path(tmp) / "bench.py"
-        script.write_text(UNIX_SCRIPT % (now, MODULES, BOOT % FLEET))
+        script.write_text(UNIX_SCRIPT % (now, modules, BOOT % FLEET))
         done = unix.run(script, heap="heapsize=4M", path=[lib], args=[str(flash)])
     if not done.ok:
         raise RuntimeError(done.output)
     return {line.split()[1]: int(line.split()[2]) for line in done.stdout.splitlines() if line.startswith("FP ")}
 
 
-def vm_steps(compiled: bool, files: dict[str, bytes], now: int) -> dict[str, int]:
+def vm_steps(compiled: bool, files: dict[str, bytes], now: int, modules: list[str] = MODULES) -> dict[str, int]:
     steps = ["import sys\nsys.path.insert(0, %r)\nimport os\nNOW = %d" % (mpvm.VM_DEVICE_DIR, now)]
-    steps += [f"import {name}" for name in MODULES] + ["import pinagent\n" + BOOT % FLEET]
+    steps += [f"import {name}" for name in modules] + ["import pinagent\n" + BOOT % FLEET]
     run = mpvm.run_steps(steps, {**mpvm.device_files(compiled=compiled), **files}, heap_kb=100)
     failed = next((s for s in run.steps if s.error is not None), None)
     if failed is not None:
         raise mpvm.VMError(failed.error or "")
     used = [s.heap_used for s in run.steps]
-    return dict(zip(["baseline", *MODULES, "booted"], used))
+    return dict(zip(["baseline", *modules, "booted"], used))
 
 
 def deltas(steps: dict[str, int]) -> dict[str, int]:

@@ -3,7 +3,8 @@ named block becomes a function, all are called in interleaved rounds in one proc
 machine slows them alike), the first rounds are discarded, and the median per block is
 returned in ms, minus an empty call's cost. Files are put beside the script (relative paths).
 collect=True collects garbage before each call (not timed), so no block pays for another's
-garbage: the calibration block (pidigits) is sensitive to it."""
+garbage: the calibration block (pidigits) is sensitive to it. prepare: code per block name, run
+before each of its calls and not timed (e.g. what a block needs loaded)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ import time, json, gc
 _names = %r
 _collect = %r
 _fns = [globals()['_b_' + n] for n in _names]
+_preps = [globals().get('_p_' + n) for n in _names]
 _rows = []
 for _r in range(%d):
     _row = []
-    for _f in _fns:
+    for _i, _f in enumerate(_fns):
+        if _preps[_i] is not None:
+            _preps[_i]()
         if _collect:
             gc.collect()
         _t = time.ticks_us()
@@ -34,10 +38,12 @@ print('FP-TIMES ' + json.dumps(_rows[%d:]))
 
 
 def median_ms(setup: str, blocks: Mapping[str, str], files: Mapping[str, bytes] = {}, *, rounds: int = 15,
-              warmup: int = 3, heap_kb: int = 256, collect: bool = False) -> dict[str, float]:
+              warmup: int = 3, heap_kb: int = 256, collect: bool = False,
+              prepare: Mapping[str, str] = {}) -> dict[str, float]:
     names = ["empty", *blocks]
     fns = "def _b_empty():\n    pass\n" + "".join(
         f"def _b_{n}():\n{textwrap.indent(body, '    ')}\n" for n, body in blocks.items())
+    fns += "".join(f"def _p_{n}():\n{textwrap.indent(body, '    ')}\n" for n, body in prepare.items())
     script = setup + "\n" + fns + _LOOP % (names, collect, warmup + rounds, warmup)
     out = unix.run_with_files(script, files, heap_kb=heap_kb, timeout=600).stdout
     line = next(x for x in out.splitlines() if x.startswith("FP-TIMES "))

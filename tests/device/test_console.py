@@ -13,7 +13,7 @@ import sys
 from agent_support import E_SIGNATURE, _agent, _board, _bundle
 from support import skip
 
-from pinagent import UPDATE_PATH, forget
+from pinagent import forget
 from pinagent.io import console
 
 ON_MICROPYTHON = sys.implementation.name == "micropython"
@@ -120,7 +120,7 @@ def _serve(agent, line, window_ms=3000, idle_ms=30000):
 
 
 def _loaded():
-    return [name for name in UPDATE_PATH if name in sys.modules]
+    return [name for name in console.SESSION_MODULES if name in sys.modules]
 
 
 def test_the_announcement_is_the_links():
@@ -139,7 +139,7 @@ def test_a_window_without_a_host_returns_and_answers_nothing():
 def test_a_window_without_a_frame_loads_no_update_code():
     if not ON_MICROPYTHON:
         skip("CPython keeps the update path's modules imported (pinagent.forget is MicroPython's)")
-    forget()
+    forget(console.SESSION_MODULES)
     assert _loaded() == []
     _serve(_agent(_board("v1.bin")), _Line(junk=b"rst:0x1 (POWERON_RESET)\r\n"))
     assert _loaded() == []
@@ -189,3 +189,22 @@ def test_serving_for_good_drops_an_idle_session_and_keeps_it_open():
     assert host.answers[seqs[2]] == (False, b"")
     if ON_MICROPYTHON:
         assert loaded == [[]]
+
+
+def test_a_service_held_across_a_boot_still_names_a_refusal():
+    # A caller that keeps its own Service while the agent boots again (the simulation's board on
+    # the VM does): the boot forgets the update path but not the service, so the handler's
+    # refusals are still the running service's ServiceError, answered with their own code.
+    from pinagent.service import Service
+
+    a = _agent(_board("v1.bin"))
+    held = Service(a)
+    b = _agent(a.fs.os.reboot())
+    svc = Service(b)
+    data = _bundle("v2_bad_signature.bin")
+    assert svc.dispatch(OP_WRITE_BEGIN, struct.pack("<I", len(data)) + hashlib.sha256(data).digest())[0] == OP_WRITE_BEGIN
+    for off in range(0, len(data), 180):
+        assert svc.dispatch(OP_WRITE_CHUNK, struct.pack("<I", off) + data[off:off + 180])[0] == OP_WRITE_CHUNK
+    op, body = svc.dispatch(OP_WRITE_COMMIT, b"")
+    assert op == OP_ERROR and body[0] == E_SIGNATURE, bytes(body)
+    assert held.dispatch(OP_IDENTIFY, b"")[0] == OP_IDENTIFY

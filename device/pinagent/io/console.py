@@ -16,9 +16,10 @@
 From the REPL (e.g. on a development board, after main.py handed over):
     import pinagent.io.console as c; c.serve()
 
-Heap: the update path (pinagent.UPDATE_PATH: link, service, handler, bundle, signers, ecdsa) is
-imported only when a frame starts on the console (a flag byte: a host's HELLO), and forgotten
-again when the session ends or serving stops, so the application never holds its code. Until
+Heap: the serial service and the update path (SESSION_MODULES: link, service, and
+pinagent.UPDATE_PATH: handler, bundle decoder, signers, ecdsa) are imported only when a frame starts
+on the console (a flag byte: a host's HELLO), and forgotten again when the session ends or serving
+stops, so the application never holds their code. Until
 then serve() only watches for that byte (the start-up announcement is a constant, ANNOUNCE).
 
 Ctrl-C is disabled (micropython.kbd_intr(-1)) while serving, so no byte of a transfer can
@@ -39,7 +40,7 @@ except ImportError:  # CPython
 
 import time
 
-from pinagent import forget
+from pinagent import UPDATE_PATH, forget
 
 WINDOW_MS = const(3000)  # after reset: how long main.py waits for a HELLO
 IDLE_MS = const(30000)  # a session with no frame for this long is over
@@ -48,6 +49,9 @@ RESET_DELAY_MS = const(100)  # lets the REBOOT answer leave the UART before the 
 EPOCH_2000 = const(946684800)  # POSIX seconds of 2000-01-01, the ESP32 port's epoch
 MIN_PLAUSIBLE = const(1704067200)  # 2024-01-01: an earlier reading means the clock was never set
 FLAG = const(0x7E)  # every frame starts with it (pinagent.link)
+
+# What a session loads, forgotten when it ends (module docstring)
+SESSION_MODULES = ("pinagent.service", "pinagent.link") + UPDATE_PATH
 
 # pinagent.link.DeviceLink(...).announce() with the link's defaults (window 256, max_frame 256,
 # cache 8): the unsolicited HELLO answer written when serving starts (tests check they agree)
@@ -197,14 +201,14 @@ def serve(agent=None, window_ms=None, idle_ms=IDLE_MS, port=None, reset=None, ct
                     live = link.session
                     svc.end_session()
                     svc = link = None
-                    forget()
+                    forget(SESSION_MODULES)
             if window_ms is not None and (link is None or not link.session) and ticks_diff(now, start) >= window_ms:
                 return agent
     finally:
         if svc is not None:
             svc.end_session()
         svc = link = None
-        forget()
+        forget(SESSION_MODULES)
         if ctrl_c_after:
             _kbd_intr(3)
 
