@@ -87,7 +87,7 @@ def test_a_clean_slow_line_sends_no_request_twice(fleetpin: Any, board: Any, tmp
     r = fleetpin("device", "update", "-p", b.port, "-b", "9600", v2, "--yes", "--json", "--receipt", tmp_path / "r.json")
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["result"] == "installed" and out["transfer"]["retransmissions"] == 0
+    assert out["result"] == "installed" and out["transfer"]["retransmissions"] == 0, out["transfer"]
     for args in (("info",), ("reports",)):
         r = fleetpin("device", *args, "-p", b.port, "-b", "9600")
         assert r.exit_code == 0, r.stderr

@@ -19,8 +19,6 @@ import sys
 
 sys.path.append("/fp/sim")
 
-from pinagent.link import DeviceLink
-from pinagent.service import Service
 from pinagent.store import FS
 
 _clock = [None]
@@ -100,6 +98,11 @@ def _boot():
         cfg = {}
     agent = make_agent(fs, _clock_fn, cfg)  # noqa: F821 (defined by the host-written prelude)
     agent.boot()
+    # imported after the boot, which forgets the update path (pinagent.forget): a Service from
+    # before it would catch another ServiceError class than the one the handler raises
+    from pinagent.link import DeviceLink
+    from pinagent.service import Service
+
     svc = Service(agent)
     return svc, DeviceLink(svc.dispatch)
 
