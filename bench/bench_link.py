@@ -20,7 +20,7 @@ import os
 import time
 from collections import deque
 
-from fleetpin.field.client import Client
+from fleetpin.protocol.client import Client
 from pinagent.link import DeviceLink
 from pinagent.service import Handler
 

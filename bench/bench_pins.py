@@ -26,9 +26,10 @@ ROUNDS = 7
 SETUP = """
 import hashlib, time, gc, json
 from pinagent import der, pins, policy
+from pinagent.policy_load import policy_from_obj
 ders = [open('/bench/c%d.der' % i, 'rb').read() for i in range(3)]
 mvs = [memoryview(d) for d in ders]
-pol = policy.Policy.from_obj(json.loads(open('/bench/policy.json').read()))
+pol = policy_from_obj(json.loads(open('/bench/policy.json').read()))
 def hash_only(n):
     for _ in range(n):
         for d in mvs:

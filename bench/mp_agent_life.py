@@ -117,6 +117,7 @@ def main():
     version = job["first"]
     for i in range(job["rounds"]):
         import main as board  # the board's main.py, source compiled here as on the board
+
         from pinagent.store import FS
 
         console, agent = _start(board, FS(_Os(os, job["flash"]), open))

@@ -15,9 +15,9 @@ DEVICE = ROOT / "device"
 TESTS = ROOT / "tests" / "device"
 VECTORS = ROOT / "tests" / "vectors"
 # The host ends of the serial protocol, the device's peer in the link and service tests: host code
-# kept MicroPython-compatible for exactly this; mirrored as fleetpin/field/ beside pinagent.
-FIELD = ROOT / "host" / "fleetpin" / "field"
-HOST_PEERS = [FIELD / name for name in ("__init__.py", "link_host.py", "client.py")]
+# kept MicroPython-compatible for exactly this; mirrored as fleetpin/protocol/ beside pinagent.
+PROTOCOL = ROOT / "host" / "fleetpin" / "protocol"
+HOST_PEERS = [PROTOCOL / name for name in ("__init__.py", "link_host.py", "client.py")]
 RESULT_PREFIX = "RESULT: "  # figures a test reports (see tests/conftest.py), shown in CI's output
 
 

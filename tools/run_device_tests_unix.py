@@ -158,8 +158,8 @@ def build_tree(root: Path, test_modules: list[Path], as_source: bool) -> list[st
     for src in sorted((common.DEVICE / "pinagent").rglob("*.py")):
         rel = src.relative_to(common.DEVICE)
         jobs.append((src, root / "device" / rel, rel.as_posix()))
-    for src in common.HOST_PEERS:  # fleetpin.field's MicroPython-compatible modules, as the VM runner does
-        jobs.append((src, root / "device" / "fleetpin" / "field" / src.name, f"fleetpin/field/{src.name}"))
+    for src in common.HOST_PEERS:  # fleetpin.protocol's MicroPython-compatible modules, as the VM runner does
+        jobs.append((src, root / "device" / "fleetpin" / "protocol" / src.name, f"fleetpin/protocol/{src.name}"))
     for src in [*common.helper_modules(), *test_modules]:
         jobs.append((src, root / "tests" / "device" / src.name, f"tests/device/{src.name}"))
     runner = root / "runner"

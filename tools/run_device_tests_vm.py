@@ -66,7 +66,7 @@ def vm_files(test_modules: list[Path], as_source: bool) -> tuple[dict[str, bytes
     """
     helpers = helper_modules()
     sources = {f"{VM_TESTS}/{p.name}": p for p in [*helpers, *test_modules]}
-    sources.update({f"/fp/device/fleetpin/field/{p.name}": p for p in HOST_PEERS})
+    sources.update({f"/fp/device/fleetpin/protocol/{p.name}": p for p in HOST_PEERS})
     files: dict[str, bytes] = {}
     errors: list[str] = []
     try:

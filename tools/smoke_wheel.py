@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 MUST_SHIP = ("pinagent/agent.py", "pinagent/io/tls.py", "fleetpin/shipped/device/main.py",
              "fleetpin/shipped/device/manifest.py", "fleetpin/shipped/boards/esp32.toml",
              "fleetpin/shipped/examples/policy.toml", "fleetpin/vm/runner.mjs",
-             "fleetpin/sim/unixport/_boot.py", "fleetpin/shipped/device/PORTS.md")
+             "fleetpin/sim/unixport/_boot.py", "fleetpin/shipped/device/PORTS.md",
+             "fleetpin/shipped/device/pinagent/agent.py", "fleetpin/shipped/device/pinagent/io/tls.py")
 
 
 class SmokeFailed(Exception):

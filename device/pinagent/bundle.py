@@ -97,7 +97,8 @@ import hashlib
 import json
 import struct
 
-from .policy import Policy, PolicyError
+from .policy import PolicyError
+from .policy_load import policy_from_obj
 
 try:
     from micropython import const
@@ -427,7 +428,7 @@ def _decode_payload(b, env, checks):
     if "policy" not in obj:
         raise BundleSchemaError("payload: policy missing")
     try:
-        b.policy = Policy.from_obj(obj["policy"])
+        b.policy = policy_from_obj(obj["policy"])
     except PolicyError as e:
         raise BundleSchemaError("policy." + str(e))
     b.report = _report(obj.get("report", {}))

@@ -18,7 +18,7 @@ matches responses by sequence number. The device executes each new sequence numb
 answers a duplicate from its cache of recent responses.
 
 This module is what both ends share (the frame codec, op codes, limits) plus the device end,
-DeviceLink. The host end, HostLink, is fleetpin/field/link_host.py, on the host.
+DeviceLink. The host end, HostLink, is fleetpin/protocol/link_host.py, on the host.
 """
 
 try:

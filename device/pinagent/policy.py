@@ -138,14 +138,6 @@ class Rule:
 class Policy:
     __slots__ = ("rules", "unpinned", "clock_lead", "_exact", "_one", "_suffix")
 
-    @classmethod
-    def from_obj(cls, obj):
-        """Validates a decoded policy JSON object; raises PolicyError naming the field. The
-        validation is pinagent.policy_load's: loaded for a boot or an update, not kept."""
-        from .policy_load import load
-
-        return load(cls(), obj)
-
     def rule_for(self, host):
         """The most specific rule for a normalised host name, or None."""
         rule = self._exact.get(host)

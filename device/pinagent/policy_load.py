@@ -1,6 +1,5 @@
-"""The policy JSON's validation, and the Policy it builds (pinagent.policy's Policy.from_obj, which
-is the way in): every field checked, unknown fields refused, pins decoded, overlapping rules
-refused (the format and its rules: pinagent.policy's docstring). Needed to load the installed
+"""The policy JSON's validation, and the Policy it builds (policy_from_obj, the way in): every
+field checked, unknown fields refused, pins decoded, overlapping rules refused (the format and its rules: pinagent.policy's docstring). Needed to load the installed
 bundle at boot and to check an update; a board forgets it after either (pinagent.forget), so
 the connection path keeps only what decides. A boot runs it on every wake: the name of a field
 ("domains[2].pins[0].pin") is only made when it is refused.
@@ -17,6 +16,7 @@ from .policy import (
     ONE_LABEL,
     UNPINNED_BLOCK,
     UNPINNED_CA,
+    Policy,
     PolicyError,
     Rule,
     _all_in,
@@ -33,9 +33,9 @@ _DOMAIN_KEYS = ("host", "include_subdomains", "pins", "enforce", "expires", "on_
 _PIN_KEYS = ("pin", "label")
 
 
-def load(self, obj):
-    """Fills the new Policy `self` from a decoded policy JSON object; raises PolicyError naming
-    the field."""
+def policy_from_obj(obj):
+    """The Policy of a decoded policy JSON object; raises PolicyError naming the field."""
+    self = Policy()
     if not isinstance(obj, dict):
         raise PolicyError("policy", "not an object")
     _refuse_unknown(obj, _POLICY_KEYS, None, "")

@@ -1,7 +1,7 @@
 """The update service on top of the link: op codes, error codes and names, request and
 response bodies, and the device-side dispatcher that calls an injected Handler.
 device/PROTOCOL.md specifies every message. The host side (Client, Upload, plan_chunks) is
-fleetpin/field/client.py, on the host.
+fleetpin/protocol/client.py, on the host.
 
 Device:  svc = Service(handler); link = DeviceLink(svc.dispatch); out = link.receive_data(rx)
          (after writing `out`, reboot if svc.reboot_requested; svc.end_session() when a session

@@ -8,7 +8,6 @@ those three calls are understood here; anything else in the manifest is refused.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -44,9 +43,6 @@ def read_manifest(root: Path | None = None) -> list[ShippedFile]:
     def package(name: str, files_: object = None, base_path: str = ".", opt: object = None) -> None:
         base = (root / base_path).resolve()
         pkg = base / name
-        if not pkg.is_dir():  # installed from a wheel: the package sits in site-packages, not beside
-            pkg = _installed_package(name) or pkg
-            base = pkg.parent
         if not pkg.is_dir():
             raise FleetpinError(f"{path}: package({name!r}): no folder {pkg}")
         for src in sorted(pkg.rglob("*.py")):
@@ -67,17 +63,6 @@ def read_manifest(root: Path | None = None) -> list[ShippedFile]:
     except NameError as e:
         raise FleetpinError(f"{path}: {e} (only package(), module() and metadata() are understood)") from None
     return files
-
-
-def _installed_package(name: str) -> Path | None:
-    """The folder of an importable package (a wheel installs `pinagent` as one, for the host's
-    own use of the agent's codecs, and the manifest's package() then means that folder)."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    return Path(locations[0]) if locations else None
 
 
 def compile_mpy(source: Path, source_name: str, march: str | None = None) -> bytes:

@@ -3,6 +3,7 @@
 
 from support import raises, read_vector, vector_json
 
+from pinagent.policy_load import policy_from_obj
 from pinagent import connect as C
 from pinagent import policy as P
 from pinagent.io.tls import EspTls, VerificationOff
@@ -25,7 +26,7 @@ def _policy(unpinned="ca", **rule):
     domain = {"host": "chain-leaf.example", "pins": [{"pin": _pin("chain-leaf"), "label": "primary"}],
               "expires": LATER}
     domain.update(rule)
-    return P.Policy.from_obj({"unpinned": unpinned, "domains": [domain]})
+    return policy_from_obj({"unpinned": unpinned, "domains": [domain]})
 
 
 def _feed(check, ders):
@@ -226,7 +227,7 @@ def test_open_pinned_errors_carry_the_verdict():
 
 def test_open_pinned_connects_to_the_canonical_host_only():
     root, inter, leaf, _ = _certs()
-    pol = P.Policy.from_obj({"domains": [{"host": "chain-leaf.example", "pins": [{"pin": _pin("chain-leaf")}],
+    pol = policy_from_obj({"domains": [{"host": "chain-leaf.example", "pins": [{"pin": _pin("chain-leaf")}],
                                           "expires": LATER}, {"host": "10.0.0.5", "pins": [{"pin": _pin("chain-leaf")}],
                                                               "expires": LATER}]})
     # a spelling getaddrinfo would read as another address, or a port in the name: refused

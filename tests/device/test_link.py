@@ -5,8 +5,8 @@ import binascii
 
 from support import Lcg, raises
 
-from fleetpin.field import link_host
-from fleetpin.field.link_host import HostLink
+from fleetpin.protocol import link_host
+from fleetpin.protocol.link_host import HostLink
 from pinagent import link
 from pinagent.link import (
     CTL_RESPONSE,

@@ -5,6 +5,7 @@ import json
 
 from support import raises, skip
 
+from pinagent.policy_load import policy_from_obj
 from pinagent import policy as P
 from pinagent.pins import pin_to_text
 
@@ -32,7 +33,7 @@ def _policy(domains, unpinned=None):
     obj = {"domains": domains}
     if unpinned is not None:
         obj["unpinned"] = unpinned
-    return P.Policy.from_obj(obj)
+    return policy_from_obj(obj)
 
 
 def _rule_host(policy, host):
@@ -299,7 +300,7 @@ def test_trusted_time_past_expiry_falls_back_even_with_the_clock_unset():
 
 
 def test_clock_lead_bounds_how_far_the_clock_may_run_ahead_of_trusted_time():
-    p = P.Policy.from_obj({"clock_lead": 3600, "domains": [_dom("foo.com", pins=(BACKUP,))]})
+    p = policy_from_obj({"clock_lead": 3600, "domains": [_dom("foo.com", pins=(BACKUP,))]})
     assert p.clock_lead == 3600 and _policy([]).clock_lead == 0
     v = P.decide(p, "foo.com", CHAIN, EXPIRES + 60, True, EXPIRES - 3600)
     assert v.allowed is True and v.reason == P.EXPIRED_FALLBACK
@@ -314,7 +315,7 @@ def test_clock_lead_invalid():
     for bad in (-1, True, "3600", 1.5, P.MAX_CLOCK_LEAD + 1):
         e = _err({"domains": [], "clock_lead": bad})
         assert e.field == "clock_lead", bad
-    assert P.Policy.from_obj({"domains": [], "clock_lead": P.MAX_CLOCK_LEAD}).clock_lead == P.MAX_CLOCK_LEAD
+    assert policy_from_obj({"domains": [], "clock_lead": P.MAX_CLOCK_LEAD}).clock_lead == P.MAX_CLOCK_LEAD
 
 
 def test_expired_enforce_keeps_checking_pins():
@@ -416,7 +417,7 @@ def test_decide_allocates_under_2kb():
 
 
 def _err(obj):
-    e = raises(P.PolicyError, P.Policy.from_obj, obj)
+    e = raises(P.PolicyError, policy_from_obj, obj)
     assert str(e) == e.field + ": " + e.reason
     return e
 
@@ -445,7 +446,7 @@ def test_unpinned_invalid():
 
 
 def test_empty_policy_is_valid():
-    p = P.Policy.from_obj({"domains": []})
+    p = policy_from_obj({"domains": []})
     assert p.unpinned == "ca" and p.rules == []
 
 
@@ -609,5 +610,5 @@ def test_policy_error_is_a_value_error():
 def test_ip_literals_take_ascii_digits_only():
     # CPython's str.isdigit() accepts "\u00b2" (superscript two), which int() then refuses
     for host in ("1.2.3.\u00b2", "1.2.3.\u0663"):
-        e = raises(P.PolicyError, P.Policy.from_obj, {"domains": [_dom(host)]})
+        e = raises(P.PolicyError, policy_from_obj, {"domains": [_dom(host)]})
         assert "domains[0].host" in str(e), str(e)

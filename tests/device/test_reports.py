@@ -6,6 +6,7 @@ import json
 from faultfs import EIO, FaultFS
 from support import raises
 
+from pinagent.policy_load import policy_from_obj
 from pinagent import policy as P
 from pinagent import reports as RP
 from pinagent import store as S
@@ -21,7 +22,7 @@ SUBJECTS = ["CN=api.example.com", "CN=Example Intermediate CA", "CN=Example Root
 
 
 def _verdict(host="api.example.com", chain=((0, LEAF), (1, INTER), (2, ROOT_))):
-    policy = P.Policy.from_obj({
+    policy = policy_from_obj({
         "domains": [{
             "host": "example.com",
             "include_subdomains": True,

@@ -6,8 +6,8 @@ import hashlib
 
 from support import Lcg, raises
 
-from fleetpin.field import client
-from fleetpin.field.client import Client, LinkFailure, RemoteError
+from fleetpin.protocol import client
+from fleetpin.protocol.client import Client, LinkFailure, RemoteError
 from pinagent import link, service
 from pinagent.link import OP_ERROR, DeviceLink, FrameDecoder, encode_frame
 from pinagent.service import (

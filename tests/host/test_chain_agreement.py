@@ -35,7 +35,7 @@ from fleetpin.sim.tls import SimTls
 from fleetpin.sim.tlsserver import TlsServer
 from pinagent import connect as C
 from pinagent import pins as dev_pins
-from pinagent.policy import Policy
+from pinagent.policy_load import policy_from_obj
 
 HOST = "device.test"
 DAY = 86400
@@ -163,7 +163,7 @@ def by_lint(capsys: pytest.CaptureFixture[str], d: Path) -> bool:
 def by_device_on_cpython(d: Path, port: int) -> tuple[bool, list[str] | None]:
     source = load_bundle_source(d / "policy.toml")
     try:
-        sock, check = C.open_pinned(SimTls(), Policy.from_obj(source.policy), source.ca_certs, HOST, port, timeout=5,
+        sock, check = C.open_pinned(SimTls(), policy_from_obj(source.policy), source.ca_certs, HOST, port, timeout=5,
                                     now=int(time.time()))
     except C.ConnectError as e:
         assert not isinstance(e, C.NetworkError), e
@@ -178,6 +178,7 @@ _MP_DEVICE = """
 import json, socket as _socket, time
 from pinagent import connect, pins, policy
 from pinagent.io.tls import EspTls
+from pinagent.policy_load import policy_from_obj
 
 class Loopback:
     # the board's socket module, with every name resolving to 127.0.0.1 (TLS still sees the name)
@@ -189,7 +190,7 @@ class Loopback:
 
 rows = json.load(open("rows.json"))
 for i, row in enumerate(rows):
-    p = policy.Policy.from_obj(row["policy"])
+    p = policy_from_obj(row["policy"])
     cas = []
     for j in range(row["cas"]):
         f = open("ca%d_%d.der" % (i, j), "rb")

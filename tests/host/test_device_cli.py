@@ -115,7 +115,7 @@ def test_update_shows_the_diff_installs_checks_and_leaves_a_receipt(
     assert "bundle v1 -> v2" in out
     assert f"  api.example.com:\n      starts accepting server key {P3} (backup-1)\n" in out
     assert f"      stops accepting server key {P1} (primary)\n" in out
-    assert f"  new pinned domain new.example.com: checked; pins expire 2030-01-01T00:00:00Z\n" in out
+    assert "  new pinned domain new.example.com: checked; pins expire 2030-01-01T00:00:00Z\n" in out
     assert f"      accepts server key {P3} (primary)" in out
     # security-relevant lines are marked: a domain no longer pinned, a fallback to CA validation
     assert "! old.example.com: NO LONGER PINNED" in out

@@ -21,7 +21,7 @@ from fleetpin.formats import export
 from fleetpin.formats.android_import import NEVER, import_android
 from fleetpin.formats.okhttp import okhttp_matches
 from pinagent import bundle as dev_bundle
-from pinagent.policy import Policy
+from pinagent.policy_load import policy_from_obj
 
 A = base64.b64encode(bytes([1]) * 32).decode()
 B = base64.b64encode(bytes([2]) * 32).decode()
@@ -52,7 +52,7 @@ def warnings_of(fmt: str, obj: dict[str, Any], **kw: Any) -> list[str]:
 
 
 def canonical(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r.to_obj() for r in Policy.from_obj(obj).rules]
+    return [r.to_obj() for r in policy_from_obj(obj).rules]
 
 
 # --- Android --------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ import binascii
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetpin.field import link_host
-from fleetpin.field.link_host import HostLink
+from fleetpin.protocol import link_host
+from fleetpin.protocol.link_host import HostLink
 from pinagent import link
 from pinagent.link import DeviceLink, FrameDecoder, FrameError, encode_frame
 

@@ -1,6 +1,6 @@
 """device/main.py and pinagent.io.console, run under CPython: fake `micropython`, `machine` and
 `tls` modules in sys.modules, the board's flash as tests/device/faultfs.py, the console as a
-scripted host (fleetpin.field.client.Client) on a fake clock.
+scripted host (fleetpin.protocol.client.Client) on a fake clock.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from fleetpin.field.client import Client
+from fleetpin.protocol.client import Client
 from pinagent import store as S
 
 ROOT = Path(__file__).resolve().parents[2]

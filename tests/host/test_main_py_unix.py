@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from fleetpin.field.client import Client
+from fleetpin.protocol.client import Client
 from pinagent import store as S
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -307,7 +307,7 @@ def test_verified_chain_is_root_last_in_der(pki: Pki, servers: dict[str, TlsServ
 
 
 def test_test_connect_and_reports_through_the_service(tmp_path: Path, pki: Pki, servers: dict[str, TlsServer]) -> None:
-    from fleetpin.field.client import Client
+    from fleetpin.protocol.client import Client
     from pinagent.link import DeviceLink
 
     agent = board(tmp_path, make_bundle(pki, [pinned(pki)]))

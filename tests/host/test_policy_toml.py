@@ -10,7 +10,7 @@ import pytest
 
 from fleetpin.bundles.policy import load_policy_toml, parse_policy_toml
 from fleetpin.errors import UsageError
-from pinagent.policy import Policy
+from pinagent.policy_load import policy_from_obj
 
 REPO = Path(__file__).resolve().parents[2]
 PIN_A = base64.b64encode(bytes([1]) * 32).decode()
@@ -37,7 +37,7 @@ def _error(text: str) -> UsageError:
 
 def test_example_policy_loads_and_is_valid() -> None:
     obj = load_policy_toml(REPO / "examples" / "policy.toml")
-    policy = Policy.from_obj(obj)
+    policy = policy_from_obj(obj)
     assert [r.host for r in policy.rules] == ["api.example.com", "telemetry.example.net", "*.ota.example.org",
                                               "10.0.0.5"]
     assert obj["unpinned"] == "ca"
@@ -59,7 +59,7 @@ def test_defaults_are_inherited_and_overridden() -> None:
 def test_device_defaults_apply_when_nothing_is_said() -> None:
     obj = parse_policy_toml(_toml(_domain()))
     assert "unpinned" not in obj and "enforce" not in obj["domains"][0]
-    rule = Policy.from_obj(obj).rules[0]
+    rule = policy_from_obj(obj).rules[0]
     assert rule.enforce is True and rule.on_expiry == "fallback" and rule.include_subdomains is False
 
 
@@ -149,7 +149,7 @@ def test_invalid_default_names_defaults() -> None:
 def test_clock_lead_is_a_policy_wide_setting_in_defaults() -> None:
     obj = parse_policy_toml(_toml(_domain(), defaults="expires = 2027-01-01\nclock_lead = 86400"))
     assert obj["clock_lead"] == 86400 and "clock_lead" not in obj["domains"][0]
-    assert Policy.from_obj(obj).clock_lead == 86400
+    assert policy_from_obj(obj).clock_lead == 86400
     assert "clock_lead" not in parse_policy_toml(_toml(_domain()))
     e = _error(_toml(_domain(), defaults="expires = 2027-01-01\nclock_lead = 31536000"))
     assert str(e).startswith("fleet.toml: defaults.clock_lead: not an integer in 0..2592000")

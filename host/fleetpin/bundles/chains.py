@@ -91,21 +91,23 @@ def _self_signed(cert: Any) -> bool:
 def verdict_on_cpython(obj: dict[str, Any], host: str, ders: list[bytes], now: int | None,
                        verified: bool) -> dict[str, Any]:
     from pinagent import pins, policy
+    from pinagent.policy_load import policy_from_obj
 
     # `now` is taken as authenticated time (a device that knows the time), so expired pins fall
     # back as the rule says; a device whose clock alone moved past an expiry keeps the pins.
-    verdict = policy.decide(policy.Policy.from_obj(obj), host, pins.chain_digests(ders), now, verified, 0, now)
+    verdict = policy.decide(policy_from_obj(obj), host, pins.chain_digests(ders), now, verified, 0, now)
     result: dict[str, Any] = verdict.to_obj()
     return result
 
 
 _VM_SOURCE = """
 import json
+from pinagent.policy_load import policy_from_obj
 from pinagent import pins, policy
 with open(ROOT + "/args.json") as f:
     args = json.load(f)
 with open(ROOT + "/policy.json") as f:
-    p = policy.Policy.from_obj(json.load(f))
+    p = policy_from_obj(json.load(f))
 ders = []
 for i in range(args["count"]):
     with open(ROOT + "/chain/%d.der" % i, "rb") as f:

@@ -20,7 +20,7 @@ Naive datetimes (no offset) are refused rather than guessed: an expiry hours off
 direction is an outage. Unknown tables and keys are refused with the field named, so a typo
 never silently drops a setting (later issues add tables for CA certificates and reports).
 
-Validity is defined once, in pinagent.policy.Policy.from_obj; this module only translates
+Validity is defined once, in pinagent.policy_load.policy_from_obj; this module only translates
 names and dates and maps the device's field names ("domains[1]") back to the file's
 ("domain[1]").
 """
@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from fleetpin.errors import UsageError
-from pinagent.policy import Policy, PolicyError
+from pinagent.policy import PolicyError
+from pinagent.policy_load import policy_from_obj
 
 TOP_KEYS = ("defaults", "domain")
 DEFAULT_KEYS = ("enforce", "expires", "on_expiry", "unpinned", "clock_lead")
@@ -128,7 +129,7 @@ class _PolicyFile:
             obj["domains"].append(self.convert_domain(i, domain, defaults))
 
         try:
-            Policy.from_obj(obj)
+            policy_from_obj(obj)
         except PolicyError as e:
             reason = re.sub(r"domains\[(\d+)\]", r"domain[\1]", e.reason)
             raise self.error(self.file_field(e.field), reason, hint=self.hint_for(e.field, domains)) from None

@@ -38,6 +38,7 @@ from fleetpin.times import iso8601
 from pinagent import bundle as dev_bundle
 from pinagent import pins as dev_pins
 from pinagent.policy import Policy, Rule, canonical_host, normalise_host
+from pinagent.policy_load import policy_from_obj
 
 BUNDLE = "bundle"
 POLICY = "policy"
@@ -140,7 +141,7 @@ def bundle_view(data: bytes, name: str) -> View:
 def empty_view(name: str) -> View:
     """No bundle at all (a device in the safe state): no domains, no CA certificates."""
     return View(path=Path(name), kind=BUNDLE, policy_obj={"domains": [], "unpinned": "ca"},
-                policy=Policy.from_obj({"domains": []}), ca_certs=[], report=None)
+                policy=policy_from_obj({"domains": []}), ca_certs=[], report=None)
 
 
 def _bundle_view(path: Path, data: bytes) -> View:
@@ -178,7 +179,7 @@ def _policy_view(path: Path, lenient: bool) -> View:
 
 def view_of_source(path: Path, source: BundleSource, pin_problems: list[PinProblem] | None = None) -> View:
     """The view of what `bundle build` would put in a bundle from a policy file."""
-    return View(path=path, kind=POLICY, policy_obj=source.policy, policy=Policy.from_obj(source.policy),
+    return View(path=path, kind=POLICY, policy_obj=source.policy, policy=policy_from_obj(source.policy),
                 ca_certs=[ca_cert(d) for d in source.ca_certs], report=source.report,
                 pin_problems=pin_problems or [], written_hosts=[str(d["host"]) for d in source.policy["domains"]])
 

@@ -1,4 +1,4 @@
-"""The serial transport for `fleetpin device ...`: pyserial driving fleetpin.field.client.Client (the
+"""The serial transport for `fleetpin device ...`: pyserial driving fleetpin.protocol.client.Client (the
 sans-I/O host end of the update protocol, device/PROTOCOL.md) with real time.
 
     with Transport.open(port) as t:
@@ -32,7 +32,7 @@ import serial
 
 from fleetpin.device_errors import hint_for
 from fleetpin.errors import FleetpinError
-from fleetpin.field.client import BadResponse, Call, Client, LinkFailure, RemoteError, Upload
+from fleetpin.protocol.client import BadResponse, Call, Client, LinkFailure, RemoteError, Upload
 from pinagent.link import OP_READ_CACHED
 from pinagent.service import OPS
 
@@ -178,7 +178,7 @@ class Transport:
         baud = baud or getattr(ser, "baudrate", None) or DEFAULT_BAUD
         self.baud = int(baud)
         # Every timer runs from when the answer should have crossed the line at this rate (the
-        # link's line model: fleetpin.field.link_host); rto is only the margin on top of that,
+        # link's line model: fleetpin.protocol.link_host); rto is only the margin on top of that,
         # for what the line does not explain (the device's own time, the OS), and adapts to it.
         # A request is given up once the device has said nothing for `timeout`; slow requests
         # (commit: a signature check in pure Python on the device) are probed less often.
@@ -328,7 +328,7 @@ class Transport:
 
     def read_all(self, which: str) -> bytes:
         """The whole stored bundle ("bundle") or report log ("reports"), read in pieces the
-        line's error rate pays for (fleetpin.field.client.Read), pipelined."""
+        line's error rate pays for (fleetpin.protocol.client.Read), pipelined."""
         plan = self.client.read_all(which)
         self.pump(lambda: plan.done)
         if plan.error is not None:
@@ -356,7 +356,7 @@ class Transport:
     def upload(self, bundle: bytes, progress: Callable[[int, int], None] | None = None, up: Upload | None = None) -> dict[str, Any]:
         """Sends and commits a bundle (or sees through one start_upload began). On a noisy line
         the link shrinks the chunks to what the error rate pays for and re-sends only the lost
-        ones (fleetpin.field.client.Upload), in the same session: the device keeps every chunk
+        ones (fleetpin.protocol.client.Upload), in the same session: the device keeps every chunk
         it received, and a new session resumes from what it acknowledged (WRITE_BEGIN's
         answer)."""
         total = len(bundle)

@@ -38,6 +38,7 @@ from fleetpin.bundles.policy import parse_policy_toml
 from fleetpin.errors import UsageError
 from pinagent import pins as dev_pins
 from pinagent import policy as dev_policy
+from pinagent.policy_load import policy_from_obj
 
 NEVER = 253402214400  # 9999-12-31T00:00:00Z: the default expires of pins that never expire
 _MAX_LABEL = 64
@@ -261,7 +262,7 @@ def _toml(domains: list[_Domain], name: str, never_expires: int, result: ImportR
         raise UsageError(f"{name}: no pinned domains: nothing to import",
                          hint="a policy needs at least one <domain-config> with a <pin-set>")
     try:
-        policy = dev_policy.Policy.from_obj({"domains": obj_domains})
+        policy = policy_from_obj({"domains": obj_domains})
     except dev_policy.PolicyError as e:
         i = int(m.group(1)) if (m := re.match(r"domains\[(\d+)\]", e.field)) else None
         where = f" ({[d for d in domains if d not in unpinned][i].where})" if i is not None else ""

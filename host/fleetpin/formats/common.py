@@ -66,6 +66,7 @@ from fleetpin.bundles.view import load_policy_obj
 from fleetpin.errors import UsageError
 from pinagent import pins as dev_pins
 from pinagent import policy as dev_policy
+from pinagent.policy_load import policy_from_obj
 
 TRUSTKIT_FORMATS = ("plist", "json")
 UNPINNED_DOMAIN = "(hosts without a rule)"
@@ -109,7 +110,7 @@ def load_policy_source(path: Path) -> dict[str, Any]:
 
 def parse_policy(obj: dict[str, Any]) -> Any:
     try:
-        return dev_policy.Policy.from_obj(obj)
+        return policy_from_obj(obj)
     except dev_policy.PolicyError as e:
         raise UsageError(f"invalid policy: {e}") from None
 

@@ -484,10 +484,7 @@ def agent_confirm(port: str, expected_digest: str, *, baud: int = 115200, timeou
     bundle_sha256 is). Returns the IDENTIFY answer; raises ConfirmFailed with the reason."""
     import serial
 
-    try:
-        from fleetpin.field.client import Client, LinkFailure, RemoteError  # after the client split
-    except ImportError:  # pragma: no cover - before it
-        from pinagent.service import Client, LinkFailure, RemoteError
+    from fleetpin.protocol.client import Client, LinkFailure, RemoteError
 
     try:
         ser = serial.serial_for_url(port, baudrate=baud, timeout=0.005)

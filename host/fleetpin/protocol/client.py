@@ -11,7 +11,7 @@ side (service.Service) ships to the board.
 import json
 import struct
 
-from fleetpin.field import link_host as _host
+from fleetpin.protocol import link_host as _host
 from pinagent import link as _link
 from pinagent.service import (
     ERROR_NAMES,
