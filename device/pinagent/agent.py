@@ -201,7 +201,8 @@ class Agent:
         from . import bundle as _bundle
 
         if installed_version is None:
-            b = _bundle.decode_bundle(data, None, self.fleet, None, None, 0, True)
+            b = _bundle.decode_bundle(data, None, fleet=self.fleet, installed_version=None, now=None, time_floor=0,
+                                      at_boot=True)
         else:
             if self.fleet is None:
                 raise _bundle.BundleWrongFleet("this device has no fleet configured")
@@ -211,7 +212,8 @@ class Agent:
             # install (pinagent.signers), so a set an older agent stored never bricks the board.
             trusted = _signers.load_signers(signers_bytes, False)
             floor = self.state.time_floor if self.state is not None else 0
-            b = _bundle.decode_bundle(data, trusted, self.fleet, installed_version, self.now(), floor)
+            b = _bundle.decode_bundle(data, trusted, fleet=self.fleet, installed_version=installed_version,
+                                      now=self.now(), time_floor=floor)
         if b.signers is None:
             return _store.Verified(b, b.version, b.issued, signers_bytes)
         from . import signers as _signers

@@ -162,7 +162,7 @@ from pinagent import bundle, signers
 data = open(ROOT + "/bundle.bin", "rb").read()
 trust = signers.load_signers(open(ROOT + "/signers.json", "rb").read(), False)
 try:
-    b = bundle.decode_bundle(data, trust, %r, %d, %s, %d)
+    b = bundle.decode_bundle(data, trust, fleet=%r, installed_version=%d, now=%s, time_floor=%d)
     out = {"fleet": b.fleet, "version": b.version, "channel": b.channel, "issued": b.issued,
            "key_ids": [k.hex() for k in b.key_ids], "domains": len(b.policy.rules), "ca_certs": len(b.ca_certs),
            "new_signers": None if b.signers is None else [s.key_id.hex() for s in b.signers.signers],
@@ -180,7 +180,8 @@ def verify_bundle(
     """{"error": class name, "reason"} or the summary of the accepted bundle."""
     if runtime == "device":
         try:
-            return _summary(dev_bundle.decode_bundle(data, trust, fleet, installed, now, floor))
+            return _summary(dev_bundle.decode_bundle(data, trust, fleet=fleet, installed_version=installed, now=now,
+                                                    time_floor=floor))
         except dev_bundle.BundleError as e:
             return {"error": type(e).__name__, "reason": e.reason}
     script = _VM_VERIFY % (fleet, installed, "None" if now is None else str(now), floor)

@@ -307,7 +307,7 @@ def _check_trusted(bundle: bytes, signers: bytes, fleet: str) -> None:
     except _signers.SignerSetError as e:
         raise UsageError(f"the signer set does not parse: {e}", hint="make it with fleetpin key signers") from None
     try:
-        _bundle.decode_bundle(bundle, trusted, fleet, None, None, 0)
+        _bundle.decode_bundle(bundle, trusted, fleet=fleet, installed_version=None, now=None, time_floor=0)
     except _bundle.BundleError as e:
         raise FleetpinError(f"the signer set does not verify the bundle: {type(e).__name__}: {e}",
                             hint="sign the bundle with a key of this signer set (fleetpin bundle verify --trust)") from None
