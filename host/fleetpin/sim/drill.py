@@ -179,11 +179,11 @@ class World:
         """Each device's application asks `server` for the time over a pinned connection and
         hands it to agent.server_time, which takes it only if the pin matched. On the cpython
         runtime the application runs in this process; on micropython it is the board's own
-        /app.py (TIME_APP), run by main.py after the listening window of a power cycle."""
+        /app.py (time_app), run by main.py after the listening window of a power cycle."""
         port = self.servers[server].port
         on_board = [b for b in boards if b.agent is None]
         for b in on_board:  # all at once: each waits out its own listening window
-            b.install_app(TIME_APP % {"host": API, "port": port, "mark": APP_MARK})
+            b.install_app(time_app(API, port))
         if on_board:
             self.log(f"  {len(on_board)} device(s) get the application as /app.py and restart: main.py runs it "
                      "after its listening window")
@@ -323,16 +323,18 @@ class World:
 
 
 APP_MARK = "fleetpin-app:"
-# _time_app as the board's /app.py (MicroPython): main.py calls main(agent) after the listening
-# window; it prints its outcome on the console, removes itself (a one-shot job: later boots run
-# no application) and returns, and main.py serves the protocol again.
-TIME_APP = """\
-def _sync(agent):
+# What an application does to learn authenticated time: read it from its own server over a
+# pinned connection, then agent.server_time(check, t). One source for both board runtimes: run
+# in this process for an agent on CPython (Python's SSL sockets have read and write too), and as
+# the board's /app.py on MicroPython (time_app), where main.py calls main(agent) after the
+# listening window; that one prints its outcome, removes itself (a one-shot job) and returns.
+SYNC_SOURCE = """\
+def sync_time(agent, host, port):
     from pinagent.connect import ConnectError
     try:
-        sock, check = agent.open("%(host)s", %(port)d, 5)
+        sock, check = agent.open(host, port, 5)
     except ConnectError as e:
-        return "refused (%%s)" %% e.reason
+        return "refused (%s)" % e.reason
     try:
         sock.write(b"TIME\\n")
         data = b""
@@ -347,42 +349,31 @@ def _sync(agent):
         t = int(data)
     except ValueError:
         return "no time in the answer"
-    return "taken as trusted time" if agent.server_time(check, t) else "not taken (%%s)" %% check.verdict.reason
-
+    return "taken as trusted time" if agent.server_time(check, t) else "not taken (%s)" % check.verdict.reason
+"""
+_TIME_APP_MAIN = """
 
 def main(agent):
     import os
     try:
-        outcome = _sync(agent)
+        outcome = sync_time(agent, %(host)r, %(port)d)
     except Exception as e:
         outcome = "failed (%%r)" %% (e,)
     os.remove("/app.py")
-    print("%(mark)s", outcome)
+    print(%(mark)r, outcome)
 """
 
 
+def time_app(host: str, port: int) -> str:
+    """The board's /app.py that syncs the time from host:port once."""
+    return SYNC_SOURCE + _TIME_APP_MAIN % {"host": host, "port": port, "mark": APP_MARK}
+
+
 def _time_app(agent: Any, port: int) -> str:
-    """What an application on the board does to learn authenticated time: read it from its own
-    server over a pinned connection, then agent.server_time(check, t)."""
-    try:
-        sock, check = agent.open(API, port, 5)
-    except ConnectError as e:
-        return f"refused ({e.reason})"
-    try:
-        sock.sendall(b"TIME\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(64)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        sock.close()
-    try:
-        t = int(data)
-    except ValueError:
-        return "no time in the answer"
-    return "taken as trusted time" if agent.server_time(check, t) else f"not taken ({check.verdict.reason})"
+    namespace: dict[str, Any] = {}
+    exec(SYNC_SOURCE, namespace)
+    outcome: str = namespace["sync_time"](agent, API, port)
+    return outcome
 
 
 def _fresh_signer(name: str) -> LocalKeySigner:
