@@ -214,3 +214,25 @@ def test_the_receipt_probe_follows_no_symlink(tmp_path: Path) -> None:
     (tmp_path / "r.json.probe").symlink_to(victim)
     receipts.check_writable(tmp_path / "r.json")
     assert victim.read_bytes() == b"precious"
+
+
+def test_what_a_crashed_board_printed_is_quoted_and_frames_are_not() -> None:
+    """console_says: the last error line of the text a board printed between frames (what the
+    host's "no answer" error quotes), made printable; a frame's body (binary, escaped) is never
+    read as text, even when its payload holds an error message."""
+    from fleetpin.field.transport import console_says
+
+    announce = b"~\x00\x80\x00}!\x00}!\x00}!\x08}!\x94\x9a\xd4\xa0~"
+    crash = (b"fleetpin: listening window failed:\nTraceback (most recent call last):\n"
+             b'  File "main.py", line 143, in main\nMemoryError: memory allocation failed, allocating 464 bytes\n')
+    assert console_says(announce + crash + announce) == "MemoryError: memory allocation failed, allocating 464 bytes"
+    assert console_says(announce + b"fleetpin: agent not installed or damaged: ImportError('no module')\n") == \
+        "fleetpin: agent not installed or damaged: ImportError('no module')"
+    refused = b"~\x81\x05\x01internal: MemoryError: no heap\n\x00\x12\x34\x56\x78~"
+    assert console_says(announce + refused) is None
+    assert console_says(announce + b"boot banner, no error\n" + announce) is None
+    # C1 controls and a bidirectional override are quoted escaped; C0 controls (ESC) make the
+    # piece binary, so it is not quoted at all
+    hostile = console_says(announce + "ValueError: \x9b31m\u202e evil\n".encode())
+    assert hostile == "ValueError: \\x9b31m\\u202e evil"
+    assert console_says(announce + b"ValueError: " + ESC.encode() + b"\n") is None

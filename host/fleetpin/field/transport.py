@@ -65,6 +65,27 @@ def printable(value: Any, limit: int = _MAX_TEXT) -> str:
     return out + "..." if cut else out
 
 
+# What the board printed between frames is kept this far back, for the error when it stops
+# answering (a traceback from a crash on the board says why).
+_CONSOLE_KEPT = 2048
+_ERROR_LINE = re.compile(r"^(?:fleetpin: .*|[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b.*)$", re.MULTILINE)
+_TEXT = re.compile(rb"[\t\r\n\x20-\x7e\x80-\xff]*")
+
+
+def console_says(raw: bytes) -> str | None:
+    """The board's last message among the text it printed between frames (a frame starts and
+    ends with 0x7E and carries binary; what lies between two frames is console text): the last
+    line of a traceback ("MemoryError: memory allocation failed, allocating 464 bytes") or of
+    main.py's own ("fleetpin: agent not installed or damaged: ..."); None if there is none."""
+    for piece in reversed(bytes(raw).split(b"~")):
+        if not _TEXT.fullmatch(piece):
+            continue  # a frame's body
+        found = [m.group(0) for m in _ERROR_LINE.finditer(piece.decode("utf-8", errors="replace"))]
+        if found:
+            return printable(found[-1].strip(), 160)
+    return None
+
+
 class BadAnswer(FleetpinError):
     """A board's answer that is not what a fleetpin agent sends (a field missing or of the
     wrong type): nothing in it is used."""
@@ -201,6 +222,7 @@ class Transport:
         self.rtt_ms: int | None = None
         self.last_upload: Upload | None = None
         self.ident: dict[str, Any] = {}  # set by callers that start the session with IDENTIFY
+        self.heard = bytearray()  # the last bytes the device sent (console_says)
 
     # ---- opening
 
@@ -259,6 +281,8 @@ class Transport:
                 data = self.ser.read(max(1, self.ser.in_waiting))
                 if data:
                     heard = time.monotonic()
+                    self.heard += data
+                    del self.heard[:-_CONSOLE_KEPT]
                     c.receive_data(data, self.now_ms())
                 elif time.monotonic() - heard > self.timeout:
                     # the link's own attempts may last longer: the user's timeout bounds silence
@@ -296,6 +320,11 @@ class Transport:
         raise FleetpinError(f"{what} failed: {printable(err)}")
 
     def _no_answer(self, reason: str, what: str) -> NoAnswer:
+        said = console_says(self.heard)
+        if said is not None:  # the board crashed, and printed why
+            return NoAnswer(f"the agent on the device failed during {what}; its console said: {said}", reason,
+                            hint="a MemoryError: the application leaves the agent too little heap; otherwise "
+                                 "re-flash the agent (`fleetpin provision`) and report the error")
         if reason == "restarted":
             return NoAnswer(f"the device restarted during {what}", reason, hint="run the command again once it is up")
         if reason == "version":
