@@ -334,8 +334,15 @@ class Agent:
         return _handler().test_connect(self, host, port)
 
     def end_session(self):
-        self._incoming = None
+        # An upload not committed goes to flash (pinagent.handler.stage) and its buffer back to
+        # the heap; a later session resumes it.
+        inc, self._incoming = self._incoming, None
         self._served = None
+        if inc is not None:
+            try:
+                _handler().stage(self, inc)
+            except Exception:  # must not raise (service.Handler); the upload then starts again
+                pass
 
     def reboot(self):
         self.reboot_requested = True

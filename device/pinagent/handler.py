@@ -3,12 +3,20 @@ pinagent.agent.Agent (whose service.Handler methods call these with the agent). 
 a host is connected: pinagent.io.console imports the service (and so this module) when a frame
 starts on the console, and drops them when the session ends, so an application never holds
 their code; the session's state (the upload being received, the reports snapshot, the last
-commit's answer) stays on the agent, which drops it in end_session.
+commit's answer) stays on the agent, which drops it from RAM in end_session.
 
 Upload: WRITE_BEGIN allocates the bundle's buffer, WRITE_CHUNKs fill it (any order, duplicates
 free), WRITE_COMMIT checks the digest and installs it through the store, which verifies its
 signatures (pinagent.bundle, with pinagent.ecdsa and pinagent.signers, which this module loads:
 IDENTIFY says the trusted set's keys).
+
+An upload the session ends before committing is kept, in flash, not RAM: the agent's
+end_session gives the buffer back to the heap after stage() wrote its received start to
+/fleetpin/upload.part (head: b"FPU1", size u32, the bundle's sha256, the staged bytes' sha256).
+The next WRITE_BEGIN takes it back (unstage): the same bundle resumes from there, any other one
+drops it. A staged file that is torn or altered fails its digest and is dropped (the upload
+starts from zero); what is resumed is checked by the bundle's digest and signatures at the
+commit, as any upload.
 """
 
 try:
@@ -20,6 +28,7 @@ except ImportError:  # CPython
 
 
 import hashlib
+import struct
 
 from . import VERSION
 from . import bundle as _bundle
@@ -29,6 +38,11 @@ from . import store as _store
 from .policy import canonical_host
 
 MAX_GAPS = const(64)  # separate received pieces of a bundle being written (in-order hosts make 1-8)
+_STAGED_HEAD = "<4sI32s32s"
+_STAGED_HEAD_LEN = const(72)
+_STAGED_MAGIC = b"FPU1"
+_STAGE_SLACK_BLOCKS = const(4)  # a staged upload never takes the last blocks (reports, state)
+_READ_PIECE = const(512)
 _MAX_PROBLEMS = const(4)
 _MAX_PROBLEM = const(80)
 
@@ -77,6 +91,11 @@ class _Incoming:
         out.append([start, end])
         out.sort(key=_first)
         self.ranges = out
+
+    def prefix(self):
+        """How many bytes from the start arrived without a gap."""
+        r = self.ranges
+        return r[0][1] if r and r[0][0] == 0 else 0
 
     def complete(self):
         return self.size == 0 or (len(self.ranges) == 1 and self.ranges[0][0] == 0 and self.ranges[0][1] == self.size)
@@ -140,12 +159,15 @@ def read_bundle(agent, offset, length):
 
 
 def write_begin(agent, size, sha256):
+    sha256 = bytes(sha256)
     inc = agent._incoming
-    if inc is not None and inc.size == size and inc.sha256 == bytes(sha256):
+    if inc is not None and inc.size == size and inc.sha256 == sha256:
         return inc.ranges  # the same upload again: keep what arrived, and say what that is
     if size < 1 or size > _bundle.MAX_BUNDLE:
         raise _refuse("E_BUNDLE", "a bundle is 1 to %d bytes, not %d" % (_bundle.MAX_BUNDLE, size))
     agent._incoming = None  # free the old buffer before allocating the new one
+    inc = _Incoming(size, sha256)
+    unstage(agent, inc)  # before the space check: a staged upload's room is free again
     try:
         free, block = agent.fs.free(agent.root)
     except Exception:
@@ -153,7 +175,73 @@ def write_begin(agent, size, sha256):
     # the slot adds the signer set and 42 bytes; bundle.prev may be dropped to make room
     if free is not None and free + _prev_size(agent) < size + 1024 + 2 * block:
         raise _refuse("E_NO_SPACE", "%d bytes, %d free" % (size, free))
-    agent._incoming = _Incoming(size, bytes(sha256))
+    agent._incoming = inc
+    return inc.ranges
+
+
+def _staged_path(agent, name=_store.UPLOAD):
+    return agent.root + "/" + name
+
+
+def stage(agent, inc):
+    """Writes the received start of `inc` to flash for a later session (module docstring).
+    Best effort: without room, or on a storage error, nothing is kept (the upload will start
+    from zero); a power cut leaves upload.new, which boot removes."""
+    n = inc.prefix()
+    if n == 0:
+        return
+    fs = agent.fs
+    path = _staged_path(agent)
+    try:
+        free, block = fs.free(agent.root)
+        if free < _STAGED_HEAD_LEN + n + _STAGE_SLACK_BLOCKS * block:
+            return
+        data = memoryview(inc.buf)[:n]
+        head = struct.pack(_STAGED_HEAD, _STAGED_MAGIC, inc.size, inc.sha256, hashlib.sha256(data).digest())
+        fs.write_atomic(path, _staged_path(agent, _store.UPLOAD_NEW), (head, data))
+    except Exception:
+        try:
+            fs.remove_quiet(_staged_path(agent, _store.UPLOAD_NEW))
+        except Exception:
+            pass
+
+
+def unstage(agent, inc):
+    """Takes a staged upload out of flash: if it is the start of `inc`'s bundle and its digest
+    holds, into inc's buffer (inc.ranges then say what it holds); whatever it was, the file goes."""
+    fs = agent.fs
+    path = _staged_path(agent)
+    try:
+        n = fs.size(path) - _STAGED_HEAD_LEN
+        if n < -_STAGED_HEAD_LEN:
+            return  # nothing staged
+        try:
+            if 0 < n <= inc.size:
+                _load_staged(fs, path, inc, n)
+        finally:
+            fs.remove_quiet(path)
+    except Exception:  # unreadable, or cannot be removed: the upload starts from zero
+        inc.ranges = []
+
+
+def _load_staged(fs, path, inc, n):
+    f = fs.open(path, "rb")
+    try:
+        magic, size, sha, staged_sha = struct.unpack(_STAGED_HEAD, f.read(_STAGED_HEAD_LEN))
+        if magic != _STAGED_MAGIC or size != inc.size or sha != inc.sha256:
+            return  # another upload (replaced), or not a staged upload at all
+        buf = memoryview(inc.buf)
+        got = 0
+        while got < n:  # in pieces: a second buffer the bundle's size would double the heap it needs
+            piece = f.read(min(_READ_PIECE, n - got))
+            if not piece:
+                return
+            buf[got:got + len(piece)] = piece
+            got += len(piece)
+    finally:
+        f.close()
+    if hashlib.sha256(buf[:n]).digest() == staged_sha:
+        inc.add(0, n)
 
 
 def _prev_size(agent):

@@ -128,8 +128,9 @@ class Handler:
         raise ServiceError(E_UNSUPPORTED, "ack_reports")
 
     def end_session(self):
-        """The serial session ended (idle, or serving stopped): drop what only it needed (an
-        upload never committed). Must not raise."""
+        """The serial session ended (idle, or serving stopped): give back the RAM only it needed
+        (an upload not committed: the agent keeps it in flash for a later session). Must not
+        raise."""
 
     def test_connect(self, host, port):
         """Opens a pinned TLS connection to host:port; returns a dict with the verdict."""

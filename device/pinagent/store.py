@@ -11,6 +11,9 @@ Files (root /fleetpin):
                   next update, time floor and counters (binary record with a digest); state.new
                   is its temp
     reports.bin   failure reports (pinagent.reports)
+    upload.part   the received start of an upload a session left uncommitted (written and
+                  read by pinagent.handler; upload.new is its temp); a spare, dropped when a
+                  commit needs its room
 
 Slot format (one file = one atomic rename commits both the bundle AND the signer set it was
 accepted under, so a rotation can never be half applied):
@@ -124,6 +127,8 @@ BUNDLE_PREV = "bundle.prev"
 SIGNERS = "signers.bin"
 STATE = "state.bin"
 STATE_NEW = "state.new"
+UPLOAD = "upload.part"  # an upload a session left uncommitted (pinagent.handler.stage)
+UPLOAD_NEW = "upload.new"
 
 MODE_OK = "ok"
 MODE_RECOVERED = "recovered-previous"
@@ -574,6 +579,8 @@ class Store:
                 self.fs.remove_quiet(self.path(BUNDLE_NEW))
             if STATE_NEW in names:
                 self.fs.remove_quiet(self.path(STATE_NEW))
+            if UPLOAD_NEW in names:
+                self.fs.remove_quiet(self.path(UPLOAD_NEW))
         except Exception as e:
             st.problems.append("repair: %s" % _why(e))
         # The trust record must hold the newest trust too (module docstring): rewrite it when it
@@ -668,10 +675,12 @@ class Store:
         need = ((size + block - 1) // block + 1) * block  # the file, plus a block of metadata slack
         if free >= need:
             return
-        # bundle.prev is only a spare: drop it, unless it is the bundle in use
-        if st.source != BUNDLE_PREV and self.fs.size(self.path(BUNDLE_PREV)) >= 0:
-            self.fs.remove_quiet(self.path(BUNDLE_PREV))
-            free, block = self.fs.free(self.root)
+        # bundle.prev and a staged upload are only spares: drop them, unless prev is in use
+        spares = (UPLOAD, BUNDLE_PREV) if st.source != BUNDLE_PREV else (UPLOAD,)
+        for name in spares:
+            if free < need and self.fs.size(self.path(name)) >= 0:
+                self.fs.remove_quiet(self.path(name))
+                free, block = self.fs.free(self.root)
         if free < need:
             raise NoSpace("%d bytes free, %d needed" % (free, need))
 

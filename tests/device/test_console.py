@@ -191,6 +191,38 @@ def test_serving_for_good_drops_an_idle_session_and_keeps_it_open():
         assert loaded == [[]]
 
 
+def test_an_upload_cut_off_by_the_session_going_idle_resumes_in_the_next_session():
+    # The host goes away mid-upload (a pulled cable); the session goes idle and its code and
+    # buffer go, the received start stays in flash; a host that comes back much later resumes.
+    a = _agent(_board("v1.bin"))
+    data = _bundle("v2.bin")
+    host = _Host()
+    line = _Line(host)
+    seqs = []
+
+    def part():  # WRITE_BEGIN and the first 5 chunks, then nothing
+        seqs.append(host.call(OP_WRITE_BEGIN, struct.pack("<I", len(data)) + hashlib.sha256(data).digest()))
+        for off in range(0, 5 * 180, 180):
+            seqs.append(host.call(OP_WRITE_CHUNK, struct.pack("<I", off) + data[off:off + 180]))
+
+    line.steps.append((100, part))
+    line.steps.append((35000, lambda: seqs.append(_loaded())))
+    later = []
+
+    def come_back():  # a new host: a new session (HELLO), the same bundle
+        line.host = _Host()
+        later.extend(line.host.upload(data))
+
+    line.steps.append((600000, come_back))
+    line.steps.append((660000, lambda: later.append(line.host.call(OP_REBOOT))))
+    _serve(a, line, window_ms=None, idle_ms=30000)
+    if ON_MICROPYTHON:
+        assert seqs[-1] == []  # the session's code was gone while the board waited
+    error, held = line.host.answers[later[0]]
+    assert not error and held == bytes((1,)) + struct.pack("<II", 0, 5 * 180)
+    assert line.host.json(later[-2])["installed"] and a.state.version == 2
+
+
 def test_a_service_held_across_a_boot_still_names_a_refusal():
     # A caller that keeps its own Service while the agent boots again (the simulation's board on
     # the VM does): the boot forgets the update path but not the service, so the handler's

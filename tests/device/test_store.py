@@ -410,6 +410,20 @@ def test_previous_bundle_is_dropped_when_it_is_the_only_way_to_fit():
     assert S.decode_slot(ffs.files[R + "bundle.prev"])[1] == sized[1]
 
 
+def test_a_staged_upload_is_dropped_before_the_previous_bundle_to_make_room():
+    sized = [fake_bundle(v, S1, size=2000) for v in (1, 2, 3)]
+    ffs = _board(sized[:2], blocks=6)  # metadata 2 + bin 1 + prev 1 + upload.part 1: 1 free, 2 needed
+    ffs.files[R + S.UPLOAD] = b"FPU1" + bytes(2000)  # an abandoned upload a session staged
+    ffs.files[R + S.UPLOAD_NEW] = b"FPU1" + bytes(10)  # and a temp a power cut left
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    assert R + S.UPLOAD_NEW not in ffs.files  # boot removes the temp
+    store.install(sized[2])
+    ffs, st = _boot(ffs)
+    assert st.version == 3 and R + S.UPLOAD not in ffs.files
+    assert S.decode_slot(ffs.files[R + "bundle.prev"])[1] == sized[1]  # the spare that was enough
+
+
 def test_flash_full_while_writing_is_no_space_and_keeps_the_old_bundle():
     ffs = _board([V1])
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
