@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -255,6 +256,9 @@ def test_cli_json_summary_registry_and_exit_code(tmp_path: Path, image: LoadedIm
     assert cli.main([*base, "--port", good.port, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["image_id"] == image.image_id and out["results"][0]["result"] == RESULT_OK
+    first = out["results"][0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", first["started"]) and first["ended"] >= first["started"]
+    assert first["seconds"] > 0
     assert cli.main([*base, "--port", f"a={good.port}", "--port", f"b={wrong.port}", "--jobs", "2", "--json"]) == 1
     res = {r["station"]: r for r in json.loads(capsys.readouterr().out)["results"]}
     assert res["a"]["result"] == RESULT_SAME and res["b"]["result"] == RESULT_FAILED and "wrong chip" in res["b"]["error"]

@@ -45,14 +45,15 @@ from typing import Any, Protocol
 from fleetpin.errors import FleetpinError
 from fleetpin.line.image import LoadedImage
 from fleetpin.line.registry import BUSY, DEFAULT_LEASE_S, SKIP, Attempt, Claim, ClaimLost, Registry
+from fleetpin.times import iso8601
 
 RESULT_OK = "provisioned"
 RESULT_SAME = "already-provisioned"
 RESULT_FAILED = "failed"
 
-_MAC = re.compile(r"^MAC:\s+([0-9a-f]{2}(?::[0-9a-f]{2}){5})", re.I)
+_MAC = re.compile(r"^MAC:\s+([0-9a-f]{2}(?::[0-9a-f]{2}){5})", re.IGNORECASE)
 _CHIP = re.compile(r"^(?:Chip type|Chip is):?\s+(.+)$")
-_REGION = re.compile(r"^Writing '(.+)' at (0x[0-9a-f]+)\.\.\.", re.I)
+_REGION = re.compile(r"^Writing '(.+)' at (0x[0-9a-f]+)\.\.\.", re.IGNORECASE)
 _PROGRESS = re.compile(r"^Writing at (0x[0-9a-f]+).*?(\d+(?:\.\d+)?)%")
 _SKIPPED = re.compile(r"^'(.+)' at (0x[0-9a-f]+) already in flash, skipping write\.")
 _VERIFIED = "Hash of data verified."
@@ -127,7 +128,9 @@ class StationResult:
         return self.result != RESULT_FAILED
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self) | {"seconds": round(self.ended - self.started, 3)}
+        """For `provision --json`: times in ISO 8601 (UTC), as in registry exports and receipts."""
+        return asdict(self) | {"started": iso8601(self.started), "ended": iso8601(self.ended),
+                               "seconds": round(self.ended - self.started, 3)}
 
 
 @dataclass
