@@ -306,7 +306,8 @@ class _Stage:
         up = t.last_upload if t is not None else None
         acked = up.acked if up is not None else 0
         return (f"unchanged: {keeps}; it holds {acked} of {self.total} bytes of v{rec.new.get('version')}, "
-                "kept for a resume until it is reset or another upload begins")
+                "kept for a resume until another upload begins (in flash once the session ends, "
+                "30 s after the last frame; a reset before that loses them)")
 
 
 def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_json: bool, yes: bool,
