@@ -8,6 +8,7 @@ import hashlib
 import json
 import random
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +320,26 @@ def test_a_full_line_on_one_busy_machine(tmp_path: Path, image: LoadedImage) -> 
                 proc.kill()
     bad = [o for o in outcomes if o[0] != RESULT_OK or o[1] != image.bundle_sha256]
     assert len(outcomes) == 32 and bad == [], bad
+
+
+def test_two_roms_started_on_one_new_board_erase_it_once(tmp_path: Path) -> None:
+    """Two stations offered the same new board start their ROMs on one flash file at once: it
+    is created whole (4 MB of 0xFF), never extended twice (they made 6 and 8 MB files that the
+    agent check refused: "6291456 bytes is not a flash size of esp32")."""
+    from fleetpin.sim.rom import FLASH_SIZE, FileFlash
+
+    for trial in range(5):
+        path = tmp_path / f"board{trial}.img"
+        start = threading.Barrier(4)
+
+        def rom(path: Path = path, start: threading.Barrier = start) -> None:
+            start.wait()
+            FileFlash(path)
+
+        roms = [threading.Thread(target=rom) for _ in range(4)]
+        for t in roms:
+            t.start()
+        for t in roms:
+            t.join()
+        assert path.stat().st_size == FLASH_SIZE and path.read_bytes() == b"\xff" * FLASH_SIZE, trial
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"board{i}.img" for i in range(5)]  # no temp left

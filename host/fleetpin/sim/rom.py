@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import math
 import mmap
+import os
 import sys
+import threading
 from pathlib import Path
 
 from esp32_mock_bootloader import protocol, registers, server
@@ -44,11 +46,29 @@ class FileFlash(server.FlashImage):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        if not path.exists() or path.stat().st_size < FLASH_SIZE:
-            with open(path, "ab") as f:  # a new board's flash is erased: all 0xFF
-                f.write(b"\xff" * (FLASH_SIZE - f.tell()))
+        _create_erased(path)
         self._file = open(path, "r+b")
         self.data = mmap.mmap(self._file.fileno(), FLASH_SIZE)  # type: ignore[assignment]
+
+
+def _create_erased(path: Path) -> None:
+    """A new board's flash: FLASH_SIZE bytes of 0xFF, made whole beside it and linked into place,
+    so two ROMs started on one new board at once (two stations offered the same board) cannot
+    both extend it (appending at once, they made 6 and 8 MB files that no board boots)."""
+    if path.exists():
+        if path.stat().st_size < FLASH_SIZE:  # a short image from elsewhere: erased to full size
+            with open(path, "ab") as f:
+                f.write(b"\xff" * (FLASH_SIZE - f.tell()))
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+    try:
+        tmp.write_bytes(b"\xff" * FLASH_SIZE)
+        try:
+            os.link(tmp, path)  # never replaces: if another ROM was first, its flash is the board's
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
