@@ -179,10 +179,6 @@ def write_begin(agent, size, sha256):
     return inc.ranges
 
 
-def _staged_path(agent, name=_store.UPLOAD):
-    return agent.root + "/" + name
-
-
 def stage(agent, inc):
     """Writes the received start of `inc` to flash for a later session (module docstring).
     Best effort: without room, or on a storage error, nothing is kept (the upload will start
@@ -191,17 +187,18 @@ def stage(agent, inc):
     if n == 0:
         return
     fs = agent.fs
-    path = _staged_path(agent)
+    path = agent.store.path(_store.UPLOAD)
+    tmp = agent.store.path(_store.UPLOAD_NEW)
     try:
         free, block = fs.free(agent.root)
         if free < _STAGED_HEAD_LEN + n + _STAGE_SLACK_BLOCKS * block:
             return
         data = memoryview(inc.buf)[:n]
         head = struct.pack(_STAGED_HEAD, _STAGED_MAGIC, inc.size, inc.sha256, hashlib.sha256(data).digest())
-        fs.write_atomic(path, _staged_path(agent, _store.UPLOAD_NEW), (head, data))
+        fs.write_atomic(path, tmp, (head, data))
     except Exception:
         try:
-            fs.remove_quiet(_staged_path(agent, _store.UPLOAD_NEW))
+            fs.remove_quiet(tmp)
         except Exception:
             pass
 
@@ -210,11 +207,12 @@ def unstage(agent, inc):
     """Takes a staged upload out of flash: if it is the start of `inc`'s bundle and its digest
     holds, into inc's buffer (inc.ranges then say what it holds); whatever it was, the file goes."""
     fs = agent.fs
-    path = _staged_path(agent)
+    path = agent.store.path(_store.UPLOAD)
     try:
-        n = fs.size(path) - _STAGED_HEAD_LEN
-        if n < -_STAGED_HEAD_LEN:
+        size = fs.size(path)
+        if size < 0:
             return  # nothing staged
+        n = size - _STAGED_HEAD_LEN
         try:
             if 0 < n <= inc.size:
                 _load_staged(fs, path, inc, n)
