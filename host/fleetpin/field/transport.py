@@ -33,7 +33,7 @@ import serial
 from fleetpin.device_errors import hint_for
 from fleetpin.errors import FleetpinError
 from fleetpin.protocol.client import BadResponse, Call, Client, LinkFailure, RemoteError, Upload
-from pinagent.link import OP_READ_CACHED
+from pinagent.link import FLAG, OP_READ_CACHED
 from pinagent.service import OPS
 
 DEFAULT_BAUD = 115200
@@ -74,10 +74,10 @@ _TEXT = re.compile(rb"[\t\r\n\x20-\x7e\x80-\xff]*")
 
 def console_says(raw: bytes) -> str | None:
     """The board's last message among the text it printed between frames (a frame starts and
-    ends with 0x7E and carries binary; what lies between two frames is console text): the last
+    ends with FLAG and carries binary; what lies between two frames is console text): the last
     line of a traceback ("MemoryError: memory allocation failed, allocating 464 bytes") or of
     main.py's own ("fleetpin: agent not installed or damaged: ..."); None if there is none."""
-    for piece in reversed(bytes(raw).split(b"~")):
+    for piece in reversed(bytes(raw).split(bytes((FLAG,)))):
         if not _TEXT.fullmatch(piece):
             continue  # a frame's body
         found = [m.group(0) for m in _ERROR_LINE.finditer(piece.decode("utf-8", errors="replace"))]
