@@ -335,13 +335,13 @@ LAST = console.board_agent()
 assert LAST.state.mode == 'ok', LAST.state.problems
 """
 
-_IMPORTS = "import main\nfrom pinagent.io import console\nimport pinagent.agent, pinagent.io.flash, pinagent.io.tls\n"
+_IMPORTS = "import main\nfrom pinagent.io import board, console\nimport pinagent.agent, pinagent.io.flash, pinagent.io.tls\n"
 _DECISION = ("ch, _ = ag.pin_check(%r, 443)\nfor d in (2, 1, 0):\n    ch.on_cert(CERTS[d], d)\n"
              "assert ch.verdict.allowed, ch.verdict.reason" % HOST)
 BOOT_BLOCKS = {
     # a wake (from deep sleep or reset): nothing loaded; main.py compiled, the agent's modules
     # loaded (those its boot and first decision load later too), booted from flash, the decision
-    "wake": _IMPORTS + "ag = console.board_agent()\n" + _DECISION,
+    "wake": _IMPORTS + "ag = board.start()\n" + _DECISION,
     # the same with every module loaded already (and none forgotten): the agent's own work
     "work": "global LAST\nag = LAST = console.board_agent()\n" + _DECISION,
     "decision": "ag = LAST\n" + _DECISION,  # one decision

@@ -21,7 +21,7 @@ from pinagent import store as dev_store
 MODULES = ["pinagent", "pinagent.der", "pinagent.pins", "pinagent.policy", "pinagent.ecdsa", "pinagent.signers",
            "pinagent.bundle", "pinagent.connect", "pinagent.store", "pinagent.reports", "pinagent.agent",
            "pinagent.policy_load", "pinagent.handler", "pinagent.link", "pinagent.service", "pinagent.io",
-           "pinagent.io.flash", "pinagent.io.tls", "pinagent.io.console"]
+           "pinagent.io.flash", "pinagent.io.tls", "pinagent.io.console", "pinagent.io.board"]
 # (the boot forgets the bundle decoder on MicroPython: not here, where every module stays to be weighed)
 BOOT = ("pinagent.agent.forget = lambda *names: None\n"
         "AG = pinagent.agent.Agent(pinagent.store.FS(os, open), lambda: NOW, 'bench-1', %r, None)\n"

@@ -10,7 +10,7 @@
 # loopback TLS servers: one serves the pinned chain, one a chain the bundle does not pin), first
 # (the version installed at the start), update (whether a host connects in the listening window).
 #
-# A round is a wake of the board, as main.py runs it: main.start() boots the agent from flash;
+# A round is a wake of the board, as main.py runs it: pinagent.io.board.start() boots the agent from flash;
 # console.serve() is the listening window (with a host: HELLO, IDENTIFY, an update with its
 # signature check, the reports read and acknowledged, REBOOT, which ends the session); then the
 # application, app_rounds times: a pinned connection (allowed, one line exchanged) and one the
@@ -68,17 +68,13 @@ class _Os:
         return self.os.statvfs(p)
 
 
-def _start(board, fs):
-    # main.start(), with the board's file system passed in
+def _start(fs):
+    # what main.py runs (pinagent.io.board.start), with the board's file system passed in
     try:
-        from pinagent.io import console
+        from pinagent.io import board, console
     except Exception as e:
         return None, repr(e)
-    try:
-        agent = console.board_agent(fs)
-    except Exception as e:
-        agent = console.BrokenAgent(e)
-    return console, agent
+    return console, board.start(fs)
 
 
 def _app(agent, job):
@@ -116,11 +112,11 @@ def main():
     _say("FP start", START, _mem())
     version = job["first"]
     for i in range(job["rounds"]):
-        import main as board  # the board's main.py, source compiled here as on the board
+        import main  # the board's main.py, source compiled here as on the board
 
         from pinagent.store import FS
 
-        console, agent = _start(board, FS(_Os(os, job["flash"]), open))
+        console, agent = _start(FS(_Os(os, job["flash"]), open))
         st = agent.state
         if console is None or st is None or st.mode != "ok" or st.version != version:
             raise AssertionError("boot: %r" % ((agent if console is None else (st.mode, st.version, st.problems)),))
@@ -135,7 +131,7 @@ def main():
         for j in range(job["app_rounds"]):
             _app(agent, job)
             _say("FP app", i, _mem())
-        board = console = agent = None  # the reboot, but main.py and pinagent stay loaded (below)
+        main = console = agent = None  # the reboot, but main.py and pinagent stay loaded (below)
         _say("FP round", i, _mem())
     _say("FP done", _mem())
 

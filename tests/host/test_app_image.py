@@ -122,8 +122,8 @@ def test_the_installed_application_runs_on_micropython(fleetpin: Callable[..., A
         target = board / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    # what device/main.py does after the listening window: load_app(), then app.main(agent)
-    done = unix.run("import main\napp = main.load_app()\napp.main('sim-1')\nimport drivers.sensor\n"
+    # what the board does after the listening window (pinagent.io.board): load_app(), then app.main(agent)
+    done = unix.run("import main\nfrom pinagent.io import board\napp = board.load_app()\napp.main('sim-1')\nimport drivers.sensor\n"
                     "print(drivers.sensor.read())\n", path=[board / "lib", board], cwd=board)
     assert done.ok, done.output
     assert done.stdout.splitlines() == ["hello from the app, agent sim-1", "21"]

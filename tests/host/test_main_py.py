@@ -305,8 +305,9 @@ def _agent_not_installed(monkeypatch: pytest.MonkeyPatch, board: Board) -> list[
 
     import pinagent.io
 
-    monkeypatch.setitem(sys.modules, "pinagent.io.console", None)  # the import fails
-    monkeypatch.delattr(pinagent.io, "console")
+    for name in ("console", "board"):  # the imports fail, even of modules an earlier test loaded
+        monkeypatch.setitem(sys.modules, "pinagent.io." + name, None)
+        monkeypatch.delattr(pinagent.io, name, raising=False)
     slept: list[float] = []
 
     def sleep(s: float) -> None:
