@@ -213,12 +213,13 @@ class Agent:
             trusted = _signers.load_signers(signers_bytes, False)
             floor = self.state.time_floor if self.state is not None else 0
             b = _bundle.decode_bundle(data, trusted, fleet=self.fleet, installed_version=installed_version,
-                                      now=self.now(), time_floor=floor)
+                                      now=self.now(), time_floor=floor, below_ok=True)
         if b.signers is None:
-            return _store.Verified(b, b.version, b.issued, signers_bytes)
+            return _store.Verified(b, b.version, b.issued, signers_bytes, b.keys)
         from . import signers as _signers
 
-        return _store.Verified(b, b.version, b.issued, _signers.dump_signers(b.signers))
+        return _store.Verified(b, b.version, b.issued, _signers.dump_signers(b.signers), b.keys,
+                               _signers.xids(b.signers.signers), b.below)
 
     # ---- pinned connections
 

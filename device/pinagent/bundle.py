@@ -55,6 +55,9 @@ decode_bundle checks, in this order, and raises one named error each (all Bundle
     4. BundleWrongFleet     header fleet != the device's fleet
     5. BundleRollback       version < installed_version
        BundleSameVersion    version == installed_version: nothing to do (report it as a no-op)
+                            (with below_ok, a bundle carrying a new signer set is checked to the
+                            end and returned with this refusal held back: pinagent.store decides
+                            whether it resets the version record, "A stolen key" there)
     6. BundleFromFuture     the clock is trusted (now is not None and now >= time_floor) and
                             issued > now + CLOCK_SKEW. With an untrusted clock (unset, or below
                             the time floor, the newest trusted time seen) there is nothing to
@@ -197,11 +200,12 @@ class Bundle:
     """A verified bundle. Header fields, `policy` (pinagent.policy.Policy), `ca_certs` (DER
     memoryviews into the input), `report` (settings dict, defaults filled in), `signers` (a new
     SignerSet or None), `key_ids` (raw ids of the signatures), `digest` (of the signed bytes: the
-    bundle's identity)."""
+    bundle's identity), `keys` (pinagent.signers.xids of the trusted keys whose signatures verified;
+    b"" when nothing was verified), `below` (decode_bundle's below_ok)."""
 
     __slots__ = (
         "format", "fleet", "version", "issued", "channel", "key_ids",
-        "policy", "ca_certs", "report", "signers", "digest", "size",
+        "policy", "ca_certs", "report", "signers", "digest", "size", "keys", "below",
     )
 
 
@@ -358,7 +362,7 @@ def check_threshold(signed, needed, what):
             what, needed, len(signed), ", ".join(names)))
 
 
-def decode_bundle(data, signers, fleet, installed_version, now, time_floor, at_boot=False):
+def decode_bundle(data, signers, fleet, installed_version, now, time_floor, at_boot=False, below_ok=False):
     """Verifies and decodes a bundle for this device (checks and errors: module docstring).
 
     signers: the trusted pinagent.signers.SignerSet. fleet: this device's fleet id.
@@ -367,6 +371,9 @@ def decode_bundle(data, signers, fleet, installed_version, now, time_floor, at_b
     at_boot: decoding the installed bundle, verified when it was installed (module docstring):
     steps 1, 2, 4 and the policy and report schema only; signers may be None, and so may fleet
     (the bundle's own is taken).
+    below_ok: a bundle that carries a new signer set and is at or below installed_version is
+    returned, every other check passed, with the step 5 refusal in .below instead of raised: only
+    pinagent.store knows whether it resets the version record ("A stolen key" there).
     """
     env = parse_envelope(data)
     h = env.header
@@ -381,10 +388,11 @@ def decode_bundle(data, signers, fleet, installed_version, now, time_floor, at_b
         raise BundleWrongFleet("bundle is for fleet %r, this device is in fleet %r" % (h["fleet"], fleet))
     version = h["version"]
     installed = installed_version or 0
-    if version < installed:
-        raise BundleRollback("bundle version %d is older than the installed %d" % (version, installed))
-    if version == installed:
-        raise BundleSameVersion("bundle version %d is already installed" % version)
+    below = None if version > installed else (
+        BundleRollback("bundle version %d is older than the installed %d" % (version, installed)) if version < installed
+        else BundleSameVersion("bundle version %d is already installed" % version))
+    if below is not None and not below_ok:
+        raise below
     if now is not None and now >= (time_floor or 0) and h["issued"] > now + CLOCK_SKEW:
         raise BundleFromFuture(
             "bundle issued at %d, %d s ahead of the device clock %d" % (h["issued"], h["issued"] - now, now)
@@ -392,6 +400,12 @@ def decode_bundle(data, signers, fleet, installed_version, now, time_floor, at_b
     b = _decode(env, digest, True)
     if b.signers is not None:
         check_threshold(signed, signers.rotation_threshold, "a signer-set change")
+    elif below is not None:
+        raise below
+    from . import signers as _signers
+
+    b.keys = _signers.xids(signed, b.signers)  # who vouches for it from now on
+    b.below = below
     return b
 
 
@@ -413,6 +427,8 @@ def _decode(env, digest, checks):
     b.key_ids = [bytes(kid) for kid, _ in env.sigs]
     b.digest = digest
     b.size = len(env.data)
+    b.keys = b""
+    b.below = None
     _decode_payload(b, env, checks)
     return b
 

@@ -33,6 +33,7 @@ import struct
 from . import VERSION
 from . import bundle as _bundle
 from . import connect as _connect
+from . import install as _install  # noqa: F401  loaded with the session, before an upload's buffer fragments the heap
 from . import signers as _signers
 from . import store as _store
 from .policy import canonical_host
@@ -274,6 +275,7 @@ def write_commit(agent):
     if hashlib.sha256(inc.buf).digest() != inc.sha256:
         raise _refuse("E_DIGEST", "the received bytes do not match WRITE_BEGIN's sha256")
     data = inc.buf
+    floor = agent.state.time_floor
     try:
         v = agent.store.install(data)
     except _bundle.BundleSameVersion as e:
@@ -285,6 +287,8 @@ def write_commit(agent):
         agent._incoming = None  # refused for good: give its buffer (up to 32 KB) back to the heap
         raise _refuse(_code_of(e), _reason_of(e))
     agent._incoming = None
+    if agent.state.time_floor < floor:  # a rotation retired the key behind the floor: in RAM too
+        agent._trusted = 0
     agent._loaded()
     answer = {"version": v.version, "installed": True, "issued": v.issued, "bundle_sha256": agent.bundle_sha256,
               "bundle_id": agent.bundle_id}

@@ -136,6 +136,25 @@ def key_id_of_point(point):
     return h.digest()[:KEY_ID_SIZE]
 
 
+def xid_of_point(point):
+    """The private key's id (raw 8 bytes): SHA-256 of the point's x coordinate, truncated. A key
+    and its negation (one private key: SignerKeyRepeated) share it, so a signer set that swaps a
+    key for its negation does not retire it (pinagent.store, "A stolen key")."""
+    return hashlib.sha256(memoryview(point)[1:33]).digest()[:KEY_ID_SIZE]
+
+
+def xids(signers, kept_by=None):
+    """The xid_of_point of each Signer, concatenated (pinagent.store's voucher form); with
+    kept_by (a SignerSet), only those of keys it holds too."""
+    keep = None if kept_by is None else xids(kept_by.signers)
+    out = b""
+    for s in signers:
+        x = xid_of_point(s.point)
+        if keep is None or any(keep[i:i + KEY_ID_SIZE] == x for i in range(0, len(keep), KEY_ID_SIZE)):
+            out += x
+    return out
+
+
 def load_signers(data, check_keys=True):
     """Parses a serialised signer set (bytes or memoryview of JSON); raises SignerSetError.
     check_keys=False: a set already trusted (module docstring)."""

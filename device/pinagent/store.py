@@ -78,14 +78,34 @@ never lowers it below what the bundle proves).
 Rollback: verify gets the loaded bundle's version (0 in safe mode) as installed_version, and the
 store also refuses (Rollback) any version below the highest ever installed (state.bin), so after a
 recovery the lost newest version can be sent again (a bundle the current signers sign), but
-nothing older.
+nothing older, with one exception:
 
-State record (state.bin), format 2, little-endian:
-    b"FPST" | u8 2 | 3 zero bytes | i64 time floor | i64 max version (-1: none) | u32 updates |
-    u32 failed updates | u16 L | L bytes of signer set (0: none) | first 8 bytes of the SHA-256
-    of everything before
-Format 1 (agents before the signer record) is the same without L and the signer set (40 bytes);
-it is read, and rewritten as format 2 at the next boot.
+A stolen key. Whoever steals a key that may sign ordinary bundles can install the highest version
+a bundle may carry (2^31 - 1), and an issue time far in the future. Without a way back, every
+later bundle would be a rollback (the thief's pins stay for good) and the time floor would stay
+above every clock. So the record keeps who vouched for it: max_keys, the keys whose signatures
+verified the bundle that set max_version, and floor_keys, those of the bundle whose issue time set
+the time floor (ids of the keys' x coordinates, so a key and its negation are one key; only keys
+still trusted after that bundle: a rotation's own signers it retires do not count). A bundle with
+a new signer set, signed at the trusted set's rotation threshold (which one stolen key cannot
+meet), that leaves out a key of max_keys resets the version record: it is installed even at or
+below the installed version (verify returns the refusal it held back in Verified.below), and the
+record becomes its version. One that leaves out a key of floor_keys resets the time floor to its
+own issue time. Replays stay refused: a rotation resets only what a key it retires vouched for,
+and after it the record is vouched for by keys of the new set. A reset below the record replaces
+bundle.bin and removes bundle.prev, so no slot with the thief's version is left for a damaged
+file to bring back; a cut before the record is written is finished at boot (the installed
+rotation retires the record's keys: the same reset). A record from an agent before the vouchers
+(format 2) names none: the first rotation after it resets nothing; the next install names them.
+
+State record (state.bin), format 3, little-endian:
+    b"FPST" | u8 3 | 3 zero bytes | i64 time floor | i64 max version (-1: none) | u32 updates |
+    u32 failed updates | u16 L | L bytes of signer set (0: none) | u8 M | M 8-byte key ids (max
+    version's vouchers) | u8 F | F 8-byte key ids (the time floor's) | first 8 bytes of the
+    SHA-256 of everything before
+Format 2 is the same without the vouchers; format 1 (agents before the signer record) without L
+and the signer set either (40 bytes). Both are read; format 1 is rewritten at the next boot,
+format 2 at the next write.
 
 Safe state ("safe-no-bundle"): no pins and no CA certificates are known (the ESP32 port has no
 built-in CA store, the CAs come in the bundle), so the agent refuses every TLS connection
@@ -146,11 +166,12 @@ MAX_SLOT = const(36906)  # SLOT_OVERHEAD + MAX_SIGNERS + MAX_BUNDLE
 STATE_MAGIC = b"FPST"
 _STATE_FMT = "<4sBxxxQqII"  # magic, format, time floor, max version (-1: none), updates, failed
 _STATE_LEN = const(32)
-_STATE_FORMAT = const(2)  # + u16 signer set length, the signer set
+_STATE_FORMAT = const(3)  # + u16 signer set length, the signer set, the two vouchers
+_STATE_V2 = const(2)  # without the vouchers
 _STATE_V1 = const(1)  # without the signer set
-_STATE_MAX = const(4138)  # _STATE_LEN + 2 + MAX_SIGNERS + 8
+KEY_XID_SIZE = const(8)  # pinagent.signers.xid_of_point
+_STATE_MAX = const(4268)  # _STATE_LEN + 2 + MAX_SIGNERS + 2 * (1 + 8 keys * KEY_XID_SIZE) + 8
 
-_CHUNK = const(512)  # read-back chunk
 
 ENOENT = const(2)
 ENOSPC = const(28)
@@ -191,15 +212,38 @@ class NoTrustAnchor(StoreError):
 
 class Verified:
     """What `verify` returns: the decoded bundle (opaque to the store), its version and issue
-    time (POSIX seconds), and the signer set bytes trusted for the next update."""
+    time (POSIX seconds), the signer set bytes trusted for the next update, and for the version
+    record (module docstring, "A stolen key"): keys, the keys whose signatures verified and that
+    stay trusted after it (b"" at boot: nothing is checked); new_keys, those of the signer set
+    the bundle installs (None: no new set); below, the refusal verify held back for a new set at
+    or below installed_version (None: above it). Keys are KEY_XID_SIZE-byte ids, concatenated."""
 
-    __slots__ = ("bundle", "version", "issued", "next_signers")
+    __slots__ = ("bundle", "version", "issued", "next_signers", "keys", "new_keys", "below")
 
-    def __init__(self, bundle, version, issued, next_signers):
+    def __init__(self, bundle, version, issued, next_signers, keys=b"", new_keys=None, below=None):
         self.bundle = bundle
         self.version = version
         self.issued = issued
         self.next_signers = next_signers
+        self.keys = keys
+        self.new_keys = new_keys
+        self.below = below
+
+
+def retires(vouchers, new_keys):
+    """Whether a new signer set (new_keys) leaves out a key of `vouchers` (both KEY_XID_SIZE-byte
+    ids, concatenated): the keys that vouched for a record are not all trusted any more."""
+    if new_keys is None:
+        return False
+    mv = memoryview(vouchers)
+    for i in range(0, len(vouchers), KEY_XID_SIZE):
+        k = bytes(mv[i:i + KEY_XID_SIZE])
+        for j in range(0, len(new_keys), KEY_XID_SIZE):
+            if new_keys[j:j + KEY_XID_SIZE] == k:
+                break
+        else:
+            return True
+    return False
 
 
 class FS:
@@ -230,7 +274,7 @@ class FS:
             raise SlotCorrupt("%s: %d bytes, over the %d limit" % (path, n, limit))
         f = self.open(path, "rb")
         try:
-            return _read_exact(f, n)
+            return read_exact(f, n)
         finally:
             f.close()
 
@@ -240,7 +284,7 @@ class FS:
         f = self.open(tmp, "wb")
         try:
             for c in chunks:
-                _write_all(f, c)
+                write_all(f, c)
         finally:
             f.close()
         self.os.rename(tmp, path)
@@ -276,11 +320,11 @@ class FS:
         return st[4] * st[0], st[0]
 
 
-def _errno(e):
+def errno_of(e):
     return e.args[0] if e.args else None
 
 
-def _read_exact(f, n):
+def read_exact(f, n):
     data = f.read(n)
     if data is None:
         data = b""
@@ -297,7 +341,7 @@ def _read_exact(f, n):
     return b"".join(parts)
 
 
-def _write_all(f, data):
+def write_all(f, data):
     mv = memoryview(data)
     while len(mv):
         n = f.write(mv)
@@ -325,11 +369,11 @@ def slot_digest(signers, bundle):
 def encode_slot(signers, bundle):
     """The bytes of a slot file (for the host's provisioning image; the device writes the
     parts without joining them)."""
-    _check_slot_sizes(signers, bundle)
+    check_slot_sizes(signers, bundle)
     return slot_head(signers, bundle) + bytes(signers) + bytes(bundle) + slot_digest(signers, bundle)
 
 
-def _check_slot_sizes(signers, bundle):
+def check_slot_sizes(signers, bundle):
     if len(signers) > MAX_SIGNERS:
         raise TooLarge("signer set of %d bytes, over %d" % (len(signers), MAX_SIGNERS))
     if len(bundle) > MAX_BUNDLE:
@@ -370,13 +414,13 @@ def read_slot(fs, path):
         raise SlotCorrupt("%d bytes, not a slot" % n)
     f = fs.open(path, "rb")
     try:
-        head = _read_exact(f, SLOT_HEAD_LEN)
+        head = read_exact(f, SLOT_HEAD_LEN)
         if len(head) != SLOT_HEAD_LEN:
             raise SlotCorrupt("truncated")
         sl, bl = _slot_lengths(head, n)
-        signers = _read_exact(f, sl)
-        bundle = _read_exact(f, bl)
-        stored = _read_exact(f, DIGEST_LEN)
+        signers = read_exact(f, sl)
+        bundle = read_exact(f, bl)
+        stored = read_exact(f, DIGEST_LEN)
     finally:
         f.close()
     if len(signers) != sl or len(bundle) != bl or len(stored) != DIGEST_LEN:
@@ -387,63 +431,47 @@ def read_slot(fs, path):
     return signers, bundle, digest
 
 
-def _written_ok(fs, path, size, digest):
-    """Reads a slot file back in small chunks (no second copy of the bundle on the heap):
-    True if it has `size` bytes, hashes to `digest` and ends with it."""
-    if fs.size(path) != size:
-        return False
-    body = size - DIGEST_LEN
-    h = hashlib.sha256()
-    tail = b""
-    f = fs.open(path, "rb")
-    try:
-        done = 0
-        while done < size:
-            chunk = f.read(min(_CHUNK, size - done))
-            if not chunk:
-                return False
-            if done < body:
-                h.update(chunk[: body - done])
-            if done + len(chunk) > body:
-                tail += chunk[max(0, body - done):]
-            done += len(chunk)
-    finally:
-        f.close()
-    return tail == digest and h.digest() == digest
-
-
 # ---- state record
 
 
-def encode_state(time_floor, max_version, updates, failed, signers):
-    """The state record (format 2): signers is the signer set bytes trusted after max_version, or
-    None."""
+def encode_state(time_floor, max_version, updates, failed, signers, max_keys=b"", floor_keys=b""):
+    """The state record (format 3): signers is the signer set bytes trusted after max_version, or
+    None; max_keys and floor_keys the keys that vouched for max_version and time_floor."""
     signers = signers or b""
     if len(signers) > MAX_SIGNERS:
         raise TooLarge("signer set of %d bytes, over %d" % (len(signers), MAX_SIGNERS))
     body = struct.pack(_STATE_FMT, STATE_MAGIC, _STATE_FORMAT, time_floor, max_version, updates, failed) + bytes(
-        (len(signers) & 0xFF, len(signers) >> 8)) + bytes(signers)
+        (len(signers) & 0xFF, len(signers) >> 8)) + bytes(signers) + bytes(
+        (len(max_keys) // KEY_XID_SIZE,)) + max_keys + bytes((len(floor_keys) // KEY_XID_SIZE,)) + floor_keys
     return body + hashlib.sha256(body).digest()[:8]
 
 
 def decode_state(data):
-    """(time_floor, max_version, updates, failed, signers or None); SlotCorrupt if the record is
-    damaged. Reads format 1 too (no signer set)."""
+    """(time_floor, max_version, updates, failed, signers or None, max_keys, floor_keys);
+    SlotCorrupt if the record is damaged. Reads formats 1 (no signer set) and 2 (no vouchers:
+    b"", so the first rotation after an agent update resets nothing)."""
     n = len(data)
     if n < _STATE_LEN + 8:
         raise SlotCorrupt("state: %d bytes" % n)
     if hashlib.sha256(memoryview(data)[: n - 8]).digest()[:8] != data[n - 8:]:
         raise SlotCorrupt("state: digest mismatch")
     magic, fmt, floor, maxv, updates, failed = struct.unpack(_STATE_FMT, data[:_STATE_LEN])
-    if magic != STATE_MAGIC or fmt not in (_STATE_V1, _STATE_FORMAT):
+    if magic != STATE_MAGIC or fmt not in (_STATE_V1, _STATE_V2, _STATE_FORMAT):
         raise SlotCorrupt("state: bad magic or format")
-    sl = -2  # format 1: no length field, no signer set
-    if fmt == _STATE_FORMAT and n >= _STATE_LEN + 10:
-        sl = data[_STATE_LEN] | (data[_STATE_LEN + 1] << 8)
-    if n != _STATE_LEN + 10 + sl or (sl < 0 and fmt != _STATE_V1):
+    at = _STATE_LEN
+    signers = None
+    if fmt != _STATE_V1:
+        sl = data[at] | (data[at + 1] << 8) if n >= at + 10 else n
+        at += 2 + sl
+        signers = bytes(data[at - sl:at]) if sl > 0 else None
+    vouchers = [b"", b""]
+    for i in range(2 if fmt == _STATE_FORMAT else 0):
+        size = data[at] * KEY_XID_SIZE if at < n - 8 else n
+        vouchers[i] = bytes(data[at + 1:at + 1 + size])
+        at += 1 + size
+    if at != n - 8:
         raise SlotCorrupt("state: %d bytes" % n)
-    signers = bytes(data[_STATE_LEN + 2:_STATE_LEN + 2 + sl]) if sl > 0 else None
-    return floor, maxv, updates, failed, signers
+    return floor, maxv, updates, failed, signers, vouchers[0], vouchers[1]
 
 
 class BootState:
@@ -451,7 +479,8 @@ class BootState:
     bytes (None in safe mode); decoded: verify's decoded bundle; version, issued; source: the
     file it came from; signers: the signer set bytes trusted for the next update (None: no
     anchor); time_floor: never believe a clock below it; max_version, updates, failed_updates:
-    counters; problems: one short string per thing found wrong."""
+    counters; max_keys, floor_keys: the keys that vouched for max_version and time_floor (module
+    docstring, "A stolen key"); problems: one short string per thing found wrong."""
 
     def __init__(self):
         self.saved = False  # state.bin holds this max_version and these signers
@@ -464,6 +493,8 @@ class BootState:
         self.signers = None
         self.time_floor = 0
         self.max_version = -1
+        self.max_keys = b""
+        self.floor_keys = b""
         self.updates = 0
         self.failed_updates = 0
         self.problems = []
@@ -511,10 +542,10 @@ class Store:
         try:
             names = self.fs.listdir(self.root)
         except Exception as e:
-            st.problems.append("%s: unreadable (%s)" % (self.root, _why(e)))
+            st.problems.append("%s: unreadable (%s)" % (self.root, why(e)))
             names = ()
         self._load_state(st, names)
-        saved = (st.max_version, st.signers)
+        saved = (st.max_version, st.signers, st.time_floor)
         spare_signers = None
         for name in (BUNDLE, BUNDLE_NEW, BUNDLE_PREV):
             if name not in names:
@@ -522,30 +553,38 @@ class Store:
             try:
                 signers, bundle, _ = read_slot(self.fs, self.path(name))
             except Exception as e:
-                st.problems.append("%s: %s" % (name, _why(e)))
+                st.problems.append("%s: %s" % (name, why(e)))
                 continue
             if spare_signers is None:
                 spare_signers = signers
             try:
                 v = self.verify(bundle, signers, None)
             except Exception as e:
-                st.problems.append("%s: refused: %s" % (name, _why(e)))
+                st.problems.append("%s: refused: %s" % (name, why(e)))
                 continue
-            self._take(st, name, bundle, v)
+            self.take(st, name, bundle, v)
             break
         if st.bundle is not None:
             st.mode = MODE_RECOVERED if st.source == BUNDLE_PREV else MODE_OK
-        st.saved = saved == (st.max_version, st.signers) and saved[1] is not None
+        st.saved = saved == (st.max_version, st.signers, st.time_floor) and saved[1] is not None
         if st.signers is None:
             st.signers = spare_signers
         if st.signers is None:
             try:
                 st.signers = self.fs.read(self.path(SIGNERS), MAX_SIGNERS)
             except Exception as e:
-                st.problems.append("%s: %s" % (SIGNERS, _why(e)))
+                st.problems.append("%s: %s" % (SIGNERS, why(e)))
         self._repair(st, names)
 
-    def _take(self, st, name, bundle, v):
+    def take(self, st, name, bundle, v):
+        """Makes v (verify's Verified for `bundle`, from file `name`) what st holds (boot, install)."""
+        # A new signer set that leaves out a key which vouched for the version record or the time
+        # floor undoes what that key vouched for (module docstring, "A stolen key"); at boot too,
+        # where it is a reset whose record write a power cut lost.
+        if retires(st.max_keys, v.new_keys):
+            st.max_version, st.max_keys = -1, b""
+        if retires(st.floor_keys, v.new_keys):
+            st.time_floor, st.floor_keys = 0, b""
         st.bundle = bundle
         st.decoded = v.bundle
         st.version = v.version
@@ -556,18 +595,19 @@ class Store:
         st.source = name
         if v.issued > st.time_floor:
             st.time_floor = v.issued
+            st.floor_keys = v.keys
         if v.version > st.max_version:
             st.max_version = v.version
+            st.max_keys = v.keys
 
     def _load_state(self, st, names):
         if STATE not in names:
             return
         try:
-            st.time_floor, st.max_version, st.updates, st.failed_updates, st.signers = decode_state(
-                self.fs.read(self.path(STATE), _STATE_MAX)
-            )
+            (st.time_floor, st.max_version, st.updates, st.failed_updates, st.signers, st.max_keys,
+             st.floor_keys) = decode_state(self.fs.read(self.path(STATE), _STATE_MAX))
         except Exception as e:
-            st.problems.append("%s: %s" % (STATE, _why(e)))
+            st.problems.append("%s: %s" % (STATE, why(e)))
 
     def _repair(self, st, names):
         # Best effort: a failure (or a cut) here leaves files that the next boot sorts out the same way.
@@ -582,11 +622,11 @@ class Store:
             if UPLOAD_NEW in names:
                 self.fs.remove_quiet(self.path(UPLOAD_NEW))
         except Exception as e:
-            st.problems.append("repair: %s" % _why(e))
+            st.problems.append("repair: %s" % why(e))
         # The trust record must hold the newest trust too (module docstring): rewrite it when it
         # is missing, damaged, from an older agent, or behind the slots.
         if st.max_version >= 0 and st.signers is not None and not st.saved:
-            self._save_state(st)
+            self.save_state(st)
 
     # ---- update
 
@@ -594,95 +634,11 @@ class Store:
         """Verifies and installs a bundle atomically; returns the Verified result. Refusals
         from verify propagate unchanged; the store's own refusals and storage failures raise
         Rollback / TooLarge / NoSpace / StorageFailed / NoTrustAnchor, and leave the installed
-        bundle as it was."""
-        st = self.state
-        if st is None:
-            st = self.boot()
-        if st.signers is None:
-            raise NoTrustAnchor("no trusted signer set on the board")
-        v = self.verify(data, st.signers, st.version if st.version is not None else 0)
-        if v.version < st.max_version:  # older than a bundle this board has already installed
-            raise Rollback("version %d, but %d was installed before" % (v.version, st.max_version))
-        _check_slot_sizes(st.signers, data)
-        try:
-            self._commit(st, data)
-        except Exception as e:
-            st.failed_updates += 1
-            if isinstance(e, StoreError):
-                raise
-            if isinstance(e, OSError) and _errno(e) == ENOSPC:
-                raise NoSpace("flash full while writing the bundle")
-            raise StorageFailed(_why(e))
-        self._take(st, BUNDLE, data, v)
-        st.mode = MODE_OK
-        st.updates += 1
-        self._save_state(st)
-        return v
+        bundle as it was. The code is pinagent.install's: an update path module (pinagent.UPDATE_PATH),
+        so a board holds it only while it installs."""
+        from . import install as _install
 
-    def _commit(self, st, data):
-        fs = self.fs
-        fs.ensure_dir(self.root)
-        if st.source == BUNDLE_NEW:  # boot could not finish the previous commit: finish it first
-            fs.rename(self.path(BUNDLE_NEW), self.path(BUNDLE))
-            st.source = BUNDLE
-        signers = st.signers
-        new = self.path(BUNDLE_NEW)
-        fs.remove_quiet(new)
-        self._make_room(st, SLOT_OVERHEAD + len(signers) + len(data))
-        digest = slot_digest(signers, data)
-        try:
-            f = fs.open(new, "wb")
-            try:
-                _write_all(f, slot_head(signers, data))
-                _write_all(f, signers)
-                _write_all(f, data)
-                _write_all(f, digest)
-            finally:
-                f.close()
-            if not _written_ok(fs, new, SLOT_OVERHEAD + len(signers) + len(data), digest):
-                raise StorageFailed("read-back of %s differs from what was written" % BUNDLE_NEW)
-        except Exception:
-            self._remove_new()
-            raise
-        moved = False
-        try:
-            if st.source == BUNDLE:
-                fs.rename(self.path(BUNDLE), self.path(BUNDLE_PREV))
-                moved = True
-            fs.rename(new, self.path(BUNDLE))  # the commit point
-        except Exception:
-            self._undo(st, moved)
-            raise
-
-    def _undo(self, st, moved):
-        # The commit rename failed. Put the old bundle back; if even that fails, leave bundle.new
-        # (boot installs it, since bundle.bin is gone) and remember the old one is in bundle.prev.
-        try:
-            if moved:
-                self.fs.rename(self.path(BUNDLE_PREV), self.path(BUNDLE))
-            self._remove_new()
-        except Exception:
-            st.source = BUNDLE_PREV
-
-    def _remove_new(self):
-        try:
-            self.fs.remove_quiet(self.path(BUNDLE_NEW))
-        except Exception:  # boot removes a stale temp anyway
-            pass
-
-    def _make_room(self, st, size):
-        free, block = self.fs.free(self.root)
-        need = ((size + block - 1) // block + 1) * block  # the file, plus a block of metadata slack
-        if free >= need:
-            return
-        # bundle.prev and a staged upload are only spares: drop them, unless prev is in use
-        spares = (UPLOAD, BUNDLE_PREV) if st.source != BUNDLE_PREV else (UPLOAD,)
-        for name in spares:
-            if free < need and self.fs.size(self.path(name)) >= 0:
-                self.fs.remove_quiet(self.path(name))
-                free, block = self.fs.free(self.root)
-        if free < need:
-            raise NoSpace("%d bytes free, %d needed" % (free, need))
+        return _install.install(self, data)
 
     # ---- state record
 
@@ -693,27 +649,29 @@ class Store:
         if st is None or t <= st.time_floor:
             return False
         st.time_floor = t
-        return self._save_state(st)
+        return self.save_state(st)
 
-    def _save_state(self, st):
+    def save_state(self, st):
+        """Writes st's trust record (state.bin, atomically); False, with a problem noted, if it failed."""
         try:
             self.fs.ensure_dir(self.root)
             self.fs.write_atomic(
                 self.path(STATE),
                 self.path(STATE_NEW),
-                (encode_state(st.time_floor, st.max_version, st.updates, st.failed_updates, st.signers),),
+                (encode_state(st.time_floor, st.max_version, st.updates, st.failed_updates, st.signers, st.max_keys,
+                              st.floor_keys),),
             )
             st.saved = True
             return True
         except Exception as e:
-            st.problems.append("%s: not saved (%s)" % (STATE, _why(e)))
+            st.problems.append("%s: not saved (%s)" % (STATE, why(e)))
             return False
 
 
-def _why(e):
+def why(e):
     reason = getattr(e, "reason", None)
     if reason is not None:
         return "%s: %s" % (type(e).__name__, reason)
     if isinstance(e, OSError):
-        return "OSError %s" % (_errno(e),)
+        return "OSError %s" % (errno_of(e),)
     return "%s: %s" % (type(e).__name__, e)

@@ -273,8 +273,20 @@ def fake_bundle(version, signers, size=300, issued=1700000000, rotate=b""):
     return body + _hashlib.sha256(signers + body).digest()
 
 
+def fake_keys(signers):
+    """The fake signer set's keys (b"signers:name1,name2"), as store voucher ids (8 bytes each)."""
+    names = bytes(signers).split(b":", 1)[-1].split(b",")
+    return b"".join(_hashlib.sha256(n).digest()[:8] for n in names if n)
+
+
+def _ids(keys):
+    return [keys[i:i + 8] for i in range(0, len(keys), 8)]
+
+
 def fake_verify(data, signers, installed_version):
-    """The contract of store.Store's verify: a store.Verified, or raise."""
+    """The contract of store.Store's verify: a store.Verified, or raise. Every key of the signing
+    set signed; a bundle that rotates (a new set) at or below the installed version is returned
+    with the refusal in .below, as the agent's verify does."""
     from pinagent.store import Verified
 
     n = len(data)
@@ -285,10 +297,18 @@ def fake_verify(data, signers, installed_version):
     if h.digest() != bytes(data[n - 32:]):
         raise FakeRefused("signature")
     version, issued, n = _struct.unpack("<IIH", bytes(data[2:12]))
+    rotate = bytes(data[12:12 + n])
+    below = None
     if installed_version is not None:
         if version == installed_version:
-            raise FakeRefused("same_version")
+            below = FakeRefused("same_version")
         if version < installed_version:
-            raise FakeRefused("rollback")
-    rotate = bytes(data[12:12 + n])
-    return Verified({"version": version}, version, issued, rotate if n else bytes(signers))
+            below = FakeRefused("rollback")
+        if below is not None and not n:
+            raise below
+    keys = b""  # at boot nothing is verified: who signed is not known
+    if installed_version is not None:  # the signing set's keys that stay trusted after it
+        signed, kept = _ids(fake_keys(signers)), _ids(fake_keys(rotate if n else signers))
+        keys = b"".join([k for k in signed if k in kept])
+    return Verified({"version": version}, version, issued, rotate if n else bytes(signers), keys,
+                    fake_keys(rotate) if n else None, below)

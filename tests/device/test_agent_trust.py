@@ -6,7 +6,7 @@
 import hashlib
 import json
 
-from agent_support import E_BUNDLE, E_SIGNATURE, R, _agent, _bundle, _refused, _signers, _upload
+from agent_support import E_BUNDLE, E_ROLLBACK, E_SIGNATURE, R, _agent, _bundle, _refused, _signers, _upload
 from faultfs import FaultFS
 from support import read_vector
 
@@ -60,6 +60,41 @@ def test_one_key_cannot_rotate_the_signer_set():
     e = _refused(_upload, a, _vector("rotate_v6_one_key.bin"))
     assert e.code == E_SIGNATURE and "needs 2" in e.reason and "signed by 1" in e.reason, e.reason
     assert ffs.files == before
+
+
+def test_a_rotation_that_retires_a_stolen_key_makes_the_board_updatable_again():
+    # The everyday key was stolen and the thief installed the highest version a bundle may carry:
+    # every later bundle is a rollback, the thief's pins would stay for good. A rotation signed at
+    # the rotation threshold that retires the everyday key resets the version record (store, "A
+    # stolen key"); one that retires only the backup key (which did not sign the thief's bundle)
+    # resets nothing; and the thief's key is refused afterwards.
+    ffs = _board(_vector("good.bin"))
+    a = _agent(ffs)
+    assert _upload(a, _vector("stolen_top.bin"))["installed"]
+    e = _refused(_upload, a, _vector("rotate_v6_retires_backup.bin"))
+    assert e.code == E_ROLLBACK and "older" in e.reason, e.reason
+    assert a.identify()["bundle_version"] == 2**31 - 1
+    answer = _upload(a, _vector("recover_v6_retires_everyday.bin"))
+    assert answer["installed"] and answer["version"] == 6
+    a = _agent(a.fs.os.reboot())
+    info = a.identify()
+    assert info["mode"] == S.MODE_OK and info["bundle_version"] == 6, info
+    assert a.state.max_version == 6 and R + "bundle.prev" not in a.fs.os.files
+    e = _refused(_upload, a, _vector("stolen_top.bin"))
+    assert e.code == E_SIGNATURE and "not signed by a trusted key" in e.reason, e.reason
+
+
+def test_the_recovery_bundle_sent_again_is_refused():
+    # it carries the retired everyday key's signature and the backup's: one trusted key now, under
+    # the rotation threshold of the set it installed
+    ffs = _board(_vector("good.bin"))
+    a = _agent(ffs)
+    _upload(a, _vector("stolen_top.bin"))
+    _upload(a, _vector("recover_v6_retires_everyday.bin"))
+    a = _agent(a.fs.os.reboot())
+    e = _refused(_upload, a, _vector("recover_v6_retires_everyday.bin"))
+    assert e.code == E_SIGNATURE, e.reason  # signed by the retired everyday key and the backup: one trusted key
+    assert a.identify()["bundle_version"] == 6
 
 
 def test_a_rotation_to_an_invalid_key_is_refused_at_install():

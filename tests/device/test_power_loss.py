@@ -214,6 +214,39 @@ def test_power_cut_anywhere_in_a_rotation_then_a_damaged_bundle():
     assert seen.get((3, 2)), seen  # rotated, then recovered to the bundle before the rotation
 
 
+def test_power_cut_anywhere_in_a_reset_after_a_stolen_key():
+    # A thief installed the highest version with a stolen key of S1; the rotation to S2 resets the
+    # version record (pinagent.store, "A stolen key"). After every cut the board boots the thief's
+    # bundle under S1 or the recovery under S2, never a mix; and once it booted the recovery, one
+    # bit of damage to bundle.bin never brings the thief's version or keys back.
+    top = 2**31 - 1
+    b0, stolen = fake_bundle(1, S1, size=SIZE), fake_bundle(top, S1, size=SIZE, issued=4102444800)
+    new = fake_bundle(5, S1, size=SIZE, rotate=S2)
+    base = _board([b0, stolen])
+    check = _Boots((top, stolen), (5, new), S1, S2)
+    seen = {}
+
+    def damaged(ffs, completed):
+        check(ffs, completed)
+        first = _store(ffs.reboot())
+        st = first.boot()  # it repairs what the cut left (the record, when step 6 was cut)
+        if st.version == 5:
+            assert st.max_version == 5 and st.time_floor == 1700000000, (st.max_version, st.time_floor)
+        after = first.fs.os.reboot()
+        after.files[R + "bundle.bin"] = _flip(after.files[R + "bundle.bin"], SIZE // 2)
+        again = _store(after).boot()
+        if st.version == 5:
+            assert again.version is None and again.signers == S2 and again.max_version == 5, (
+                again.version, again.problems)
+        seen[(st.version, again.version)] = seen.get((st.version, again.version), 0) + 1
+
+    cuts = _sweep(base, lambda store, ffs: store.install(new), damaged)
+    _report("reset after a stolen key", cuts, check)
+    print("RESULT: power loss, reset then damage: (version before, version recovered) %s" % sorted(
+        [(k, n) for k, n in seen.items()], key=lambda x: (x[0][0], -1 if x[0][1] is None else x[0][1])))
+    assert check.seen.get(top) and check.seen.get(5)
+
+
 def _flip(data, i):
     b = bytearray(data)
     b[i] ^= 0x01

@@ -380,7 +380,7 @@ def _state_v1(floor, maxv, updates, failed):
 
 def test_state_record_from_before_signers_still_loads():
     ffs = _board([fake_bundle(1, S1, rotate=S2)])
-    floor, maxv, updates, failed, signers = S.decode_state(ffs.files[R + "state.bin"])
+    floor, maxv, updates, failed = S.decode_state(ffs.files[R + "state.bin"])[:4]
     ffs.files[R + "state.bin"] = _state_v1(floor, maxv, updates, failed)
     ffs, st = _boot(ffs)
     assert st.mode == S.MODE_OK and st.signers == S2 and st.updates == 1
@@ -518,15 +518,29 @@ def test_damaged_state_falls_back_to_the_bundle_issue_time():
         assert st.problems and st.problems[0].startswith("state.bin")
 
 
+def _state_v2(floor, maxv, updates, failed, signers):
+    """A state record as agents before the vouchers wrote it (format 2)."""
+    import hashlib
+    import struct
+
+    body = struct.pack("<4sBxxxQqII", b"FPST", 2, floor, maxv, updates, failed) + struct.pack("<H", len(signers))
+    body += signers
+    return body + hashlib.sha256(body).digest()[:8]
+
+
 def test_state_record_round_trip_and_damage():
-    rec = S.encode_state(1700000000, 7, 3, 1, S2)
-    assert S.decode_state(rec) == (1700000000, 7, 3, 1, S2)
-    assert S.decode_state(S.encode_state(0, -1, 0, 0, None)) == (0, -1, 0, 0, None)
+    k1, k2 = b"\x01" * 8, b"\x02" * 8
+    rec = S.encode_state(1700000000, 7, 3, 1, S2, k1 + k2, k2)
+    assert S.decode_state(rec) == (1700000000, 7, 3, 1, S2, k1 + k2, k2)
+    assert S.decode_state(S.encode_state(0, -1, 0, 0, None)) == (0, -1, 0, 0, None, b"", b"")
     for bad in (rec[:-1], rec + b"\0", _flip(rec, 0), _flip(rec, 10), _flip(rec, 39), _flip(rec, len(rec) - 1)):
         raises(S.SlotCorrupt, S.decode_state, bad)
     old = _state_v1(1700000000, 7, 3, 1)  # what agents before the signer record wrote
-    assert len(old) == 40 and S.decode_state(old) == (1700000000, 7, 3, 1, None)
+    assert len(old) == 40 and S.decode_state(old) == (1700000000, 7, 3, 1, None, b"", b"")
     raises(S.SlotCorrupt, S.decode_state, _flip(old, 12))
+    v2 = _state_v2(1700000000, 7, 3, 1, S2)  # before the vouchers: none, so no reset until the next install
+    assert S.decode_state(v2) == (1700000000, 7, 3, 1, S2, b"", b"")
+    raises(S.SlotCorrupt, S.decode_state, _flip(v2, 33))
 
 
 def test_boot_state_to_obj_is_json_able():
@@ -571,3 +585,125 @@ def test_fs_over_the_real_os_module():
     os.rmdir(root)
     if sys.implementation.name != "micropython":
         os.rmdir(root[: root.rfind("/")])
+
+
+# ---- a stolen key: a rotation that retires it resets what it vouched for (store docstring)
+
+STOLEN_MAX = 2**31 - 1  # the highest version a bundle may carry
+FAR_FUTURE = 4102444800  # 2100-01-01: an issue time that would raise the floor for good
+
+
+def _stolen(issued=1700000000):
+    """A board on v1 whose S1 key was stolen: the thief installed the highest version there is."""
+    ffs = _board([V1, fake_bundle(STOLEN_MAX, S1, issued=issued)])
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    return ffs, store
+
+
+def test_after_a_stolen_key_took_the_highest_version_ordinary_bundles_are_still_rollbacks():
+    # only a rotation that retires the key resets the record (below); nothing else goes back
+    ffs, store = _stolen()
+    assert raises(FakeRefused, store.install, fake_bundle(5, S1)).reason == "rollback"
+    assert store.state.version == STOLEN_MAX
+
+
+def test_a_rotation_that_retires_the_stolen_key_resets_the_version_record():
+    ffs, store = _stolen()
+    store.install(fake_bundle(5, S1, rotate=S2, issued=1700000100))  # signed at the rotation threshold
+    assert store.state.version == 5 and store.state.max_version == 5
+    assert store.state.signers == S2
+    assert R + "bundle.prev" not in ffs.files  # no slot keeps the thief's version around
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_OK and st.version == 5 and st.max_version == 5 and st.signers == S2
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    assert raises(FakeRefused, store.install, fake_bundle(STOLEN_MAX, S1)).reason == "signature"  # retired
+    store.install(fake_bundle(6, S2))  # the fleet is updatable again
+    assert _boot(ffs)[1].version == 6
+
+
+def test_a_rotation_that_keeps_every_key_resets_nothing():
+    ffs, store = _stolen()
+    same_keys = b"signers:factory-k1,k2,k7"  # adds a key, retires none
+    assert raises(FakeRefused, store.install, fake_bundle(5, S1, rotate=same_keys)).reason == "rollback"
+    assert store.state.version == STOLEN_MAX and store.state.signers == S1
+
+
+def test_the_reset_is_not_replayable():
+    # after the recovery and newer bundles by the new keys, the recovery bundle is an old bundle
+    ffs, store = _stolen()
+    recovery = fake_bundle(5, S1, rotate=S2)
+    store.install(recovery)
+    store.install(fake_bundle(6, S2))
+    store.install(fake_bundle(7, S2, rotate=S3))  # and a later, ordinary rotation
+    assert raises(FakeRefused, store.install, fake_bundle(6, S2)).reason == "signature"
+    ffs, st = _boot(ffs)
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    assert store.state.version == 7 and store.state.signers == S3
+    assert raises(FakeRefused, store.install, fake_bundle(8, S2, rotate=S3)).reason == "signature"
+
+
+def test_a_forward_rotation_that_retires_the_floor_s_keys_lowers_the_floor_to_its_own_time():
+    ffs, store = _stolen(issued=FAR_FUTURE)
+    assert store.state.time_floor == FAR_FUTURE  # every clock now reads "below the floor"
+    store.install(fake_bundle(5, S1, rotate=S2, issued=1700000100))
+    assert store.state.time_floor == 1700000100
+    ffs, st = _boot(ffs)
+    assert st.time_floor == 1700000100
+
+
+def test_the_floor_a_stolen_key_raised_is_reset_even_under_newer_bundles():
+    # the thief's bundle raised the floor but not the version record far; the operator, unaware,
+    # shipped v3 by the same keys; the rotation that retires them still takes the floor back
+    ffs = _board([V1, fake_bundle(2, S1, issued=FAR_FUTURE), fake_bundle(3, S1)])
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    store.install(fake_bundle(4, S1, rotate=S2, issued=1700000200))
+    assert store.state.time_floor == 1700000200 and store.state.version == 4
+
+
+def test_an_ordinary_rotation_keeps_a_floor_newer_than_its_own_time():
+    ffs = _board([V1, fake_bundle(2, S1, issued=1700000500)])
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    store.raise_time_floor(1800000000)  # trusted time from a pinned server
+    store.install(fake_bundle(3, S1, rotate=b"signers:factory-k1,k2,k8"))  # retires nothing
+    assert store.state.time_floor == 1800000000
+    ffs, st = _boot(ffs)
+    assert st.time_floor == 1800000000
+
+
+def test_a_reset_whose_record_write_was_cut_is_finished_at_boot():
+    ffs, store = _stolen(issued=FAR_FUTURE)
+    before = ffs.files[R + "state.bin"]
+    store.install(fake_bundle(5, S1, rotate=S2, issued=1700000100))
+    ffs.files[R + "state.bin"] = before  # the record as it was before step 6
+    ffs, st = _boot(ffs)
+    assert st.version == 5 and st.max_version == 5 and st.signers == S2 and st.time_floor == 1700000100
+    assert S.decode_state(ffs.files[R + "state.bin"])[1] == 5  # boot wrote the record again
+
+
+def test_after_a_reset_damage_never_brings_the_stolen_version_back():
+    ffs, store = _stolen()
+    store.install(fake_bundle(5, S1, rotate=S2))
+    ffs.files[R + "bundle.bin"] = _flip(ffs.files[R + "bundle.bin"], 60)
+    ffs, st = _boot(ffs)
+    assert st.mode == S.MODE_SAFE and st.signers == S2 and st.max_version == 5
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    assert raises(FakeRefused, store.install, fake_bundle(5, S1, rotate=S2)).reason == "signature"  # S1 is retired
+    store.install(fake_bundle(6, S2))  # the next bundle by the new keys repairs it
+    assert store.state.version == 6
+
+
+def test_a_board_whose_record_predates_the_vouchers_is_reset_by_nothing():
+    # format 2 records say nothing of who vouched: a reset needs one install under this agent first
+    ffs, store = _stolen()
+    st = store.state
+    ffs.files[R + "state.bin"] = _state_v2(st.time_floor, st.max_version, st.updates, st.failed_updates, st.signers)
+    ffs, st = _boot(ffs)
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    assert raises(FakeRefused, store.install, fake_bundle(5, S1, rotate=S2)).reason == "rollback"

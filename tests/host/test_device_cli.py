@@ -46,6 +46,12 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # a key rotation signed by the everyday key alone (one key may not replace the set), made
     # with the low-level encoder, as a tool without fleetpin's own checks would make it
     made["rotate_one_key"] = _raw_rotation(2, demo_signer_set("next", "backup"), demo_signer("everyday"))
+    # the everyday key stolen: the thief's bundle at the highest version; the operator's rotations
+    made["stolen_top"] = demo_bundle(FLEET, 2**31 - 1, {"api.example.com": [P3]})
+    made["recover_v4"] = demo_bundle(FLEET, 4, {"api.example.com": [P1, P2]}, signer=("everyday", "backup"),
+                                     new_signers=("backup", "next"))
+    made["retire_backup_v4"] = demo_bundle(FLEET, 4, {"api.example.com": [P1, P2]}, signer=("everyday", "backup"),
+                                           new_signers=("everyday", "next"))
     out = {}
     for name, data in made.items():
         (d / f"{name}.bin").write_bytes(data)
@@ -257,6 +263,32 @@ def test_the_device_itself_refuses_a_rollback_sent_anyway(fleetpin: Any, board: 
             t.upload(bundles["v2"].read_bytes())
     assert refused.value.code_name == "rollback"
     assert version_of(fleetpin, b.port) == 3
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_fleet_frozen_by_a_stolen_key_is_recovered_by_a_rotation_that_retires_it(
+        fleetpin: Any, board: Any, bundles: dict[str, Path], tmp_path: Path, runtime: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The everyday key was stolen and the thief installed the highest version there is: before,
+    no bundle could ever follow it. A rotation signed by two keys that retires the everyday key
+    is sent despite its lower version, and the device resets its version record; a rotation that
+    retires only the backup key (which did not sign the thief's bundle) is refused by the device."""
+    monkeypatch.chdir(tmp_path)  # the receipts of the updates without --receipt
+    b = board(runtime, seed="v1")
+    assert fleetpin("device", "update", "--port", b.port, bundles["stolen_top"], "--yes").exit_code == 0
+    r = fleetpin("device", "update", "--port", b.port, bundles["v3"], "--yes")
+    assert r.exit_code == 1 and "older than the installed" in r.stderr and "nothing sent" in r.stderr
+    r = fleetpin("device", "update", "--port", b.port, bundles["retire_backup_v4"], "--yes")
+    assert r.exit_code != 0 and "older than the installed" in r.stderr, r.stderr  # the device's refusal
+    assert "none of the keys it retires signed the installed v2147483647" in r.stderr
+    assert version_of(fleetpin, b.port) == 2**31 - 1
+    r = fleetpin("device", "update", "--port", b.port, bundles["recover_v4"], "--yes", "--receipt", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stderr
+    assert "retires" in r.stdout and "resets its version record" in r.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["new"]["version"] == 4
+    assert version_of(fleetpin, b.port) == 4
+    r = fleetpin("device", "update", "--port", b.port, bundles["stolen_top"], "--yes")
+    assert r.exit_code != 0 and version_of(fleetpin, b.port) == 4  # the retired key signs nothing now
 
 
 # ---- interruptions and noise ---------------------------------------------------------------

@@ -15,7 +15,8 @@ Files:
   signers_t2.json     A, B and C, stating threshold 2 and rotation_threshold 3
   signers_negated.json  A, B and A's negation (x, p - y): a set only an older agent could have
                       stored; the device loads it without key checks and counts the pair once
-  <case>.bin          one bundle per case
+  <case>.bin          one bundle per case (stolen_top, recover_v6_*, rotate_v6_retires_backup:
+                      the reset after a stolen key, tests/device/test_agent_trust.py)
   cases.json          {case: {"file", "trust", "fleet", "installed", "now", "floor", "error",
                       "reason" (substring of the error's reason) or "expect" (fields of the
                       decoded Bundle)}}
@@ -356,6 +357,21 @@ def main() -> int:
          installed=6, trust="signers_new.json")
     case("rotate_v7_on_old_set", b"", "BundleSignatureError", "not signed by a trusted key", installed=6,
          same_as="rotate_v7_by_new_key")
+
+    # A stolen key (pinagent.store, "A stolen key"): the thief signs the highest version there is
+    # with the everyday key alone; a rotation signed at the rotation threshold that retires the
+    # everyday key resets the version record (the store decides: below the installed version the
+    # decoder holds the refusal back only when asked, below_ok); one that retires only the backup
+    # key, which did not sign the thief's bundle, resets nothing.
+    case("stolen_top", build(version=2**31 - 1, signers=[A]), installed=5, expect={"version": 2**31 - 1})
+    retire_a = json.loads(signer_set(BK, C))
+    case("recover_v6_retires_everyday", build(version=6, new_signers=retire_a, signers=[A, BK]), installed=5,
+         expect={"version": 6, "signers": [BK.info.key_id, C.info.key_id]})
+    case("recover_v6_below_installed", b"", "BundleRollback", "older", installed=2**31 - 1,
+         same_as="recover_v6_retires_everyday")
+    retire_b = json.loads(signer_set(A, C))
+    case("rotate_v6_retires_backup", build(version=6, new_signers=retire_b, signers=[A, BK]), installed=5,
+         expect={"version": 6, "signers": [A.info.key_id, C.info.key_id]})
 
     (OUT / "cases.json").write_text(json.dumps(cases, sort_keys=True, separators=(",", ":")) + "\n")
     print(f"{len(cases)} cases, {len(list(OUT.glob('*.bin')))} bundles in {OUT}")

@@ -40,8 +40,10 @@ def diff_views(old: View, new: View, chains: Sequence[ServedChain], now: int) ->
             risk("bundle", f"devices trusting {old.header['channel']} keys refuse the new "
                            f"{new.header['channel']} bundle")
         if new.header["version"] <= old.header["version"]:
+            unless = (" unless a key its new signer set retires signed their version (the reset after a stolen key)"
+                      if new.signers is not None else "")
             risk("bundle", f"devices with version {old.header['version']} installed refuse version "
-                           f"{new.header['version']} (rollback or no-op): raise --version")
+                           f"{new.header['version']} (rollback or no-op){unless}: raise --version")
 
     old_rules = {r.host: r for r in old.rules}
     new_rules = {r.host: r for r in new.rules}

@@ -44,7 +44,7 @@ from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.field.ports import ENV_PORT, choose_port
 from fleetpin.field.receipts import Receipt, check_writable, default_path, utc_now, write_receipt
 from fleetpin.field.reports import parse_report_log, report_time
-from fleetpin.field.transport import DEFAULT_BAUD, Transport, check_verdict, printable
+from fleetpin.field.transport import DEFAULT_BAUD, DeviceRefused, Transport, check_verdict, printable
 from fleetpin.line.registry_url import ENV_VAR, URL_HELP
 from pinagent import bundle as dev_bundle
 
@@ -332,12 +332,19 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
         if not as_json:
             click.echo(f"{_p(rec.device_id)}: bundle v{new.version} ({_short(new_sha)}) is already installed; nothing to do")
         return {"diff": []}
+    reset_line = None
     if isinstance(old_version, int) and new.version <= old_version:
         word = "the same version as" if new.version == old_version else "older than"
-        raise _Refused(
-            f"bundle v{new.version} is {word} the installed v{old_version} on {_p(rec.device_id)} (nothing sent)",
-            hint="devices never go back: build the bundle with a version above " + str(old_version),
-        )
+        retired = _retired_keys(ident, new)
+        if not retired:
+            raise _Refused(
+                f"bundle v{new.version} is {word} the installed v{old_version} on {_p(rec.device_id)} (nothing sent)",
+                hint="devices never go back: build the bundle with a version above " + str(old_version),
+            )
+        # The reset after a stolen key (pinagent.store): the device takes it only if a key it
+        # retires signed the installed version; it says which, and nothing is lost if it refuses.
+        reset_line = (f"  v{new.version} is {word} the installed v{old_version}: a signer-set change that retires "
+                      f"{', '.join(retired)}; the device resets its version record only if one of them signed v{old_version}")
     signed_line = _check_signers(ident, new)
     installed = None
     if old_version is not None:
@@ -367,6 +374,8 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
         _print_diff(d)
         if signed_line:
             click.echo(signed_line)
+        if reset_line:
+            click.secho(reset_line, fg="yellow")
     if not yes:
         stage.doing = "asking for confirmation"
         if not click.confirm(f"Install bundle v{new.version} on {_p(rec.device_id)}?", default=False, err=True):
@@ -382,7 +391,13 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
             if up is not None and up._commit is not None and not stage.committing:
                 stage.doing, stage.committing = "committing", True
 
-        result = t.upload(data, progress, up)
+        try:
+            result = t.upload(data, progress, up)
+        except DeviceRefused as e:
+            if reset_line and e.code_name == "rollback":  # keys were retired, but none had signed its version
+                e.hint = (f"none of the keys it retires signed the installed v{old_version}: retire the key that "
+                          f"signed it, or build the bundle with a version above {old_version}")
+            raise
     stage.committing = False
     got = result.get("bundle_sha256")
     if got is None:  # an agent whose commit answer carries no digest: ask
@@ -403,6 +418,16 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
                     "digest checked" + (f" (resumed: {resumed} bytes were already on the device)" if resumed else ""),
                     fg="green")
     return {"diff": d}
+
+
+def _retired_keys(ident: dict[str, Any], new: Any) -> list[str]:
+    """The ids of keys the device trusts (its IDENTIFY "signers") that the bundle's new signer set
+    leaves out; [] for a bundle without one, or an agent that does not say."""
+    trust = ident.get("signers")
+    if new.signers is None or not isinstance(trust, dict) or not isinstance(trust.get("ids"), list):
+        return []
+    kept = {s.key_id.hex() for s in new.signers.signers}
+    return [k for k in trust["ids"] if isinstance(k, str) and k not in kept]
 
 
 def _check_signers(ident: dict[str, Any], new: Any) -> str | None:

@@ -11,6 +11,7 @@ signers_prod.json). Anyone can recompute them: NEVER let a real device trust the
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from typing import Any
 
@@ -46,10 +47,13 @@ def demo_bundle(
     domains: dict[str, list[str]],
     ca_der: list[bytes] | None = None,
     issued: int | None = None,
-    signer: str = "everyday",
+    signer: str | tuple[str, ...] = "everyday",
     enforce: dict[str, bool] | None = None,
+    new_signers: tuple[str, ...] | None = None,
 ) -> bytes:
-    """A production bundle pinning each host to its pins (first pin "primary", others "backup-N")."""
+    """A production bundle pinning each host to its pins (first pin "primary", others "backup-N"),
+    signed by the demo key `signer` (or each of several); new_signers: the names of the demo keys
+    of a signer set it installs (a rotation: sign it with two keys of the devices' set)."""
     policy: dict[str, Any] = {"domains": []}
     for host, pins in domains.items():
         d: dict[str, Any] = {
@@ -68,7 +72,8 @@ def demo_bundle(
         version=version,
         issued=int(time.time()) - 3600 if issued is None else issued,
         development=False,
-        signers=[demo_signer(signer)],
+        signers=[demo_signer(n) for n in ((signer,) if isinstance(signer, str) else signer)],
+        new_signers=None if new_signers is None else json.loads(demo_signer_set(*new_signers)),
     )
 
 
