@@ -159,8 +159,9 @@ def story(out: Path) -> Story:
         field_story(s, out, pki, srv, boards, keys, policy)
     s.section("Rehearse before production does it for real",
               "Drills on fresh virtual fleets: the CA is distrusted (which bundles survive, and the update "
-              "that rescues the rest), and a CA the bundle trusts mis-issues a certificate for the API.")
-    for drill in ("ca-distrusted", "rogue-ca"):
+              "that rescues the rest), a CA the bundle trusts mis-issues a certificate for the API, and a "
+              "stolen signing key installs the highest version (the rotation that retires it resets the fleet).")
+    for drill in ("ca-distrusted", "rogue-ca", "stolen-signing-key"):
         s.run("drill", drill, "--devices", "3")
         s.outcome(f"drill {drill}", "passed: every device accounted for, none unreachable")
     return s

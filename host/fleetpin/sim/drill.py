@@ -117,7 +117,10 @@ class World:
     # ---- bundles
 
     def bundle(self, version: int, pins: list[tuple[str, str]], cas: list[bytes], *, enforce: bool = True,
-               expires: int | None = None, on_expiry: str = "fallback", issued: int | None = None) -> bytes:
+               expires: int | None = None, on_expiry: str = "fallback", issued: int | None = None,
+               signers: list[LocalKeySigner] | None = None, new_signers: list[LocalKeySigner] | None = None) -> bytes:
+        """Bundle `version` pinning the API; signed by the everyday key (ops) unless `signers`;
+        new_signers: the keys of a signer set it installs (a rotation)."""
         policy = {"domains": [{
             "host": API,
             "pins": [{"pin": p, "label": label} for label, p in pins],
@@ -127,7 +130,8 @@ class World:
         }]}
         return build_bundle(BundleSource(policy=policy, ca_certs=cas), fleet=FLEET, version=version,
                             issued=issued if issued is not None else self.now - 60, development=False,
-                            signers=[self.ops])
+                            signers=signers or [self.ops],
+                            new_signers=None if new_signers is None else keys.signer_set_obj([k.info for k in new_signers]))
 
     # ---- servers and boards
 
@@ -458,6 +462,40 @@ def emergency_rotation(w: World) -> None:
     w.account("api")
 
 
+def stolen_signing_key(w: World) -> None:
+    p = w.pki
+    w.start_pinned()
+    w.connect_all("api")
+    top = 2**31 - 1
+    w.log(f"INCIDENT: the everyday signing key is stolen; the thief installs bundle v{top}, the highest version "
+          "there is, pinning its own server (pushed over serial from a laptop it controls)")
+    thief = w.bundle(top, [("primary", p.rogue_leaf.pin)], [p.rogue_root.der])
+    for b in w.boards:
+        w.update(b, thief, f"v{top} (the thief's)")
+    w.serve("mitm", p, "rogue_leaf")
+    w.connect_all("mitm")
+    w.log("the owner's next ordinary bundle is older than the thief's: refused, as every bundle would be")
+    v2 = w.bundle(2, [("primary", p.leaf.pin), ("backup", p.backup_leaf.pin)], [p.root.der])
+    w.expect(all(w.update(b, v2, "v2") == "rollback" for b in w.boards), "an ordinary bundle cannot undo the thief's version")
+    w.log("RECOVERY: a new everyday key; v3 installs the set {new key, vault key}, retiring the stolen one, signed "
+          "by the stolen key and the offline vault key (the rotation threshold: the thief alone cannot make it)")
+    new_ops = _fresh_signer("ops-new")
+    v3 = w.bundle(3, [("primary", p.leaf.pin), ("backup", p.backup_leaf.pin)], [p.root.der],
+                  signers=[w.ops, w.vault], new_signers=[new_ops, w.vault])
+    updated = w.rescue(w.boards, v3, "v3 (rotation)")
+    w.expect(len(updated) == len(w.boards), "the rotation resets the version record on every device")
+    verdicts = w.connect_all("mitm")
+    w.expect(all(not v["allowed"] and v["reason"] == "mismatch" for v in verdicts.values()),
+             "the thief's server is refused again")
+    w.log("the thief signs another bundle with the stolen key")
+    again = w.bundle(top, [("primary", p.rogue_leaf.pin)], [p.rogue_root.der])
+    w.expect(all(w.update(b, again, "the thief's again") == "signature" for b in w.boards),
+             "the retired key signs nothing any more")
+    v4 = w.bundle(4, [("primary", p.leaf.pin), ("backup", p.backup_leaf.pin)], [p.root.der], signers=[new_ops])
+    w.expect(all(w.update(b, v4, "v4") == "installed" for b in w.boards), "the new everyday key updates the fleet")
+    w.account("api", updated)
+
+
 def wrong_pin_shipped(w: World) -> None:
     p = w.pki
     w.start_pinned()
@@ -591,6 +629,8 @@ DRILLS: dict[str, Drill] = {d.name: d for d in [
     Drill("primary-key-lost", "Primary key lost", "The server moves to the backup key.", primary_key_lost),
     Drill("ca-distrusted", "CA distrusted", "New CA and new key: which bundles survive, and the update that rescues the rest.", ca_distrusted),
     Drill("emergency-rotation", "Emergency rotation", "Key compromise: a new bundle revokes the old pin; the old bundle is refused afterwards.", emergency_rotation),
+    Drill("stolen-signing-key", "Signing key stolen",
+          "The thief installs the highest version; a rotation that retires its key resets the fleet.", stolen_signing_key),
     Drill("wrong-pin", "Wrong pin shipped", "Caught by lint and preflight before any device sees it.", wrong_pin_shipped),
     Drill("pins-expired", "Pins expired", "Devices never updated, past expiry, per on-expiry policy.", pins_expired),
     Drill("rogue-ca", "Rogue CA in the middle", "A trusted CA mis-issues: blocked and reported.", rogue_ca),
