@@ -27,7 +27,9 @@ and passing here under -X heapsize of 64 KB x the ratio.
 Boot time: a wake with nothing loaded (main.py compiled, pinagent loaded from .mpy, the agent
 booted from flash, the first pin decision on a 3-certificate chain: the verify callback's work for
 a handshake, not the handshake itself); the same with every module loaded (the agent's own work);
-the decision alone. Timed here and estimated for an ESP32 at 240 MHz with the pidigits calibration
+the decision alone. The flash is LittleFS on a RAM block device, after a first boot (which kept the
+bundle decoded: pinagent.installed), as a board's later wakes find it; the flash of the life runs
+is a folder after a first boot on CPython (write_flash). Timed here and estimated for an ESP32 at 240 MHz with the pidigits calibration
 of bench_ecdsa (+-2x; reading .mpy files from the board's flash is not modelled). Target: at most
 50 ms.
 """
@@ -112,10 +114,48 @@ def make_bundles(count: int) -> tuple[list[bytes], bytes, Pki]:
 
 
 def write_flash(folder: Path, bundle: bytes, signers: bytes) -> None:
+    """The flash of a provisioned board that has booted once (what its first boot writes too:
+    the trust record, and the bundle decoded, pinagent.installed), by the agent itself on CPython."""
     folder.mkdir(parents=True)
     (folder / "signers.bin").write_bytes(signers)
     (folder / "bundle.bin").write_bytes(dev_store.encode_slot(signers, bundle))
     (folder / "config.json").write_text(json.dumps({"fleet": FLEET}))
+    from pinagent.agent import Agent
+
+    fs = _FolderFs(folder)
+    agent = Agent(dev_store.FS(fs, fs.open), lambda: None, "bench-1", FLEET, None)
+    assert agent.boot().mode == dev_store.MODE_OK and (folder / dev_store.INDEX).exists()
+
+
+class _FolderFs:
+    """The os and open() the store takes, with /fleetpin mapped to a folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _p(self, path: str) -> str:
+        return str(self.folder / path.removeprefix(dev_store.ROOT).lstrip("/"))
+
+    def open(self, path: str, mode: str) -> Any:
+        return open(self._p(path), mode)
+
+    def stat(self, path: str) -> Any:
+        return os.stat(self._p(path))
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(self._p(path))
+
+    def rename(self, a: str, b: str) -> None:
+        os.rename(self._p(a), self._p(b))
+
+    def remove(self, path: str) -> None:
+        os.remove(self._p(path))
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(self._p(path))
+
+    def statvfs(self, path: str) -> Any:
+        return os.statvfs(self._p(path))
 
 
 def board_tree(dest: Path, compiled: bool) -> Path:
@@ -238,7 +278,7 @@ def _run_process(tree: Path, tmp: Path, job: dict[str, Any], heap: int, bundles:
     figures["output"] = "".join(lines[-20:])
     passed = proc.returncode == 0 and host_error is None and "done" in figures
     if passed:
-        figures["growth"] = max(_growth(figures["round"]), _growth(figures["app"]))
+        figures["growth"] = max(_growth(figures["round"]), _growth(figures.get("app", [])))
         passed = figures["growth"] <= GROWTH_SLACK
     return passed, figures
 
@@ -318,9 +358,27 @@ def module_ratio(bundle: bytes, signers: bytes) -> tuple[float, int, int]:
 
 # ---- boot time
 
+# The board's flash: LittleFS (vfs.VfsLfs2, as the ESP32 port mounts it) on a block device in RAM,
+# holding the files of the folder `flash`; the first boot in the setup writes what a board's first
+# boot writes (bundle.idx, pinagent.installed), so the timed wakes are the board's later ones.
 BOOT_SETUP = """\
 import gc, sys, vfs, os
-vfs.mount(vfs.VfsPosix('flash'), '/fleetpin')
+class _Ram:
+    def __init__(self, blocks):
+        self.data = bytearray(blocks * 4096)
+    def readblocks(self, n, buf, off=0):
+        buf[:] = self.data[n * 4096 + off:n * 4096 + off + len(buf)]
+    def writeblocks(self, n, buf, off=None):
+        at = n * 4096 + (off or 0)
+        self.data[at:at + len(buf)] = buf
+    def ioctl(self, op, arg):
+        return (32 if op == 4 else 4096) if op in (4, 5) else 0
+_dev = _Ram(32)
+vfs.VfsLfs2.mkfs(_dev)
+vfs.mount(vfs.VfsLfs2(_dev), '/fleetpin')
+for _n in os.listdir('flash'):
+    with open('flash/' + _n, 'rb') as _f, open('/fleetpin/' + _n, 'wb') as _g:
+        _g.write(_f.read())
 CERTS = [open('c%%d.der' %% i, 'rb').read() for i in range(3)]
 %s
 def _purge():
@@ -333,6 +391,7 @@ import main
 from pinagent.io import console
 LAST = console.board_agent()
 assert LAST.state.mode == 'ok', LAST.state.problems
+assert 'bundle.idx' in os.listdir('/fleetpin'), os.listdir('/fleetpin')
 """
 
 _IMPORTS = "import main\nfrom pinagent.io import board, console\nimport pinagent.agent, pinagent.io.flash, pinagent.io.tls\n"
@@ -350,8 +409,8 @@ BOOT_BLOCKS = {
 # untimed, before each call: a wake starts with nothing loaded; the others with everything
 _LOADED = ("from pinagent.io import console\nimport pinagent.agent\npinagent.agent.forget = lambda *names: None\n"
            "for _m in %r:\n    try:\n        __import__(_m)\n    except ImportError:\n        pass\n"
-           % ["pinagent.bundle", "pinagent.policy_load", "pinagent.connect", "pinagent.der", "pinagent.pins",
-              "pinagent.reports"])
+           % ["pinagent.installed", "pinagent.bundle", "pinagent.policy_load", "pinagent.connect", "pinagent.der",
+              "pinagent.pins", "pinagent.reports"])
 BOOT_PREPARE = {"wake": "_purge()", "work": _LOADED, "decision": _LOADED}
 
 
@@ -367,7 +426,7 @@ def boot_times(bundle: bytes, signers: bytes, pki: Pki) -> dict[str, float]:
     for i, der in enumerate(pki.chain_der("leaf", with_root=True)):
         files[f"c{i}.der"] = der
     setup = "import sys\nsys.path[:0] = ['', 'lib']\n" + BOOT_SETUP % PI_SOURCE
-    return median_ms(setup, BOOT_BLOCKS, files, rounds=15, heap_kb=512, collect=True, prepare=BOOT_PREPARE)
+    return median_ms(setup, BOOT_BLOCKS, files, rounds=15, heap_kb=1024, collect=True, prepare=BOOT_PREPARE)
 
 
 # ---- the report

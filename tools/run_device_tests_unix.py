@@ -46,9 +46,12 @@ RATIO = 1.4
 # and boots many agents and uploads many bundles in one process, where a board boots once per wake:
 # the agent forgets its update path after each boot and session (pinagent.forget) and loads it again
 # for the next, which fragments a test process's heap far more than a board's.
-# Needed now (4 KB steps, --find-heap, .mpy): test_agent_service 252 KB at 64 bits, test_console 244,
-# test_agent_trust 240, i.e. 171-180 KB at 32 bits (the whole life of a board: bench/bench_agent.py).
-HEAP_KB = 192
+# Needed now (4 KB steps, --find-heap, .mpy): test_agent_trust 276 KB at 64 bits, test_agent_service 260,
+# test_console and test_agent_staging 256, i.e. 183-197 KB at 32 bits (the whole life of a board:
+# bench/bench_agent.py). Raised from 192 when the tests' uploads began to forget the update path as a
+# board's session end does (agent_support._upload): loading it again and again fragments the heap more.
+# The whole suite passes at 200, 208 and 216 (near the needs the outcome is not monotonic).
+HEAP_KB = 208
 # With --source every reload compiles the modules again, in the heap: test_agent_trust needs 332 KB
 # at 64 bits (237 KB at 32), test_agent_service 320; near those the outcome is not monotonic.
 HEAP_KB_SOURCE = 320

@@ -3,14 +3,15 @@
 VERSION = "0.1.0"
 
 # The update path: what an update needs (the request handler, the store's install, the bundle decoder with its
-# signature, signer-set and policy checks). Loaded by a boot (the decoder) and by a serial session,
+# signature, signer-set and policy checks, and pinagent.installed, which keeps the installed bundle decoded).
+# Loaded by a boot (pinagent.installed; the decoder only when that has nothing for the slot) and by a serial session,
 # and forgotten after either (the session also forgets the service and the link:
 # pinagent.io.console.SESSION_MODULES), so an application never holds its code. Forgotten
 # together, and with whatever imports them at module level: the handler's error table holds the
 # bundle's classes, which a reloaded bundle's would not match. The service stays until its
 # session ends: a running Service and the handler's refusals must share one ServiceError.
-UPDATE_PATH = ("pinagent.handler", "pinagent.install", "pinagent.bundle", "pinagent.policy_load", "pinagent.signers",
-               "pinagent.ecdsa")
+UPDATE_PATH = ("pinagent.handler", "pinagent.install", "pinagent.installed", "pinagent.bundle", "pinagent.policy_load",
+               "pinagent.signers", "pinagent.ecdsa")
 
 
 def forget(names=UPDATE_PATH):

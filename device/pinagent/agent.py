@@ -44,9 +44,11 @@ snapshot are dropped, so their buffers (up to 32 KB) go back to the heap before 
 runs. TEST_CONNECT reaches only hosts the installed bundle has a rule for: the cable is no way to
 make the device probe its network.
 
-Heap: at boot the agent loads the store, the bundle decoder (without pinagent.ecdsa and
-pinagent.signers: no signature is checked at boot), the policy, the pin check and the reports;
-the update path (service, link, handler, signers, ecdsa) comes and goes with a host's session.
+Heap: at boot the agent loads the store, the installed bundle's decoded form (pinagent.installed,
+kept beside the slot when it was installed; only a boot that finds none for the slot loads the
+bundle decoder, without pinagent.ecdsa: no signature is checked at boot), the policy, the pin check
+and the reports; the update path (service, link, handler, install, bundle, signers, ecdsa) comes
+and goes with a host's session.
 """
 
 try:
@@ -198,22 +200,39 @@ class Agent:
         rollback, same-version or from-the-future check then either: a clock reading 2000 must
         not reject the installed bundle. pinagent.signers is loaded only for an update, or for
         a bundle that carries a new signer set."""
+        if installed_version is None:
+            return self._boot_decode(data, signers_bytes)
         from . import bundle as _bundle
 
-        if installed_version is None:
-            b = _bundle.decode_bundle(data, None, fleet=self.fleet, installed_version=None, now=None, time_floor=0,
-                                      at_boot=True)
-        else:
-            if self.fleet is None:
-                raise _bundle.BundleWrongFleet("this device has no fleet configured")
-            from . import signers as _signers
+        if self.fleet is None:
+            raise _bundle.BundleWrongFleet("this device has no fleet configured")
+        from . import signers as _signers
 
-            # The trusted set is already trusted: loaded without the key checks a NEW set gets at
-            # install (pinagent.signers), so a set an older agent stored never bricks the board.
-            trusted = _signers.load_signers(signers_bytes, False)
-            floor = self.state.time_floor if self.state is not None else 0
-            b = _bundle.decode_bundle(data, trusted, fleet=self.fleet, installed_version=installed_version,
-                                      now=self.now(), time_floor=floor, below_ok=True)
+        # The trusted set is already trusted: loaded without the key checks a NEW set gets at
+        # install (pinagent.signers), so a set an older agent stored never bricks the board.
+        trusted = _signers.load_signers(signers_bytes, False)
+        floor = self.state.time_floor if self.state is not None else 0
+        b = _bundle.decode_bundle(data, trusted, fleet=self.fleet, installed_version=installed_version,
+                                  now=self.now(), time_floor=floor, below_ok=True)
+        return self._verified(b, signers_bytes)
+
+    def _boot_decode(self, data, signers_bytes):
+        # the decoded form kept beside the slot when it was installed (pinagent.installed), else
+        # the decoder, whose result is kept for the next boot
+        from . import installed as _installed
+
+        v = _installed.load(self.fs, self.root, signers_bytes, data, self.fleet)
+        if v is not None:
+            return v
+        from . import bundle as _bundle
+
+        b = _bundle.decode_bundle(data, None, fleet=self.fleet, installed_version=None, now=None, time_floor=0,
+                                  at_boot=True)
+        v = self._verified(b, signers_bytes)
+        _installed.save(self.fs, self.root, b, signers_bytes, data, v)
+        return v
+
+    def _verified(self, b, signers_bytes):
         if b.signers is None:
             return _store.Verified(b, b.version, b.issued, signers_bytes, b.keys)
         from . import signers as _signers

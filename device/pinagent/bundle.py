@@ -187,10 +187,11 @@ class BundleSignerKeyError(BundleSchemaError):
 
 class Envelope:
     """The parsed envelope, before any check of its meaning. `header` is the decoded header
-    dict; `payload` and each of `certs` a memoryview into the input; `sigs` a list of
-    (key id memoryview, signature memoryview); `signed_len` the length of the signed bytes."""
+    dict; `payload` and each of `certs` a memoryview into the input (`spans`: each one's [offset,
+    length] there); `sigs` a list of (key id memoryview, signature memoryview); `signed_len` the
+    length of the signed bytes."""
 
-    __slots__ = ("data", "header", "payload", "certs", "sigs", "signed_len")
+    __slots__ = ("data", "header", "payload", "certs", "spans", "sigs", "signed_len")
 
     def digest(self):
         return hashlib.sha256(self.data[: self.signed_len]).digest()
@@ -254,6 +255,7 @@ def parse_envelope(data):
     if count > MAX_CERTS:
         raise BundleTooLarge("%d CA certificates, the limit is %d" % (count, MAX_CERTS))
     env.certs = []
+    env.spans = []
     for i in range(count):
         if pos + 2 > n:
             raise BundleMalformed("truncated in the CA certificates")
@@ -266,6 +268,7 @@ def parse_envelope(data):
         if pos + clen > n:
             raise BundleMalformed("truncated in the CA certificates")
         env.certs.append(mv[pos : pos + clen])
+        env.spans.append([pos, clen])
         pos += clen
     if pos >= n:
         raise BundleMalformed("truncated before the signatures")

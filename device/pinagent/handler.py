@@ -33,7 +33,7 @@ import struct
 from . import VERSION
 from . import bundle as _bundle
 from . import connect as _connect
-from . import install as _install  # noqa: F401  loaded with the session, before an upload's buffer fragments the heap
+from . import install as _install  # loaded with the session, before an upload's buffer fragments the heap
 from . import signers as _signers
 from . import store as _store
 from .policy import canonical_host
@@ -277,7 +277,7 @@ def write_commit(agent):
     data = inc.buf
     floor = agent.state.time_floor
     try:
-        v = agent.store.install(data)
+        v = _install.install(agent.store, data)
     except _bundle.BundleSameVersion as e:
         agent._incoming = None
         answer = {"version": agent.state.version, "installed": False, "reason": e.reason}

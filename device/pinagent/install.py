@@ -1,6 +1,11 @@
-"""Installing a bundle: the update half of pinagent.store (Store.install calls install()), in a
-module of its own so a board holds its code only while it installs (pinagent.UPDATE_PATH). The
-steps, their order and what a power cut at each leaves are pinagent.store's module docstring.
+"""Installing a bundle: the update half of pinagent.store, in a module of its own so a board holds
+its code only while it installs (pinagent.UPDATE_PATH). The steps, their order and what a power
+cut at each leaves are pinagent.store's module docstring.
+
+    install(store, data)   verifies and installs a bundle atomically; returns store.Verified.
+                           Refusals from the store's verify propagate unchanged; the store's own
+                           refusals and storage failures raise Rollback / TooLarge / NoSpace /
+                           StorageFailed / NoTrustAnchor, and leave the installed bundle as it was.
 """
 
 import hashlib

@@ -138,6 +138,26 @@ class Rule:
 class Policy:
     __slots__ = ("rules", "unpinned", "clock_lead", "_exact", "_one", "_suffix")
 
+    def __init__(self, unpinned=UNPINNED_CA, clock_lead=0):
+        self.unpinned = unpinned
+        self.clock_lead = clock_lead
+        self.rules = []
+        self._exact = {}  # host -> rule (exact rules, with or without include_subdomains)
+        self._one = {}  # base -> "*." rule
+        self._suffix = {}  # base -> "**." or include_subdomains rule
+
+    def add(self, rule):
+        """Indexes a validated rule; PolicyError if an earlier one covers the same names."""
+        if rule.kind == EXACT:
+            _index(self._exact, rule.host, rule)
+            if rule.include_subdomains:
+                _index(self._suffix, rule.base, rule)
+        elif rule.kind == ONE_LABEL:
+            _index(self._one, rule.base, rule)
+        else:
+            _index(self._suffix, rule.base, rule)
+        self.rules.append(rule)
+
     def rule_for(self, host):
         """The most specific rule for a normalised host name, or None."""
         rule = self._exact.get(host)
@@ -160,6 +180,16 @@ class Policy:
                 return rule
             dot = host.find(".", dot + 1)
         return None
+
+
+def _index(table, key, rule):
+    other = table.get(key)
+    if other is not None:
+        raise PolicyError(
+            "domains[%d].host" % rule.index,
+            "covers the same names as domains[%d] (%s)" % (other.index, other.host),
+        )
+    table[key] = rule
 
 
 class Verdict:

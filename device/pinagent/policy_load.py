@@ -35,42 +35,18 @@ _PIN_KEYS = ("pin", "label")
 
 def policy_from_obj(obj):
     """The Policy of a decoded policy JSON object; raises PolicyError naming the field."""
-    self = Policy()
     if not isinstance(obj, dict):
         raise PolicyError("policy", "not an object")
     _refuse_unknown(obj, _POLICY_KEYS, None, "")
-    self.unpinned = _choice(obj, "unpinned", (UNPINNED_CA, UNPINNED_BLOCK), UNPINNED_CA, None)
+    unpinned = _choice(obj, "unpinned", (UNPINNED_CA, UNPINNED_BLOCK), UNPINNED_CA, None)
     lead = obj.get("clock_lead", 0)
     if type(lead) is not int or lead < 0 or lead > MAX_CLOCK_LEAD:  # bool refused too
         raise PolicyError("clock_lead", "not an integer in 0..%d (seconds)" % MAX_CLOCK_LEAD)
-    self.clock_lead = lead
+    self = Policy(unpinned, lead)
     domains = _required(obj, "domains", list, None)
-    self.rules = []
-    self._exact = {}  # host -> rule (exact rules, with or without include_subdomains)
-    self._one = {}  # base -> "*." rule
-    self._suffix = {}  # base -> "**." or include_subdomains rule
     for i in range(len(domains)):
-        rule = _parse_domain(domains[i], i)
-        if rule.kind == EXACT:
-            _add(self._exact, rule.host, rule)
-            if rule.include_subdomains:
-                _add(self._suffix, rule.base, rule)
-        elif rule.kind == ONE_LABEL:
-            _add(self._one, rule.base, rule)
-        else:
-            _add(self._suffix, rule.base, rule)
-        self.rules.append(rule)
+        self.add(_parse_domain(domains[i], i))
     return self
-
-
-def _add(table, key, rule):
-    other = table.get(key)
-    if other is not None:
-        raise PolicyError(
-            "domains[%d].host" % rule.index,
-            "covers the same names as domains[%d] (%s)" % (other.index, other.host),
-        )
-    table[key] = rule
 
 
 def _field(i, key):

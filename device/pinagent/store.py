@@ -14,6 +14,8 @@ Files (root /fleetpin):
     upload.part   the received start of an upload a session left uncommitted (written and
                   read by pinagent.handler; upload.new is its temp); a spare, dropped when a
                   commit needs its room
+    bundle.idx    the installed bundle decoded, so a boot needs no decoder (pinagent.installed;
+                  bundle.idt is its temp); used only for the slot it names
 
 Slot format (one file = one atomic rename commits both the bundle AND the signer set it was
 accepted under, so a rotation can never be half applied):
@@ -30,8 +32,8 @@ the anchor for a board that has never installed a bundle.
 Threat model: authenticity is established once, by the signature check at install time. At boot
 the store re-checks each slot's digest against corruption, torn or stale files, and runs `verify`
 with installed_version None, which the agent makes a decode without any signature check (so a
-wake from deep sleep pays no ECDSA); it does not defend against someone who can write the flash
-(they could replace the agent).
+wake from deep sleep pays no ECDSA), or a read of the slot's decoded form (pinagent.installed); it
+does not defend against someone who can write the flash (they could replace the agent).
 
 Injected verification (the agent wires pinagent.bundle and pinagent.signers into it):
     verify(bundle_bytes, signers_bytes, installed_version) -> Verified(bundle, version, issued,
@@ -149,6 +151,8 @@ STATE = "state.bin"
 STATE_NEW = "state.new"
 UPLOAD = "upload.part"  # an upload a session left uncommitted (pinagent.handler.stage)
 UPLOAD_NEW = "upload.new"
+INDEX = "bundle.idx"  # the installed bundle, decoded (pinagent.installed)
+INDEX_NEW = "bundle.idt"
 
 MODE_OK = "ok"
 MODE_RECOVERED = "recovered-previous"
@@ -514,7 +518,8 @@ class BootState:
 
 
 class Store:
-    """Store(fs, verify).boot() -> BootState, then install(data) for updates."""
+    """Store(fs, verify).boot() -> BootState; updates: pinagent.install.install(store, data)
+    (an update path module: a board holds its code only while it installs)."""
 
     def __init__(self, fs, verify, root=ROOT):
         self.fs = fs
@@ -619,26 +624,15 @@ class Store:
                 self.fs.remove_quiet(self.path(BUNDLE_NEW))
             if STATE_NEW in names:
                 self.fs.remove_quiet(self.path(STATE_NEW))
-            if UPLOAD_NEW in names:
-                self.fs.remove_quiet(self.path(UPLOAD_NEW))
+            for temp in (UPLOAD_NEW, INDEX_NEW):
+                if temp in names:
+                    self.fs.remove_quiet(self.path(temp))
         except Exception as e:
             st.problems.append("repair: %s" % why(e))
         # The trust record must hold the newest trust too (module docstring): rewrite it when it
         # is missing, damaged, from an older agent, or behind the slots.
         if st.max_version >= 0 and st.signers is not None and not st.saved:
             self.save_state(st)
-
-    # ---- update
-
-    def install(self, data):
-        """Verifies and installs a bundle atomically; returns the Verified result. Refusals
-        from verify propagate unchanged; the store's own refusals and storage failures raise
-        Rollback / TooLarge / NoSpace / StorageFailed / NoTrustAnchor, and leave the installed
-        bundle as it was. The code is pinagent.install's: an update path module (pinagent.UPDATE_PATH),
-        so a board holds it only while it installs."""
-        from . import install as _install
-
-        return _install.install(self, data)
 
     # ---- state record
 

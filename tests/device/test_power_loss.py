@@ -21,6 +21,7 @@ from support import skip
 
 from pinagent import reports as RP
 from pinagent import store as S
+from pinagent.install import install
 
 VM = sys.implementation.name == "micropython"
 STRIDE = 11 if VM else 1
@@ -41,7 +42,7 @@ def _board(bundles, semantics=LITTLEFS, signers=S1):
     store = _store(ffs)
     store.boot()
     for b in bundles:
-        store.install(b)
+        install(store, b)
     return ffs.reboot()
 
 
@@ -138,7 +139,7 @@ class _Boots:
             store = _store(ffs.reboot())
             store.boot()
             if store.state.version != self.new[0]:
-                store.install(self.new[1])
+                install(store, self.new[1])
             assert store.state.version == self.new[0]
             assert _store(store.fs.os.reboot()).boot().version == self.new[0]
 
@@ -154,7 +155,7 @@ def _update_sweep(semantics, name, stride):
     new = fake_bundle(2, S1, size=SIZE)
     base = _board([old], semantics)
     check = _Boots((1, old), (2, new), S1, S1)
-    cuts = _sweep(base, lambda store, ffs: store.install(new), check, stride)
+    cuts = _sweep(base, lambda store, ffs: install(store, new), check, stride)
     _report(name, cuts, check, stride)
     assert cuts >= SIZE // stride  # every byte of the slot write was a cut point
     assert check.seen.get(1) and check.seen.get(2)  # both outcomes happened
@@ -173,7 +174,7 @@ def test_power_cut_anywhere_in_an_update_with_a_previous_bundle():
     b0, b1, b2 = (fake_bundle(v, S1, size=SIZE) for v in (1, 2, 3))
     base = _board([b0, b1])
     check = _Boots((2, b1), (3, b2), S1, S1)
-    cuts = _sweep(base, lambda store, ffs: store.install(b2), check)
+    cuts = _sweep(base, lambda store, ffs: install(store, b2), check)
     _report("update over bin+prev", cuts, check)
 
 
@@ -182,7 +183,7 @@ def test_power_cut_anywhere_in_a_signer_rotation():
     new = fake_bundle(2, S1, size=SIZE, rotate=S2)
     base = _board([old])
     check = _Boots((1, old), (2, new), S1, S2)
-    cuts = _sweep(base, lambda store, ffs: store.install(new), check)
+    cuts = _sweep(base, lambda store, ffs: install(store, new), check)
     _report("rotation", cuts, check)
     assert check.seen.get(1) and check.seen.get(2)
 
@@ -208,7 +209,7 @@ def test_power_cut_anywhere_in_a_rotation_then_a_damaged_bundle():
         assert again.max_version >= st.version, (again.max_version, st.version)
         seen[(st.version, again.version)] = seen.get((st.version, again.version), 0) + 1
 
-    cuts = _sweep(base, lambda store, ffs: store.install(new), damaged)
+    cuts = _sweep(base, lambda store, ffs: install(store, new), damaged)
     _report("rotation, then one bit of bundle.bin damaged", cuts, check)
     print("RESULT: power loss, rotation then damage: (version before, version recovered) %s" % sorted(seen.items()))
     assert seen.get((3, 2)), seen  # rotated, then recovered to the bundle before the rotation
@@ -240,7 +241,7 @@ def test_power_cut_anywhere_in_a_reset_after_a_stolen_key():
                 again.version, again.problems)
         seen[(st.version, again.version)] = seen.get((st.version, again.version), 0) + 1
 
-    cuts = _sweep(base, lambda store, ffs: store.install(new), damaged)
+    cuts = _sweep(base, lambda store, ffs: install(store, new), damaged)
     _report("reset after a stolen key", cuts, check)
     print("RESULT: power loss, reset then damage: (version before, version recovered) %s" % sorted(
         [(k, n) for k, n in seen.items()], key=lambda x: (x[0][0], -1 if x[0][1] is None else x[0][1])))
@@ -256,7 +257,7 @@ def _flip(data, i):
 def test_power_cut_anywhere_in_the_first_install_on_a_factory_board():
     new = fake_bundle(1, S1, size=SIZE)
     check = _Boots(None, (1, new), S1, S1)
-    cuts = _sweep(_board([]), lambda store, ffs: store.install(new), check)
+    cuts = _sweep(_board([]), lambda store, ffs: install(store, new), check)
     _report("first install", cuts, check)
     assert check.seen.get(None) and check.seen.get(1)
 
@@ -266,7 +267,7 @@ def test_power_cut_anywhere_in_an_update_of_a_recovered_board():
     base = _board([b1, b2])
     base.files[R + "bundle.bin"] = base.files[R + "bundle.bin"][:100]  # rotten: running b1
     check = _Boots((1, b1), (3, b3), S1, S1, old_mode=S.MODE_RECOVERED)
-    cuts = _sweep(base, lambda store, ffs: store.install(b3), check)
+    cuts = _sweep(base, lambda store, ffs: install(store, b3), check)
     _report("update of a recovered board", cuts, check)
 
 
@@ -416,7 +417,7 @@ def test_power_cut_at_every_flash_program_on_real_littlefs():
         f.write(S1)
     store = S.Store(S.FS(_LfsOs(lfs), _LfsOs(lfs).open), fake_verify)
     store.boot()
-    store.install(old)
+    install(store, old)
     lfs.unmount()
     image = bytes(flash.buffer)
 
@@ -426,7 +427,7 @@ def test_power_cut_at_every_flash_program_on_real_littlefs():
         flash, fs = mount(image, cut)
         store = S.Store(fs, fake_verify)
         store.boot()
-        store.install(new)
+        install(store, new)
         if flash.photo is None:  # the update needed fewer programs than `cut`: all tried
             break
         _, fs = mount(flash.photo)

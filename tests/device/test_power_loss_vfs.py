@@ -15,6 +15,7 @@ from faultfs import PowerCut, fake_bundle, fake_verify
 from support import skip
 
 from pinagent import store as S
+from pinagent.install import install
 
 BS = 4096  # the board's geometry (boards/esp32.toml)
 BLOCKS = 16  # a small filesystem: a few updates' worth of blocks, and a small heap
@@ -188,7 +189,7 @@ def test_power_cut_at_every_program_and_erase_on_micropython_littlefs():
         f.write(S1)
     store = S.Store(S.FS(LfsOs(lfs), lfs.open), fake_verify)
     store.boot()
-    store.install(old)
+    install(store, old)
     flash.commit()  # the factory state every trial starts from
     blank = lfs = store = None
 
@@ -204,7 +205,7 @@ def test_power_cut_at_every_program_and_erase_on_micropython_littlefs():
             store.boot()  # the power is good while booting
             flash.arm(cut, torn)
             try:
-                store.install(new)
+                install(store, new)
                 completed = True
             except PowerCut:
                 cuts += 1
@@ -220,7 +221,7 @@ def test_power_cut_at_every_program_and_erase_on_micropython_littlefs():
             if st.version == 1:  # and the board still takes the update
                 store = _store(flash, vfs)
                 store.boot()
-                store.install(new)
+                install(store, new)
                 assert _store(flash, vfs).boot().version == 2, (cut, torn)
             seen[st.version] = seen.get(st.version, 0) + 1
             store = st = again = None

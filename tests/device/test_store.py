@@ -5,6 +5,7 @@ from faultfs import EIO, ENOSPC, FakeRefused, FaultFS, fake_bundle, fake_verify
 from support import raises
 
 from pinagent import store as S
+from pinagent.install import install
 
 S1 = b"signers:factory-k1,k2"
 S2 = b"signers:rotated-k3,k4"
@@ -19,7 +20,7 @@ def _board(bundles=(), signers=S1, **kw):
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     store.boot()
     for b in bundles:
-        store.install(b)
+        install(store, b)
     return ffs
 
 
@@ -168,7 +169,7 @@ def test_missing_or_damaged_anchor_on_a_board_without_bundle():
     ffs, st = _boot(ffs)
     assert st.mode == S.MODE_SAFE and st.signers is None
     assert any(p.startswith("signers.bin") for p in st.problems)
-    e = raises(S.NoTrustAnchor, S.Store(S.FS(ffs, ffs.open), fake_verify).install, V1)
+    e = raises(S.NoTrustAnchor, install, S.Store(S.FS(ffs, ffs.open), fake_verify), V1)
     assert e.reason
     ffs.files[R + "signers.bin"] = b"x" * (S.MAX_SIGNERS + 1)
     ffs, st = _boot(ffs)
@@ -226,7 +227,7 @@ def test_root_squatted_by_a_file_boots_safe_and_an_update_repairs_it():
     st = store.boot()
     assert st.mode == S.MODE_SAFE and st.signers is None
     st.signers = S1  # as if provisioned over serial
-    store.install(V1)
+    install(store, V1)
     ffs, st = _boot(ffs)
     assert st.mode == S.MODE_OK and st.version == 1
 
@@ -279,7 +280,7 @@ def test_refused_update_changes_nothing():
         (fake_bundle(0, S1), "rollback"),
         (b"xx", "malformed"),
     ):
-        e = raises(FakeRefused, store.install, bad)
+        e = raises(FakeRefused, install, store, bad)
         assert e.reason == reason
     assert ffs.files == before
     assert store.state.version == 1
@@ -291,8 +292,8 @@ def test_update_after_recovery_accepts_the_lost_version_but_nothing_older():
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     st = store.boot()
     assert st.mode == S.MODE_RECOVERED and st.version == 2 and st.max_version == 3
-    assert raises(FakeRefused, store.install, V2).reason == "same_version"
-    store.install(V3)
+    assert raises(FakeRefused, install, store, V2).reason == "same_version"
+    install(store, V3)
     assert S.decode_slot(ffs.files[R + "bundle.prev"])[1] == V2  # not replaced by the rotten one
     ffs, st = _boot(ffs)
     assert st.mode == S.MODE_OK and st.version == 3
@@ -305,8 +306,8 @@ def test_safe_board_still_refuses_retired_versions():
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     st = store.boot()
     assert st.mode == S.MODE_SAFE and st.max_version == 3
-    raises(S.Rollback, store.install, V2)
-    store.install(V3)  # the lost newest one can be sent again
+    raises(S.Rollback, install, store, V2)
+    install(store, V3)  # the lost newest one can be sent again
     assert store.state.mode == S.MODE_OK and store.state.version == 3
 
 
@@ -316,9 +317,9 @@ def test_rotation_is_committed_with_its_bundle():
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     st = store.boot()
     assert st.signers == S2
-    assert raises(FakeRefused, store.install, fake_bundle(2, S1)).reason == "signature"
-    store.install(fake_bundle(2, S2, rotate=S3))
-    store.install(fake_bundle(3, S3))
+    assert raises(FakeRefused, install, store, fake_bundle(2, S1)).reason == "signature"
+    install(store, fake_bundle(2, S2, rotate=S3))
+    install(store, fake_bundle(3, S3))
     ffs, st = _boot(ffs)
     assert st.version == 3 and st.signers == S3
     assert ffs.files[R + "signers.bin"] == S1  # the factory anchor is never rewritten
@@ -343,8 +344,8 @@ def test_recovery_keeps_the_rotated_signers_and_the_highest_version():
     assert st.max_version == 2
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     store.boot()
-    assert raises(FakeRefused, store.install, fake_bundle(3, S1)).reason == "signature"  # a retired key
-    store.install(fake_bundle(3, S2))  # the operator's genuine next bundle
+    assert raises(FakeRefused, install, store, fake_bundle(3, S1)).reason == "signature"  # a retired key
+    install(store, fake_bundle(3, S2))  # the operator's genuine next bundle
     ffs, st = _boot(ffs)
     assert st.mode == S.MODE_OK and st.version == 3 and st.signers == S2
 
@@ -394,7 +395,7 @@ def test_no_space_is_refused_before_writing_and_changes_nothing():
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     store.boot()
     ffs.counts = {}
-    e = raises(S.NoSpace, store.install, big)
+    e = raises(S.NoSpace, install, store, big)
     assert "needed" in e.reason
     assert ffs.files == before and "write" not in ffs.counts
 
@@ -404,7 +405,7 @@ def test_previous_bundle_is_dropped_when_it_is_the_only_way_to_fit():
     ffs = _board(sized[:2], blocks=5)  # metadata 2 + bin 1 + prev 1: 1 free, 2 needed
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     store.boot()
-    store.install(sized[2])
+    install(store, sized[2])
     ffs, st = _boot(ffs)
     assert st.version == 3
     assert S.decode_slot(ffs.files[R + "bundle.prev"])[1] == sized[1]
@@ -418,7 +419,7 @@ def test_a_staged_upload_is_dropped_before_the_previous_bundle_to_make_room():
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     store.boot()
     assert R + S.UPLOAD_NEW not in ffs.files  # boot removes the temp
-    store.install(sized[2])
+    install(store, sized[2])
     ffs, st = _boot(ffs)
     assert st.version == 3 and R + S.UPLOAD not in ffs.files
     assert S.decode_slot(ffs.files[R + "bundle.prev"])[1] == sized[1]  # the spare that was enough
@@ -429,10 +430,10 @@ def test_flash_full_while_writing_is_no_space_and_keeps_the_old_bundle():
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     store.boot()
     ffs.fail("write", errno=ENOSPC)
-    raises(S.NoSpace, store.install, V2)
+    raises(S.NoSpace, install, store, V2)
     assert R + "bundle.new" not in ffs.files
     assert store.state.version == 1 and store.state.failed_updates == 1
-    store.install(V2)  # and the next try works
+    install(store, V2)  # and the next try works
     ffs, st = _boot(ffs)
     assert st.version == 2
 
@@ -443,7 +444,7 @@ def test_an_io_error_at_any_step_of_an_update_leaves_old_or_new():
     store = S.Store(S.FS(probe, probe.open), fake_verify)
     store.boot()
     start = probe.ticks
-    store.install(V2)
+    install(store, V2)
     total = probe.ticks
     for k in range(start, total):
         ffs = base.reboot()
@@ -451,7 +452,7 @@ def test_an_io_error_at_any_step_of_an_update_leaves_old_or_new():
         store.boot()
         _fail_kth(ffs, k, EIO)
         try:
-            store.install(V2)
+            install(store, V2)
             ok = True
         except S.StoreError as e:
             ok = False
@@ -486,7 +487,7 @@ def test_read_back_mismatch_is_storage_failed_and_nothing_installed():
     ffs.files[R + "signers.bin"] = S1
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     store.boot()
-    e = raises(S.StorageFailed, store.install, V1)
+    e = raises(S.StorageFailed, install, store, V1)
     assert "read-back" in e.reason
     assert R + "bundle.bin" not in ffs.files and R + "bundle.new" not in ffs.files
 
@@ -570,8 +571,8 @@ def test_fs_over_the_real_os_module():
         f.write(S1)
     store = S.Store(fs, fake_verify, root=root)
     assert store.boot().mode == S.MODE_SAFE
-    store.install(V1)
-    store.install(V2)
+    install(store, V1)
+    install(store, V2)
     st = S.Store(fs, fake_verify, root=root).boot()
     assert st.mode == S.MODE_OK and st.version == 2
     assert fs.free(root)[0] > 0
@@ -604,13 +605,13 @@ def _stolen(issued=1700000000):
 def test_after_a_stolen_key_took_the_highest_version_ordinary_bundles_are_still_rollbacks():
     # only a rotation that retires the key resets the record (below); nothing else goes back
     ffs, store = _stolen()
-    assert raises(FakeRefused, store.install, fake_bundle(5, S1)).reason == "rollback"
+    assert raises(FakeRefused, install, store, fake_bundle(5, S1)).reason == "rollback"
     assert store.state.version == STOLEN_MAX
 
 
 def test_a_rotation_that_retires_the_stolen_key_resets_the_version_record():
     ffs, store = _stolen()
-    store.install(fake_bundle(5, S1, rotate=S2, issued=1700000100))  # signed at the rotation threshold
+    install(store, fake_bundle(5, S1, rotate=S2, issued=1700000100))  # signed at the rotation threshold
     assert store.state.version == 5 and store.state.max_version == 5
     assert store.state.signers == S2
     assert R + "bundle.prev" not in ffs.files  # no slot keeps the thief's version around
@@ -618,15 +619,15 @@ def test_a_rotation_that_retires_the_stolen_key_resets_the_version_record():
     assert st.mode == S.MODE_OK and st.version == 5 and st.max_version == 5 and st.signers == S2
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     store.boot()
-    assert raises(FakeRefused, store.install, fake_bundle(STOLEN_MAX, S1)).reason == "signature"  # retired
-    store.install(fake_bundle(6, S2))  # the fleet is updatable again
+    assert raises(FakeRefused, install, store, fake_bundle(STOLEN_MAX, S1)).reason == "signature"  # retired
+    install(store, fake_bundle(6, S2))  # the fleet is updatable again
     assert _boot(ffs)[1].version == 6
 
 
 def test_a_rotation_that_keeps_every_key_resets_nothing():
     ffs, store = _stolen()
     same_keys = b"signers:factory-k1,k2,k7"  # adds a key, retires none
-    assert raises(FakeRefused, store.install, fake_bundle(5, S1, rotate=same_keys)).reason == "rollback"
+    assert raises(FakeRefused, install, store, fake_bundle(5, S1, rotate=same_keys)).reason == "rollback"
     assert store.state.version == STOLEN_MAX and store.state.signers == S1
 
 
@@ -634,21 +635,21 @@ def test_the_reset_is_not_replayable():
     # after the recovery and newer bundles by the new keys, the recovery bundle is an old bundle
     ffs, store = _stolen()
     recovery = fake_bundle(5, S1, rotate=S2)
-    store.install(recovery)
-    store.install(fake_bundle(6, S2))
-    store.install(fake_bundle(7, S2, rotate=S3))  # and a later, ordinary rotation
-    assert raises(FakeRefused, store.install, fake_bundle(6, S2)).reason == "signature"
+    install(store, recovery)
+    install(store, fake_bundle(6, S2))
+    install(store, fake_bundle(7, S2, rotate=S3))  # and a later, ordinary rotation
+    assert raises(FakeRefused, install, store, fake_bundle(6, S2)).reason == "signature"
     ffs, st = _boot(ffs)
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     store.boot()
     assert store.state.version == 7 and store.state.signers == S3
-    assert raises(FakeRefused, store.install, fake_bundle(8, S2, rotate=S3)).reason == "signature"
+    assert raises(FakeRefused, install, store, fake_bundle(8, S2, rotate=S3)).reason == "signature"
 
 
 def test_a_forward_rotation_that_retires_the_floor_s_keys_lowers_the_floor_to_its_own_time():
     ffs, store = _stolen(issued=FAR_FUTURE)
     assert store.state.time_floor == FAR_FUTURE  # every clock now reads "below the floor"
-    store.install(fake_bundle(5, S1, rotate=S2, issued=1700000100))
+    install(store, fake_bundle(5, S1, rotate=S2, issued=1700000100))
     assert store.state.time_floor == 1700000100
     ffs, st = _boot(ffs)
     assert st.time_floor == 1700000100
@@ -660,7 +661,7 @@ def test_the_floor_a_stolen_key_raised_is_reset_even_under_newer_bundles():
     ffs = _board([V1, fake_bundle(2, S1, issued=FAR_FUTURE), fake_bundle(3, S1)])
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     store.boot()
-    store.install(fake_bundle(4, S1, rotate=S2, issued=1700000200))
+    install(store, fake_bundle(4, S1, rotate=S2, issued=1700000200))
     assert store.state.time_floor == 1700000200 and store.state.version == 4
 
 
@@ -669,7 +670,7 @@ def test_an_ordinary_rotation_keeps_a_floor_newer_than_its_own_time():
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     store.boot()
     store.raise_time_floor(1800000000)  # trusted time from a pinned server
-    store.install(fake_bundle(3, S1, rotate=b"signers:factory-k1,k2,k8"))  # retires nothing
+    install(store, fake_bundle(3, S1, rotate=b"signers:factory-k1,k2,k8"))  # retires nothing
     assert store.state.time_floor == 1800000000
     ffs, st = _boot(ffs)
     assert st.time_floor == 1800000000
@@ -678,7 +679,7 @@ def test_an_ordinary_rotation_keeps_a_floor_newer_than_its_own_time():
 def test_a_reset_whose_record_write_was_cut_is_finished_at_boot():
     ffs, store = _stolen(issued=FAR_FUTURE)
     before = ffs.files[R + "state.bin"]
-    store.install(fake_bundle(5, S1, rotate=S2, issued=1700000100))
+    install(store, fake_bundle(5, S1, rotate=S2, issued=1700000100))
     ffs.files[R + "state.bin"] = before  # the record as it was before step 6
     ffs, st = _boot(ffs)
     assert st.version == 5 and st.max_version == 5 and st.signers == S2 and st.time_floor == 1700000100
@@ -687,14 +688,14 @@ def test_a_reset_whose_record_write_was_cut_is_finished_at_boot():
 
 def test_after_a_reset_damage_never_brings_the_stolen_version_back():
     ffs, store = _stolen()
-    store.install(fake_bundle(5, S1, rotate=S2))
+    install(store, fake_bundle(5, S1, rotate=S2))
     ffs.files[R + "bundle.bin"] = _flip(ffs.files[R + "bundle.bin"], 60)
     ffs, st = _boot(ffs)
     assert st.mode == S.MODE_SAFE and st.signers == S2 and st.max_version == 5
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     store.boot()
-    assert raises(FakeRefused, store.install, fake_bundle(5, S1, rotate=S2)).reason == "signature"  # S1 is retired
-    store.install(fake_bundle(6, S2))  # the next bundle by the new keys repairs it
+    assert raises(FakeRefused, install, store, fake_bundle(5, S1, rotate=S2)).reason == "signature"  # S1 is retired
+    install(store, fake_bundle(6, S2))  # the next bundle by the new keys repairs it
     assert store.state.version == 6
 
 
@@ -706,4 +707,4 @@ def test_a_board_whose_record_predates_the_vouchers_is_reset_by_nothing():
     ffs, st = _boot(ffs)
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
     store.boot()
-    assert raises(FakeRefused, store.install, fake_bundle(5, S1, rotate=S2)).reason == "rollback"
+    assert raises(FakeRefused, install, store, fake_bundle(5, S1, rotate=S2)).reason == "rollback"
