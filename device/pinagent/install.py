@@ -117,8 +117,9 @@ def _make_room(store, st, size):
     need = ((size + block - 1) // block + 1) * block  # the file, plus a block of metadata slack
     if free >= need:
         return
-    # bundle.prev and a staged upload are only spares: drop them, unless prev is in use
-    spares = (S.UPLOAD, S.BUNDLE_PREV) if st.source != S.BUNDLE_PREV else (S.UPLOAD,)
+    # the decoded form of the bundle being replaced, a staged upload and bundle.prev are only
+    # spares: drop them, in that order, unless prev is in use
+    spares = (S.INDEX, S.UPLOAD, S.BUNDLE_PREV) if st.source != S.BUNDLE_PREV else (S.INDEX, S.UPLOAD)
     for name in spares:
         if free < need and fs.size(store.path(name)) >= 0:
             fs.remove_quiet(store.path(name))

@@ -425,6 +425,18 @@ def test_a_staged_upload_is_dropped_before_the_previous_bundle_to_make_room():
     assert S.decode_slot(ffs.files[R + "bundle.prev"])[1] == sized[1]  # the spare that was enough
 
 
+def test_the_decoded_form_of_the_bundle_being_replaced_is_the_first_spare_to_go():
+    sized = [fake_bundle(v, S1, size=2000) for v in (1, 2, 3)]
+    ffs = _board(sized[:2], blocks=6)  # metadata 2 + bin 1 + prev 1 + bundle.idx 1: 1 free, 2 needed
+    ffs.files[R + S.INDEX] = b"{}" + bytes(2000)  # what pinagent.installed kept for v2
+    store = S.Store(S.FS(ffs, ffs.open), fake_verify)
+    store.boot()
+    install(store, sized[2])
+    ffs, st = _boot(ffs)
+    assert st.version == 3 and R + S.INDEX not in ffs.files
+    assert S.decode_slot(ffs.files[R + "bundle.prev"])[1] == sized[1]
+
+
 def test_flash_full_while_writing_is_no_space_and_keeps_the_old_bundle():
     ffs = _board([V1])
     store = S.Store(S.FS(ffs, ffs.open), fake_verify)
