@@ -143,13 +143,22 @@ def identify(agent):
 
 
 def _signers_info(agent):
-    """The trusted set for IDENTIFY: key ids and thresholds (None without a readable set)."""
+    """The trusted set for IDENTIFY: key ids and thresholds (None without a readable set), and
+    `vouched`: the ids of those keys that signed the bundle of the highest version installed
+    (pinagent.store, "A stolen key": a rotation must retire one of them to reset the record)."""
     try:
         t = _signers.load_signers(agent.state.signers, False)
     except Exception:  # none (None), or unreadable
         return None
+    vouchers = agent.state.max_keys
+    n = _store.KEY_XID_SIZE
+    vouched = []
+    for s in t.signers:
+        x = _signers.xid_of_point(s.point)
+        if any(vouchers[i:i + n] == x for i in range(0, len(vouchers), n)):
+            vouched.append(s.key_id.hex())
     return {"ids": [s.key_id.hex() for s in t.signers], "threshold": t.threshold,
-            "rotation_threshold": t.rotation_threshold}
+            "rotation_threshold": t.rotation_threshold, "vouched": vouched}
 
 
 def read_bundle(agent, offset, length):

@@ -71,6 +71,8 @@ def test_a_rotation_that_retires_a_stolen_key_makes_the_board_updatable_again():
     ffs = _board(_vector("good.bin"))
     a = _agent(ffs)
     assert _upload(a, _vector("stolen_top.bin"))["installed"]
+    trust = a.identify()["signers"]
+    assert trust["vouched"] == trust["ids"][:1]  # the everyday key signed it (IDENTIFY says so)
     e = _refused(_upload, a, _vector("rotate_v6_retires_backup.bin"))
     assert e.code == E_ROLLBACK and "older" in e.reason, e.reason
     assert a.identify()["bundle_version"] == 2**31 - 1
@@ -80,6 +82,7 @@ def test_a_rotation_that_retires_a_stolen_key_makes_the_board_updatable_again():
     info = a.identify()
     assert info["mode"] == S.MODE_OK and info["bundle_version"] == 6, info
     assert a.state.max_version == 6 and R + "bundle.prev" not in a.fs.os.files
+    assert info["signers"]["vouched"] == info["signers"]["ids"][:1]  # of v6's signers, the backup stays
     e = _refused(_upload, a, _vector("stolen_top.bin"))
     assert e.code == E_SIGNATURE and "not signed by a trusted key" in e.reason, e.reason
 
@@ -112,7 +115,8 @@ def test_identify_states_the_trusted_keys_and_thresholds():
     a = _agent(_board(_bundle("v1.bin")))
     trust = json.loads(_signers())
     info = a.identify()
-    assert info["signers"] == {"ids": [s["id"] for s in trust["signers"]], "threshold": 1, "rotation_threshold": 2}
+    assert info["signers"] == {"ids": [s["id"] for s in trust["signers"]], "threshold": 1, "rotation_threshold": 2,
+                               "vouched": []}  # a factory slot: who signed it was never recorded
     a = _agent(_rotated_board().reboot())
     new = json.loads(_vector("signers_new.json"))
     assert a.identify()["signers"]["ids"] == [s["id"] for s in new["signers"]]

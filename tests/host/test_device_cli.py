@@ -167,7 +167,7 @@ def test_the_confirmation_says_who_signed_and_what_the_device_needs(
     assert f"signed by {everyday}: 1 of the device's 2 keys; a bundle needs 1" in out, out
     info = json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)
     assert info["signers"] == {"ids": [s["id"] for s in json.loads(demo_signer_set())["signers"]],
-                               "threshold": 1, "rotation_threshold": 2}
+                               "threshold": 1, "rotation_threshold": 2, "vouched": []}
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -278,13 +278,22 @@ def test_a_fleet_frozen_by_a_stolen_key_is_recovered_by_a_rotation_that_retires_
     assert fleetpin("device", "update", "--port", b.port, bundles["stolen_top"], "--yes").exit_code == 0
     r = fleetpin("device", "update", "--port", b.port, bundles["v3"], "--yes")
     assert r.exit_code == 1 and "older than the installed" in r.stderr and "nothing sent" in r.stderr
+    info = json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)
+    everyday, backup = info["signers"]["ids"]
+    assert info["signers"]["vouched"] == [everyday]  # who signed the thief's version
+    assert f"its highest version was signed by {everyday}" in fleetpin("device", "info", "--port", b.port).stdout
     r = fleetpin("device", "update", "--port", b.port, bundles["retire_backup_v4"], "--yes")
-    assert r.exit_code != 0 and "older than the installed" in r.stderr, r.stderr  # the device's refusal
-    assert "none of the keys it retires signed the installed v2147483647" in r.stderr
+    assert r.exit_code == 1 and f"retires ({backup}) did not sign that version (signed by {everyday})" in r.stderr
+    assert "(nothing sent)" in r.stderr, r.stderr
+    with Transport.open(b.port) as t:  # sent anyway, by a host that skips fleetpin's checks
+        t.connect()
+        with pytest.raises(DeviceRefused) as refused:
+            t.upload(bundles["retire_backup_v4"].read_bytes())
+    assert refused.value.code_name == "rollback"
     assert version_of(fleetpin, b.port) == 2**31 - 1
     r = fleetpin("device", "update", "--port", b.port, bundles["recover_v4"], "--yes", "--receipt", tmp_path / "r.json")
     assert r.exit_code == 0, r.stderr
-    assert "retires" in r.stdout and "resets its version record" in r.stdout
+    assert f"retires {everyday}, which signed v2147483647: the device resets its version record" in r.stdout
     assert json.loads((tmp_path / "r.json").read_text())["new"]["version"] == 4
     assert version_of(fleetpin, b.port) == 4
     r = fleetpin("device", "update", "--port", b.port, bundles["stolen_top"], "--yes")

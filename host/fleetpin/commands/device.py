@@ -44,7 +44,7 @@ from fleetpin.errors import FleetpinError, UsageError
 from fleetpin.field.ports import ENV_PORT, choose_port
 from fleetpin.field.receipts import Receipt, check_writable, default_path, utc_now, write_receipt
 from fleetpin.field.reports import parse_report_log, report_time
-from fleetpin.field.transport import DEFAULT_BAUD, DeviceRefused, Transport, check_verdict, printable
+from fleetpin.field.transport import DEFAULT_BAUD, Transport, check_verdict, printable
 from fleetpin.line.registry_url import ENV_VAR, URL_HELP
 from pinagent import bundle as dev_bundle
 
@@ -150,8 +150,10 @@ def _signers_row(trust: Any) -> str:
     if not isinstance(trust, dict) or not isinstance(trust.get("ids"), list):
         return "not reported"
     n = len(trust["ids"])
+    vouched = trust.get("vouched")
+    by = f"; its highest version was signed by {', '.join(map(str, vouched))}" if isinstance(vouched, list) and vouched else ""
     return _p(f"{', '.join(str(i) for i in trust['ids'])}: {trust.get('threshold')} of {n} sign a bundle, "
-              f"{trust.get('rotation_threshold')} of {n} change the signer set")
+              f"{trust.get('rotation_threshold')} of {n} change the signer set{by}")
 
 
 # ---- update --------------------------------------------------------------------------------
@@ -335,16 +337,27 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
     reset_line = None
     if isinstance(old_version, int) and new.version <= old_version:
         word = "the same version as" if new.version == old_version else "older than"
+        # The reset after a stolen key (pinagent.store): a signer-set change that retires a key
+        # which signed the highest version installed. Agents that can do it say who did ("vouched").
         retired = _retired_keys(ident, new)
-        if not retired:
+        vouched = (ident.get("signers") or {}).get("vouched")
+        if not retired or not isinstance(vouched, list):
             raise _Refused(
                 f"bundle v{new.version} is {word} the installed v{old_version} on {_p(rec.device_id)} (nothing sent)",
                 hint="devices never go back: build the bundle with a version above " + str(old_version),
             )
-        # The reset after a stolen key (pinagent.store): the device takes it only if a key it
-        # retires signed the installed version; it says which, and nothing is lost if it refuses.
+        if not set(retired) & set(vouched):
+            raise _Refused(
+                f"bundle v{new.version} is {word} the installed v{old_version} on {_p(rec.device_id)}, and the keys its "
+                f"new signer set retires ({', '.join(retired)}) did not sign that version "
+                f"({'signed by ' + ', '.join(map(str, vouched)) if vouched else 'the device does not know who signed it'}) "
+                "(nothing sent)",
+                hint="retire the key that signed the installed version (fleetpin device info shows it), "
+                     f"or build the bundle with a version above {old_version}",
+            )
         reset_line = (f"  v{new.version} is {word} the installed v{old_version}: a signer-set change that retires "
-                      f"{', '.join(retired)}; the device resets its version record only if one of them signed v{old_version}")
+                      f"{', '.join(sorted(set(retired) & set(vouched)))}, which signed v{old_version}: the device "
+                      "resets its version record (the reset after a stolen key)")
     signed_line = _check_signers(ident, new)
     installed = None
     if old_version is not None:
@@ -391,13 +404,7 @@ def _update(t: Transport, data: bytes, new: Any, new_sha: str, rec: Receipt, as_
             if up is not None and up._commit is not None and not stage.committing:
                 stage.doing, stage.committing = "committing", True
 
-        try:
-            result = t.upload(data, progress, up)
-        except DeviceRefused as e:
-            if reset_line and e.code_name == "rollback":  # keys were retired, but none had signed its version
-                e.hint = (f"none of the keys it retires signed the installed v{old_version}: retire the key that "
-                          f"signed it, or build the bundle with a version above {old_version}")
-            raise
+        result = t.upload(data, progress, up)
     stage.committing = False
     got = result.get("bundle_sha256")
     if got is None:  # an agent whose commit answer carries no digest: ask
