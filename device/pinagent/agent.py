@@ -228,6 +228,15 @@ class Agent:
 
         b = _bundle.decode_bundle(data, None, fleet=self.fleet, installed_version=None, now=None, time_floor=0,
                                   at_boot=True)
+        from . import signers as _signers
+
+        # Who signed it (pinagent.store, "A stolen key"): the keys of the slot's set, the set that
+        # verified it at install, where every trusted signature had to verify, among its signatures.
+        try:
+            t = _signers.load_signers(signers_bytes, False)
+            b.keys = _signers.xids([t.get(k) for k in b.key_ids if t.get(k) is not None], b.signers)
+        except Exception:  # an unreadable set: who signed stays unknown
+            pass
         v = self._verified(b, signers_bytes)
         _installed.save(self.fs, self.root, b, signers_bytes, data, v)
         return v

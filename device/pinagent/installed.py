@@ -17,7 +17,7 @@ decoded, and whoever can rewrite it to match a slot can rewrite the slot (and th
 Format: JSON (parsed in C): {"f": FORMAT, "k": name (hex), "fleet", "version", "issued",
 "digest" (hex), "report": {...}, "certs": [[offset, length], ...] (the CA certificates, in the
 bundle), "next": the signer set trusted after it (text; null: the slot's), "new_keys" (hex; null:
-no new set), "unpinned", "clock_lead", "rules": [[index, host, base, kind, include_subdomains,
+no new set), "keys" (hex: who signed it, pinagent.store's vouchers), "unpinned", "clock_lead", "rules": [[index, host, base, kind, include_subdomains,
 [pin (hex), ...], [label, ...], enforce, expires, on_expiry], ...]}.
 """
 
@@ -56,7 +56,8 @@ def save(fs, root, b, signers, bundle, v):
         obj = {"f": FORMAT, "k": _name(signers, bundle), "fleet": b.fleet, "version": b.version, "issued": b.issued,
                "digest": b.digest.hex(), "report": b.report, "certs": certs,
                "next": None if v.new_keys is None else bytes(v.next_signers).decode(),
-               "new_keys": None if v.new_keys is None else v.new_keys.hex(), "unpinned": b.policy.unpinned,
+               "new_keys": None if v.new_keys is None else v.new_keys.hex(), "keys": v.keys.hex(),
+               "unpinned": b.policy.unpinned,
                "clock_lead": b.policy.clock_lead, "rules": rules}
         fs.write_atomic(root + "/" + INDEX, root + "/" + INDEX_NEW, (json.dumps(obj).encode(),))
     except Exception:
@@ -81,6 +82,7 @@ def load(fs, root, signers, bundle, fleet):
         b.ca_certs = [mv[at:at + n] for at, n in o["certs"]]
         new_keys = o["new_keys"]
         nxt = signers if o["next"] is None else o["next"].encode()
-        return Verified(b, b.version, b.issued, nxt, b"", None if new_keys is None else bytes.fromhex(new_keys))
+        return Verified(b, b.version, b.issued, nxt, bytes.fromhex(o["keys"]),
+                        None if new_keys is None else bytes.fromhex(new_keys))
     except Exception:  # missing, torn, damaged, another format: decode the bundle instead
         return None

@@ -97,8 +97,9 @@ own issue time. Replays stay refused: a rotation resets only what a key it retir
 and after it the record is vouched for by keys of the new set. A reset below the record replaces
 bundle.bin and removes bundle.prev, so no slot with the thief's version is left for a damaged
 file to bring back; a cut before the record is written is finished at boot (the installed
-rotation retires the record's keys: the same reset). A record from an agent before the vouchers
-(format 2) names none: the first rotation after it resets nothing; the next install names them.
+rotation retires the record's keys: the same reset). A record that names no vouchers (lost, or
+from an agent before them: format 2) learns them at boot from the installed slot: the keys of the
+slot's signer set among its bundle's signatures (all of which verified at install).
 
 State record (state.bin), format 3, little-endian:
     b"FPST" | u8 3 | 3 zero bytes | i64 time floor | i64 max version (-1: none) | u32 updates |
@@ -550,7 +551,7 @@ class Store:
             st.problems.append("%s: unreadable (%s)" % (self.root, why(e)))
             names = ()
         self._load_state(st, names)
-        saved = (st.max_version, st.signers, st.time_floor)
+        saved = (st.max_version, st.signers, st.time_floor, st.max_keys, st.floor_keys)
         spare_signers = None
         for name in (BUNDLE, BUNDLE_NEW, BUNDLE_PREV):
             if name not in names:
@@ -571,7 +572,7 @@ class Store:
             break
         if st.bundle is not None:
             st.mode = MODE_RECOVERED if st.source == BUNDLE_PREV else MODE_OK
-        st.saved = saved == (st.max_version, st.signers, st.time_floor) and saved[1] is not None
+        st.saved = saved == (st.max_version, st.signers, st.time_floor, st.max_keys, st.floor_keys) and saved[1] is not None
         if st.signers is None:
             st.signers = spare_signers
         if st.signers is None:
@@ -598,12 +599,12 @@ class Store:
         if st.signers is None or v.version >= st.max_version:
             st.signers = v.next_signers
         st.source = name
-        if v.issued > st.time_floor:
+        if v.issued > st.time_floor or (v.issued == st.time_floor and not st.floor_keys):
             st.time_floor = v.issued
             st.floor_keys = v.keys
-        if v.version > st.max_version:
+        if v.version > st.max_version or (v.version == st.max_version and not st.max_keys):
             st.max_version = v.version
-            st.max_keys = v.keys
+            st.max_keys = v.keys  # a record that did not say who vouched (lost, format 2) learns it
 
     def _load_state(self, st, names):
         if STATE not in names:

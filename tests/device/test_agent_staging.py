@@ -37,10 +37,16 @@ def _half_sent(ffs):
 
 
 def _finish(a, data, held):
-    """The rest of the upload after a WRITE_BEGIN that said `held`; the commit's answer."""
+    """The rest of the upload after a WRITE_BEGIN that said `held`; the commit's answer. Then the
+    update path is forgotten, as when a board's session ends (a no-op on CPython)."""
+    from pinagent import forget
+
     start = held[0][1] if held else 0
-    _send(a, data, start, len(data))
-    return a.write_commit()
+    try:
+        _send(a, data, start, len(data))
+        return a.write_commit()
+    finally:
+        forget()
 
 
 def test_an_upload_never_committed_leaves_the_heap_for_flash_and_the_next_session_resumes_it():

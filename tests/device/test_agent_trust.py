@@ -87,6 +87,23 @@ def test_a_rotation_that_retires_a_stolen_key_makes_the_board_updatable_again():
     assert e.code == E_SIGNATURE and "not signed by a trusted key" in e.reason, e.reason
 
 
+def test_a_record_lost_after_the_theft_learns_who_signed_from_the_slot():
+    # state.bin damaged right after the thief's install: the boot rebuilds the record from the
+    # installed slot, who signed included (the slot's keys among its signatures), so the
+    # rotation that retires the stolen key still resets it.
+    ffs = _board(_vector("good.bin"))
+    a = _agent(ffs)
+    assert _upload(a, _vector("stolen_top.bin"))["installed"]
+    ffs = a.fs.os.reboot()
+    for name in ("state.bin", "bundle.idx"):  # the record, and what the boot after it would know
+        ffs.files.pop(R + name, None)
+    a = _agent(ffs)
+    trust = a.identify()["signers"]
+    assert a.state.max_version == 2**31 - 1 and trust["vouched"] == trust["ids"][:1], trust
+    assert _upload(a, _vector("recover_v6_retires_everyday.bin"))["installed"]
+    assert _agent(a.fs.os.reboot()).identify()["bundle_version"] == 6
+
+
 def test_the_recovery_bundle_sent_again_is_refused():
     # it carries the retired everyday key's signature and the backup's: one trusted key now, under
     # the rotation threshold of the set it installed
@@ -116,7 +133,7 @@ def test_identify_states_the_trusted_keys_and_thresholds():
     trust = json.loads(_signers())
     info = a.identify()
     assert info["signers"] == {"ids": [s["id"] for s in trust["signers"]], "threshold": 1, "rotation_threshold": 2,
-                               "vouched": []}  # a factory slot: who signed it was never recorded
+                               "vouched": [trust["signers"][0]["id"]]}  # v1 is signed by the everyday key
     a = _agent(_rotated_board().reboot())
     new = json.loads(_vector("signers_new.json"))
     assert a.identify()["signers"]["ids"] == [s["id"] for s in new["signers"]]

@@ -167,7 +167,7 @@ def test_the_confirmation_says_who_signed_and_what_the_device_needs(
     assert f"signed by {everyday}: 1 of the device's 2 keys; a bundle needs 1" in out, out
     info = json.loads(fleetpin("device", "info", "--port", b.port, "--json").stdout)
     assert info["signers"] == {"ids": [s["id"] for s in json.loads(demo_signer_set())["signers"]],
-                               "threshold": 1, "rotation_threshold": 2, "vouched": []}
+                               "threshold": 1, "rotation_threshold": 2, "vouched": [everyday]}
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
