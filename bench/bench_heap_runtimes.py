@@ -18,8 +18,8 @@ from fleetpin.vm import unix
 from fleetpin.vm import wasm as mpvm
 from pinagent import store as dev_store
 
-MODULES = ["pinagent", "pinagent.der", "pinagent.pins", "pinagent.policy", "pinagent.ecdsa", "pinagent.signers",
-           "pinagent.bundle", "pinagent.connect", "pinagent.store", "pinagent.install", "pinagent.reports", "pinagent.agent",
+MODULES = ["pinagent", "pinagent.der", "pinagent.pins", "pinagent.policy", "pinagent.store", "pinagent.ecdsa",
+           "pinagent.signers", "pinagent.bundle", "pinagent.connect", "pinagent.install", "pinagent.reports", "pinagent.agent",
            "pinagent.policy_load", "pinagent.handler", "pinagent.link", "pinagent.service", "pinagent.io",
            "pinagent.io.flash", "pinagent.io.tls", "pinagent.io.console", "pinagent.io.board"]
 # (the boot forgets the bundle decoder on MicroPython: not here, where every module stays to be weighed)

@@ -151,14 +151,9 @@ def _signers_info(agent):
     except Exception:  # none (None), or unreadable
         return None
     vouchers = agent.state.max_keys
-    n = _store.KEY_XID_SIZE
-    vouched = []
-    for s in t.signers:
-        x = _signers.xid_of_point(s.point)
-        if any(vouchers[i:i + n] == x for i in range(0, len(vouchers), n)):
-            vouched.append(s.key_id.hex())
     return {"ids": [s.key_id.hex() for s in t.signers], "threshold": t.threshold,
-            "rotation_threshold": t.rotation_threshold, "vouched": vouched}
+            "rotation_threshold": t.rotation_threshold,
+            "vouched": [s.key_id.hex() for s in t.signers if _store.holds(vouchers, _signers.xid_of_point(s.point))]}
 
 
 def read_bundle(agent, offset, length):

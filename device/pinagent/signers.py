@@ -50,6 +50,7 @@ import hashlib
 import json
 
 from . import ecdsa as _ecdsa
+from .store import KEY_XID_SIZE, holds
 
 try:
     from micropython import const
@@ -140,7 +141,7 @@ def xid_of_point(point):
     """The private key's id (raw 8 bytes): SHA-256 of the point's x coordinate, truncated. A key
     and its negation (one private key: SignerKeyRepeated) share it, so a signer set that swaps a
     key for its negation does not retire it (pinagent.store, "A stolen key")."""
-    return hashlib.sha256(memoryview(point)[1:33]).digest()[:KEY_ID_SIZE]
+    return hashlib.sha256(memoryview(point)[1:33]).digest()[:KEY_XID_SIZE]
 
 
 def xids(signers, kept_by=None):
@@ -150,7 +151,7 @@ def xids(signers, kept_by=None):
     out = b""
     for s in signers:
         x = xid_of_point(s.point)
-        if keep is None or any(keep[i:i + KEY_ID_SIZE] == x for i in range(0, len(keep), KEY_ID_SIZE)):
+        if keep is None or holds(keep, x):
             out += x
     return out
 

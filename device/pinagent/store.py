@@ -235,18 +235,21 @@ class Verified:
         self.below = below
 
 
+def holds(keys, key):
+    """Whether `keys` (KEY_XID_SIZE-byte ids, concatenated) holds the id `key`."""
+    for i in range(0, len(keys), KEY_XID_SIZE):
+        if keys[i:i + KEY_XID_SIZE] == key:
+            return True
+    return False
+
+
 def retires(vouchers, new_keys):
     """Whether a new signer set (new_keys) leaves out a key of `vouchers` (both KEY_XID_SIZE-byte
     ids, concatenated): the keys that vouched for a record are not all trusted any more."""
     if new_keys is None:
         return False
-    mv = memoryview(vouchers)
     for i in range(0, len(vouchers), KEY_XID_SIZE):
-        k = bytes(mv[i:i + KEY_XID_SIZE])
-        for j in range(0, len(new_keys), KEY_XID_SIZE):
-            if new_keys[j:j + KEY_XID_SIZE] == k:
-                break
-        else:
+        if not holds(new_keys, vouchers[i:i + KEY_XID_SIZE]):
             return True
     return False
 

@@ -36,6 +36,15 @@ def _half_sent(ffs):
     return a, data
 
 
+def _end(a):
+    """The session ends, as on a board: what it held is staged and the update path forgotten
+    (forget: a no-op on CPython)."""
+    from pinagent import forget
+
+    a.end_session()
+    forget()
+
+
 def _finish(a, data, held):
     """The rest of the upload after a WRITE_BEGIN that said `held`; the commit's answer. Then the
     update path is forgotten, as when a board's session ends (a no-op on CPython)."""
@@ -66,6 +75,7 @@ def test_an_upload_never_committed_leaves_the_heap_for_flash_and_the_next_sessio
     held = _begin(a, data)
     assert [list(r) for r in held] == [[0, 5 * PIECE]] and UPLOAD not in ffs.files
     assert _finish(a, data, held)["installed"] and a.identify()["bundle_version"] == 2
+    _end(a)
 
 
 def test_a_staged_upload_goes_when_another_bundle_begins_or_it_was_altered():
@@ -101,6 +111,7 @@ def test_an_upload_is_not_staged_where_it_would_take_the_last_free_blocks():
     assert UPLOAD not in ffs.files and a._incoming is None
     ffs.blocks = 256
     assert not _begin(a, data)
+    _end(a)
 
 
 def test_a_power_cut_while_an_upload_is_staged_never_resumes_torn_bytes():

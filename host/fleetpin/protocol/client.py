@@ -162,7 +162,52 @@ def plan_chunks(data, frame_target, max_frame):
     return out
 
 
-class Upload:
+class _Pieces:
+    """What Upload, Read and LongAnswer share: byte ranges still to ask for (_todo, by offset:
+    [offset, end, ...]) and requests in flight (_flying: [Call, offset, end]). Subclasses set
+    client, done, error, _todo and _flying."""
+
+    def _room(self, link):
+        """Whether the link would start one more request of ours now."""
+        return link.connected and link.waiting == 0 and len(self._flying) < link.max_outstanding
+
+    def _take(self, n):
+        """The next n bytes (at most) off the first range still to ask for: (offset, length, the
+        range they came from)."""
+        r = self._todo[0]
+        off = r[0]
+        n = min(n, r[1] - off)
+        if off + n < r[1]:
+            r[0] = off + n
+        else:
+            self._todo.pop(0)
+        return off, n, r
+
+    def _sweep(self, lost, answered):
+        """Takes the finished requests out of _flying: one whose transmission was lost goes to
+        lost(item), an answer to answered(item) (False from it ends the transfer), an error
+        ends the transfer (_fail). False if the transfer ended."""
+        still = []
+        for item in self._flying:
+            c = item[0]
+            if not c.done:
+                still.append(item)
+            elif isinstance(c.error, LinkFailure) and c.error.reason == "lost":
+                lost(item)
+            elif self._fail(c) or answered(item) is False:
+                return False
+        self._flying = still
+        return True
+
+    def _fail(self, call):
+        if call.error is None:
+            return False
+        self.error = call.error
+        self.done = True
+        return True
+
+
+class Upload(_Pieces):
     """One bundle: WRITE_BEGIN, then WRITE_CHUNKs pipelined within the window, then
     WRITE_COMMIT. Advanced by the Client; watch done / error / result / acked.
 
@@ -214,18 +259,8 @@ class Upload:
                 self._todo.append([off, len(self.bundle), False])
             self.acked = self.resumed
         if self._commit is None:
-            still = []
-            for item in self._flying:
-                c = item[0]
-                if not c.done:
-                    still.append(item)
-                elif isinstance(c.error, LinkFailure) and c.error.reason == "lost":
-                    self._requeue(item[1], item[2])
-                elif self._fail(c):
-                    return
-                else:
-                    self.acked += item[2] - item[1]
-            self._flying = still
+            if not self._sweep(lambda item: self._requeue(item[1], item[2]), self._acked):
+                return
             self._fill()
             if self._todo or self._flying:
                 return
@@ -233,6 +268,9 @@ class Upload:
         if self._commit.done and not self._fail(self._commit):
             self.result = self._commit.result
             self.done = True
+
+    def _acked(self, item):
+        self.acked += item[2] - item[1]
 
     def _requeue(self, off, end):
         # back among the ranges to send, joined to its neighbours so it is cut afresh
@@ -254,14 +292,9 @@ class Upload:
         if self.done or self._todo is None or self._commit is not None:
             return
         link = self.client.link
-        while self._todo and link.connected and link.waiting == 0 and len(self._flying) < link.max_outstanding:
-            r = self._todo[0]
-            off, end = r[0], r[1]
-            n = self._cut(off, end, link)
-            if off + n < end:
-                r[0] = off + n
-            else:
-                self._todo.pop(0)
+        while self._todo and self._room(link):
+            off, end = self._todo[0][0], self._todo[0][1]
+            off, n, r = self._take(self._cut(off, end, link))
             call = self.client._call(
                 OP_WRITE_CHUNK, struct.pack("<I", off) + self.bundle[off : off + n], _dec_empty, retransmit=False
             )
@@ -298,15 +331,7 @@ class Upload:
         best = link.best_payload(_CHUNK_OVERHEAD, most - _CHUNK_OVERHEAD) + _CHUNK_OVERHEAD
         return min(most, best)
 
-    def _fail(self, call):
-        if call.error is None:
-            return False
-        self.error = call.error
-        self.done = True
-        return True
-
-
-class Read:
+class Read(_Pieces):
     """The whole stored bundle or report log, read in pieces cut to the line: the first read
     (offset 0, alone: the device takes its report snapshot there) gives the total; the rest
     is pipelined. Like Upload's chunks, each read asks for as many bytes as the line's error
@@ -344,27 +369,8 @@ class Read:
             self._parts[0] = data
             if len(data) < total:
                 self._todo = [[len(data), total]]
-        still = []
-        for item in self._flying:
-            c = item[0]
-            if not c.done:
-                still.append(item)
-            elif isinstance(c.error, LinkFailure) and c.error.reason == "lost":
-                self._todo.append([item[1], item[2]])
-                self._todo.sort()
-            elif self._fail(c):
-                return
-            else:
-                total, data = c.result
-                if total != self.total or not data:
-                    self.error = BadResponse("changed while being read (%d bytes, then %d)" % (self.total, total))
-                    self.done = True
-                    return
-                self._parts[item[1]] = data
-                if item[1] + len(data) < item[2]:  # a short answer: read the rest
-                    self._todo.append([item[1] + len(data), item[2]])
-                    self._todo.sort()
-        self._flying = still
+        if not self._sweep(lambda item: self._again(item[1], item[2]), self._read):
+            return
         self._fill()
         if not self._todo and not self._flying:
             out = bytearray()
@@ -376,6 +382,21 @@ class Read:
                 out += self._parts[off]
             self.data = bytes(out[: self.total])
             self.done = True
+
+    def _again(self, off, end):
+        self._todo.append([off, end])
+        self._todo.sort()
+
+    def _read(self, item):
+        total, data = item[0].result
+        if total != self.total or not data:
+            self.error = BadResponse("changed while being read (%d bytes, then %d)" % (self.total, total))
+            self.done = True
+            return False
+        self._parts[item[1]] = data
+        if item[1] + len(data) < item[2]:  # a short answer: read the rest
+            self._again(item[1] + len(data), item[2])
+        return True
 
     def _length(self, link):
         return link.best_payload(13, MAX_READ)
@@ -390,25 +411,11 @@ class Read:
                 self._first = self.client._call(self.op, struct.pack("<IH", 0, n), _dec_read, retransmit=False, answer=n + 4)
                 self.reads += 1
             return
-        while self._todo and link.connected and link.waiting == 0 and len(self._flying) < link.max_outstanding:
-            r = self._todo[0]
-            n = min(self._length(link), r[1] - r[0])
-            off = r[0]
-            if off + n < r[1]:
-                r[0] = off + n
-            else:
-                self._todo.pop(0)
+        while self._todo and self._room(link):
+            off, n, _ = self._take(self._length(link))
             c = self.client._call(self.op, struct.pack("<IH", off, n), _dec_read, retransmit=False, answer=n + 4)
             self._flying.append([c, off, off + n])
             self.reads += 1
-
-    def _fail(self, call):
-        if call.error is None:
-            return False
-        self.error = call.error
-        self.done = True
-        return True
-
 
 def _dec_piece(b):
     """READ_CACHED's answer: the cached answer's op u8, its total length u16, the piece."""
@@ -420,7 +427,7 @@ def _dec_piece(b):
 _PIECE_OVERHEAD = 12  # wire bytes of a READ_CACHED answer besides the piece
 
 
-class LongAnswer:
+class LongAnswer(_Pieces):
     """A request whose answer is long (IDENTIFY's JSON, a verdict, a commit's answer) on a line
     that may damage it: sent without automatic retransmission. When a transmission is lost,
     the device is asked for the answer from its cache (READ_CACHED) in pieces as long as the
@@ -542,14 +549,8 @@ class LongAnswer:
             if not self._flying and link.connected and link.waiting == 0:
                 self._piece(0, n)
             return
-        while self._todo and link.connected and link.waiting == 0 and len(self._flying) < link.max_outstanding:
-            r = self._todo[0]
-            off = r[0]
-            k = min(n, r[1] - off)
-            if off + k < r[1]:
-                r[0] = off + k
-            else:
-                self._todo.pop(0)
+        while self._todo and self._room(link):
+            off, k, _ = self._take(n)
             self._piece(off, k)
 
 
