@@ -32,7 +32,6 @@ import struct
 
 from . import VERSION
 from . import bundle as _bundle
-from . import connect as _connect
 from . import install as _install  # loaded with the session, before an upload's buffer fragments the heap
 from . import signers as _signers
 from . import store as _store
@@ -322,6 +321,8 @@ def test_connect(agent, host, port):
         raise _refuse("E_CONNECT", "%r: no rule for this host in the installed bundle (TEST_CONNECT "
                                    "reaches pinned hosts only)" % (host[:64],))
     host = canon
+    from . import connect as _connect  # the application's module: a session without this request never loads it
+
     try:
         sock, check = agent.open(host, port)
     except _connect.NetworkError as e:
@@ -370,7 +371,9 @@ def _code_of(e):
 def _reason_of(e):
     reason = getattr(e, "reason", None)
     if not isinstance(reason, str):
-        return _connect.error_text(e)
+        from .connect import error_text
+
+        return error_text(e)
     if isinstance(e, _store.NoTrustAnchor):
         return reason + ": reprovision the board"
     return reason

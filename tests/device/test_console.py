@@ -173,6 +173,28 @@ def test_a_session_loads_the_update_path_and_drops_it_when_it_ends():
         assert _loaded() == []
 
 
+def test_an_update_session_never_loads_the_applications_connection_code():
+    # pinagent.connect (and der behind it) is the application's: a board in its listening window
+    # has not connected yet, and an update's heap peak (the commit) must not hold its code too.
+    if not ON_MICROPYTHON:
+        skip("CPython keeps the session's modules imported, and what they imported (pinagent.forget is MicroPython's)")
+    a = _agent(_board("v1.bin"))
+    kept = sys.modules["pinagent.connect"]  # agent_support holds it; put back for later tests
+    forget(("pinagent.connect",))
+    try:
+        host = _Host()
+        line = _Line(host)
+        seqs = []
+        line.steps.append((100, lambda: seqs.append(host.call(OP_IDENTIFY))))
+        line.steps.append((200, lambda: seqs.extend(host.upload(_bundle("v2.bin")))))
+        line.steps.append((3000, lambda: seqs.append(host.call(OP_REBOOT))))
+        _serve(a, line)
+        assert host.json(seqs[-2])["installed"] and a.state.version == 2
+        assert "pinagent.connect" not in sys.modules
+    finally:
+        sys.modules["pinagent.connect"] = sys.modules["pinagent"].connect = kept
+
+
 def test_serving_for_good_drops_an_idle_session_and_keeps_it_open():
     a = _agent(_board("v1.bin"))
     host = _Host()
