@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import TARGET_KB
 from bench.bench_bundle import FLEET
 from bench.bench_ecdsa import ESP32_PIDIGITS_MS, PI_SOURCE, PIDIGITS
 from fleetpin import agent_files
@@ -65,7 +66,6 @@ HOST = "api.bench.test"
 NAMESPACE = "fleetpin-bench-bundle"
 ROUNDS = 20
 FIRST = 1  # the version in flash at the start
-TARGET_KB = 64
 WINDOW_MS = 5000  # with a host: the session starts within it (then runs until REBOOT)
 STEADY_WINDOW_MS = 50  # without a host: the window passes (main.py's is 3 s; only the wait differs)
 LIFE_TIMEOUT = 300.0

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-TARGET_KB = 64
+from bench import TARGET_KB
 
 
 def run() -> None:

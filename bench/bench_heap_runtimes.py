@@ -4,7 +4,9 @@ Per pinagent module, in dependency order, each import its own step with garbage 
 after it: the live heap the module adds (its bytecode and globals), loaded from .mpy (as
 `fleetpin image build` installs it) and from source.  Then the booted agent's data (the same
 bundle as bench_agent).  The ratio unix/VM of the totals is the factor to scale an ESP32 heap
-budget by on the unix port (tools/run_device_tests_unix.py --ratio).
+budget by on the unix port (tools/run_device_tests_unix.py --ratio). Last, the code an update's
+commit holds on the 32-bit heap (its peak: the booted agent's modules with the whole update path),
+against the 64 KB the whole life must fit in.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ MODULES = ["pinagent", "pinagent.der", "pinagent.pins", "pinagent.policy", "pina
            "pinagent.signers", "pinagent.bundle", "pinagent.connect", "pinagent.install", "pinagent.reports", "pinagent.agent",
            "pinagent.policy_load", "pinagent.handler", "pinagent.link", "pinagent.service", "pinagent.io",
            "pinagent.io.flash", "pinagent.io.tls", "pinagent.io.console", "pinagent.io.board"]
+# What an update's commit holds (its heap peak): every module here but the application's connection
+# code (tests/device/test_console.py, ...never_loads_the_applications_connection_code); the
+# update path among them is what a session loads and forgets (pinagent.UPDATE_PATH, console.SESSION_MODULES).
+NOT_AT_COMMIT = ("pinagent.connect",)
+SESSION = ("pinagent.service", "pinagent.link", "pinagent.handler", "pinagent.install", "pinagent.bundle",
+           "pinagent.policy_load", "pinagent.signers", "pinagent.ecdsa")
+TARGET_KB = 64
 # (the boot forgets the bundle decoder on MicroPython: not here, where every module stays to be weighed)
 BOOT = ("pinagent.agent.forget = lambda *names: None\n"
         "AG = pinagent.agent.Agent(pinagent.store.FS(os, open), lambda: NOW, 'bench-1', %r, None)\n"
@@ -97,3 +106,9 @@ def run() -> None:
         kind = ".mpy" if compiled else "source"
         print(f"   all modules ({kind}): unix {u / 1024:.1f} KB, vm {v / 1024:.1f} KB, ratio {u / v:.2f}; "
               f"with the booted agent: ratio {(u + ub) / (v + vb):.2f}")
+    vm = table[("vm", True)]
+    held = sum(v for k, v in vm.items() if k in MODULES and k not in NOT_AT_COMMIT)
+    session = sum(vm[k] for k in SESSION)
+    print(f"   code an update's commit holds (.mpy, 32-bit): {held / 1024:.1f} KB, before any data "
+          f"(target for the whole life: {TARGET_KB} KB); of it the update session's {session / 1024:.1f} KB, "
+          f"the rest {(held - session) / 1024:.1f} KB")
