@@ -27,7 +27,8 @@ and passing here under -X heapsize of 64 KB x the ratio.
 Boot time: a wake with nothing loaded (main.py compiled, pinagent loaded from .mpy, the agent
 booted from flash, the first pin decision on a 3-certificate chain: the verify callback's work for
 a handshake, not the handshake itself); the same with every module loaded (the agent's own work);
-the decision alone. The flash is LittleFS on a RAM block device, after a first boot (which kept the
+the decision alone; and the floor under any arrangement of the rest: loading nothing but the code
+the decision runs (pinagent.connect with der, policy and pins). The flash is LittleFS on a RAM block device, after a first boot (which kept the
 bundle decoded: pinagent.installed), as a board's later wakes find it; the flash of the life runs
 is a folder after a first boot on CPython (write_flash). Timed here and estimated for an ESP32 at 240 MHz with the pidigits calibration
 of bench_ecdsa (+-2x; reading .mpy files from the board's flash is not modelled). Target: at most
@@ -404,6 +405,9 @@ BOOT_BLOCKS = {
     # the same with every module loaded already (and none forgotten): the agent's own work
     "work": "global LAST\nag = LAST = console.board_agent()\n" + _DECISION,
     "decision": "ag = LAST\n" + _DECISION,  # one decision
+    # the floor: loading nothing but the code a pin decision runs (connect and its imports: der,
+    # policy, pins), as a wake must before its first decision, however the rest is arranged
+    "decision_code": "import pinagent.connect",
     "pi": "pi_digits(%d)" % PIDIGITS,  # the calibration
 }
 # untimed, before each call: a wake starts with nothing loaded; the others with everything
@@ -411,7 +415,7 @@ _LOADED = ("from pinagent.io import console\nimport pinagent.agent\npinagent.age
            "for _m in %r:\n    try:\n        __import__(_m)\n    except ImportError:\n        pass\n"
            % ["pinagent.installed", "pinagent.bundle", "pinagent.policy_load", "pinagent.connect", "pinagent.der",
               "pinagent.pins", "pinagent.reports"])
-BOOT_PREPARE = {"wake": "_purge()", "work": _LOADED, "decision": _LOADED}
+BOOT_PREPARE = {"wake": "_purge()", "work": _LOADED, "decision": _LOADED, "decision_code": "_purge()"}
 
 
 def boot_times(bundle: bytes, signers: bytes, pki: Pki) -> dict[str, float]:
@@ -498,6 +502,7 @@ def run() -> None:
     rows = (("a wake to the first pin decision (3-certificate chain)", times["wake"]),
             ("  loading: main.py compiled, the agent's modules (.mpy)", times["wake"] - times["work"]),
             ("  the agent's boot and the first pin decision", times["work"]),
-            ("  of which the pin decision", times["decision"]))
+            ("  of which the pin decision", times["decision"]),
+            ("floor: the decision's code alone (connect, der, policy, pins)", times["decision_code"]))
     for label, ms in rows:
         print(f"   {label:60} {ms:7.2f} ms  ESP32 ~{ms * scale:6.0f} ms")
