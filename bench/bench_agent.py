@@ -16,6 +16,11 @@ verifies its signature), the reports read and acknowledged, REBOOT. Scenarios (S
     which it never frees): more than a board holds, the worst case.
 The live heap must not grow between rounds or application runs (after the first, a warm-up).
 
+With $FLEETPIN_MICROPYTHON_FROZEN set to a unix-port `micropython` built with device/manifest.py
+frozen into it (README: "What the 64 KB and 50 ms targets need"), the lives and the boot also run
+on it, the board's filesystem then without pinagent: what freezing the agent into a board's
+firmware buys.
+
 For each: the smallest -X heapsize from which the life passes (bisection in 1 KB steps, then
 checked upwards: near it the outcome is not monotonic), with the agent loaded from .mpy (as
 `fleetpin image build` installs it) and from source. This port is 64-bit: the same modules take
@@ -37,6 +42,7 @@ of bench_ecdsa (+-2x; reading .mpy files from the board's flash is not modelled)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -45,6 +51,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +77,7 @@ FIRST = 1  # the version in flash at the start
 WINDOW_MS = 5000  # with a host: the session starts within it (then runs until REBOOT)
 STEADY_WINDOW_MS = 50  # without a host: the window passes (main.py's is 3 s; only the wait differs)
 LIFE_TIMEOUT = 300.0
+FROZEN_ENV = "FLEETPIN_MICROPYTHON_FROZEN"  # a unix port with the agent frozen: measured too, if set
 GROWTH_SLACK = 256  # bytes the live heap may differ between rounds (the log's counters, version digits)
 
 # The board resolves names by DNS; here every name is 127.0.0.1 (the servers' only address), through a
@@ -159,13 +167,16 @@ class _FolderFs:
         return os.statvfs(self._p(path))
 
 
-def board_tree(dest: Path, compiled: bool) -> Path:
-    """The board's filesystem as `fleetpin image build` installs it (pinagent as .mpy, main.py as
-    source), or with the agent as source; plus the driver (.mpy) and the socket shim."""
+def board_tree(dest: Path, kind: str) -> Path:
+    """The board's filesystem as `fleetpin image build` installs it (kind "mpy": pinagent as .mpy,
+    main.py as source), with the agent as source ("source"), or without it ("frozen": the
+    firmware has it); plus the driver (.mpy) and the socket shim."""
     for f in agent_files.read_manifest():
+        if f.in_package and kind == "frozen":
+            continue  # not even its folder: an empty pinagent/ would be imported instead of the frozen one
         target = dest / f.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        if f.in_package and compiled:
+        if f.in_package and kind == "mpy":
             target.with_suffix(".mpy").write_bytes(agent_files.compiled(f, "xtensawin"))
         else:
             shutil.copyfile(f.source, target)
@@ -418,19 +429,22 @@ _LOADED = ("from pinagent.io import console\nimport pinagent.agent\npinagent.age
 BOOT_PREPARE = {"wake": "_purge()", "work": _LOADED, "decision": _LOADED, "decision_code": "_purge()"}
 
 
-def boot_times(bundle: bytes, signers: bytes, pki: Pki) -> dict[str, float]:
-    """Median ms per block on the unix port (bench.unix_timing), with the board's files."""
+def boot_times(bundle: bytes, signers: bytes, pki: Pki, frozen: bool = False) -> dict[str, float]:
+    """Median ms per block on the unix port (bench.unix_timing), with the board's files (without
+    pinagent's when the firmware has it frozen)."""
     from bench.unix_timing import median_ms
 
     files = {f"lib/{f.name[:-3]}.mpy" if f.in_package else f.name: (agent_files.compiled(f, "xtensawin")
-             if f.in_package else f.source.read_bytes()) for f in agent_files.read_manifest()}
+             if f.in_package else f.source.read_bytes()) for f in agent_files.read_manifest()
+             if not (frozen and f.in_package)}
     files["flash/signers.bin"] = signers
     files["flash/bundle.bin"] = dev_store.encode_slot(signers, bundle)
     files["flash/config.json"] = json.dumps({"fleet": FLEET}).encode()
     for i, der in enumerate(pki.chain_der("leaf", with_root=True)):
         files[f"c{i}.der"] = der
     setup = "import sys\nsys.path[:0] = ['', 'lib']\n" + BOOT_SETUP % PI_SOURCE
-    return median_ms(setup, BOOT_BLOCKS, files, rounds=15, heap_kb=1024, collect=True, prepare=BOOT_PREPARE)
+    return median_ms(setup, BOOT_BLOCKS, files, rounds=15, heap_kb=1024, collect=True, prepare=BOOT_PREPARE,
+                     with_agent=not frozen)
 
 
 # ---- the report
@@ -444,12 +458,85 @@ SCENARIOS = (
 )
 
 
+def frozen_runtime() -> Path | None:
+    """$FLEETPIN_MICROPYTHON_FROZEN: a unix-port `micropython` built with device/manifest.py frozen
+    (README, "What the 64 KB and 50 ms targets need"), or None. Refused if it has no frozen pinagent."""
+    path = os.environ.get(FROZEN_ENV)
+    if not path:
+        return None
+    done = subprocess.run([path, "-c", "import sys\nsys.path[:] = ['.frozen']\nimport pinagent.agent, pinagent.io.board"],
+                          capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"${FROZEN_ENV}={path}: no frozen pinagent in it ({done.stderr.strip()[-200:]})")
+    return Path(path)
+
+
+@contextlib.contextmanager
+def runtime(path: Path | None) -> Iterator[None]:
+    """Runs the unix port at `path` (fleetpin.vm.unix's override) inside the block; None: the usual one."""
+    old = os.environ.get(unix.ENV_OVERRIDE)
+    if path is not None:
+        os.environ[unix.ENV_OVERRIDE] = str(path)
+    try:
+        yield
+    finally:
+        if path is not None:
+            if old is None:
+                del os.environ[unix.ENV_OVERRIDE]
+            else:
+                os.environ[unix.ENV_OVERRIDE] = old
+
+
+def _lives(trees: dict[str, Path], flash0: Path, bundles: list[bytes], ports: tuple[int, int], ratio: float,
+           budget: int) -> None:
+    for label, update, wakes, rounds, app_rounds in SCENARIOS:
+        job = {"rounds": rounds, "app_rounds": app_rounds, "host": HOST, "good": ports[0], "bad": ports[1]}
+        for kind, tree in trees.items():
+            name = f"{label}, {kind}"
+            ok, fig = run_life(tree, flash0, job, 1024 * 1024, bundles, update, wakes)
+            if not ok:
+                print(f"   {name:48} FAILED with a 1 MB heap: {fig.get('failed') or fig.get('host_error')}"
+                      f"\n{fig['output']}")
+                continue
+
+            def passes(heap: int, tree: Path = tree, update: bool = update, n: int = min(wakes, 2)) -> bool:
+                return run_life(tree, flash0, job, heap, bundles, update, n)[0]  # noqa: B023
+
+            found = smallest_heap(passes, 16 * 1024, 512 * 1024)
+            peak = settled = None
+            if found is not None:
+                peak, settled = found
+                while wakes > 2 and not run_life(tree, flash0, job, settled, bundles, update, wakes)[0]:
+                    settled += 1024  # the quick search ran 2 wakes: all of them must pass
+            at_budget = run_life(tree, flash0, job, budget, bundles, update, wakes)[0]
+            live = max(fig["app"]) - fig["start"]
+            if peak is None or settled is None:
+                text = "  > 512 KB"
+            else:
+                text = (f"{peak / 1024:6.0f} KB {peak / 1024 / ratio:7.1f} KB  {settled / 1024:5.0f} KB "
+                        f"{settled / 1024 / ratio:6.1f} KB")
+            print(f"   {name:48} {text}  {live / 1024:7.1f} KB (+{fig['growth']} B)  "
+                  f"{'passes' if at_budget else 'FAILS'}", flush=True)
+
+
+def _boot_report(times: dict[str, float], loading: str) -> None:
+    scale = ESP32_PIDIGITS_MS / times["pi"]
+    rows = (("a wake to the first pin decision (3-certificate chain)", times["wake"]),
+            (f"  loading: main.py compiled, {loading}", times["wake"] - times["work"]),
+            ("  the agent's boot and the first pin decision", times["work"]),
+            ("  of which the pin decision", times["decision"]),
+            ("floor: the decision's code alone (connect, der, policy, pins)", times["decision_code"]))
+    for label, ms in rows:
+        print(f"   {label:60} {ms:7.2f} ms  ESP32 ~{ms * scale:6.0f} ms")
+
+
 def run() -> None:
     try:
         unix.executable()
     except Exception as e:
         print(f"   skipped: no MicroPython unix port here ({e})")
         return
+    frozen = frozen_runtime()
     bundles, signers, pki = make_bundles(ROUNDS + 1)
     ratio, u_mod, v_mod = module_ratio(bundles[0], signers)
     print(f"   ratio 64-bit/32-bit, every pinagent module from .mpy: {u_mod / 1024:.1f} KB here, "
@@ -461,48 +548,26 @@ def run() -> None:
         write_flash(flash0, bundles[0], signers)
         good = TlsServer(pki.chain_pem("leaf"), pki.leaf.key_pem)
         bad = TlsServer(pki.chain_pem("renewed_leaf"), pki.renewed_leaf.key_pem)
-        trees = {c: board_tree(tmp / f"tree-{c}", c) for c in (True, False)}
         with good, bad:
             print(f"   smallest -X heapsize the life passes in (1 KB steps), ESP32 estimate = / {ratio:.2f}; "
                   f"target {TARGET_KB} KB = {budget / 1024:.1f} KB here (wakes: processes from reset, one after the other)")
             print(f"   {'':48} {'passes in':>19}  {'and from (+3 KB)':>17}  {'live, app':>16}  at {budget // 1024} KB")
             print(f"   {'':48} {'here':>8} {'ESP32 est.':>10}  {'here':>5} {'ESP32 est.':>10}")
-            for label, update, wakes, rounds, app_rounds in SCENARIOS:
-                job = {"rounds": rounds, "app_rounds": app_rounds, "host": HOST, "good": good.port, "bad": bad.port}
-                for compiled, tree in trees.items():
-                    name = f"{label}, {'.mpy' if compiled else 'source'}"
-                    ok, fig = run_life(tree, flash0, job, 1024 * 1024, bundles, update, wakes)
-                    if not ok:
-                        print(f"   {name:48} FAILED with a 1 MB heap: {fig.get('failed') or fig.get('host_error')}"
-                              f"\n{fig['output']}")
-                        continue
-
-                    def passes(heap: int, tree: Path = tree, update: bool = update, n: int = min(wakes, 2)) -> bool:
-                        return run_life(tree, flash0, job, heap, bundles, update, n)[0]  # noqa: B023
-
-                    found = smallest_heap(passes, 16 * 1024, 512 * 1024)
-                    peak = settled = None
-                    if found is not None:
-                        peak, settled = found
-                        while wakes > 2 and not run_life(tree, flash0, job, settled, bundles, update, wakes)[0]:
-                            settled += 1024  # the quick search ran 2 wakes: all of them must pass
-                    at_budget = run_life(tree, flash0, job, budget, bundles, update, wakes)[0]
-                    live = max(fig["app"]) - fig["start"]
-                    if peak is None or settled is None:
-                        text = "  > 512 KB"
-                    else:
-                        text = (f"{peak / 1024:6.0f} KB {peak / 1024 / ratio:7.1f} KB  {settled / 1024:5.0f} KB "
-                                f"{settled / 1024 / ratio:6.1f} KB")
-                    print(f"   {name:48} {text}  {live / 1024:7.1f} KB (+{fig['growth']} B)  "
-                          f"{'passes' if at_budget else 'FAILS'}")
+            ports = (good.port, bad.port)
+            _lives({k: board_tree(tmp / f"tree-{k}", k) for k in ("mpy", "source")}, flash0, bundles, ports, ratio,
+                   budget)
+            if frozen is None:
+                print(f"   frozen: not measured (set ${FROZEN_ENV} to a unix port built with device/manifest.py frozen)")
+            else:
+                print(f"   frozen: {frozen} (the agent as device/ was when it was built)")
+                with runtime(frozen):
+                    _lives({"frozen": board_tree(tmp / "tree-frozen", "frozen")}, flash0, bundles, ports, ratio, budget)
     times = boot_times(bundles[0], signers, pki)
-    scale = ESP32_PIDIGITS_MS / times["pi"]
-    print(f"   boot time here (median ms) and ESP32 @240 MHz estimate (x{scale:.1f}: pidigits {times['pi']:.2f} ms "
-          f"here; +-2x; reading .mpy files from the board's flash not modelled); target 50 ms:")
-    rows = (("a wake to the first pin decision (3-certificate chain)", times["wake"]),
-            ("  loading: main.py compiled, the agent's modules (.mpy)", times["wake"] - times["work"]),
-            ("  the agent's boot and the first pin decision", times["work"]),
-            ("  of which the pin decision", times["decision"]),
-            ("floor: the decision's code alone (connect, der, policy, pins)", times["decision_code"]))
-    for label, ms in rows:
-        print(f"   {label:60} {ms:7.2f} ms  ESP32 ~{ms * scale:6.0f} ms")
+    print(f"   boot time here (median ms) and ESP32 @240 MHz estimate (x{ESP32_PIDIGITS_MS / times['pi']:.1f}: pidigits "
+          f"{times['pi']:.2f} ms here; +-2x; reading .mpy files from the board's flash not modelled); target 50 ms:")
+    _boot_report(times, "the agent's modules (.mpy)")
+    if frozen is not None:
+        with runtime(frozen):
+            times = boot_times(bundles[0], signers, pki, frozen=True)
+        print(f"   the same with the agent frozen into the firmware (pidigits {times['pi']:.2f} ms there):")
+        _boot_report(times, "the frozen modules run")

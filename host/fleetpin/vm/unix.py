@@ -157,12 +157,13 @@ def install_pinagent(dest: Path, compiled: bool = True) -> Path:
 
 
 def run_with_files(source: str, files: Mapping[str, bytes], *, heap_kb: int = PIN_HEAP_KB,
-                   timeout: float = 120) -> Run:
+                   timeout: float = 120, with_agent: bool = True) -> Run:
     """Runs `source` on real MicroPython in a fresh folder holding `files` (relative paths), with
-    pinagent importable as the board has it (.mpy), under a heap of heap_kb K words."""
+    pinagent importable as the board has it (.mpy; with_agent=False: not installed, for a
+    MicroPython that has it frozen), under a heap of heap_kb K words."""
     with tempfile.TemporaryDirectory(prefix="fleetpin-mp-") as tmp:
         work = Path(tmp)
-        lib = install_pinagent(work / "lib")
+        lib = install_pinagent(work / "lib") if with_agent else work / "lib"
         for name, data in files.items():
             target = work / name
             target.parent.mkdir(parents=True, exist_ok=True)
