@@ -468,7 +468,7 @@ def frozen_runtime() -> Path | None:
                           capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         raise RuntimeError(f"${FROZEN_ENV}={path}: no frozen pinagent in it ({done.stderr.strip()[-200:]})")
-    return Path(path)
+    return Path(path).resolve()  # the lives run in other folders
 
 
 @contextlib.contextmanager
