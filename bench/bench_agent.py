@@ -17,7 +17,7 @@ verifies its signature), the reports read and acknowledged, REBOOT. Scenarios (S
 The live heap must not grow between rounds or application runs (after the first, a warm-up).
 
 With $FLEETPIN_MICROPYTHON_FROZEN set to a unix-port `micropython` built with device/manifest.py
-frozen into it (README: "What the 64 KB and 50 ms targets need"), the lives and the boot also run
+frozen into it (README: "Boot and deep sleep"), the lives and the boot also run
 on it, the board's filesystem then without pinagent: what freezing the agent into a board's
 firmware buys.
 
@@ -169,11 +169,12 @@ class _FolderFs:
 
 def board_tree(dest: Path, kind: str) -> Path:
     """The board's filesystem as `fleetpin image build` installs it (kind "mpy": pinagent as .mpy,
-    main.py as source), with the agent as source ("source"), or without it ("frozen": the
-    firmware has it); plus the driver (.mpy) and the socket shim."""
+    main.py as source), with the agent as source ("source"), or without it or main.py ("frozen":
+    the firmware has both, and runs its frozen main.py without compiling it); plus the driver
+    (.mpy) and the socket shim."""
     for f in agent_files.read_manifest():
-        if f.in_package and kind == "frozen":
-            continue  # not even its folder: an empty pinagent/ would be imported instead of the frozen one
+        if kind == "frozen":
+            continue  # device/manifest.py freezes main.py too; and an empty pinagent/ would shadow the frozen one
         target = dest / f.name
         target.parent.mkdir(parents=True, exist_ok=True)
         if f.in_package and kind == "mpy":
@@ -431,12 +432,12 @@ BOOT_PREPARE = {"wake": "_purge()", "work": _LOADED, "decision": _LOADED, "decis
 
 def boot_times(bundle: bytes, signers: bytes, pki: Pki, frozen: bool = False) -> dict[str, float]:
     """Median ms per block on the unix port (bench.unix_timing), with the board's files (without
-    pinagent's when the firmware has it frozen)."""
+    pinagent's and main.py when the firmware has them frozen)."""
     from bench.unix_timing import median_ms
 
     files = {f"lib/{f.name[:-3]}.mpy" if f.in_package else f.name: (agent_files.compiled(f, "xtensawin")
              if f.in_package else f.source.read_bytes()) for f in agent_files.read_manifest()
-             if not (frozen and f.in_package)}
+             if not frozen}
     files["flash/signers.bin"] = signers
     files["flash/bundle.bin"] = dev_store.encode_slot(signers, bundle)
     files["flash/config.json"] = json.dumps({"fleet": FLEET}).encode()
@@ -460,14 +461,14 @@ SCENARIOS = (
 
 def frozen_runtime() -> Path | None:
     """$FLEETPIN_MICROPYTHON_FROZEN: a unix-port `micropython` built with device/manifest.py frozen
-    (README, "What the 64 KB and 50 ms targets need"), or None. Refused if it has no frozen pinagent."""
+    (README, "Boot and deep sleep"), or None. Refused if it has no frozen pinagent and main.py."""
     path = os.environ.get(FROZEN_ENV)
     if not path:
         return None
-    done = subprocess.run([path, "-c", "import sys\nsys.path[:] = ['.frozen']\nimport pinagent.agent, pinagent.io.board"],
+    done = subprocess.run([path, "-c", "import sys\nsys.path[:] = ['.frozen']\nimport main, pinagent.agent, pinagent.io.board"],
                           capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
-        raise RuntimeError(f"${FROZEN_ENV}={path}: no frozen pinagent in it ({done.stderr.strip()[-200:]})")
+        raise RuntimeError(f"${FROZEN_ENV}={path}: no frozen pinagent and main.py in it ({done.stderr.strip()[-200:]})")
     return Path(path).resolve()  # the lives run in other folders
 
 
@@ -522,7 +523,7 @@ def _lives(trees: dict[str, Path], flash0: Path, bundles: list[bytes], ports: tu
 def _boot_report(times: dict[str, float], loading: str) -> None:
     scale = ESP32_PIDIGITS_MS / times["pi"]
     rows = (("a wake to the first pin decision (3-certificate chain)", times["wake"]),
-            (f"  loading: main.py compiled, {loading}", times["wake"] - times["work"]),
+            (f"  loading: {loading}", times["wake"] - times["work"]),
             ("  the agent's boot and the first pin decision", times["work"]),
             ("  of which the pin decision", times["decision"]),
             ("floor: the decision's code alone (connect, der, policy, pins)", times["decision_code"]))
@@ -565,9 +566,9 @@ def run() -> None:
     times = boot_times(bundles[0], signers, pki)
     print(f"   boot time here (median ms) and ESP32 @240 MHz estimate (x{ESP32_PIDIGITS_MS / times['pi']:.1f}: pidigits "
           f"{times['pi']:.2f} ms here; +-2x; reading .mpy files from the board's flash not modelled); target 50 ms:")
-    _boot_report(times, "the agent's modules (.mpy)")
+    _boot_report(times, "main.py compiled, the agent's modules (.mpy)")
     if frozen is not None:
         with runtime(frozen):
             times = boot_times(bundles[0], signers, pki, frozen=True)
         print(f"   the same with the agent frozen into the firmware (pidigits {times['pi']:.2f} ms there):")
-        _boot_report(times, "the frozen modules run")
+        _boot_report(times, "the frozen main.py and modules run")

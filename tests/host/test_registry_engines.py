@@ -256,6 +256,35 @@ def test_a_database_created_meanwhile_is_not_taken_for_an_old_one(url: str, monk
         assert not armed[0] and reg.schema_revision() == R.head_revision()
 
 
+def test_stations_opening_a_new_sqlite_file_at_once_all_get_in(tmp_path: Path) -> None:
+    # A new file's first connections each switch it to WAL, which needs the file to itself:
+    # SQLite refuses the loser of that race at once ('database is locked', no busy wait), and a
+    # station then failed to open the registry, saying it had waited 60 s. 4 at once, 10 times
+    # (the old code failed about half of the rounds).
+    import threading
+
+    for n in range(10):
+        url = f"sqlite:///{tmp_path / f'new-{n}.sqlite'}"
+        barrier = threading.Barrier(4)
+        errors: list[str] = []
+
+        def open_it(url: str = url, barrier: threading.Barrier = barrier, errors: list[str] = errors) -> None:
+            barrier.wait()
+            try:
+                Registry(url).close()
+            except FleetpinError as e:
+                errors.append(str(e))
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == [], errors
+        with Registry(url) as reg:
+            assert reg.schema_revision() == R.head_revision()
+
+
 def test_refuses_a_newer_schema(url: str) -> None:
     Registry(url).close()
     engine = R.make_engine(url)
@@ -277,8 +306,9 @@ def test_refuses_a_newer_schema(url: str) -> None:
 def _run_stations(url: str, flash: Path, macs: list[str], stations: int = 8, killed: tuple[int, ...] = (0, 3)) -> None:
     flash.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "host"), str(REPO / "device"), os.environ.get("PYTHONPATH", "")])}
-    procs = []
-    for i in range(stations):
+    procs: dict[int, subprocess.Popen[str]] = {}
+
+    def start(i: int) -> None:
         # every MAC is offered to three stations (overlapping sets), so two killed stations leave
         # each board at least one live station
         mine = [m for k, m in enumerate(macs) if (k % stations) in (i, (i + 1) % stations, (i + 2) % stations)]
@@ -286,15 +316,24 @@ def _run_stations(url: str, flash: Path, macs: list[str], stations: int = 8, kil
                 "--fail-every", "17", "--work", "0.002"]
         if i in killed:
             args += ["--hang-after", "5"]
-        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    for i in killed:  # SIGKILL each hung station while it holds a claim, flash half-written
+        procs[i] = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    # The stations to be killed start first and hang at their 6th write: started together with
+    # the others, a slow start could find all their boards done and never hang.
+    for i in killed:
+        start(i)
+    for i in killed:
         line = procs[i].stdout.readline  # type: ignore[union-attr]
         while (got := line()) and got.strip() != "hanging":
             pass
         assert got.strip() == "hanging", procs[i].stderr.read()  # type: ignore[union-attr]
+    for i in range(stations):
+        if i not in killed:
+            start(i)
+    for i in killed:  # SIGKILL each hung station, holding a claim, its flash half-written, the others running
         procs[i].send_signal(signal.SIGKILL)
     results = []
-    for i, p in enumerate(procs):
+    for i, p in sorted(procs.items()):
         out, err = p.communicate(timeout=180)
         assert "database is locked" not in err
         if i in killed:

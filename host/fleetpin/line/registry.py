@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -268,8 +269,7 @@ def make_engine(url: str | Path | None = None) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            cur.execute("PRAGMA journal_mode = WAL")  # readers never block the writer, nor it them
+        _use_wal(cur)
         cur.execute("PRAGMA synchronous = FULL")  # a commit survives a power cut: this is the line's record
         cur.close()
 
@@ -279,6 +279,24 @@ def make_engine(url: str | Path | None = None) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _use_wal(cur: Any) -> None:
+    """WAL mode (readers never block the writer, nor it them), which a new file gets from the
+    first connection that opens it. Switching needs the file to itself, and SQLite refuses the
+    loser of two connections switching at once with 'database is locked' at once, without a
+    busy wait: stations starting together on a new registry. So try again, within the busy
+    timeout, until one of them has switched it."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def upsert(conn: Connection, table: sa.Table) -> Any:
