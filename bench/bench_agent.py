@@ -172,6 +172,7 @@ def board_tree(dest: Path, kind: str) -> Path:
     main.py as source), with the agent as source ("source"), or without it or main.py ("frozen":
     the firmware has both, and runs its frozen main.py without compiling it); plus the driver
     (.mpy) and the socket shim."""
+    dest.mkdir(parents=True, exist_ok=True)
     for f in agent_files.read_manifest():
         if kind == "frozen":
             continue  # device/manifest.py freezes main.py too; and an empty pinagent/ would shadow the frozen one
