@@ -371,9 +371,7 @@ def _code_of(e):
 def _reason_of(e):
     reason = getattr(e, "reason", None)
     if not isinstance(reason, str):
-        from .connect import error_text
-
-        return error_text(e)
+        return _store.why(e)  # loaded: no import while failing (a MemoryError, say); the link cuts it short
     if isinstance(e, _store.NoTrustAnchor):
         return reason + ": reprovision the board"
     return reason
