@@ -42,7 +42,6 @@ of bench_ecdsa (+-2x; reading .mpy files from the board's flash is not modelled)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
@@ -51,9 +50,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from bench import TARGET_KB
 from bench.bench_bundle import FLEET
@@ -436,9 +435,8 @@ def boot_times(bundle: bytes, signers: bytes, pki: Pki, frozen: bool = False) ->
     pinagent's and main.py when the firmware has them frozen)."""
     from bench.unix_timing import median_ms
 
-    files = {f"lib/{f.name[:-3]}.mpy" if f.in_package else f.name: (agent_files.compiled(f, "xtensawin")
-             if f.in_package else f.source.read_bytes()) for f in agent_files.read_manifest()
-             if not frozen}
+    files = {} if frozen else {f"lib/{f.name[:-3]}.mpy" if f.in_package else f.name: (
+        agent_files.compiled(f, "xtensawin") if f.in_package else f.source.read_bytes()) for f in agent_files.read_manifest()}
     files["flash/signers.bin"] = signers
     files["flash/bundle.bin"] = dev_store.encode_slot(signers, bundle)
     files["flash/config.json"] = json.dumps({"fleet": FLEET}).encode()
@@ -471,22 +469,6 @@ def frozen_runtime() -> Path | None:
     if done.returncode != 0:
         raise RuntimeError(f"${FROZEN_ENV}={path}: no frozen pinagent and main.py in it ({done.stderr.strip()[-200:]})")
     return Path(path).resolve()  # the lives run in other folders
-
-
-@contextlib.contextmanager
-def runtime(path: Path | None) -> Iterator[None]:
-    """Runs the unix port at `path` (fleetpin.vm.unix's override) inside the block; None: the usual one."""
-    old = os.environ.get(unix.ENV_OVERRIDE)
-    if path is not None:
-        os.environ[unix.ENV_OVERRIDE] = str(path)
-    try:
-        yield
-    finally:
-        if path is not None:
-            if old is None:
-                del os.environ[unix.ENV_OVERRIDE]
-            else:
-                os.environ[unix.ENV_OVERRIDE] = old
 
 
 def _lives(trees: dict[str, Path], flash0: Path, bundles: list[bytes], ports: tuple[int, int], ratio: float,
@@ -562,14 +544,14 @@ def run() -> None:
                 print(f"   frozen: not measured (set ${FROZEN_ENV} to a unix port built with device/manifest.py frozen)")
             else:
                 print(f"   frozen: {frozen} (the agent as device/ was when it was built)")
-                with runtime(frozen):
+                with mock.patch.dict(os.environ, {unix.ENV_OVERRIDE: str(frozen)}):
                     _lives({"frozen": board_tree(tmp / "tree-frozen", "frozen")}, flash0, bundles, ports, ratio, budget)
     times = boot_times(bundles[0], signers, pki)
     print(f"   boot time here (median ms) and ESP32 @240 MHz estimate (x{ESP32_PIDIGITS_MS / times['pi']:.1f}: pidigits "
           f"{times['pi']:.2f} ms here; +-2x; reading .mpy files from the board's flash not modelled); target 50 ms:")
     _boot_report(times, "main.py compiled, the agent's modules (.mpy)")
     if frozen is not None:
-        with runtime(frozen):
+        with mock.patch.dict(os.environ, {unix.ENV_OVERRIDE: str(frozen)}):  # fleetpin.vm.unix runs it
             times = boot_times(bundles[0], signers, pki, frozen=True)
         print(f"   the same with the agent frozen into the firmware (pidigits {times['pi']:.2f} ms there):")
         _boot_report(times, "the frozen main.py and modules run")

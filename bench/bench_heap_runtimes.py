@@ -15,10 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import TARGET_KB
 from bench.bench_bundle import FLEET, make_case
 from fleetpin.vm import unix
 from fleetpin.vm import wasm as mpvm
 from pinagent import store as dev_store
+from pinagent.io.console import SESSION_MODULES
 
 MODULES = ["pinagent", "pinagent.der", "pinagent.pins", "pinagent.policy", "pinagent.store", "pinagent.ecdsa",
            "pinagent.signers", "pinagent.bundle", "pinagent.connect", "pinagent.install", "pinagent.reports", "pinagent.agent",
@@ -26,11 +28,8 @@ MODULES = ["pinagent", "pinagent.der", "pinagent.pins", "pinagent.policy", "pina
            "pinagent.io.flash", "pinagent.io.tls", "pinagent.io.console", "pinagent.io.board"]
 # What an update's commit holds (its heap peak): every module here but the application's connection
 # code (tests/device/test_console.py, ...never_loads_the_applications_connection_code); the
-# update path among them is what a session loads and forgets (pinagent.UPDATE_PATH, console.SESSION_MODULES).
+# session's share is what it loads and forgets (pinagent.io.console.SESSION_MODULES).
 NOT_AT_COMMIT = ("pinagent.connect",)
-SESSION = ("pinagent.service", "pinagent.link", "pinagent.handler", "pinagent.install", "pinagent.bundle",
-           "pinagent.policy_load", "pinagent.signers", "pinagent.ecdsa")
-TARGET_KB = 64
 # (the boot forgets the bundle decoder on MicroPython: not here, where every module stays to be weighed)
 BOOT = ("pinagent.agent.forget = lambda *names: None\n"
         "AG = pinagent.agent.Agent(pinagent.store.FS(os, open), lambda: NOW, 'bench-1', %r, None)\n"
@@ -108,7 +107,7 @@ def run() -> None:
               f"with the booted agent: ratio {(u + ub) / (v + vb):.2f}")
     vm = table[("vm", True)]
     held = sum(v for k, v in vm.items() if k in MODULES and k not in NOT_AT_COMMIT)
-    session = sum(vm[k] for k in SESSION)
+    session = sum(vm[k] for k in SESSION_MODULES if k in vm)  # (pinagent.installed is the boot's: not weighed)
     print(f"   code an update's commit holds (.mpy, 32-bit): {held / 1024:.1f} KB, before any data "
           f"(target for the whole life: {TARGET_KB} KB); of it the update session's {session / 1024:.1f} KB, "
           f"the rest {(held - session) / 1024:.1f} KB")
